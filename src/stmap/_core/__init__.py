@@ -1,0 +1,1 @@
+"""Internal core: the only code that knows SpatialData/AnnData layouts."""

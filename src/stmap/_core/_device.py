@@ -1,0 +1,86 @@
+"""Torch device resolution and seeding (torch is imported lazily)."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+
+__all__ = ["resolve_device", "seed_everything", "rng"]
+
+
+def resolve_device(device: Any = None):
+    """Turn ``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'auto'`` or a :class:`torch.device` into a :class:`torch.device`.
+
+    Parameters
+    ----------
+    device
+        ``None`` uses :attr:`stmap.settings.device`. ``'auto'`` picks CUDA when available, else CPU.
+
+    Returns
+    -------
+    The :class:`torch.device`.
+
+    Raises
+    ------
+    ValueError
+        If the string is not a device, or CUDA is asked for but not available.
+    """
+    import torch
+
+    from ._settings import settings
+
+    if device is None:
+        device = settings.device
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device).lower()
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(name)
+        except RuntimeError as e:
+            raise ValueError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'auto'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was requested but CUDA is not available on this machine; "
+            "pass device='cpu' or device='auto'."
+        )
+    return dev
+
+
+def seed_everything(seed: int | None) -> np.random.Generator:
+    """Seed Python, NumPy and (if imported) torch; return a :class:`numpy.random.Generator` for the caller.
+
+    Parameters
+    ----------
+    seed
+        The seed. ``None`` leaves global generators alone and returns a fresh, unseeded generator.
+
+    Returns
+    -------
+    A generator seeded with ``seed``.
+    """
+    if seed is None:
+        return np.random.default_rng()
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - legacy global state used by some dependencies
+    import sys
+
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return np.random.default_rng(seed)
+
+
+def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """Return a :class:`numpy.random.Generator` from a seed or a generator (passed through)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)

@@ -1,0 +1,88 @@
+"""Shared docstring snippets and the :func:`inject_docs` formatter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from textwrap import dedent
+from typing import Any, TypeVar
+
+__all__ = ["d", "inject_docs"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_sdata = """\
+sdata
+    A :class:`spatialdata.SpatialData` object, or an :class:`anndata.AnnData` with spot/cell coordinates in
+    ``.obsm['spatial']`` (and, optionally, legacy images in ``.uns['spatial']``)."""
+_table_key = """\
+table_key
+    Name of the table in ``sdata.tables`` to use. May be omitted when ``sdata`` holds exactly one table."""
+_coordinate_system = """\
+coordinate_system
+    Coordinate system in which coordinates, diameters and images are expressed. Defaults to ``'global'``, or the
+    only coordinate system the annotated element lives in."""
+_key_added = """\
+key_added
+    Prefix of the keys under which results are written."""
+_copy = """\
+copy
+    If ``True``, return the result instead of writing it into ``sdata``; if ``False`` (default), write in place
+    and return ``None``."""
+_seed = """\
+seed
+    Random seed. The same seed gives the same result on CPU."""
+_device = """\
+device
+    Torch device: ``'cpu'`` (default), ``'cuda'``, ``'cuda:1'``, or ``'auto'`` (CUDA when available)."""
+_verbose = """\
+verbose
+    Show a progress bar for long loops."""
+
+
+class _Snippets(dict):
+    """Mapping of snippet names to dedented text; used by :func:`inject_docs`."""
+
+
+d = _Snippets(
+    sdata=_sdata,
+    table_key=_table_key,
+    coordinate_system=_coordinate_system,
+    key_added=_key_added,
+    copy=_copy,
+    seed=_seed,
+    device=_device,
+    verbose=_verbose,
+)
+
+
+def inject_docs(**extra: str) -> Callable[[F], F]:
+    """Fill ``{name}`` placeholders in a docstring with the shared snippets in :data:`d` (and ``extra``).
+
+    Snippets are indented to the indentation of the placeholder's line, so they can be written at column 0.
+
+    Parameters
+    ----------
+    **extra
+        Additional snippets for this function only.
+
+    Returns
+    -------
+    A decorator that rewrites ``func.__doc__`` and returns ``func``.
+    """
+
+    def decorator(func: F) -> F:
+        if func.__doc__ is None:
+            return func
+        snippets = {**d, **extra}
+        out = []
+        for line in dedent(func.__doc__).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("{") and stripped.endswith("}") and stripped[1:-1] in snippets:
+                indent = line[: len(line) - len(line.lstrip())]
+                out.extend(indent + s if s else s for s in snippets[stripped[1:-1]].splitlines())
+            else:
+                out.append(line)
+        func.__doc__ = "\n".join(out)
+        return func
+
+    return decorator

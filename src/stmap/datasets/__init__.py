@@ -1,0 +1,27 @@
+"""Real public data as SpatialData, and simulators with known ground truth."""
+
+from ._her2st import her2st
+from ._readers import (
+    bdtnp_atlas,
+    cosmx_lung,
+    spacexr,
+    squidpy_visium,
+    starmap_cells,
+    visium_dentate_gyrus,
+    vizgen_brain,
+)
+from ._simulate import simulate_spots, simulate_tissue, synthetic_tissue
+
+__all__ = [
+    "bdtnp_atlas",
+    "cosmx_lung",
+    "her2st",
+    "simulate_spots",
+    "simulate_tissue",
+    "spacexr",
+    "squidpy_visium",
+    "starmap_cells",
+    "synthetic_tissue",
+    "visium_dentate_gyrus",
+    "vizgen_brain",
+]

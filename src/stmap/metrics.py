@@ -1,0 +1,1 @@
+"""Measures used in tests, benchmarks and docs."""
