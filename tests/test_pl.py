@@ -213,3 +213,25 @@ class TestSpatial:
     def test_plain_anndata_without_coordinates(self):
         with pytest.raises(StmapInputError, match="obsm"):
             st.pl.spatial(ad.AnnData(np.zeros((3, 2))), show=False)
+
+    def test_points_and_rgb_image_preferred(self):
+        from stmap._core._elements import make_points
+
+        rng = np.random.default_rng(0)
+        he = make_image(rng.integers(0, 255, (3, 64, 64)).astype(np.uint8), scale_factors=[2])  # multiscale RGB
+        maps = make_image(rng.random((4, 64, 64)).astype(np.float32))  # e.g. gene maps: not the background
+        adata = ad.AnnData(np.ones((20, 2), dtype=np.float32))
+        adata.obs["ct"] = pd.Categorical(rng.choice(["u", "v"], 20))
+        table = make_table(adata, region="cells")
+        sdata = new_spatialdata(
+            images={"zz_he": he, "aa_maps": maps},
+            points={"cells": make_points(rng.uniform(5, 60, (20, 2)))},
+            tables={"t": table},
+        )
+        ax = st.pl.spatial(sdata, color="ct", return_ax=True, show=False)
+        assert len(ax.images) == 1
+        assert ax.images[0].get_array().shape[-1] == 3  # the RGB image, not the 4-channel one
+        drawn = [c for c in ax.collections if len(c.get_offsets()) == 20]
+        assert len(drawn) == 1
+        palette = dict(zip(table.obs["ct"].cat.categories, table.uns["ct_colors"], strict=True))
+        assert [to_hex(c) for c in drawn[0].get_facecolors()] == [palette[c] for c in table.obs["ct"]]
