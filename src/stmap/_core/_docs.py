@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from textwrap import dedent
+from inspect import cleandoc
 from typing import Any, TypeVar
 
 __all__ = ["d", "inject_docs"]
@@ -75,7 +75,7 @@ def inject_docs(**extra: str) -> Callable[[F], F]:
             return func
         snippets = {**d, **extra}
         out = []
-        for line in dedent(func.__doc__).splitlines():
+        for line in cleandoc(func.__doc__).splitlines():
             stripped = line.strip()
             if stripped.startswith("{") and stripped.endswith("}") and stripped[1:-1] in snippets:
                 indent = line[: len(line) - len(line.lstrip())]

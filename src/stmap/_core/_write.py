@@ -1,0 +1,238 @@
+"""Write results back where scverse users look for them, all at once, after everything was computed.
+
+A tool collects its results in a :class:`Results` and calls :meth:`Results.commit` last. Nothing in the user's
+object changes before that call, so an error while computing leaves it exactly as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from . import _logging as logg
+from ._constants import Key
+from ._errors import StmapInputError
+from ._resolve import TableContext, is_spatialdata
+
+__all__ = ["Results", "sanitize_params"]
+
+
+def sanitize_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Make tool parameters storable in ``.uns`` (zarr/h5ad): scalars, strings, lists of those, or their ``repr``."""
+
+    def conv(v: Any) -> Any:
+        if v is None or isinstance(v, bool | int | float | str):
+            return "None" if v is None else v
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, list | tuple) and all(isinstance(x, bool | int | float | str | np.generic) for x in v):
+            return [x.item() if isinstance(x, np.generic) else x for x in v]
+        if isinstance(v, np.ndarray) and v.ndim == 1 and v.size <= 10_000 and v.dtype.kind in "biufU":
+            return v
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        return repr(v) if len(repr(v)) < 500 else f"<{type(v).__name__}>"
+
+    return {str(k): conv(v) for k, v in params.items()}
+
+
+@dataclass
+class _TableWrites:
+    obs: dict[str, Any] = field(default_factory=dict)
+    obsm: dict[str, Any] = field(default_factory=dict)
+    obsp: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Results:
+    """Results of one tool call, written to the user's object by :meth:`commit`.
+
+    Parameters
+    ----------
+    ctx
+        The resolved input (where ``obs``/``obsm``/``uns`` writes go by default).
+    key_added
+        The tool's key: parameters go to ``.uns[key_added]['params']``.
+    params
+        Parameters the tool ran with.
+    """
+
+    ctx: TableContext
+    key_added: str
+    params: dict[str, Any] = field(default_factory=dict)
+    _tables: dict[int, tuple[AnnData, _TableWrites]] = field(default_factory=dict)
+    _new_tables: dict[str, tuple[AnnData, str | None, Any]] = field(default_factory=dict)
+    _new_elements: dict[str, Any] = field(default_factory=dict)
+    _written: list[str] = field(default_factory=list)
+
+    # -- collecting ------------------------------------------------------------------------------------------------
+    def _w(self, adata: AnnData | None) -> _TableWrites:
+        adata = self.ctx.adata if adata is None else adata
+        if id(adata) not in self._tables:
+            self._tables[id(adata)] = (adata, _TableWrites())
+        return self._tables[id(adata)][1]
+
+    def obs(self, key: str, values: Any, adata: AnnData | None = None) -> None:
+        """Queue ``adata.obs[key] = values`` (default: the resolved table)."""
+        target = self.ctx.adata if adata is None else adata
+        _check_len(values, target.n_obs, f"obs[{key!r}]")
+        self._w(adata).obs[key] = values
+
+    def obsm(self, key: str, values: Any, adata: AnnData | None = None) -> None:
+        """Queue ``adata.obsm[key] = values`` (array, sparse matrix or DataFrame indexed like ``obs``)."""
+        target = self.ctx.adata if adata is None else adata
+        _check_len(values, target.n_obs, f"obsm[{key!r}]")
+        if isinstance(values, pd.DataFrame):
+            values = values.copy()
+            values.index = target.obs_names
+            values.columns = values.columns.astype(str)
+        self._w(adata).obsm[key] = values
+
+    def obsp(self, key: str, values: Any, adata: AnnData | None = None) -> None:
+        """Queue ``adata.obsp[key] = values``."""
+        self._w(adata).obsp[key] = values
+
+    def layer(self, key: str, values: Any, adata: AnnData | None = None) -> None:
+        """Queue ``adata.layers[key] = values``."""
+        self._w(adata).layers[key] = values
+
+    def uns(self, key: str, values: Any, adata: AnnData | None = None) -> None:
+        """Queue ``adata.uns[key] = values`` (merged with the parameters when ``key == key_added``)."""
+        self._w(adata).uns[key] = values
+
+    def table(self, name: str, table: AnnData, *, region: str | None = None, instance_ids: Any = None) -> None:
+        """Queue a new table ``sdata.tables[name]``, annotating element ``region`` (new or existing)."""
+        if table.n_obs == 0:
+            raise StmapInputError(f"Refusing to write empty table {name!r}.")
+        self._new_tables[name] = (table, region, instance_ids)
+
+    def element(self, name: str, element: Any) -> None:
+        """Queue a new image/labels/points/shapes element (its kind is read from its spatialdata model)."""
+        self._new_elements[name] = element
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+    def commit(self, copy: bool = False) -> Any:
+        """Write everything into the user's object (``copy=False``, returns ``None``) or into a copy (returned).
+
+        With ``copy=True`` the returned object is a new SpatialData/AnnData whose modified tables are copies;
+        unmodified elements (e.g. large images) are shared, not duplicated. When the tool also wrote to AnnData
+        objects outside it (e.g. a single-cell reference), their modified copies follow in a tuple:
+        ``(sdata_copy, reference_copy)``.
+        """
+        target = self._copy_target() if copy else self.ctx.data
+        tables_map = self._table_map(target, copy)
+        external = [tables_map[i] for i, (a, _) in self._tables.items() if copy and not self._in_target(a)]
+        for adata, w in self._tables.values():
+            dst = tables_map.get(id(adata), adata)
+            self._apply(dst, w, is_main=adata is self.ctx.adata)
+        if self.key_added not in {k for _, w in self._tables.values() for k in w.uns}:
+            main = tables_map.get(id(self.ctx.adata), self.ctx.adata)
+            self._apply(main, _TableWrites(uns={self.key_added: {}}), is_main=True)
+        if self._new_elements or self._new_tables:
+            if not is_spatialdata(target):
+                logg.warning(
+                    f"{', '.join(list(self._new_elements) + list(self._new_tables))} not written: a plain AnnData cannot "
+                    "hold new elements or tables. Pass a SpatialData (e.g. `st.pp.to_spatialdata(adata)`) to get them."
+                )
+            else:
+                self._add_elements(target)
+        if not copy:
+            return None
+        return (target, *external) if external else target
+
+    def _in_target(self, adata: AnnData) -> bool:
+        data = self.ctx.data
+        if isinstance(data, AnnData):
+            return adata is data
+        return any(adata is t for t in data.tables.values())
+
+    def _copy_target(self) -> Any:
+        data = self.ctx.data
+        if not is_spatialdata(data):
+            return data.copy()
+        from spatialdata import SpatialData
+
+        modified = {id(a) for a, _ in self._tables.values()} | {id(self.ctx.adata)}
+        tables = {k: (t.copy() if id(t) in modified else t) for k, t in data.tables.items()}
+        import copy as _copy
+
+        return SpatialData(
+            images=dict(data.images),
+            labels=dict(data.labels),
+            points=dict(data.points),
+            shapes=dict(data.shapes),
+            tables=tables,
+            attrs=_copy.deepcopy(dict(data.attrs)),
+        )
+
+    def _table_map(self, target: Any, copy: bool) -> dict[int, AnnData]:
+        """Map ids of the user's tables to the tables of ``target`` (themselves unless copied)."""
+        if not copy:
+            return {}
+        if isinstance(target, AnnData):
+            out = {id(self.ctx.adata): target}
+        else:
+            src = self.ctx.data.tables
+            out = {id(src[k]): target.tables[k] for k in src.keys()}
+        for i, (adata, _) in self._tables.items():
+            out.setdefault(i, adata.copy())  # tables outside the object (e.g. a reference) are copied too
+        return out
+
+    def _apply(self, adata: AnnData, w: _TableWrites, *, is_main: bool) -> None:
+        for slot, items in (("obs", w.obs), ("obsm", w.obsm), ("obsp", w.obsp), ("layers", w.layers)):
+            container = getattr(adata, slot)
+            for k, v in items.items():
+                if k in container:
+                    _warn_overwrite(f"{slot}[{k!r}]")
+                container[k] = v
+                self._written.append(f"{slot}[{k!r}]")
+        for k, v in w.uns.items():
+            if is_main and k == self.key_added:
+                v = {**(v or {}), Key.uns.params: sanitize_params(self.params)}
+            if k in adata.uns:
+                _warn_overwrite(f"uns[{k!r}]")
+            adata.uns[k] = v
+            self._written.append(f"uns[{k!r}]")
+
+    def _add_elements(self, sdata: Any) -> None:
+        from spatialdata.models import get_model
+
+        from ._elements import make_table
+
+        kinds = {"Image2DModel": "images", "Image3DModel": "images", "Labels2DModel": "labels"}
+        kinds |= {"Labels3DModel": "labels", "PointsModel": "points", "ShapesModel": "shapes"}
+        for name, el in self._new_elements.items():
+            kind = kinds[get_model(el).__name__]
+            if name in sdata:
+                _warn_overwrite(f"element {name!r}")
+                del sdata[name]
+            getattr(sdata, kind)[name] = el
+            self._written.append(f"{kind}[{name!r}]")
+        for name, (table, region, ids) in self._new_tables.items():
+            if name in sdata.tables:
+                _warn_overwrite(f"table {name!r}")
+                del sdata.tables[name]
+            sdata.tables[name] = make_table(table, region=region, instance_ids=ids)
+            self._written.append(f"tables[{name!r}]")
+
+    @property
+    def written(self) -> str:
+        """Human-readable list of what the last :meth:`commit` wrote (for the log)."""
+        return ", ".join(self._written)
+
+
+def _check_len(values: Any, n: int, what: str) -> None:
+    length = values.shape[0] if hasattr(values, "shape") else len(values)
+    if length != n:
+        raise ValueError(f"Internal error: {what} has {length} rows, the table has {n}.")
+
+
+def _warn_overwrite(what: str) -> None:
+    warnings.warn(f"Overwriting existing {what}.", UserWarning, stacklevel=4)
