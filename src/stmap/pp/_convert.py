@@ -1,0 +1,84 @@
+"""Conversion of a plain (scanpy/squidpy-style) AnnData into SpatialData."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+
+from .._core import Key, StmapInputError, affine_matrix, make_circles, make_image, make_table, new_spatialdata, resolve
+from .._core._resolve import _legacy_library
+
+__all__ = ["to_spatialdata"]
+
+
+def to_spatialdata(
+    adata: AnnData,
+    *,
+    spatial_key: str = Key.obsm.spatial,
+    library_id: str | None = None,
+    mpp: float | None = None,
+    spot_diameter: float | None = None,
+    table_key: str = "table",
+    region: str = "spots",
+):
+    """Turn an AnnData with ``obsm['spatial']`` (and legacy ``uns['spatial']`` images) into a SpatialData.
+
+    Spots become circles (diameter from ``uns['spatial'][library_id]['scalefactors']['spot_diameter_fullres']`` or
+    ``spot_diameter``), each legacy image (``hires``, ``lowres``) becomes an image element placed with its scale factor,
+    and a copy of ``adata`` becomes the table annotating the spots. ``adata`` itself is not modified.
+
+    Parameters
+    ----------
+    adata
+        AnnData with coordinates in ``obsm[spatial_key]`` (full-resolution pixels for Visium).
+    spatial_key
+        ``obsm`` key of the coordinates.
+    library_id
+        Library in ``uns['spatial']``; needed only when there are several.
+    mpp
+        Micrometres per ``obsm[spatial_key]`` unit. When given, the ``'global'`` coordinate system is in micrometres
+        (and recorded as such); otherwise it is in the units of ``obsm[spatial_key]``, with no unit recorded.
+    spot_diameter
+        Spot diameter in ``obsm[spatial_key]`` units, when the scale factors do not give it.
+    table_key, region
+        Names of the table and of the spots element.
+
+    Returns
+    -------
+    :class:`spatialdata.SpatialData` with shapes ``region``, table ``table_key`` and images ``'<library_id>_hires'``
+    / ``'<library_id>_lowres'`` when present.
+    """
+    ctx = resolve(adata, spatial_key=spatial_key)
+    lib = _legacy_library(adata, library_id)
+    meta = lib[1] if lib is not None else {}
+    sf = meta.get("scalefactors", {}) if isinstance(meta, dict) else {}
+    diameter = spot_diameter if spot_diameter is not None else sf.get("spot_diameter_fullres")
+    if diameter is None:
+        raise StmapInputError(
+            "Spot diameter unknown: adata.uns['spatial'][library]['scalefactors'] has no 'spot_diameter_fullres'; "
+            "pass `spot_diameter=` in obsm['spatial'] units."
+        )
+    if mpp is not None and (not np.isfinite(mpp) or mpp <= 0):
+        raise StmapInputError(f"mpp must be a positive number of micrometres per unit, got {mpp!r}.")
+    scale = 1.0 if mpp is None else float(mpp)
+    table = adata.copy()
+    ids = np.asarray(table.obs_names)
+    circles = make_circles(ctx.coords, float(diameter) / 2.0, index=ids, transform=affine_matrix(scale))
+    images = {}
+    if lib is not None:
+        for name, arr in (meta.get("images") or {}).items():
+            scalef = sf.get(f"tissue_{name}_scalef")
+            if scalef is None:
+                continue
+            arr = np.asarray(arr)
+            if arr.dtype.kind == "f" and arr.max() <= 1.0:
+                arr = np.round(arr * 255).astype(np.uint8)
+            arr = arr[..., None] if arr.ndim == 2 else arr
+            images[f"{lib[0]}_{name}"] = make_image(
+                arr, dims=("y", "x", "c"), transform=affine_matrix(scale / float(scalef))
+            )
+    table.uns.pop(Key.uns.spatial, None)
+    table.uns[Key.uns.stmap] = {"mpp": scale if mpp is not None else "unknown", "spot_diameter": float(diameter)}
+    table = make_table(table, region=region, instance_ids=ids)
+    units = {Key.cs: "um"} if mpp is not None else None
+    return new_spatialdata(images=images, shapes={region: circles}, tables={table_key: table}, units=units)
