@@ -159,7 +159,8 @@ class TestSpatial:
         path = tmp_path / "spots.png"
         out = st.pl.spatial(_tiny_sdata(), color="cluster", save=path, show=False)
         assert out is None
-        assert path.exists() and path.stat().st_size > 0
+        assert path.exists()
+        assert path.stat().st_size > 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def test_into_given_ax(self):

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._core import _logging as logg
-from .._core._constants import Key
-from .._core._docs import inject_docs
-from .._core._errors import StmapInputError, unknown_key
+from stmap._core import _logging as logg
+from stmap._core._constants import Key
+from stmap._core._docs import inject_docs
+from stmap._core._errors import StmapInputError, unknown_key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -101,17 +101,10 @@ def spatial(
     import matplotlib.pyplot as plt
     from anndata import AnnData
 
-    if isinstance(sdata, AnnData):
-        table, regions, table_name = sdata, [], None
-        if Key.obsm.spatial not in sdata.obsm:
-            raise StmapInputError(
-                "The AnnData has no spot coordinates: expected them in `.obsm['spatial']`. Pass a SpatialData "
-                f"object, or set `adata.obsm['spatial']`. Available obsm keys: {sorted(sdata.obsm.keys())}."
-            )
-    else:
-        table_name, table = _resolve_table(sdata, table_key)
-        regions = _annotated_regions(sdata, table, table_name, coordinate_system)
+    from stmap._core._resolve import resolve
 
+    ctx = resolve(sdata, table_key, coordinate_system=None if isinstance(sdata, AnnData) else coordinate_system)
+    table = ctx.adata
     kind = _color_kind(table, color)  # raises before anything is touched
     colors = _ensure_palette(table, color, palette) if kind == "categorical" else None
 
@@ -121,15 +114,15 @@ def spatial(
     else:
         fig = ax.get_figure()
 
-    if isinstance(sdata, AnnData):
-        _scatter_anndata(sdata, color, kind, colors, cmap=cmap, size=size, ax=ax)
+    if ctx.sdata is None:
+        _scatter_anndata(table, color, kind, colors, cmap=cmap, size=size, ax=ax)
         ax.set_title(color if title is None else title)
     else:
         _render_spatialdata(
-            sdata,
+            ctx.sdata,
             table,
-            table_name,
-            regions,
+            ctx.table_key,
+            [(ctx.region, ctx.element_type)],
             color,
             kind,
             image_key=image_key,
@@ -153,66 +146,7 @@ def spatial(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# resolution (falls back to local logic until the shared _core resolver is available)
-
-
-def _resolve_table(sdata: SpatialData, table_key: str | None) -> tuple[str, AnnData]:
-    tables = dict(sdata.tables)
-    if table_key is None:
-        if len(tables) != 1:
-            if not tables:
-                raise StmapInputError("The SpatialData object has no table: there is nothing to colour by.")
-            raise StmapInputError(
-                f"The SpatialData object has {len(tables)} tables; pass `table_key`, one of: "
-                + ", ".join(repr(k) for k in sorted(tables))
-                + "."
-            )
-        table_key = next(iter(tables))
-    if table_key not in tables:
-        raise unknown_key("Table", table_key, tables, where="sdata.tables")
-    return table_key, tables[table_key]
-
-
-def _annotated_regions(sdata: SpatialData, table: AnnData, table_name: str, cs: str) -> list[tuple[str, str]]:
-    """``(element name, element type)`` of the elements the table annotates that live in ``cs``."""
-    from spatialdata.transformations import get_transformation
-
-    attrs = table.uns.get(Key.uns.spatialdata_attrs, {})
-    region = attrs.get("region")
-    if region is None:
-        raise StmapInputError(
-            f"Table {table_name!r} annotates no element (`uns['spatialdata_attrs']['region']` is missing), so "
-            "there is nothing to draw. Use `spatialdata.models.TableModel.parse(..., region=...)` to link it."
-        )
-    names = [region] if isinstance(region, str) else list(region)
-    found: list[tuple[str, str]] = []
-    other_cs: dict[str, list[str]] = {}
-    for name in names:
-        kind = _element_type(sdata, name)
-        if kind is None:
-            raise StmapInputError(
-                f"Table {table_name!r} annotates element {name!r}, which is not in the SpatialData object. "
-                f"Elements: {sorted(n for _, n, _ in sdata.gen_elements())}."
-            )
-        systems = list(get_transformation(sdata[name], get_all=True))
-        if cs in systems:
-            found.append((name, kind))
-        else:
-            other_cs[name] = systems
-    if not found:
-        raise StmapInputError(
-            f"No element annotated by table {table_name!r} lives in coordinate system {cs!r}. "
-            + "; ".join(f"{n!r} is in {sorted(c)}" for n, c in other_cs.items())
-            + ". Pass `coordinate_system=`."
-        )
-    return found
-
-
-def _element_type(sdata: SpatialData, name: str) -> str | None:
-    for kind in ("shapes", "points", "labels", "images"):
-        if name in getattr(sdata, kind):
-            return kind
-    return None
+# images
 
 
 def _pick_image(sdata: SpatialData, image_key: str | bool | None, cs: str) -> str | None:
@@ -291,10 +225,11 @@ def _ensure_palette(table: AnnData, key: str, palette: Any) -> list[str]:
         pool = palettes.default_20 if n <= 20 else palettes.default_28 if n <= 28 else palettes.default_102
         colors = [to_hex(c) for c in pool[:n]] if n <= len(pool) else ["#808080"] * n
     elif isinstance(palette, Mapping):
-        missing = [c for c in cats if c not in palette]
+        by_name = {str(k): v for k, v in palette.items()}  # categories are compared as strings (e.g. True -> "True")
+        missing = [c for c in cats if c not in by_name]
         if missing:
             raise StmapInputError(f"`palette` has no colour for categories {missing} of {key!r}.")
-        colors = [to_hex(palette[c], keep_alpha=False) for c in cats]
+        colors = [to_hex(by_name[c]) for c in cats]
     elif isinstance(palette, str) and palette in colormaps:
         cm = colormaps[palette]
         if isinstance(cm, ListedColormap) and cm.N < 256:
