@@ -843,5 +843,7 @@ def synthetic_tissue(
     sdata.images[HE] = make_image(
         rgb, transform=T, dims=("y", "x", "c"), c_coords=["r", "g", "b"], scale_factors=[2, 2], chunks=(3, 512, 512)
     )
-    sdata.labels[REGIONS] = Labels2DModel.parse(region, dims=("y", "x"), transformations={Key.cs: to_transformation(T)})
+    sdata.labels[REGIONS] = Labels2DModel.parse(
+        region, dims=("y", "x"), transformations={Key.cs: to_transformation(T)}, scale_factors=[2, 2]
+    )
     return sdata
