@@ -1,1 +1,394 @@
-"""Measures used in tests, benchmarks and docs."""
+"""Measures used in tests, benchmarks and docs.
+
+All functions take NumPy arrays (SciPy sparse matrices where noted, pandas DataFrames where columns carry names) and
+return plain floats or arrays. Shapes are checked and a mismatch raises :class:`ValueError`.
+
+NaN conventions: a correlation is NaN when either vector is constant (it is undefined). Functions returning one
+value per row/column return those NaNs; summaries such as :func:`proportion_metrics` average with ``nanmean``.
+Inputs containing NaN are not cleaned: NaN propagates to the entries it touches.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+__all__ = [
+    "assignment_accuracy",
+    "average_precision",
+    "f1",
+    "gmm_threshold",
+    "jsd",
+    "pearson_per_gene",
+    "pearson_per_spot",
+    "proportion_metrics",
+    "relative_l2",
+    "rmse",
+    "roc_auc",
+    "spearman_per_gene",
+    "ssim",
+]
+
+
+def _dense2d(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, pd.DataFrame):
+        x = x.to_numpy()
+    if sparse.issparse(x):
+        x = x.toarray()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"`{name}` must be 1D or 2D, got shape {a.shape}.")
+    return a
+
+
+def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(pred, pd.DataFrame) and isinstance(truth, pd.DataFrame):
+        pred, truth = _align_columns(pred, truth)
+    p, t = _dense2d(pred, "pred"), _dense2d(truth, "truth")
+    if p.shape != t.shape:
+        raise ValueError(f"`pred` and `truth` must have the same shape, got {p.shape} and {t.shape}.")
+    return p, t
+
+
+def _align_columns(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cp, ct = [str(c) for c in pred.columns], [str(c) for c in truth.columns]
+    if set(cp) != set(ct):
+        raise ValueError(
+            f"`pred` and `truth` must have the same columns; only in pred: {sorted(set(cp) - set(ct))}, "
+            f"only in truth: {sorted(set(ct) - set(cp))}."
+        )
+    pred = pred.set_axis(cp, axis=1)
+    truth = truth.set_axis(ct, axis=1)
+    return pred[ct], truth
+
+
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    const = (np.ptp(a, axis=1) == 0) | (np.ptp(b, axis=1) == 0)  # exact test; centring may leave rounding noise
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    num = (a * b).sum(axis=1)
+    den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / den
+    r[const] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def pearson_per_gene(pred: Any, truth: Any) -> np.ndarray:
+    """Pearson correlation of each gene (column) across observations.
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n_obs, n_genes)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+
+    Returns
+    -------
+    ``(n_genes,)`` correlations; NaN where either column is constant.
+    """
+    p, t = _pair(pred, truth)
+    return _rowwise_pearson(p.T, t.T)
+
+
+def pearson_per_spot(pred: Any, truth: Any) -> np.ndarray:
+    """Pearson correlation of each observation (row, e.g. a spot) across genes or cell types.
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n_obs, n_features)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+
+    Returns
+    -------
+    ``(n_obs,)`` correlations; NaN where either row is constant.
+    """
+    p, t = _pair(pred, truth)
+    return _rowwise_pearson(p, t)
+
+
+def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
+    """Spearman rank correlation of each gene (column) across observations (ties get average ranks).
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n_obs, n_genes)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+
+    Returns
+    -------
+    ``(n_genes,)`` correlations; NaN where either column is constant.
+    """
+    from scipy.stats import rankdata
+
+    p, t = _pair(pred, truth)
+    return _rowwise_pearson(rankdata(p, axis=0).T, rankdata(t, axis=0).T)
+
+
+def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarray:
+    """Root mean squared error.
+
+    Parameters
+    ----------
+    pred, truth
+        Arrays of the same shape (sparse and DataFrames allowed; DataFrames aligned by column name).
+    axis
+        ``None``: one value over all entries; ``1``: one per row; ``0``: one per column.
+
+    Returns
+    -------
+    The RMSE (NaN if any entry involved is NaN).
+    """
+    p, t = _pair(pred, truth)
+    if axis not in (None, 0, 1):
+        raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
+    out = np.sqrt(np.mean((p - t) ** 2, axis=axis))
+    return float(out) if axis is None else out
+
+
+def jsd(p: Any, q: Any) -> np.ndarray:
+    """Row-wise Jensen-Shannon divergence in bits (base 2, so it lies in ``[0, 1]``).
+
+    Each row is normalised to sum to 1 first; ``0 log 0 = 0``.
+
+    Parameters
+    ----------
+    p, q
+        ``(n, k)`` non-negative arrays (or 1D ``(k,)``, giving one value), DataFrames aligned by column name.
+
+    Returns
+    -------
+    ``(n,)`` divergences (a float for 1D input); NaN for rows where either sums to 0 or contains NaN.
+    """
+    one = np.ndim(p) == 1 and np.ndim(q) == 1
+    a, b = _pair(np.asarray(p)[None], np.asarray(q)[None]) if one else _pair(p, q)
+    if np.any(a < 0) or np.any(b < 0):
+        raise ValueError("`p` and `q` must be non-negative.")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a = a / a.sum(axis=1, keepdims=True)
+        b = b / b.sum(axis=1, keepdims=True)
+        m = 0.5 * (a + b)
+
+        def kl(x, y):
+            return np.where(x > 0, x * np.log2(x / y), 0.0).sum(axis=1)
+
+        out = 0.5 * kl(a, m) + 0.5 * kl(b, m)
+    bad = ~(np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1))
+    out[bad] = np.nan
+    out = np.clip(out, 0.0, 1.0)
+    return float(out[0]) if one else out
+
+
+def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
+    """Summaries of predicted vs true cell-type proportions per spot.
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n_spots, n_types)`` proportions. DataFrames are aligned by column name (order may differ; the sets of
+        columns must agree); arrays must already be in the same order.
+
+    Returns
+    -------
+    ``{'pearson': mean per-spot Pearson (NaN spots skipped), 'rmse': RMSE over all entries, 'jsd': mean per-spot JSD
+    (NaN spots skipped)}``.
+    """
+    if isinstance(pred, pd.DataFrame) and isinstance(truth, pd.DataFrame):
+        pred, truth = _align_columns(pred, truth)
+    p, t = _pair(pred, truth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN -> NaN, documented
+        return {
+            "pearson": float(np.nanmean(pearson_per_spot(p, t))),
+            "rmse": rmse(p, t),
+            "jsd": float(np.nanmean(jsd(p, t))),
+        }
+
+
+def assignment_accuracy(pred_spot: Any, true_spot: Any) -> float:
+    """Share of cells placed in their true spot, over cells that have one.
+
+    Parameters
+    ----------
+    pred_spot, true_spot
+        Spot id per cell (same length). A cell with no true spot (NaN, ``None`` or ``''`` in ``true_spot``) is
+        ignored; a missing prediction counts as wrong.
+
+    Returns
+    -------
+    The accuracy in ``[0, 1]``; NaN when no cell has a true spot.
+    """
+    p, t = pd.Series(np.asarray(pred_spot, dtype=object)), pd.Series(np.asarray(true_spot, dtype=object))
+    if p.shape != t.shape or p.ndim != 1:
+        raise ValueError(f"`pred_spot` and `true_spot` must be 1D of the same length, got {p.shape} and {t.shape}.")
+    has = t.notna().to_numpy() & (t.astype(str).to_numpy() != "")
+    if not has.any():
+        return float("nan")
+    pv, tv = p.to_numpy()[has], t.to_numpy()[has]
+    ok = pd.notna(pv) & (pd.Series(pv).astype(str).to_numpy() == pd.Series(tv).astype(str).to_numpy())
+    return float(ok.mean())
+
+
+def _binary(y_true: Any, score: Any, name: str = "y_score") -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"`y_true` and `{name}` must have the same length, got {y.shape} and {s.shape}.")
+    if y.dtype != bool:
+        vals = set(np.unique(y).tolist())
+        if not vals <= {0, 1}:
+            raise ValueError(f"`y_true` must be binary (bool or 0/1), got values {sorted(vals)[:5]}.")
+    return y.astype(bool), s
+
+
+def roc_auc(y_true: Any, y_score: Any) -> float:
+    """Area under the ROC curve (:func:`sklearn.metrics.roc_auc_score`).
+
+    Parameters
+    ----------
+    y_true
+        Binary labels (bool or 0/1).
+    y_score
+        Scores, higher meaning more likely positive.
+
+    Returns
+    -------
+    The AUC; NaN when only one class is present.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _binary(y_true, y_score)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def average_precision(y_true: Any, y_score: Any) -> float:
+    """Average precision (:func:`sklearn.metrics.average_precision_score`).
+
+    Parameters
+    ----------
+    y_true
+        Binary labels (bool or 0/1).
+    y_score
+        Scores, higher meaning more likely positive.
+
+    Returns
+    -------
+    The AP; NaN when there is no positive.
+    """
+    from sklearn.metrics import average_precision_score
+
+    y, s = _binary(y_true, y_score)
+    if not y.any():
+        return float("nan")
+    return float(average_precision_score(y, s))
+
+
+def f1(y_true: Any, y_pred: Any) -> float:
+    """Binary F1 score of the positive class, ``2 TP / (2 TP + FP + FN)``.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Binary labels (bool or 0/1).
+
+    Returns
+    -------
+    The F1 score; NaN when there are neither true nor predicted positives (undefined).
+    """
+    y, p = _binary(y_true, y_pred, "y_pred")
+    if not set(np.unique(p).tolist()) <= {0.0, 1.0}:
+        raise ValueError("`y_pred` must be binary (bool or 0/1); threshold scores first, e.g. with gmm_threshold.")
+    p = p.astype(bool)
+    tp = np.sum(y & p)
+    den = 2 * tp + np.sum(~y & p) + np.sum(y & ~p)
+    return float("nan") if den == 0 else float(2 * tp / den)
+
+
+def gmm_threshold(scores: Any, *, seed: int | None = 0) -> float:
+    """Threshold separating the two components of a 1D two-component Gaussian mixture fitted to ``scores``.
+
+    The threshold is the point between the two means where the posterior of the upper component reaches 0.5 (found
+    on a fine grid); if the posterior never crosses there (very unequal widths), the midpoint of the means.
+
+    Parameters
+    ----------
+    scores
+        1D scores (NaNs are dropped).
+    seed
+        Seed of :class:`sklearn.mixture.GaussianMixture`.
+
+    Returns
+    -------
+    The threshold; call ``scores > threshold`` positive.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = s[np.isfinite(s)]
+    if s.size < 2 or np.ptp(s) == 0:
+        raise ValueError("`scores` needs at least two distinct finite values.")
+    gm = GaussianMixture(n_components=2, random_state=seed, n_init=3).fit(s[:, None])
+    means = gm.means_.ravel()
+    lo, hi = np.sort(means)
+    upper = int(np.argmax(means))
+    grid = np.linspace(lo, hi, 2001)
+    post = gm.predict_proba(grid[:, None])[:, upper]
+    cross = np.flatnonzero(post >= 0.5)
+    if cross.size == 0 or cross[0] == 0:
+        return float((lo + hi) / 2)
+    return float(grid[cross[0]])
+
+
+def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis: int | None = None) -> float:
+    """Structural similarity (:func:`skimage.metrics.structural_similarity`).
+
+    Parameters
+    ----------
+    img1, img2
+        Images of the same shape.
+    data_range
+        Value range; default the range of both images together (``max - min``), so float images work.
+    channel_axis
+        Axis of channels for multichannel images; ``None`` treats all axes as spatial.
+
+    Returns
+    -------
+    The mean SSIM.
+    """
+    from skimage.metrics import structural_similarity
+
+    a, b = np.asarray(img1, dtype=np.float64), np.asarray(img2, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"Images must have the same shape, got {a.shape} and {b.shape}.")
+    if data_range is None:
+        data_range = float(max(a.max(), b.max()) - min(a.min(), b.min())) or 1.0
+    return float(structural_similarity(a, b, data_range=data_range, channel_axis=channel_axis))
+
+
+def relative_l2(a: Any, b: Any) -> float:
+    """Relative L2 error ``||a - b|| / ||b||`` (``b`` is the reference).
+
+    Parameters
+    ----------
+    a, b
+        Arrays of the same shape (sparse allowed).
+
+    Returns
+    -------
+    The relative error; ``inf`` if ``b`` is all zero and ``a`` is not, 0 if both are.
+    """
+    x = np.asarray(a.toarray() if sparse.issparse(a) else a, dtype=np.float64)
+    y = np.asarray(b.toarray() if sparse.issparse(b) else b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"`a` and `b` must have the same shape, got {x.shape} and {y.shape}.")
+    num, den = np.linalg.norm((x - y).ravel()), np.linalg.norm(y.ravel())
+    if den == 0:
+        return 0.0 if num == 0 else float("inf")
+    return float(num / den)
