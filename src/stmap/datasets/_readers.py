@@ -40,6 +40,9 @@ __all__ = [
 VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPACING_UM = 100.0
 _UNITS = {Key.cs: "um"}
+#: Even small rasters are written as (2-level) pyramids: spatialdata 0.7.2 + ome-zarr 0.18 cannot write a
+#: single-scale image (ome-zarr now builds a pyramid when ``scaler=None`` and the chunks no longer match).
+_PYRAMID = [2]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -154,6 +157,7 @@ def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True):
                 dims=("y", "x", "c"),
                 transform=affine_matrix(mpp / scalef),
                 c_coords=["r", "g", "b"],
+                scale_factors=_PYRAMID,
             )
     info = {
         "mpp": mpp,
@@ -233,6 +237,7 @@ def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = T
                 dims=("y", "x", "c"),
                 transform=affine_matrix((sx * mpp, sy * mpp), (x0 * mpp, y0 * mpp)),
                 c_coords=["r", "g", "b"],
+                scale_factors=_PYRAMID,
             )
     info = {
         "mpp": mpp,
@@ -480,11 +485,13 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
         m = affine_matrix(COSMX_MPP, (COSMX_MPP * (x0 + fx), -COSMX_MPP * (ytop + fy)))
         lab = lab.astype(np.int32)
         labels[f"fov{f}_labels"] = Labels2DModel.parse(
-            lab, dims=("y", "x"), transformations={Key.cs: to_transformation(m)}
+            lab, dims=("y", "x"), transformations={Key.cs: to_transformation(m)}, scale_factors=_PYRAMID
         )
         if load_images:
             img = _rgb(read_image(files[4 + i], mode="RGB"))
-            images[f"fov{f}_composite"] = make_image(img, dims=("y", "x", "c"), transform=m, c_coords=["r", "g", "b"])
+            images[f"fov{f}_composite"] = make_image(
+                img, dims=("y", "x", "c"), transform=m, c_coords=["r", "g", "b"], scale_factors=_PYRAMID
+            )
         ids = np.unique(lab)
         ids = ids[ids > 0]
         cy, cx = (np.array(v) for v in zip(*ndimage.center_of_mass(np.ones_like(lab), lab, ids), strict=True))
