@@ -40,6 +40,7 @@ def _overview(sdata: Any, outdir: Path) -> list[Path]:
 
 @_step("spatial statistics on the spots (scanpy + squidpy)")
 def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
+    import numpy as np
     import scanpy as sc
     import squidpy as sq
 
@@ -48,14 +49,15 @@ def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
     ctx = resolve(sdata, _spot_table(sdata))
     adata = ctx.adata
     adata.obsm["spatial"] = ctx.coords
+    sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=6)
     norm = adata.copy()
     sc.pp.normalize_total(norm)
     sc.pp.log1p(norm)
-    sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=6)
     sq.gr.spatial_autocorr(norm, mode="moran", genes=list(norm.var_names[:50]), connectivity_key="spatial_connectivities")
     adata.uns["moranI"] = norm.uns["moranI"]
     top = norm.uns["moranI"].index[0]
-    adata.obs[f"log1p_{top}"] = norm[:, top].X.toarray().ravel() if hasattr(norm.X, "toarray") else norm[:, top].X.ravel()
+    col = norm[:, top].X
+    adata.obs[f"log1p_{top}"] = np.asarray(col.todense() if hasattr(col, "todense") else col).ravel()
     from . import pl
 
     path = outdir / "top_moran_gene.png"
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         import warnings
 
+        warnings.filterwarnings("ignore", message=".*zarr v3 autosharding.*")
         warnings.filterwarnings("ignore", module="zarr")
         warnings.filterwarnings("ignore", module="ome_zarr")
         run_demo(args.out, seed=args.seed, verbose=not args.quiet)
