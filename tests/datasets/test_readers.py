@@ -85,8 +85,9 @@ def _scale0(element):
 
 def _assert_common_table(table, n_obs: int, n_vars: int) -> None:
     assert table.shape == (n_obs, n_vars)
-    assert sparse.issparse(table.X) and table.X.format == "csr"
-    assert (table.X != table.layers["counts"]).nnz == 0
+    assert sparse.issparse(table.X)
+    assert table.X.format == "csr"
+    assert (table.layers["counts"] != table.X).nnz == 0
     assert table.var_names.is_unique
     info = table.uns["stmap"]
     for k in ("source", "section"):
@@ -95,7 +96,8 @@ def _assert_common_table(table, n_obs: int, n_vars: int) -> None:
 
 def _assert_uns_equal(a, b, path="uns") -> None:
     if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), path
+        assert isinstance(b, dict), path
+        assert set(a) == set(b), path
         for k in a:
             _assert_uns_equal(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, pd.DataFrame):
@@ -125,7 +127,8 @@ def _assert_elements_equal(x, y) -> None:
                 )
             if kind in ("images", "labels"):
                 if isinstance(ex, DataTree):
-                    assert isinstance(ey, DataTree) and list(ex.children) == list(ey.children)
+                    assert isinstance(ey, DataTree)
+                    assert list(ex.children) == list(ey.children)
                     for s in ex.children:
                         np.testing.assert_array_equal(ex[s]["image"].values, ey[s]["image"].values)
                 else:
@@ -215,7 +218,10 @@ class TestHer2st:
         assert a[:, :535, 1500:].max() == 0
         # spots land on tissue (background is black): map um -> PNG pixels through the image transformation
         px = _to_pixels(img, _centres_um(a1, "A1_spots"))
-        assert (px[:, 0] > 0).all() and (px[:, 0] < 2000).all() and (px[:, 1] > 0).all() and (px[:, 1] < 2138).all()
+        assert (px[:, 0] > 0).all()
+        assert (px[:, 0] < 2000).all()
+        assert (px[:, 1] > 0).all()
+        assert (px[:, 1] < 2138).all()
         vals = a[:, px[:, 1].astype(int), px[:, 0].astype(int)].sum(0)
         assert (vals > 30).all()
         # png px -> full-res px factor 6954 / 2000 = 3.477
@@ -288,7 +294,8 @@ class TestHer2st:
         from stmap.datasets._her2st import her2st_deconvolution
 
         df = her2st_deconvolution("C1", path=root)
-        assert df.shape[1] == 8 and "Epithelial" in df.columns
+        assert df.shape[1] == 8
+        assert "Epithelial" in df.columns
         np.testing.assert_allclose(df.sum(1), 1, atol=1e-4)
         assert df.index.isin(c1.tables["C1"].obs_names).mean() > 0.95
 
@@ -332,7 +339,9 @@ class TestVisiumDentateGyrus:
 
         xy = _centres_um(sdata, _region(t))
         assert abs(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1]) - 100) < 1
-        px = _to_pixels(_scale0(sdata.images["dentate_gyrus_he"]), np.array([[2364.5, 2620.75], [6522.5, 5425.25]]) * 0.73)
+        px = _to_pixels(
+            _scale0(sdata.images["dentate_gyrus_he"]), np.array([[2364.5, 2620.75], [6522.5, 5425.25]]) * 0.73
+        )
         np.testing.assert_allclose(px, [[0, 0], [314, 212]], atol=1.5)
         _roundtrip(sdata, tmp_path)
 
@@ -346,11 +355,15 @@ class TestSpacexr:
         adata = st.datasets.spacexr(name, path=root)
         assert adata.shape == shape
         assert isinstance(adata.obs["cell_type"].dtype, pd.CategoricalDtype)
-        assert (adata.X != adata.layers["counts"]).nnz == 0
+        assert (adata.layers["counts"] != adata.X).nnz == 0
 
     @pytest.mark.parametrize(
         ("name", "shape", "diam"),
-        [("cerebellum_slideseq", (100, 378), 10), ("hippocampus_visium", (313, 276), 55), ("hypothalamus_merfish", (750, 134), 10)],
+        [
+            ("cerebellum_slideseq", (100, 378), 10),
+            ("hippocampus_visium", (313, 276), 55),
+            ("hypothalamus_merfish", (750, 134), 10),
+        ],
     )
     def test_spatial(self, root, name, shape, diam, tmp_path):
         sdata = st.datasets.spacexr(name, path=root)
@@ -370,7 +383,8 @@ class TestStarmapBdtnp:
         sdata = st.datasets.starmap_cells(path=root)
         t = sdata.tables["well11"]
         assert t.n_obs == 43341
-        assert t.obs["tissue"].nunique() == 39 and t.obs["maintype"].nunique() == 26
+        assert t.obs["tissue"].nunique() == 39
+        assert t.obs["maintype"].nunique() == 26
         assert t.obs["subtype"].nunique() == 216
         pts = sdata.points["well11_cells"].compute()
         np.testing.assert_allclose(pts[["x", "y", "z"]].to_numpy(), t.obsm["spatial"])
@@ -394,7 +408,7 @@ class TestCosmx:
         assert t.X.sum() == (tx["cell_ID"] > 0).sum()
         # one cell's counts equal its transcripts in the source
         c = tx[(tx["fov"] == 2) & (tx["cell_ID"] == tx.loc[tx["fov"] == 2, "cell_ID"].max())]
-        row = t["fov2_cell%d" % c["cell_ID"].iloc[0]]
+        row = t[f"fov2_cell{c['cell_ID'].iloc[0]}"]
         vc = c["target"].value_counts()
         np.testing.assert_array_equal(row[:, vc.index].X.toarray().ravel(), vc.to_numpy())
         # transcripts (um) of a cell fall on that cell in its label image (segmentation-edge slack: 95 %)
@@ -427,5 +441,7 @@ class TestVizgen:
         assert t.X.sum() == n_in_z0_cells
         img = _scale0(sdata.images["z0_dapi"])
         px = _to_pixels(img, pts[["x", "y"]].to_numpy())
-        assert (px > -1).all() and (px[:, 0] < img.shape[2] + 1).all() and (px[:, 1] < img.shape[1] + 1).all()
+        assert (px > -1).all()
+        assert (px[:, 0] < img.shape[2] + 1).all()
+        assert (px[:, 1] < img.shape[1] + 1).all()
         _roundtrip(sdata, tmp_path)

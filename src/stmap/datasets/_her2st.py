@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._core._constants import Key
-from .._core._elements import affine_matrix, make_circles, make_image, make_table, new_spatialdata
-from .._core._errors import StmapInputError
-from .._core._io import counts_adata, data_root, lazy_image, require_files
+from stmap._core._constants import Key
+from stmap._core._elements import affine_matrix, make_circles, make_image, make_table, new_spatialdata
+from stmap._core._errors import StmapInputError
+from stmap._core._io import counts_adata, data_root, lazy_image, require_files
 
 __all__ = ["her2st", "her2st_deconvolution"]
 
@@ -323,9 +323,7 @@ def her2st(
         info["image"] = image_name
     adata.uns[Key.uns.stmap] = info
     table = make_table(adata, region=shapes_name, instance_ids=np.arange(adata.n_obs))
-    return new_spatialdata(
-        images=images, shapes={shapes_name: shapes}, tables={section: table}, units={Key.cs: "um"}
-    )
+    return new_spatialdata(images=images, shapes={shapes_name: shapes}, tables={section: table}, units={Key.cs: "um"})
 
 
 def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None) -> pd.DataFrame:

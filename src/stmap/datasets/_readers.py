@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._core._constants import Key
-from .._core._elements import (
+from stmap._core._constants import Key
+from stmap._core._elements import (
     affine_matrix,
     make_circles,
     make_image,
@@ -23,8 +23,8 @@ from .._core._elements import (
     new_spatialdata,
     to_transformation,
 )
-from .._core._errors import StmapInputError
-from .._core._io import counts_adata, data_root, lazy_image, read_image, require_files
+from stmap._core._errors import StmapInputError
+from stmap._core._io import counts_adata, data_root, lazy_image, read_image, require_files
 
 __all__ = [
     "bdtnp_atlas",
@@ -229,7 +229,7 @@ def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = T
     name = "dentate_gyrus"
     images = {}
     if load_image:
-        for (key, (x0, x1, y0, y1)), f, suffix in zip(_DG_EXTENTS.items(), files[4:], ("", "_wide"), strict=True):
+        for (x0, x1, y0, y1), f, suffix in zip(_DG_EXTENTS.values(), files[4:], ("", "_wide"), strict=True):
             a = _rgb(read_image(f, mode=None))
             sx, sy = (x1 - x0) / a.shape[1], (y1 - y0) / a.shape[0]
             images[f"{name}_he{suffix}"] = make_image(
@@ -526,9 +526,7 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
     }
     adata.obs[Key.obs.region] = pd.Categorical(obs["region"].to_numpy())
     adata.obs[Key.obs.instance] = obs["cell_ID"].to_numpy()
-    table = TableModel.parse(
-        adata, region=sorted(labels), region_key=Key.obs.region, instance_key=Key.obs.instance
-    )
+    table = TableModel.parse(adata, region=sorted(labels), region_key=Key.obs.region, instance_key=Key.obs.instance)
 
     pts = pd.DataFrame(
         {
@@ -571,8 +569,8 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
     :class:`spatialdata.SpatialData` (``'global'`` in micrometres, the source's ``global_x, global_y``) with
 
     ``'z0_dapi'``, ``'z0_polyT'``, ``'z1_dapi'``, ``'z1_polyT'`` (images, with ``load_images``)
-        Grey stain crops (``c`` = ``'dapi'`` / ``'polyT'``), lazy, multiscale, 4603 x 4143 px over x 6400.029-6900.037 um,
-        y 4699.967-5150.007 um (~0.109 um per pixel).
+        Grey stain crops (``c`` = ``'dapi'`` / ``'polyT'``), lazy, multiscale, 4603 x 4143 px over
+        x 6400.029-6900.037 um, y 4699.967-5150.007 um (~0.109 um per pixel).
     ``'transcripts'`` (points)
         80343 transcripts ``x, y`` in um, columns ``gene`` (``feature_key``), ``z_plane`` (0/1), ``cell_id``
         (polygon id of the same z plane containing it, ``''`` if none).
@@ -587,7 +585,8 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
     """
     import geopandas as gpd
     from scipy import sparse
-    from shapely import Polygon, points as shp_points
+    from shapely import Polygon
+    from shapely import points as shp_points
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
