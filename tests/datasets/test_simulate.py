@@ -229,7 +229,8 @@ class TestSimulateTissue:
         assert {"cell_type", "domain", "reference_cell"} <= set(a.obs.columns)
         assert a.obsm["spatial"].shape == (n, 2)
         X = a.X.data if sparse.issparse(a.X) else a.X
-        assert np.all(X >= 0) and np.all(np.round(X) == X)
+        assert np.all(X >= 0)
+        assert np.all(np.round(X) == X)
         assert len(a.obs["domain"].cat.categories) == n_domains
 
     def test_default_reference(self, cells):
@@ -328,7 +329,9 @@ class TestSyntheticTissue:
         assert set(synth.tables) == {"spots", "cells"}
         assert synth.attrs["stmap_coordinate_units"] == {"global": "um"}
         img = synth.images["he"]["scale0"]["image"]
-        assert img.dtype == np.uint8 and img.shape[0] == 3 and 300 <= img.shape[2] <= 1500
+        assert img.dtype == np.uint8
+        assert img.shape[0] == 3
+        assert 300 <= img.shape[2] <= 1500
         assert len(synth.images["he"].children) == 3
         assert synth.labels["he_regions"]["scale0"]["image"].shape == img.shape[1:]
         from spatialdata.transformations import get_transformation
@@ -336,10 +339,13 @@ class TestSyntheticTissue:
         m = get_transformation(synth.images["he"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
         np.testing.assert_allclose(m, np.eye(3))  # 1 um per pixel, origin at the image corner
         cells, spots = synth.tables["cells"], synth.tables["spots"]
-        assert cells.n_obs == 1500 and cells.n_vars == 200 and spots.n_obs > 60
+        assert cells.n_obs == 1500
+        assert cells.n_vars == 200
+        assert spots.n_obs > 60
         assert cells.obs["cell_type"].nunique() == 6
         assert list(cells.obs["region"].cat.categories) == ["tumor", "stroma", "immune", "epithelium"]
-        assert spots.obs["tumor"].dtype == bool and 0 < spots.obs["tumor"].mean() < 1
+        assert spots.obs["tumor"].dtype == bool
+        assert 0 < spots.obs["tumor"].mean() < 1
         np.testing.assert_array_equal(spots.obs["tumor"], spots.obs["region"] == "tumor")
         assert synth.points["cell_points"].compute().shape[0] == 1500
 
@@ -420,7 +426,8 @@ def _assert_same_table(a: ad.AnnData, b: ad.AnnData, name: str) -> None:
     assert sparse.issparse(a.X) == sparse.issparse(b.X)
     pd.testing.assert_frame_equal(a.obs, b.obs, obj=f"{name}.obs")
     pd.testing.assert_frame_equal(a.var, b.var, obj=f"{name}.var")
-    assert set(a.obsm) == set(b.obsm) and set(a.layers) == set(b.layers)
+    assert set(a.obsm) == set(b.obsm)
+    assert set(a.layers) == set(b.layers)
     for k in a.obsm:
         _assert_same_value(a.obsm[k], b.obsm[k], f"{name}.obsm[{k}]")
     for k in a.layers:

@@ -740,7 +740,7 @@ def synthetic_tissue(
         r = np.hypot(xx - c, yy - c)
         # boundary, tumour, immune and gland fields: smooth noise with their own correlation lengths
         f = np.stack([_field(gen, npx, radius / d, mpp) for d in (4.0, 3.5, 9.0, 8.0)])
-        mask = (1.0 - r / radius) + 0.12 * f[0] > 0
+        mask = (1.0 - r / radius) + 0.12 * np.clip(f[0], -2.5, 1.2) > 0  # stays inside the margin
         region = np.zeros((npx, npx), dtype=np.uint8)
         inside = mask
         t_thr = np.quantile(f[1][inside], 0.62)
