@@ -53,7 +53,9 @@ def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
     norm = adata.copy()
     sc.pp.normalize_total(norm)
     sc.pp.log1p(norm)
-    sq.gr.spatial_autocorr(norm, mode="moran", genes=list(norm.var_names[:50]), connectivity_key="spatial_connectivities")
+    sq.gr.spatial_autocorr(
+        norm, mode="moran", genes=list(norm.var_names[:50]), connectivity_key="spatial_connectivities"
+    )
     adata.uns["moranI"] = norm.uns["moranI"]
     top = norm.uns["moranI"].index[0]
     col = norm[:, top].X

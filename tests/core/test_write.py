@@ -66,7 +66,9 @@ class TestResults:
     def test_new_table_and_points_roundtrip(self, small_sdata, tmp_path):
         sdata, _ = small_sdata
         ctx = resolve(sdata)
-        cells = ad.AnnData(np.ones((4, 2)), obs=pd.DataFrame({"spot_id": list("abcd")}, index=[f"c{i}" for i in range(4)]))
+        cells = ad.AnnData(
+            np.ones((4, 2)), obs=pd.DataFrame({"spot_id": list("abcd")}, index=[f"c{i}" for i in range(4)])
+        )
         res = Results(ctx, "stmap_test")
         res.element("table_cells_points", make_points(np.arange(8.0).reshape(4, 2)))
         res.table("table_cells", cells, region="table_cells_points")

@@ -68,7 +68,7 @@ def seed_everything(seed: int | None) -> np.random.Generator:
         return np.random.default_rng()
     seed = int(seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - legacy global state used by some dependencies
+    np.random.seed(seed % 2**32)
     import sys
 
     if "torch" in sys.modules:

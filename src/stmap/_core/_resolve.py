@@ -424,8 +424,8 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
     regions = [region] if isinstance(region, str) else list(region)
     if len(regions) != 1:
         raise StmapInputError(
-            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}); stmap tools work on one "
-            "element at a time. Subset the table first, e.g. "
+            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}); stmap tools work on "
+            "one element at a time. Subset the table first, e.g. "
             f"`sub = sdata.tables[{table_key!r}]; sub = sub[sub.obs[{region_key!r}] == {regions[0]!r}].copy()` and "
             "store it as its own table annotating that element."
         )
@@ -534,8 +534,9 @@ def resolve_image(ctx: TableContext, image_key: str | None = None, *, check_alig
             raise unknown_key("Image", image_key, names, "sdata.images")
         elif image_key not in in_cs:
             raise StmapInputError(
-                f"Image {image_key!r} has no transformation to coordinate system {ctx.coordinate_system!r} (it lives in "
-                f"{', '.join(map(repr, _element_coordinate_systems(sdata.images[image_key])))}); register it first."
+                f"Image {image_key!r} has no transformation to coordinate system {ctx.coordinate_system!r} (it "
+                f"lives in {', '.join(map(repr, _element_coordinate_systems(sdata.images[image_key])))}); "
+                "register it first."
             )
         element = sdata.images[image_key]
         levels = _image_levels(element)

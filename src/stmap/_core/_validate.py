@@ -123,7 +123,7 @@ def shared_genes(
     common = a[a.isin(b)]
     if len(common) < min_genes:
         raise StmapInputError(
-            f"{a_name} and {b_name} share {len(common)} genes (need at least {min_genes}). Check that both use the same "
-            f"gene identifiers (e.g. symbols vs Ensembl ids; first genes: {list(a[:3])} vs {list(b[:3])})."
+            f"{a_name} and {b_name} share {len(common)} genes (need at least {min_genes}). Check that both use the "
+            f"same gene identifiers (e.g. symbols vs Ensembl ids; first genes: {list(a[:3])} vs {list(b[:3])})."
         )
     return list(common)

@@ -138,8 +138,9 @@ class Results:
         if self._new_elements or self._new_tables:
             if not is_spatialdata(target):
                 logg.warning(
-                    f"{', '.join(list(self._new_elements) + list(self._new_tables))} not written: a plain AnnData cannot "
-                    "hold new elements or tables. Pass a SpatialData (e.g. `st.pp.to_spatialdata(adata)`) to get them."
+                    f"{', '.join(list(self._new_elements) + list(self._new_tables))} not written: a plain AnnData "
+                    "cannot hold new elements or tables. Pass a SpatialData (e.g. `st.pp.to_spatialdata(adata)`) "
+                    "to get them."
                 )
             else:
                 self._add_elements(target)
@@ -180,7 +181,7 @@ class Results:
             out = {id(self.ctx.adata): target}
         else:
             src = self.ctx.data.tables
-            out = {id(src[k]): target.tables[k] for k in src.keys()}
+            out = {id(src[k]): target.tables[k] for k in src}
         for i, (adata, _) in self._tables.items():
             out.setdefault(i, adata.copy())  # tables outside the object (e.g. a reference) are copied too
         return out
