@@ -84,7 +84,7 @@ def patch_spec(
 
 
 def extract_patches(
-    image: ImageContext, centers: np.ndarray, spec: PatchSpec, *, fill_value: float = 0, chunk_size: int = 64
+    image: ImageContext, centers: np.ndarray, spec: PatchSpec, *, fill_value: float = 0, chunk_size: int = 256
 ) -> da.Array:
     """Cut square patches centred on ``centers`` as a lazy ``(n, c, out_px, out_px)`` dask array.
 
