@@ -42,7 +42,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Offline build: no intersphinx inventories (external references are not checked; Read the Docs checks them).
+# Tutorials read data from $STMAP_DATA_DIR (default: ../shared/data next to this checkout).
 docs: $(VENV)/.installed-docs
+	STMAP_DOCS_OFFLINE=$${STMAP_DOCS_OFFLINE-1} STMAP_DATA_DIR=$${STMAP_DATA_DIR:-$(CURDIR)/../shared/data} \
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 bench: $(VENV)/.installed-bench
