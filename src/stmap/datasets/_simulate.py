@@ -24,6 +24,7 @@ from stmap._core._device import rng as _rng
 from stmap._core._docs import inject_docs
 from stmap._core._elements import affine_matrix, make_circles, make_image, make_points, make_table, new_spatialdata
 from stmap._core._errors import StmapInputError
+from stmap._core._validate import check_counts
 
 __all__ = ["simulate_spots", "simulate_tissue", "synthetic_tissue", "SPOTS", "CELLS", "SPOT_CIRCLES", "CELL_POINTS"]
 
@@ -81,20 +82,6 @@ def _get_counts(adata, layer: str | None, name: str):
     if sparse.issparse(X):
         X = sparse.csr_matrix(X)
     return X, where
-
-
-def _check_counts(X, where: str, *, integer: bool) -> None:
-    vals = X.data if sparse.issparse(X) else np.asarray(X)
-    if vals.dtype.kind not in "biuf":
-        raise StmapInputError(f"{where} must be numeric, got dtype {vals.dtype}.")
-    if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
-        raise StmapInputError(f"{where} contains NaN or infinite values; give raw counts.")
-    if vals.size and vals.min() < 0:
-        raise StmapInputError(f"{where} contains negative values; give raw (non-negative) counts, not scaled data.")
-    if integer and vals.dtype.kind == "f" and vals.size and np.any(vals != np.round(vals)):
-        raise StmapInputError(
-            f"{where} contains non-integer values, but binomial thinning (capture_rate < 1) needs raw integer counts."
-        )
 
 
 def _get_coords(adata, key: str, name: str) -> np.ndarray:
@@ -239,7 +226,7 @@ def simulate_spots(
     xy = _get_coords(cells, spatial_key, "cells")
     types = _get_labels(cells, cell_type_key, "cells")
     X, where = _get_counts(cells, counts_layer, "cells")
-    _check_counts(X, where, integer=capture_rate < 1.0)
+    check_counts(X, where, integer=capture_rate < 1.0)
     gen = _rng(seed)
 
     # grid and assignment -------------------------------------------------------------------------------------------
@@ -458,7 +445,7 @@ def simulate_tissue(
         _check_anndata(reference, "reference")
         key = Key.obs.cell_type if cell_type_key is None else cell_type_key
         X, where = _get_counts(reference, counts_layer, "reference")
-        _check_counts(X, where, integer=False)
+        check_counts(X, where)
     types = _get_labels(reference, key, "reference")
     gen = _rng(seed)
 
