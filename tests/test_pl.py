@@ -226,7 +226,8 @@ class TestSpatial:
         table = make_table(adata, region="cells")
         sdata = new_spatialdata(
             images={"zz_he": he, "aa_maps": maps},
-            points={"cells": make_points(rng.uniform(5, 60, (20, 2)))},
+            # the points carry a column named like the colour key: the table's column must win, not an error
+            points={"cells": make_points(rng.uniform(5, 60, (20, 2)), annotations=adata.obs[["ct"]])},
             tables={"t": table},
         )
         ax = st.pl.spatial(sdata, color="ct", return_ax=True, show=False)
@@ -236,3 +237,4 @@ class TestSpatial:
         assert len(drawn) == 1
         palette = dict(zip(table.obs["ct"].cat.categories, table.uns["ct_colors"], strict=True))
         assert [to_hex(c) for c in drawn[0].get_facecolors()] == [palette[c] for c in table.obs["ct"]]
+        assert list(sdata.points["cells"].columns) == ["x", "y", "ct"]  # the user's element is untouched

@@ -278,7 +278,7 @@ def _render_spatialdata(
     if image is not None:
         elements["images"][image] = sdata.images[image]
     for name, etype in regions:
-        elements[etype][name] = getattr(sdata, etype)[name]
+        elements[etype][name] = _without_column(getattr(sdata, etype)[name], color if kind is not None else None)
     slim = SpatialData(**elements, tables={table_name: plot_table})
 
     pl = slim.pl
@@ -310,6 +310,15 @@ def _render_spatialdata(
     if unit:
         ax.set_xlabel(f"x ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
         ax.set_ylabel(f"y ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
+
+
+def _without_column(element: Any, column: str | None) -> Any:
+    """The element without a column named like the colour key (else spatialdata-plot refuses the ambiguous key)."""
+    if column is None or not hasattr(element, "columns") or column not in element.columns:
+        return element
+    out = element[[c for c in element.columns if c != column]]
+    out.attrs.update(element.attrs)  # transformations and spatialdata metadata
+    return out
 
 
 def _slim_table(table: AnnData, color: str | None, kind: str | None) -> AnnData:
