@@ -211,6 +211,21 @@ class TestSpatial:
             assert {to_hex(c) for c in coll.get_facecolors()} == {col}
         assert sum(len(c.get_offsets()) for c in ax.collections) == N_SPOTS
 
+    def test_plain_anndata_legacy_image(self):
+        adata = _tiny_sdata().tables["spots_table"].copy()
+        adata.obsm["spatial"] = np.random.default_rng(1).uniform(0, 100, (N_SPOTS, 2))  # full-resolution pixels
+        hires = np.random.default_rng(2).random((30, 40, 3))
+        adata.uns["spatial"] = {"lib": {"images": {"hires": hires}, "scalefactors": {"tissue_hires_scalef": 0.25}}}
+        ax = st.pl.spatial(adata, color="score", return_ax=True, show=False)
+        assert len(ax.images) == 1
+        # hires pixel = full-res pixel * scalef, so the image spans 40 / 0.25 x 30 / 0.25 coordinate units, y down
+        np.testing.assert_allclose(ax.images[0].get_extent(), (0, 160, 120, 0))
+        assert ax.yaxis_inverted()
+        assert len(ax.collections) == 1
+        assert len(ax.collections[0].get_offsets()) == N_SPOTS
+        ax2 = st.pl.spatial(adata, color="score", image_key=False, return_ax=True, show=False)
+        assert len(ax2.images) == 0
+
     def test_plain_anndata_without_coordinates(self):
         with pytest.raises(StmapInputError, match="obsm"):
             st.pl.spatial(ad.AnnData(np.zeros((3, 2))), show=False)

@@ -81,7 +81,8 @@ def spatial(
     {table_key}
     image_key
         Image element drawn below the spots. ``None`` picks the image in ``coordinate_system`` (preferring an
-        RGB one when there are several); ``False`` draws no image. Ignored for plain :class:`~anndata.AnnData`.
+        RGB one when there are several); ``False`` draws no image. For a plain :class:`~anndata.AnnData`:
+        ``'hires'`` or ``'lowres'`` of the legacy ``uns['spatial']`` images (default: the finest there is).
     coordinate_system
         Coordinate system to draw in.
     {palette}
@@ -115,6 +116,7 @@ def spatial(
         fig = ax.get_figure()
 
     if ctx.sdata is None:
+        _legacy_image(ctx, image_key, ax)
         _scatter_anndata(table, color, kind, colors, cmap=cmap, size=size, ax=ax)
         ax.set_title(color if title is None else title)
     else:
@@ -342,10 +344,30 @@ def _slim_table(table: AnnData, color: str | None, kind: str | None) -> AnnData:
     return out
 
 
+def _legacy_image(ctx: Any, image_key: str | bool | None, ax: Axes) -> None:
+    """Draw a legacy ``uns['spatial'][library]['images']`` image (scanpy/squidpy Visium layout), if there is one."""
+    if image_key is False or not isinstance(ctx.adata.uns.get(Key.uns.spatial), dict):
+        return
+    try:
+        img = ctx.image(image_key if isinstance(image_key, str) else None, check_alignment=False)
+    except StmapInputError:
+        if isinstance(image_key, str):
+            raise
+        return  # no usable image: spots only
+    level = len(img.levels) - 1  # coarsest: a figure needs no more pixels
+    arr = np.moveaxis(np.asarray(img.levels[level]), 0, -1)
+    arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :4]
+    xmin, xmax, ymin, ymax = img.extent(level)
+    ax.imshow(arr, extent=(xmin, xmax, ymax, ymin), cmap="gray" if arr.ndim == 2 else None, zorder=0)
+
+
 def _scatter_anndata(
     adata: AnnData, color: str | None, kind: str | None, colors: list[str] | None, *, cmap: Any, size: Any, ax: Axes
 ) -> None:
-    """Plain AnnData: a scatter of ``obsm['spatial']`` (no image, as there is no coordinate transform to trust)."""
+    """Plain AnnData: a scatter of ``obsm['spatial']``.
+
+    Plain matplotlib, because spatialdata-plot draws SpatialData only; converting the AnnData first would copy it.
+    """
     xy = np.asarray(adata.obsm[Key.obsm.spatial])[:, :2]
     s = 120000 / max(adata.n_obs, 1) if size is None else float(size)
     s = min(s, 200.0) if size is None else s
@@ -370,6 +392,7 @@ def _scatter_anndata(
         sc = ax.scatter(xy[:, 0], xy[:, 1], s=s, c=v, cmap=cmap, edgecolors="none")
         ax.get_figure().colorbar(sc, ax=ax, shrink=0.7)
     ax.set_aspect("equal")
-    ax.invert_yaxis()  # image convention, as in spatialdata-plot and scanpy
+    if not ax.yaxis_inverted():  # y points down (image convention, as in spatialdata-plot and scanpy)
+        ax.invert_yaxis()
     ax.set_xlabel("spatial 1")
     ax.set_ylabel("spatial 2")
