@@ -49,7 +49,7 @@ def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
     ctx = resolve(sdata, _spot_table(sdata))
     adata = ctx.adata
     adata.obsm["spatial"] = ctx.coords
-    sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=6)
+    sq.gr.spatial_neighbors_knn(adata, n_neighs=6)
     norm = adata.copy()
     sc.pp.normalize_total(norm)
     sc.pp.log1p(norm)
