@@ -14,9 +14,9 @@ import dask.array as da
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import measure, report  # noqa: E402
+from _harness import measure, report
 
-import stmap._core as core  # noqa: E402
+import stmap._core as core
 
 
 def main(size: int = 12000, n_spots: int = 2000, mpp: float = 0.5, patch_um: float = 100.0) -> None:

@@ -18,6 +18,9 @@ class StmapKeyError(StmapInputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+StmapInputError.__module__ = StmapKeyError.__module__ = "stmap"  # public as st.StmapInputError / st.StmapKeyError
+
+
 def unknown_key(what: str, key: str, available: Iterable[str], where: str = "", hint: str = "") -> StmapKeyError:
     """Build the error for an unknown key, listing what exists."""
     avail = sorted(map(str, available))
