@@ -195,3 +195,35 @@ def test_roundtrip_keeps_units_and_alignment(small_sdata, tmp_path):
     assert ctx.um_per_unit == 1.0
     np.testing.assert_allclose(ctx.coords, truth["xy"][truth["perm"]])
     assert isinstance(back.tables["table"].obs, pd.DataFrame)
+
+
+def _bad_calls():
+    return {
+        "unknown table": lambda s: resolve(s, table_key="nope"),
+        "unknown coordinate system": lambda s: resolve(s, coordinate_system="aligned"),
+        "unknown image": lambda s: resolve(s).image("hne"),
+        "unknown unit": lambda s: resolve(s, coordinate_system="px").require_um_per_unit(),
+        "misaligned image": lambda s: resolve(s, coordinate_system="px").image(),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_errors_leave_object_unchanged(case):
+    from spatialdata.transformations import get_transformation, set_transformation
+
+    from stmap._core._elements import to_transformation
+
+    sdata, _ = make_small_sdata()
+    # a second coordinate system where the spots are scaled but the image is not: misaligned, and of unknown unit
+    set_transformation(sdata["spots"], to_transformation(affine_matrix(50.0)), "px")
+    set_transformation(sdata["he"], to_transformation(affine_matrix(1.0)), "px")
+    snap = _snapshot(sdata)
+    transforms = {n: dict(get_transformation(sdata[n], get_all=True)) for n in ("spots", "he")}
+    attrs = dict(sdata.attrs)
+    with pytest.raises((StmapInputError, KeyError)):
+        _bad_calls()[case](sdata)
+    _assert_unchanged(sdata, snap)
+    assert dict(sdata.attrs) == attrs
+    assert {n: dict(get_transformation(sdata[n], get_all=True)) for n in ("spots", "he")}.keys() == transforms.keys()
+    for n in transforms:
+        assert set(get_transformation(sdata[n], get_all=True)) == set(transforms[n])
