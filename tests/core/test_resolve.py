@@ -229,4 +229,5 @@ def test_errors_leave_object_unchanged(case):
         assert set(now) == set(transforms[n])
         for cs, t in now.items():
             axes = ("x", "y")
-            np.testing.assert_array_equal(t.to_affine_matrix(axes, axes), transforms[n][cs].to_affine_matrix(axes, axes))
+            before = transforms[n][cs].to_affine_matrix(axes, axes)
+            np.testing.assert_array_equal(t.to_affine_matrix(axes, axes), before)
