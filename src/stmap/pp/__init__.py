@@ -1,5 +1,14 @@
 """Preparation shared by tools: conversion, genes, normalisation, patches, features."""
 
 from ._convert import to_spatialdata
+from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
+from ._histology import histology_features
 
-__all__ = ["to_spatialdata"]
+__all__ = [
+    "to_spatialdata",
+    "histology_features",
+    "handcrafted_features",
+    "torch_extractor",
+    "timm_extractor",
+    "torchvision_extractor",
+]

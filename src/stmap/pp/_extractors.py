@@ -1,0 +1,421 @@
+"""Histology patch feature extractors: ``patches (N, H, W, 3) uint8 -> features (N, D) float32``.
+
+Every extractor is a pure function of each patch (no batch statistics), so results do not depend on how patches
+are batched: lazy, streamed extraction equals eager extraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stmap._core._errors import StmapInputError
+
+__all__ = [
+    "handcrafted_features",
+    "handcrafted_feature_names",
+    "torch_extractor",
+    "timm_extractor",
+    "torchvision_extractor",
+]
+
+#: ImageNet normalisation used by timm/torchvision backbones.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_LBP_P, _LBP_R = 8, 1
+_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels that are tissue: neither white (glass) nor black (masked background) nor grey."""
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    sat = (mx - mn) / np.maximum(mx, 1)
+    return (mx > 25) & ~((mn > 215) & (sat < 0.1))
+
+
+def handcrafted_feature_names() -> list[str]:
+    """Names of the columns returned by :func:`handcrafted_features` (one scale)."""
+    names = ["tissue_fraction"]
+    names += [f"rgb_{c}_{s}" for c in "rgb" for s in ("mean", "std")]
+    names += [f"od_{c}_{q}" for c in "hed" for q in ("mean", "std", *(f"q{int(100 * q)}" for q in _QUANTILES))]
+    names += ["gray_mean", "gray_std", "grad_mean", "grad_std", "laplace_var"]
+    names += [f"lbp_{i}" for i in range(_LBP_P + 2)]
+    names += ["nuclei_fraction", "nuclei_density", "nuclei_size_mean", "nuclei_size_std", "nuclei_h_mean"]
+    return names
+
+
+def handcrafted_features(patches: np.ndarray) -> np.ndarray:
+    """Colour, stain, texture and nuclei statistics of H&E patches (the offline default extractor).
+
+    Per patch, over tissue pixels only (white glass and black masked background are excluded, so white- and
+    black-background scans give comparable values):
+
+    - tissue fraction; RGB mean and standard deviation;
+    - hematoxylin / eosin / DAB optical densities from :func:`skimage.color.rgb2hed` (colour deconvolution):
+      mean, standard deviation, 10/50/90 % quantiles;
+    - texture: grey level mean/std, Sobel gradient magnitude mean/std, variance of the Laplacian, and the
+      histogram of uniform local binary patterns (P=8, R=1);
+    - nuclei proxies from the hematoxylin channel: pixels above the patch's tissue hematoxylin mean plus one standard
+      deviation and above an absolute floor are nuclei; their fraction, the number of connected blobs per 1000
+      tissue pixels, mean and standard deviation of blob size (pixels) and their mean hematoxylin density.
+
+    Parameters
+    ----------
+    patches
+        ``(N, H, W, 3)`` uint8 RGB patches.
+
+    Returns
+    -------
+    ``(N, D)`` float32 features, columns named by :func:`handcrafted_feature_names`.
+    """
+    from scipy import ndimage
+    from skimage.color import rgb2hed
+    from skimage.feature import local_binary_pattern
+    from skimage.filters import laplace, sobel
+
+    patches = _check_patches(patches)
+    n = patches.shape[0]
+    out = np.zeros((n, len(handcrafted_feature_names())), dtype=np.float32)
+    for i in range(n):
+        rgb = patches[i]
+        mask = _tissue_mask(rgb.astype(np.int16))
+        frac = float(mask.mean())
+        if mask.sum() < 4:
+            mask = np.ones(mask.shape, dtype=bool)
+        f = [frac]
+        px = rgb[mask].astype(np.float64) / 255.0
+        f += [v for c in range(3) for v in (px[:, c].mean(), px[:, c].std())]
+        hed = rgb2hed(rgb)
+        for c in range(3):
+            v = hed[..., c][mask]
+            f += [v.mean(), v.std(), *np.quantile(v, _QUANTILES)]
+        gray = rgb.astype(np.float64).mean(-1) / 255.0
+        grad = sobel(gray)[mask]
+        f += [gray[mask].mean(), gray[mask].std(), grad.mean(), grad.std(), laplace(gray)[mask].var()]
+        lbp = local_binary_pattern((gray * 255).astype(np.uint8), _LBP_P, _LBP_R, method="uniform")[mask]
+        f += list(np.bincount(lbp.astype(np.int64), minlength=_LBP_P + 2)[: _LBP_P + 2] / lbp.size)
+        h = hed[..., 0]
+        hv = h[mask]
+        nuc = (h > max(hv.mean() + hv.std(), 0.03)) & mask
+        lab, k = ndimage.label(nuc)
+        sizes = np.bincount(lab.ravel())[1:] if k else np.zeros(1)
+        f += [
+            nuc.sum() / mask.sum(),
+            1000.0 * k / mask.sum(),
+            float(sizes.mean()),
+            float(sizes.std()),
+            float(h[nuc].mean()) if nuc.any() else 0.0,
+        ]
+        out[i] = f
+    return out
+
+
+def _check_patches(patches: Any) -> np.ndarray:
+    patches = np.asarray(patches)
+    if patches.ndim != 4 or patches.shape[-1] != 3:
+        raise StmapInputError(f"Patches must be (N, H, W, 3) RGB, got shape {patches.shape}.")
+    if patches.dtype != np.uint8:
+        raise StmapInputError(f"Patches must be uint8, got {patches.dtype}; convert the image to 8-bit RGB first.")
+    return patches
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# torch backbones with local weights
+# --------------------------------------------------------------------------------------------------------------------
+class TorchExtractor:
+    """Callable wrapping a torch module: ``patches (N, H, W, 3) uint8 -> (N, D)`` features (eval mode, no grad).
+
+    Patches are scaled to [0, 1], resized to ``input_px`` and normalised with ``mean``/``std`` before the forward
+    pass. Built by :func:`torch_extractor`, :func:`timm_extractor` or :func:`torchvision_extractor`.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        *,
+        input_px: int | None = 224,
+        mean: tuple[float, ...] = _IMAGENET_MEAN,
+        std: tuple[float, ...] = _IMAGENET_STD,
+        device: Any = "cpu",
+        batch_size: int = 64,
+        name: str | None = None,
+    ) -> None:
+        from stmap._core._device import resolve_device
+
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.input_px, self.mean, self.std, self.batch_size = input_px, mean, std, int(batch_size)
+        self.name = name or type(module).__name__
+
+    def __repr__(self) -> str:
+        return f"TorchExtractor({self.name}, input_px={self.input_px})"
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        patches = _check_patches(patches)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        outs = []
+        with torch.no_grad():
+            for s in range(0, len(patches), self.batch_size):
+                x = torch.from_numpy(patches[s : s + self.batch_size]).to(self.device)
+                x = x.permute(0, 3, 1, 2).float() / 255.0
+                if self.input_px is not None and x.shape[-1] != self.input_px:
+                    x = F.interpolate(x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False)
+                y = self.module((x - mean) / std)
+                if isinstance(y, tuple | list):
+                    y = y[0]
+                outs.append(y.reshape(y.shape[0], -1).float().cpu().numpy())
+        if not outs:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(outs).astype(np.float32)
+
+
+def _load_state_dict(module: Any, weights: str | Path | dict, strict: bool) -> None:
+    import torch
+
+    if isinstance(weights, dict):
+        state = weights
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Weights file {str(path)!r} not found. stmap never downloads weights: save the state dict locally "
+                "(e.g. `torch.save(model.state_dict(), path)`) and pass its path."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=strict)
+    if not strict and (missing or unexpected):
+        from stmap._core import _logging as logg
+
+        logg.warning(f"loaded weights with {len(missing)} missing and {len(unexpected)} unexpected keys")
+
+
+def torch_extractor(
+    module: Any,
+    weights: str | Path | dict | None = None,
+    *,
+    input_px: int | None = 224,
+    mean: tuple[float, ...] = _IMAGENET_MEAN,
+    std: tuple[float, ...] = _IMAGENET_STD,
+    strict: bool = True,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> TorchExtractor:
+    """Wrap any :class:`torch.nn.Module` (patch -> embedding) with a LOCAL state dict as a feature extractor.
+
+    Parameters
+    ----------
+    module
+        The architecture (its forward maps ``(N, 3, input_px, input_px)`` float images to ``(N, D)`` or
+        ``(N, ...)``, flattened).
+    weights
+        Path of a state dict saved with :func:`torch.save` (a ``{'state_dict': ...}`` checkpoint and a
+        ``'module.'`` prefix are accepted), a state dict, or ``None`` to keep the module's weights.
+    input_px
+        Side patches are resized to before the forward pass (``None``: as cut).
+    mean, std
+        Per-channel normalisation of [0, 1] RGB (ImageNet by default).
+    strict
+        Require the state dict to match the module's keys exactly.
+    device
+        Torch device.
+    batch_size
+        Patches per forward pass.
+
+    Returns
+    -------
+    A callable ``patches (N, H, W, 3) uint8 -> (N, D) float32`` for ``histology_features(extractor=...)``.
+    """
+    if weights is not None:
+        _load_state_dict(module, weights, strict)
+    return TorchExtractor(module, input_px=input_px, mean=mean, std=std, device=device, batch_size=batch_size)
+
+
+def timm_extractor(
+    arch: str = "vit_large_patch16_224",
+    weights: str | Path | dict | None = None,
+    *,
+    input_px: int = 224,
+    strict: bool = True,
+    device: str = "cpu",
+    batch_size: int = 32,
+    **timm_kwargs: Any,
+) -> TorchExtractor:
+    """A :mod:`timm` architecture with LOCAL weights (e.g. UNI: ``'vit_large_patch16_224'``, 1024-d) as extractor.
+
+    The model is built with ``pretrained=False, num_classes=0`` (pooled embedding); nothing is downloaded. For UNI,
+    pass ``init_values=1e-5, dynamic_img_size=True`` and the path of its ``pytorch_model.bin``.
+
+    Parameters
+    ----------
+    arch
+        :func:`timm.create_model` name.
+    weights
+        Path of a local state dict (or the dict); ``None`` keeps the random initialisation.
+    input_px, strict, device, batch_size
+        As in :func:`torch_extractor`.
+    **timm_kwargs
+        Passed to :func:`timm.create_model`.
+
+    Returns
+    -------
+    A callable for ``histology_features(extractor=...)``.
+    """
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(
+            "timm_extractor needs `timm`, which is not installed: `pip install 'stmap[histology]'` (or `pip install "
+            "timm`), then pass local weights. Alternatively wrap any torch module with `st.pp.torch_extractor`."
+        ) from e
+    kwargs = {"pretrained": False, "num_classes": 0, **timm_kwargs}
+    module = timm.create_model(arch, **kwargs)
+    return torch_extractor(module, weights, input_px=input_px, strict=strict, device=device, batch_size=batch_size)
+
+
+def torchvision_extractor(
+    arch: str = "resnet50",
+    weights: str | Path | dict | None = None,
+    *,
+    input_px: int = 224,
+    strict: bool = True,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> TorchExtractor:
+    """A :mod:`torchvision` classification architecture with LOCAL weights, its classifier head removed.
+
+    Parameters
+    ----------
+    arch
+        Name in :func:`torchvision.models.get_model` (e.g. ``'resnet50'``, ``'densenet121'``).
+    weights
+        Path of a local state dict of the full model (the head's keys are dropped), or ``None``.
+    input_px, strict, device, batch_size
+        As in :func:`torch_extractor`.
+
+    Returns
+    -------
+    A callable for ``histology_features(extractor=...)``.
+    """
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ImportError(
+            "torchvision_extractor needs `torchvision`, which is not installed: install the torchvision build that "
+            "matches your torch (`pip install 'stmap[histology]'`). Alternatively wrap any torch module with "
+            "`st.pp.torch_extractor`."
+        ) from e
+    import torch
+
+    module = torchvision.models.get_model(arch, weights=None)
+    if weights is not None:
+        _load_state_dict(module, weights, strict)
+    for head in ("fc", "classifier", "head", "heads"):
+        if hasattr(module, head):
+            setattr(module, head, torch.nn.Identity())
+            break
+    return TorchExtractor(module, input_px=input_px, device=device, batch_size=batch_size, name=arch)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# small self-supervised CNN trained on the slide
+# --------------------------------------------------------------------------------------------------------------------
+def _small_cnn(dim: int):
+    import torch.nn as nn
+
+    def block(i: int, o: int) -> list:
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+
+    return nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, dim))  # fmt: skip
+
+
+def _augment(x, g):
+    """Random flips, 90 degree rotations and brightness/contrast jitter of a (B, 3, H, W) batch in [0, 1]."""
+    import torch
+
+    b = x.shape[0]
+    if torch.rand(1, generator=g).item() < 0.5:
+        x = x.flip(-1)
+    if torch.rand(1, generator=g).item() < 0.5:
+        x = x.flip(-2)
+    x = torch.rot90(x, int(torch.randint(0, 4, (1,), generator=g)), dims=(-2, -1))
+    scale = 1 + 0.2 * (torch.rand(b, 1, 1, 1, generator=g) - 0.5)
+    shift = 0.1 * (torch.rand(b, 3, 1, 1, generator=g) - 0.5)
+    return (x * scale + shift).clamp(0, 1)
+
+
+def train_slide_cnn(
+    patches: np.ndarray,
+    *,
+    dim: int = 32,
+    epochs: int = 15,
+    batch_size: int = 128,
+    max_patches: int = 4000,
+    seed: int = 0,
+    device: Any = "cpu",
+    verbose: bool = False,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Train a small CNN self-supervised (SimCLR-style, two augmented views, InfoNCE, tau 0.1) on a slide's patches.
+
+    Parameters
+    ----------
+    patches
+        ``(N, H, W, 3)`` uint8 patches of the slide (a random subset of ``max_patches`` is used for training).
+    dim
+        Embedding size.
+    epochs, batch_size
+        Training schedule.
+    max_patches
+        Largest number of patches trained on.
+    seed
+        Random seed (deterministic on CPU).
+    device
+        Torch device.
+    verbose
+        Progress bar.
+
+    Returns
+    -------
+    A :class:`TorchExtractor` (patches -> ``(N, dim)``), inputs scaled to [0, 1] and centred at 0.5.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from stmap._core._device import resolve_device, seed_everything
+    from stmap.models._train import fit
+
+    patches = _check_patches(patches)
+    gen = seed_everything(seed)
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    if len(patches) > max_patches:
+        patches = patches[np.sort(gen.choice(len(patches), max_patches, replace=False))]
+    x_all = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2).float().div(255.0)
+    net = _small_cnn(dim)
+    g = torch.Generator().manual_seed(seed)
+
+    def step(model, idx, epoch):
+        x = x_all[idx]
+        v1 = _augment(x, g).to(dev) - 0.5
+        v2 = _augment(x, g).to(dev) - 0.5
+        z = F.normalize(torch.cat([model(v1), model(v2)]), dim=1)
+        sim = z @ z.T / 0.1
+        sim.fill_diagonal_(-1e9)
+        n = len(idx)
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(dev)
+        return F.cross_entropy(sim, target)
+
+    fit(net, step, len(x_all), epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed, device=dev,
+        verbose=verbose, desc="slide CNN", drop_last=len(x_all) > batch_size)  # fmt: skip
+    return TorchExtractor(net, input_px=None, mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0), device=dev, name="slide_cnn")
