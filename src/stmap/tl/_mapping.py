@@ -1,0 +1,628 @@
+"""Cell-to-spot mapping (Celloc task): composition, cells per spot, and a capacity-respecting placement of cells.
+
+Pipeline (validate -> prepare -> compute -> write):
+
+1. **Composition.** Each spot's counts are fitted as a non-negative mixture of the reference's mean type profiles
+   under a Poisson likelihood with a per-gene platform scaling (:mod:`stmap.models._mapping`), vectorised over all
+   spots. The counts attributed to a type divided by that type's mean library size give cell-number fractions.
+2. **Cells per spot** ``n_j``: given (segmentation), or estimated CytoSPACE-style as proportional to the spot's
+   fitted cell equivalents (counts of each type over its reference library size), scaled to a mean-cells-per-spot
+   prior.
+3. **Slots.** Regular mode: per spot, ``n_j`` slots split over types by largest-remainder rounding (exactly ``n_j``).
+   Greedy mode: capacities ``n_j`` scaled to the number of reference cells, split over types by iterative
+   proportional fitting so every cell has exactly one slot of its type.
+4. **Placement.** Within each type, cells go to slots by expression similarity (cosine of the cell's centred log
+   expression with the spot's share of that type, the E-step split of its counts) under capacities
+   (:mod:`stmap.kernels._assign`): exact assignment for small problems, greedy on top-k candidates otherwise.
+   Regular mode lets a cell fill at most ``ceil(slots_t / cells_t)`` slots (its fair share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+from stmap._core import (
+    Key,
+    Results,
+    StmapInputError,
+    check_counts,
+    get_counts,
+    inject_docs,
+    make_points,
+    resolve,
+    seed_everything,
+    shared_genes,
+    unknown_key,
+)
+from stmap._core import _logging as logg
+
+__all__ = ["map_cells", "project_genes"]
+
+#: Cells per square micrometre assumed when estimating cells per spot without a prior (one cell per 150 um^2,
+#: i.e. about 12 um between cell centres).
+_CELL_AREA_UM2 = 150.0
+#: Mean cells per spot when neither a prior nor the spot size in micrometres is known (CytoSPACE's Visium default).
+_DEFAULT_MEAN_CELLS = 5.0
+_MIN_GENES_WARN = 20
+
+
+def _keys(key_added: str) -> dict[str, str]:
+    prefix = "stmap" if key_added == Key.obsm.mapping else key_added
+    return {
+        "fractions": f"{prefix}_cell_type_fractions",
+        "counts": f"{prefix}_cell_type_counts",
+        "n_cells": f"{prefix}_n_cells",
+        "spot": f"{prefix}_spot",
+        "mapping": key_added,
+        "assignment": f"{key_added}_assignment",
+    }
+
+
+def _cells_table_name(table_key: str, key_added: str) -> str:
+    return Key.cells_table(table_key) if key_added == Key.obsm.mapping else f"{table_key}_{key_added}_cells"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------------------------------
+def _check_unique(index: pd.Index, what: str, fix: str) -> None:
+    if not index.is_unique:
+        dup = index[index.duplicated()].unique()[:5]
+        raise StmapInputError(f"{what} has duplicated names (e.g. {', '.join(map(repr, dup))}); {fix}.")
+
+
+def _cell_types(sc: AnnData, key: str) -> pd.Categorical:
+    if key not in sc.obs:
+        raise unknown_key("Cell-type column", key, sc.obs.columns, "sc_adata.obs", hint="Pass `cell_type_key=`.")
+    s = sc.obs[key]
+    if s.isna().any():
+        raise StmapInputError(
+            f"sc_adata.obs[{key!r}] has {int(s.isna().sum())} missing cell types; drop or label those cells first."
+        )
+    cat = pd.Categorical(s.astype(str))
+    return pd.Categorical(cat, categories=[c for c in cat.categories if (cat == c).any()])
+
+
+def _to_csr(X: Any) -> sparse.csr_matrix:
+    if sparse.issparse(X):
+        return sparse.csr_matrix(X, dtype=np.float32)
+    if hasattr(X, "compute"):
+        X = X.compute()
+    return sparse.csr_matrix(np.asarray(X, dtype=np.float32))
+
+
+def _cells_per_spot(value: Any, spots: AnnData) -> np.ndarray | None:
+    """``None`` when it should be estimated; else validated ``(n_spots,)`` non-negative integers."""
+    if value is None or (isinstance(value, str) and value == "estimate"):
+        return None
+    if isinstance(value, str):
+        if value not in spots.obs:
+            raise unknown_key(
+                "cells_per_spot column", value, spots.obs.columns, "the spot table's obs",
+                hint="Pass an obs column, an array, a number, or 'estimate'.",
+            )  # fmt: skip
+        arr = pd.to_numeric(spots.obs[value], errors="coerce").to_numpy(dtype=float)
+    else:
+        arr = np.asarray(value, dtype=float)
+        if arr.ndim == 0:
+            arr = np.full(spots.n_obs, float(arr))
+    if arr.ndim != 1 or arr.size != spots.n_obs:
+        raise StmapInputError(
+            f"cells_per_spot has {arr.size} values but the spot table has {spots.n_obs} spots; give one per spot "
+            "(in the order of the table's rows)."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise StmapInputError(f"cells_per_spot has {int((~np.isfinite(arr)).sum())} NaN or infinite values.")
+    if (arr < 0).any():
+        raise StmapInputError(f"cells_per_spot has {int((arr < 0).sum())} negative values; counts must be >= 0.")
+    if arr.sum() == 0:
+        raise StmapInputError("cells_per_spot is 0 for every spot: no cell could be placed.")
+    return np.round(arr).astype(np.int64)
+
+
+def _markers(X: sparse.csr_matrix, codes: np.ndarray, n_types: int, candidates: np.ndarray, n: int) -> np.ndarray:
+    """Indices (into ``candidates``) of the top ``n`` markers per type (mean log expression above the best other)."""
+    L = np.asarray(X.sum(axis=1)).ravel()
+    Z = sparse.diags(1e4 / np.maximum(L, 1e-12)) @ X[:, candidates]
+    Z = Z.log1p() if sparse.issparse(Z) else np.log1p(Z)
+    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_types, codes.size))
+    means = np.asarray((onehot @ Z).todense()) / np.asarray(onehot.sum(axis=1))
+    keep: set[int] = set()
+    for t in range(n_types):
+        other = np.delete(means, t, axis=0).max(axis=0) if n_types > 1 else 0.0
+        lfc = means[t] - other
+        order = np.argsort(-lfc, kind="stable")[:n]
+        keep.update(order[lfc[order] > 0].tolist() or order[:1].tolist())
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# map_cells
+# --------------------------------------------------------------------------------------------------------------------
+@inject_docs()
+def map_cells(
+    sdata: Any,
+    sc_adata: AnnData,
+    *,
+    mode: Literal["regular", "greedy"] = "regular",
+    table_key: str | None = None,
+    cell_type_key: str = Key.obs.cell_type,
+    cells_per_spot: None | str | Sequence[float] | np.ndarray | float = None,
+    mean_cells_per_spot: float | None = None,
+    genes: None | Sequence[str] | Literal["markers"] = None,
+    n_markers: int = 100,
+    layer: str | None = None,
+    sc_layer: str | None = None,
+    platform_effect: bool = True,
+    n_candidates: int = 20,
+    max_iter: int = 500,
+    seed: int = 0,
+    device: str = "cpu",
+    key_added: str = Key.obsm.mapping,
+    copy: bool = False,
+    verbose: bool = False,
+):
+    """Map single cells onto spots: cell-type composition, cells per spot and the placement of every cell.
+
+    Composition comes from a Poisson fit of each spot on the reference's mean cell-type profiles (with a per-gene
+    platform scaling); cells then fill per-spot, per-type slots by expression similarity under capacity
+    constraints. No dense ``cells x cells`` matrix is made, and ``cells x spots`` scores only for one block of cells
+    of one type at a time.
+
+    Parameters
+    ----------
+    {sdata}
+    sc_adata
+        Single-cell reference: raw counts in ``X`` (or ``layers[sc_layer]``), cell types in ``obs[cell_type_key]``.
+    mode
+        ``'regular'``: each spot receives exactly ``n_j`` cells, a cell filling at most its fair share
+        ``ceil(slots_t / cells_t)`` of its type's slots (cells may be reused when the reference has fewer cells than
+        slots). ``'greedy'``: every reference cell gets exactly one spot; spot capacities are ``n_j`` scaled to the
+        number of cells.
+    {table_key}
+    cell_type_key
+        Column of ``sc_adata.obs`` with cell types.
+    cells_per_spot
+        Cells in each spot ``n_j``: ``None``/``'estimate'`` (proportional to the spot's fitted cell equivalents,
+        i.e. its counts of each type over that type's mean reference library size, scaled to
+        ``mean_cells_per_spot``), an ``obs`` column of the spot table, an array (one per spot, table order) or one
+        number for all spots, e.g. nuclei counts from segmentation.
+    mean_cells_per_spot
+        Prior mean of ``n_j`` when estimating. Default: spot area / 150 um^2 when the spot diameter and unit are
+        known, else 5 (CytoSPACE's Visium default).
+    genes
+        Genes used for mapping: ``None`` (all genes shared by both tables), a list, or ``'markers'`` (the top
+        ``n_markers`` genes per type by mean log expression above the best other type, among shared genes).
+    n_markers
+        Markers per type for ``genes='markers'``.
+    layer, sc_layer
+        Layers with raw counts in the spot table and in ``sc_adata``; ``None`` uses ``X``.
+    platform_effect
+        Fit a per-gene scaling between reference and spots (e.g. Drop-seq vs Visium).
+    n_candidates
+        Candidate spots kept per cell (the sparse score matrix; the greedy assignment's search space).
+    max_iter
+        Most iterations of the composition fit (it stops earlier when converged).
+    {seed}
+    {device}
+    {key_added}
+    {copy}
+    {verbose}
+
+    Returns
+    -------
+    ``None`` with ``copy=False``; with ``copy=True`` a tuple ``(sdata_copy, sc_adata_copy)``. Written (default
+    ``key_added``; another ``key_added`` replaces the ``stmap`` prefix):
+
+    - spot table ``.obsm['stmap_cell_type_fractions']`` (DataFrame, columns = cell types, rows sum to 1),
+      ``.obsm['stmap_cell_type_counts']`` (integer DataFrame of placed cells), ``.obs['stmap_n_cells']``;
+    - spot table ``.uns['stmap_mapping']``: ``params``, ``genes`` (used), ``loss`` (composition fit history),
+      ``cell_types``, ``gene_scale`` (platform scaling per gene), ``n_iter``, ``cells_table``;
+    - ``sc_adata.obsm['stmap_mapping']``: sparse cells x spots similarity scores (top ``n_candidates`` per cell,
+      among spots that need the cell's type), ``sc_adata.obsm['stmap_mapping_assignment']``: sparse cells x spots
+      number of placements, ``sc_adata.uns['stmap_mapping']['spot_ids']`` (the columns), and in greedy mode
+      ``sc_adata.obs['stmap_spot']`` (assigned spot id);
+    - (SpatialData only) table ``'<table>_cells'``: one row per placed cell (``obs['cell_id']``, ``obs['spot_id']``,
+      ``obs[cell_type_key]``, the reference counts in ``X``, ``obsm['spatial']``), annotating a new points element
+      ``'<table>_cells_points'`` of the placed cells inside their spot's radius, in the spots' coordinate system.
+
+    Raises
+    ------
+    StmapInputError
+        No or too few shared genes, missing cell types, NaN/negative counts, spots or cells without counts on the
+        mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative. Nothing is written.
+    """
+    start = logg.info(f"mapping cells onto spots ({mode} mode)")
+    # 1. resolve + validate -------------------------------------------------------------------------------------------
+    if mode not in ("regular", "greedy"):
+        raise StmapInputError(f"mode={mode!r} is not one of 'regular', 'greedy'.")
+    if not isinstance(sc_adata, AnnData):
+        raise StmapInputError(f"`sc_adata` must be an AnnData of single cells, got {type(sc_adata).__name__}.")
+    if sc_adata.n_obs == 0 or sc_adata.n_vars == 0:
+        raise StmapInputError(f"`sc_adata` is empty ({sc_adata.n_obs} x {sc_adata.n_vars}).")
+    ctx = resolve(sdata, table_key)
+    spots = ctx.adata
+    tname = ctx.table_key or "spots"
+    _check_unique(spots.obs_names, "The spot table", "make them unique with `adata.obs_names_make_unique()`")
+    _check_unique(spots.var_names, "The spot table's genes", "make them unique with `adata.var_names_make_unique()`")
+    _check_unique(sc_adata.obs_names, "sc_adata", "make them unique with `sc_adata.obs_names_make_unique()`")
+    _check_unique(sc_adata.var_names, "sc_adata's genes", "make them unique with `sc_adata.var_names_make_unique()`")
+    types = _cell_types(sc_adata, cell_type_key)
+    Xs_all = get_counts(spots, layer, f"table {tname!r}")
+    Xc_all = get_counts(sc_adata, sc_layer, "sc_adata")
+    check_counts(Xs_all, f"The spot table {tname!r}" + (f" layer {layer!r}" if layer else ""))
+    check_counts(Xc_all, "sc_adata" + (f" layer {sc_layer!r}" if sc_layer else ""))
+    if isinstance(genes, str) and genes != "markers":
+        raise StmapInputError(f"genes={genes!r}: pass None, a list of genes, or 'markers'.")
+    req = None if genes is None or isinstance(genes, str) else list(genes)
+    gl = shared_genes(spots.var_names, sc_adata.var_names, req, a_name=f"table {tname!r}", b_name="sc_adata")
+    n_given = _cells_per_spot(cells_per_spot, spots)
+    if mean_cells_per_spot is not None and not (np.isfinite(mean_cells_per_spot) and mean_cells_per_spot > 0):
+        raise StmapInputError(f"mean_cells_per_spot must be a positive number, got {mean_cells_per_spot!r}.")
+    Xc = _to_csr(Xc_all)
+    Xs = _to_csr(Xs_all)
+    codes = types.codes.astype(np.int64)
+    cats = [str(c) for c in types.categories]
+    T = len(cats)
+    gi_s = spots.var_names.get_indexer(gl)
+    gi_c = sc_adata.var_names.get_indexer(gl)
+    if isinstance(genes, str):  # markers
+        sel = _markers(Xc, codes, T, gi_c, int(n_markers))
+        gi_s, gi_c, gl = gi_s[sel], gi_c[sel], [gl[i] for i in sel]
+    if len(gl) < _MIN_GENES_WARN:
+        import warnings
+
+        warnings.warn(
+            f"Only {len(gl)} genes are used for mapping (fewer than {_MIN_GENES_WARN}); composition and placement "
+            "may be unreliable. Use more shared genes (genes=None) if possible.",
+            UserWarning,
+            stacklevel=2,
+        )
+    Y = np.asarray(Xs[:, gi_s].todense(), dtype=np.float32)
+    Xg = Xc[:, gi_c].tocsr()
+    lib_c = np.asarray(Xg.sum(axis=1)).ravel()
+    lib_s = Y.sum(axis=1)
+    if (lib_s <= 0).any():
+        bad = spots.obs_names[lib_s <= 0][:5]
+        raise StmapInputError(
+            f"{int((lib_s <= 0).sum())} spots have no counts on the {len(gl)} mapping genes (e.g. "
+            f"{', '.join(map(repr, bad))}); remove them first (e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
+        )
+    if (lib_c <= 0).any():
+        bad = sc_adata.obs_names[lib_c <= 0][:5]
+        raise StmapInputError(
+            f"{int((lib_c <= 0).sum())} reference cells have no counts on the {len(gl)} mapping genes (e.g. "
+            f"{', '.join(map(repr, bad))}); remove them first (e.g. `sc.pp.filter_cells(sc_adata, min_counts=1)`)."
+        )
+    from stmap._core import resolve_device
+
+    dev = resolve_device(device)
+    gen = seed_everything(seed)
+    coords = ctx.coords
+    radius = _spot_radius(ctx, coords)
+
+    # 2. composition --------------------------------------------------------------------------------------------------
+    from stmap.models._mapping import fit_poisson_deconvolution
+
+    onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(T, codes.size))
+    n_t = np.asarray(onehot.sum(axis=1)).ravel()
+    prof = np.asarray((onehot @ (sparse.diags(1.0 / lib_c) @ Xg)).todense()) / n_t[:, None]
+    prof = prof / prof.sum(axis=1, keepdims=True)
+    lib_t = np.asarray(onehot @ lib_c).ravel() / n_t
+    fit = fit_poisson_deconvolution(Y, prof, platform_effect=platform_effect, max_iter=max_iter, device=str(dev))
+    W = fit.weights
+    cells_eq = W / lib_t[None, :]
+    F = cells_eq / np.maximum(cells_eq.sum(axis=1, keepdims=True), 1e-300)
+
+    # 3. cells per spot and slots -------------------------------------------------------------------------------------
+    from stmap.kernels._assign import capacity_assign, largest_remainder
+
+    if n_given is None:
+        prior = mean_cells_per_spot if mean_cells_per_spot is not None else _mean_cells_prior(ctx)
+        eq = cells_eq.sum(axis=1)
+        n_spot = np.maximum(np.round(prior * eq / eq.mean()), 1).astype(np.int64)
+    else:
+        n_spot = n_given
+    n_cells_total = sc_adata.n_obs
+    if mode == "regular":
+        slots = largest_remainder(F, n_spot)
+        row_cap_t = [int(np.ceil(slots[:, t].sum() / n_t[t])) for t in range(T)]
+    else:
+        cap = largest_remainder(n_spot[None, :].astype(float), np.array([n_cells_total]))[0]
+        slots = _greedy_quotas(F, cap, n_t.astype(np.int64))
+        row_cap_t = [1] * T
+
+    # 4. placement, per type ------------------------------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    m = spots.n_obs
+    placed_cell, placed_spot = [], []
+    cand_rows, cand_cols, cand_vals = [], [], []
+    Ps = (prof * fit.gene_scale[None, :]).astype(np.float32)
+    mu_all = np.maximum(W.astype(np.float32) @ Ps, 1e-12)
+    for t in tqdm(range(T), desc="placing cells", disable=not verbose):
+        demand = slots[:, t]
+        if demand.sum() == 0:
+            continue
+        cells_t = np.flatnonzero(codes == t)
+        spots_t = np.flatnonzero(demand > 0)
+        zc = _cell_features(Xg[cells_t], lib_c[cells_t])
+        D = Y[spots_t] * (W[spots_t, t : t + 1].astype(np.float32) * Ps[t]) / mu_all[spots_t]
+        zs = np.zeros((m, zc.shape[1]), dtype=np.float32)
+        zs[spots_t] = _spot_features(D)
+
+        def score(r, c, zc=zc, zs=zs):
+            return zc[r] @ zs[c].T
+
+        row_cap = np.full(cells_t.size, row_cap_t[t], dtype=np.int64)
+        r, c, (cr, cc, cv) = capacity_assign(score, row_cap, demand, k=n_candidates)
+        placed_cell.append(cells_t[r])
+        placed_spot.append(c)
+        cand_rows.append(cells_t[cr])
+        cand_cols.append(cc)
+        cand_vals.append(cv)
+    pc = np.concatenate(placed_cell) if placed_cell else np.zeros(0, np.int64)
+    ps = np.concatenate(placed_spot) if placed_spot else np.zeros(0, np.int64)
+    order = np.lexsort((pc, ps))
+    pc, ps = pc[order], ps[order]
+
+    # 5. collect results ----------------------------------------------------------------------------------------------
+    keys = _keys(key_added)
+    counts = np.zeros((m, T), dtype=np.int64)
+    np.add.at(counts, (ps, codes[pc]), 1)
+    res = Results(
+        ctx,
+        key_added,
+        params={
+            "mode": mode,
+            "table_key": ctx.table_key,
+            "cell_type_key": cell_type_key,
+            "cells_per_spot": cells_per_spot if isinstance(cells_per_spot, str | None) else "given",
+            "mean_cells_per_spot": mean_cells_per_spot,
+            "genes": genes if isinstance(genes, str | None) else f"{len(gl)} given",
+            "n_markers": n_markers,
+            "layer": layer,
+            "sc_layer": sc_layer,
+            "platform_effect": platform_effect,
+            "n_candidates": n_candidates,
+            "max_iter": max_iter,
+            "seed": seed,
+            "device": str(dev),
+        },
+    )
+    sid = spots.obs_names
+    res.obsm(keys["fractions"], pd.DataFrame(F, index=sid, columns=cats))
+    res.obsm(keys["counts"], pd.DataFrame(counts, index=sid, columns=cats))
+    res.obs(keys["n_cells"], counts.sum(axis=1))
+    cells_name = _cells_table_name(tname, key_added)
+    res.uns(
+        key_added,
+        {
+            "genes": np.asarray(gl, dtype=str),
+            "loss": np.asarray(fit.loss, dtype=float),
+            "n_iter": int(fit.n_iter),
+            "cell_types": np.asarray(cats, dtype=str),
+            "gene_scale": fit.gene_scale.astype(float),
+            "mode": mode,
+            "cells_table": cells_name if ctx.sdata is not None else "None",
+        },
+    )
+    cr_all = np.concatenate(cand_rows) if cand_rows else np.zeros(0, np.int64)
+    cc_all = np.concatenate(cand_cols) if cand_cols else np.zeros(0, np.int64)
+    cv_all = np.concatenate(cand_vals) if cand_vals else np.zeros(0)
+    ok = np.isfinite(cv_all)
+    scores = sparse.csr_matrix(
+        (cv_all[ok].astype(np.float32), (cr_all[ok], cc_all[ok])), shape=(sc_adata.n_obs, m), dtype=np.float32
+    )
+    assign = sparse.csr_matrix((np.ones(pc.size, np.float32), (pc, ps)), shape=(sc_adata.n_obs, m))
+    res.obsm(keys["mapping"], scores, adata=sc_adata)
+    res.obsm(keys["assignment"], assign, adata=sc_adata)
+    res.uns(key_added, {"spot_ids": np.asarray(sid, dtype=str), "spot_table": tname, "mode": mode}, adata=sc_adata)
+    if mode == "greedy":
+        spot_of = np.full(sc_adata.n_obs, -1, dtype=np.int64)
+        spot_of[pc] = ps
+        res.obs(keys["spot"], pd.Categorical.from_codes(spot_of, categories=list(map(str, sid))), adata=sc_adata)
+    if ctx.sdata is not None and pc.size:
+        xy = _positions_in_spots(ps, coords, radius, gen)
+        width = len(str(pc.size - 1))
+        cell_names = sc_adata.obs_names.to_numpy()[pc].astype(str)
+        obs = pd.DataFrame(
+            {
+                "cell_id": cell_names,
+                "spot_id": pd.Categorical(sid.to_numpy()[ps].astype(str), categories=list(map(str, sid))),
+                cell_type_key: pd.Categorical.from_codes(codes[pc], categories=cats),
+            },
+            index=[f"placed_{i:0{width}d}" for i in range(pc.size)],
+        )
+        tab = AnnData(X=Xc[pc], obs=obs, var=pd.DataFrame(index=sc_adata.var_names.astype(str)))
+        tab.obsm[Key.obsm.spatial] = xy
+        pts_name = f"{cells_name}_points"
+        pts = make_points(
+            xy,
+            annotations=obs[["cell_id", "spot_id", cell_type_key]].reset_index(drop=True),
+            coordinate_system=ctx.coordinate_system,
+        )
+        res.element(pts_name, pts)
+        res.table(cells_name, tab, region=pts_name, instance_ids=np.arange(pc.size))
+    out = res.commit(copy)
+    logg.info(
+        "    finished",
+        time=start,
+        deep=f"placed {pc.size} cells in {m} spots; added {res.written}",
+    )
+    return out
+
+
+def _cell_features(Xt: sparse.csr_matrix, lib: np.ndarray) -> np.ndarray:
+    """Centred, unit-norm log expression of the cells of one type (rows)."""
+    Z = np.asarray((sparse.diags(1e4 / lib) @ Xt).todense(), dtype=np.float32)
+    np.log1p(Z, out=Z)
+    Z -= Z.mean(axis=0, keepdims=True)
+    Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    return Z
+
+
+def _spot_features(D: np.ndarray) -> np.ndarray:
+    """Centred, unit-norm log expression of spots' shares of one type (rows)."""
+    tot = np.maximum(D.sum(axis=1, keepdims=True), 1e-12)
+    Z = np.log1p(D * (1e4 / tot)).astype(np.float32)
+    Z -= Z.mean(axis=0, keepdims=True)
+    Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    return Z
+
+
+def _greedy_quotas(F: np.ndarray, cap: np.ndarray, n_t: np.ndarray) -> np.ndarray:
+    """Integer spot x type quotas with column sums ``n_t`` exactly and row sums close to ``cap`` (IPF + rounding)."""
+    from stmap.kernels._assign import largest_remainder
+
+    E = (F + 1e-6) * cap[:, None]
+    E[cap == 0] = 0.0
+    for _ in range(100):
+        E *= (cap / np.maximum(E.sum(axis=1), 1e-300))[:, None]
+        E *= (n_t / np.maximum(E.sum(axis=0), 1e-300))[None, :]
+    return largest_remainder(E.T, n_t).T
+
+
+def _mean_cells_prior(ctx) -> float:
+    d = ctx.diameters
+    um = ctx.um_per_unit
+    if d is None or um is None:
+        logg.info(f"    no spot size in micrometres: assuming {_DEFAULT_MEAN_CELLS:g} cells per spot on average")
+        return _DEFAULT_MEAN_CELLS
+    area = np.pi * (np.median(d) * um / 2.0) ** 2
+    return max(1.0, float(area / _CELL_AREA_UM2))
+
+
+def _spot_radius(ctx, coords: np.ndarray) -> np.ndarray:
+    d = ctx.diameters
+    if d is not None:
+        return np.asarray(d, dtype=float) / 2.0
+    if coords.shape[0] > 1:
+        from scipy.spatial import cKDTree
+
+        nn = cKDTree(coords).query(coords, k=2)[0][:, 1]
+        return np.full(coords.shape[0], 0.25 * float(np.median(nn)))
+    return np.ones(coords.shape[0])
+
+
+def _positions_in_spots(ps: np.ndarray, coords: np.ndarray, radius: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+    """Cells of each spot on a Vogel (sunflower) spiral inside 90% of its radius, randomly rotated per spot."""
+    xy = np.empty((ps.size, 2), dtype=float)
+    if ps.size == 0:
+        return xy
+    starts = np.r_[0, np.flatnonzero(np.diff(ps)) + 1]  # ps is sorted
+    sizes = np.diff(np.r_[starts, ps.size])
+    rot = gen.uniform(0, 2 * np.pi, size=coords.shape[0])
+    golden = np.pi * (3.0 - np.sqrt(5.0))
+    for s0, k in zip(starts, sizes, strict=True):
+        j = ps[s0]
+        i = np.arange(k)
+        r = 0.9 * radius[j] * np.sqrt((i + 0.5) / k)
+        a = rot[j] + i * golden
+        xy[s0 : s0 + k, 0] = coords[j, 0] + r * np.cos(a)
+        xy[s0 : s0 + k, 1] = coords[j, 1] + r * np.sin(a)
+    return xy
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# project_genes
+# --------------------------------------------------------------------------------------------------------------------
+@inject_docs()
+def project_genes(
+    sdata: Any,
+    sc_adata: AnnData,
+    *,
+    table_key: str | None = None,
+    genes: Sequence[str] | None = None,
+    mapping_key: str = Key.obsm.mapping,
+    layer: str | None = None,
+    sc_layer: str | None = None,
+    key_added: str = "stmap_projected",
+    copy: bool = False,
+):
+    """Expected expression of reference genes in every spot, from the cells :func:`map_cells` placed there.
+
+    Each spot's prediction is the summed counts of its placed cells, rescaled so that, over the genes used for
+    mapping, it has the spot's measured total. Genes the spots did not measure are imputed the same way.
+
+    Parameters
+    ----------
+    {sdata}
+    sc_adata
+        The reference passed to :func:`map_cells` (it holds the placement in
+        ``obsm[f'{{mapping_key}}_assignment']``).
+    {table_key}
+    genes
+        Reference genes to project; default all.
+    mapping_key
+        ``key_added`` of the :func:`map_cells` run.
+    layer, sc_layer
+        Count layers of the spot table and the reference; ``None`` uses ``X``.
+    {key_added}
+    {copy}
+
+    Returns
+    -------
+    ``None`` with ``copy=False``, else the updated copy. Written: with a SpatialData, table
+    ``'<table>_projected'`` (for another ``key_added``: ``'<table>_<key_added>'``), spots x genes, annotating the
+    same element as the spot table (``obsm['spatial']`` copied); with a plain AnnData, ``.obsm[key_added]``
+    (DataFrame spots x genes). ``.uns[key_added]['params']`` on the spot table either way.
+
+    Raises
+    ------
+    StmapInputError
+        If :func:`map_cells` has not been run with ``mapping_key`` on these spots, or genes are unknown.
+    """
+    start = logg.info("projecting genes onto spots")
+    ctx = resolve(sdata, table_key)
+    spots = ctx.adata
+    akey = f"{mapping_key}_assignment"
+    meta = sc_adata.uns.get(mapping_key) if isinstance(sc_adata, AnnData) else None
+    if not isinstance(sc_adata, AnnData) or akey not in sc_adata.obsm or not isinstance(meta, dict):
+        raise StmapInputError(
+            f"sc_adata has no mapping {mapping_key!r} (obsm[{akey!r}]); run `st.tl.map_cells(sdata, sc_adata, "
+            f"key_added={mapping_key!r})` first."
+        )
+    if "spot_ids" not in meta or list(map(str, meta["spot_ids"])) != list(map(str, spots.obs_names)):
+        raise StmapInputError(
+            f"The mapping {mapping_key!r} in sc_adata was made for other spots than table "
+            f"{ctx.table_key or 'adata'!r}; re-run `st.tl.map_cells` on these spots."
+        )
+    if genes is None:
+        gl = list(map(str, sc_adata.var_names))
+    else:
+        gl = list(genes)
+        miss = pd.Index(gl).difference(sc_adata.var_names)
+        if len(miss):
+            raise StmapInputError(f"{len(miss)} genes are not in sc_adata (e.g. {', '.join(map(repr, miss[:5]))}).")
+    Xc = _to_csr(get_counts(sc_adata, sc_layer, "sc_adata"))
+    Xs = _to_csr(get_counts(spots, layer, f"table {ctx.table_key!r}"))
+    A = sparse.csr_matrix(sc_adata.obsm[akey])
+    pb = sparse.csr_matrix(A.T @ Xc)  # spots x all reference genes
+    used = spots.uns.get(mapping_key, {}).get("genes")
+    ref = [g for g in (list(map(str, used)) if used is not None else gl) if g in spots.var_names]
+    ref = ref or [g for g in sc_adata.var_names if g in spots.var_names]
+    if ref:
+        meas = np.asarray(Xs[:, spots.var_names.get_indexer(ref)].sum(axis=1)).ravel()
+        pred = np.asarray(pb[:, sc_adata.var_names.get_indexer(ref)].sum(axis=1)).ravel()
+        scale = np.where(pred > 0, meas / np.maximum(pred, 1e-12), 0.0)
+    else:
+        scale = np.ones(spots.n_obs)
+    P = sparse.csr_matrix(sparse.diags(scale) @ pb[:, sc_adata.var_names.get_indexer(gl)], dtype=np.float32)
+    res = Results(ctx, key_added, params={"mapping_key": mapping_key, "genes": "all" if genes is None else gl})
+    if ctx.sdata is None:
+        res.obsm(key_added, pd.DataFrame(P.toarray(), index=spots.obs_names, columns=gl))
+    else:
+        name = f"{ctx.table_key}_projected" if key_added == "stmap_projected" else f"{ctx.table_key}_{key_added}"
+        tab = AnnData(X=P, obs=pd.DataFrame(index=spots.obs_names.copy()), var=pd.DataFrame(index=pd.Index(gl)))
+        tab.obsm[Key.obsm.spatial] = ctx.coords.copy()
+        res.table(name, tab, region=ctx.region, instance_ids=spots.obs[ctx.instance_key].to_numpy())
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return out
