@@ -10,6 +10,7 @@ from ._docs import d, inject_docs
 from ._elements import affine_matrix, make_circles, make_image, make_points, make_table, new_spatialdata
 from ._errors import StmapInputError, StmapKeyError, unknown_key
 from ._patches import PatchSpec, extract_patches, patch_spec
+from ._points import PointsContext, grid_transformation, image_grid, resolve_points
 from ._resolve import ImageContext, TableContext, is_spatialdata, resolve, resolve_image, transform_points
 from ._settings import settings
 from ._validate import check_counts, get_counts, shared_genes

@@ -143,12 +143,14 @@ class Results:
                     "to get them."
                 )
             else:
-                self._add_elements(target)
+                self._add_elements(target, tables_map)
         if not copy:
             return None
         return (target, *external) if external else target
 
     def _in_target(self, adata: AnnData) -> bool:
+        if any(adata is t for t, _, _ in self._new_tables.values()):
+            return True  # a queued new table (e.g. the tool's own results table) goes into the target
         data = self.ctx.data
         if isinstance(data, AnnData):
             return adata is data
@@ -202,7 +204,7 @@ class Results:
             adata.uns[k] = v
             self._written.append(f"uns[{k!r}]")
 
-    def _add_elements(self, sdata: Any) -> None:
+    def _add_elements(self, sdata: Any, tables_map: dict[int, AnnData] | None = None) -> None:
         from spatialdata.models import get_model
 
         from ._elements import make_table
@@ -220,6 +222,7 @@ class Results:
             if name in sdata.tables:
                 _warn_overwrite(f"table {name!r}")
                 del sdata.tables[name]
+            table = (tables_map or {}).get(id(table), table)  # the copy that received obs/uns writes
             sdata.tables[name] = make_table(table, region=region, instance_ids=ids)
             self._written.append(f"tables[{name!r}]")
 

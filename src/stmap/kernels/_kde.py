@@ -1,0 +1,466 @@
+"""Gaussian kernel density estimation on regular 2D/3D grids: linear binning + separable Gaussian convolution.
+
+The grid has ``shape[a]`` nodes along axis ``a`` at ``lo[a] + i * step[a]`` (node-centred, like
+``np.linspace(lo, hi, n)``); arrays are indexed in the order of the coordinate columns (``[ix, iy(, iz)]``).
+
+Binning distributes each point's weight over the ``2**d`` surrounding nodes with linear (cloud-in-cell) weights
+(Wand 1994), so the binned KDE is second-order accurate in the grid step. It runs in parallel without races: the
+first grid axis is split into row blocks, one per thread, and every thread adds only into its own rows. Each node
+receives its contributions in the order of the points whatever the number of threads, so the parallel result is
+bit-for-bit the serial one.
+
+Smoothing is separable: a truncated, sampled Gaussian FIR filter along each axis (in place, per-thread buffers), or,
+when the kernel is long (``sigma / step`` large), a zero-padded FFT convolution along that axis
+(:func:`scipy.fft.rfft`), so the cost does not grow with the bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["linear_binning", "gaussian_smooth", "kde_grid", "kde_direct", "gaussian_kernel_1d", "estimate_grid_bytes"]
+
+Norm = Literal["density", "counts", "cells_per_voxel"]
+
+#: Kernels longer than this many taps (per side) are convolved by FFT.
+FFT_RADIUS = 48
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# binning
+# ---------------------------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _base(u: float, n: int) -> tuple[int, float]:
+    """Lower node and fractional offset of grid coordinate ``u`` in ``[0, n - 1]``."""
+    i = int(math.floor(u))
+    if i >= n - 1:
+        i = n - 2
+    return i, u - i
+
+
+@njit(cache=True)
+def _row_histogram(coords, lo, inv, shape):
+    """Per-row count of points (by lower node along axis 0) and the number of points outside the grid."""
+    n, d = coords.shape
+    hist = np.zeros(shape[0], dtype=np.int64)
+    dropped = 0
+    for p in range(n):
+        ok = True
+        for a in range(d):
+            u = (coords[p, a] - lo[a]) * inv[a]
+            if not (u >= 0.0 and u <= shape[a] - 1):  # also False for NaN
+                ok = False
+                break
+        if not ok:
+            dropped += 1
+            continue
+        i, _ = _base((coords[p, 0] - lo[0]) * inv[0], shape[0])
+        hist[i] += 1
+    return hist, dropped
+
+
+@njit(parallel=True, cache=True)
+def _bin2d(coords, weights, use_w, lo, inv, starts, out):
+    nx, ny = out.shape
+    nb = starts.size - 1
+    for b in prange(nb):
+        r0 = starts[b]
+        r1 = starts[b + 1]
+        for p in range(coords.shape[0]):
+            ux = (coords[p, 0] - lo[0]) * inv[0]
+            uy = (coords[p, 1] - lo[1]) * inv[1]
+            if not (ux >= 0.0 and ux <= nx - 1 and uy >= 0.0 and uy <= ny - 1):
+                continue
+            i, fx = _base(ux, nx)
+            if i + 1 < r0 or i >= r1:
+                continue
+            j, fy = _base(uy, ny)
+            w = weights[p] if use_w else 1.0
+            if i >= r0:
+                wx = w * (1.0 - fx)
+                out[i, j] += wx * (1.0 - fy)
+                out[i, j + 1] += wx * fy
+            if i + 1 < r1:
+                wx = w * fx
+                out[i + 1, j] += wx * (1.0 - fy)
+                out[i + 1, j + 1] += wx * fy
+
+
+@njit(parallel=True, cache=True)
+def _bin3d(coords, weights, use_w, lo, inv, starts, out):
+    nx, ny, nz = out.shape
+    nb = starts.size - 1
+    for b in prange(nb):
+        r0 = starts[b]
+        r1 = starts[b + 1]
+        for p in range(coords.shape[0]):
+            ux = (coords[p, 0] - lo[0]) * inv[0]
+            uy = (coords[p, 1] - lo[1]) * inv[1]
+            uz = (coords[p, 2] - lo[2]) * inv[2]
+            if not (ux >= 0.0 and ux <= nx - 1 and uy >= 0.0 and uy <= ny - 1 and uz >= 0.0 and uz <= nz - 1):
+                continue
+            i, fx = _base(ux, nx)
+            if i + 1 < r0 or i >= r1:
+                continue
+            j, fy = _base(uy, ny)
+            k, fz = _base(uz, nz)
+            w = weights[p] if use_w else 1.0
+            for s in range(2):
+                ii = i + s
+                if ii < r0 or ii >= r1:
+                    continue
+                wx = w * (fx if s == 1 else 1.0 - fx)
+                w00 = wx * (1.0 - fy)
+                w01 = wx * fy
+                out[ii, j, k] += w00 * (1.0 - fz)
+                out[ii, j, k + 1] += w00 * fz
+                out[ii, j + 1, k] += w01 * (1.0 - fz)
+                out[ii, j + 1, k + 1] += w01 * fz
+
+
+def _row_blocks(hist: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Split the rows into ``n_blocks`` contiguous blocks holding about the same number of points."""
+    n = hist.size
+    n_blocks = max(1, min(n_blocks, n))
+    if n_blocks == 1:
+        return np.array([0, n], dtype=np.int64)
+    cum = np.cumsum(hist)
+    targets = cum[-1] * np.arange(1, n_blocks) / n_blocks
+    cuts = np.searchsorted(cum, targets, side="left") + 1
+    starts = np.unique(np.concatenate([[0], np.clip(cuts, 1, n - 1), [n]])).astype(np.int64)
+    return starts
+
+
+def linear_binning(
+    coords: np.ndarray,
+    lo: Sequence[float],
+    step: Sequence[float],
+    shape: Sequence[int],
+    *,
+    weights: np.ndarray | None = None,
+    dtype: Any = np.float64,
+    out: np.ndarray | None = None,
+    n_blocks: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Linear (cloud-in-cell) binning of points onto the nodes of a regular 2D or 3D grid.
+
+    Parameters
+    ----------
+    coords
+        ``(n, d)`` point coordinates, ``d`` in ``{2, 3}``.
+    lo, step, shape
+        Grid: ``shape[a]`` nodes at ``lo[a] + i * step[a]`` along axis ``a`` (``shape[a] >= 2``).
+    weights
+        ``(n,)`` point weights; ``None`` for 1.
+    dtype
+        ``float32`` or ``float64`` accumulator (ignored when ``out`` is given).
+    out
+        Grid to add into (``shape``, C-contiguous); a new zero grid if ``None``.
+    n_blocks
+        Number of row blocks (threads); default: numba's thread count. The result does not depend on it.
+
+    Returns
+    -------
+    ``(grid, n_dropped)``: the binned weights (sum = total weight of the points inside the grid) and the number of
+    points outside the grid (or with NaN coordinates), which were skipped.
+    """
+    coords = np.ascontiguousarray(coords, dtype=np.float64)
+    d = coords.shape[1]
+    if d not in (2, 3) or len(shape) != d:
+        raise ValueError(f"Expected 2 or 3 coordinate columns matching the grid, got {d} and grid {tuple(shape)}.")
+    shape_arr = np.asarray(shape, dtype=np.int64)
+    if (shape_arr < 2).any():
+        raise ValueError(f"Every grid axis needs at least 2 nodes, got {tuple(shape)}.")
+    lo_arr = np.asarray(lo, dtype=np.float64)
+    inv = 1.0 / np.asarray(step, dtype=np.float64)
+    if out is None:
+        out = np.zeros(tuple(shape_arr), dtype=dtype)
+    use_w = weights is not None
+    w = np.ascontiguousarray(weights, dtype=np.float64) if use_w else np.empty(0)
+    hist, dropped = _row_histogram(coords, lo_arr, inv, shape_arr)
+    starts = _row_blocks(hist, numba.get_num_threads() if n_blocks is None else n_blocks)
+    (_bin2d if d == 2 else _bin3d)(coords, w, use_w, lo_arr, inv, starts, out)
+    return out, int(dropped)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# smoothing
+# ---------------------------------------------------------------------------------------------------------------------
+def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: Any = np.float64) -> np.ndarray:
+    """Half of a sampled Gaussian density ``k[m] = N(m * step; 0, sigma**2)``, ``m = 0..ceil(truncate*sigma/step)``."""
+    s = sigma / step
+    r = max(1, int(math.ceil(truncate * s)))
+    m = np.arange(r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (m / s) ** 2) / (math.sqrt(2.0 * math.pi) * sigma)
+    return k.astype(dtype)
+
+
+@njit(parallel=True, cache=True)
+def _fir_lines(a, k):
+    """In-place symmetric FIR along the last axis of a 2D ``(lines, n)`` array."""
+    n_lines, n = a.shape
+    r = k.size - 1
+    block = 64
+    n_tasks = (n_lines + block - 1) // block
+    for t in prange(n_tasks):
+        buf = np.zeros(n + 2 * r, dtype=a.dtype)
+        for line in range(t * block, min(n_lines, (t + 1) * block)):
+            for i in range(n):
+                buf[r + i] = a[line, i]
+            for i in range(n):
+                c = r + i
+                acc = k[0] * buf[c]
+                for m in range(1, r + 1):
+                    acc += k[m] * (buf[c - m] + buf[c + m])
+                a[line, i] = acc
+
+
+@njit(parallel=True, cache=True)
+def _fir_middle(a, k, width):
+    """In-place symmetric FIR along axis 1 of a 3D ``(pre, n, post)`` array, ``width`` columns per task."""
+    pre, n, post = a.shape
+    r = k.size - 1
+    n_col = (post + width - 1) // width
+    for t in prange(pre * n_col):
+        p = t // n_col
+        c0 = (t % n_col) * width
+        bw = min(width, post - c0)
+        buf = np.zeros((n + 2 * r, bw), dtype=a.dtype)
+        tmp = np.empty(bw, dtype=a.dtype)
+        for i in range(n):
+            for c in range(bw):
+                buf[r + i, c] = a[p, i, c0 + c]
+        for i in range(n):
+            ci = r + i
+            k0 = k[0]
+            for c in range(bw):
+                tmp[c] = k0 * buf[ci, c]
+            for m in range(1, r + 1):
+                km = k[m]
+                for c in range(bw):
+                    tmp[c] += km * (buf[ci - m, c] + buf[ci + m, c])
+            for c in range(bw):
+                a[p, i, c0 + c] = tmp[c]
+
+
+def _fft_axis(a: np.ndarray, k: np.ndarray, axis: int, workers: int) -> None:
+    """In-place linear (zero-padded) convolution with the symmetric kernel ``k`` along ``axis`` by FFT."""
+    import scipy.fft as sfft
+
+    n = a.shape[axis]
+    r = min(k.size - 1, n - 1)  # taps further than the axis length never meet data
+    L = sfft.next_fast_len(n + r, real=True)
+    g = np.zeros(L, dtype=np.float64)
+    g[: r + 1] = k[: r + 1]
+    g[L - r :] = k[1 : r + 1][::-1]
+    kf = sfft.rfft(g).real.astype(a.dtype)  # a symmetric kernel has a real spectrum
+    shape = [1] * a.ndim
+    shape[axis] = kf.size
+    kf = kf.reshape(shape)
+    # process slabs along another axis so the complex workspace stays small (~64 MB)
+    other = 0 if axis != 0 else 1
+    per = a.nbytes // a.shape[other] * 2 * L // n
+    chunk = max(1, int(64e6 // max(per, 1)))
+    for s in range(0, a.shape[other], chunk):
+        sl = [slice(None)] * a.ndim
+        sl[other] = slice(s, s + chunk)
+        sl = tuple(sl)
+        f = sfft.rfft(a[sl], n=L, axis=axis, workers=workers)
+        f *= kf
+        res = sfft.irfft(f, n=L, axis=axis, workers=workers)
+        a[sl] = np.take(res, np.arange(n), axis=axis)
+
+
+def gaussian_smooth(
+    grid: np.ndarray,
+    sigma: float | Sequence[float],
+    step: float | Sequence[float] = 1.0,
+    *,
+    truncate: float = 4.0,
+    method: Literal["auto", "fir", "fft"] = "auto",
+) -> np.ndarray:
+    """Convolve a grid in place with a separable (axis-aligned, possibly anisotropic) Gaussian density.
+
+    Outside the grid the signal is taken as zero, so for binned points the result is the KDE at the grid nodes
+    (not renormalised at the edges).
+
+    Parameters
+    ----------
+    grid
+        2D or 3D float32/float64 C-contiguous array, modified in place.
+    sigma
+        Standard deviation per axis (one value: isotropic), in the units of ``step``; ``0`` leaves an axis alone.
+    step
+        Grid step per axis.
+    truncate
+        Kernel support in standard deviations.
+    method
+        ``'fir'``: truncated sampled kernel; ``'fft'``: FFT along each axis; ``'auto'``: FFT for kernels longer than
+        :data:`FFT_RADIUS` taps per side.
+
+    Returns
+    -------
+    ``grid`` (the same array), smoothed; its values are multiplied by the kernel's ``1 / step`` per axis so a
+    grid of counts becomes counts per unit volume.
+    """
+    if not (isinstance(grid, np.ndarray) and grid.flags.c_contiguous and grid.dtype.kind == "f"):
+        raise ValueError("grid must be a C-contiguous float32/float64 numpy array.")
+    d = grid.ndim
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (d,))
+    stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (d,))
+    workers = numba.get_num_threads()
+    for ax in range(d):
+        if sig[ax] == 0:
+            continue
+        k = gaussian_kernel_1d(sig[ax], stp[ax], truncate, dtype=grid.dtype)
+        use_fft = method == "fft" or (method == "auto" and k.size - 1 > FFT_RADIUS)
+        if use_fft:
+            _fft_axis(grid, k, ax, workers)
+            continue
+        pre = int(np.prod(grid.shape[:ax], dtype=np.int64))
+        post = int(np.prod(grid.shape[ax + 1 :], dtype=np.int64))
+        if post == 1:
+            _fir_lines(grid.reshape(pre, grid.shape[ax]), k)
+        else:
+            _fir_middle(grid.reshape(pre, grid.shape[ax], post), k, 256)
+    return grid
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# KDE
+# ---------------------------------------------------------------------------------------------------------------------
+def estimate_grid_bytes(shape: Sequence[int], dtype: Any = np.float64, n_grids: int = 1) -> int:
+    """Bytes needed to hold ``n_grids`` grids of ``shape`` (plus one working grid)."""
+    return int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize * (n_grids + 1))
+
+
+def kde_grid(
+    coords: Any,
+    bandwidth: float | Sequence[float],
+    lo: Sequence[float],
+    step: Sequence[float],
+    shape: Sequence[int],
+    *,
+    weights: Any = None,
+    norm: Norm = "density",
+    dtype: Any = np.float64,
+    truncate: float = 4.0,
+    method: Literal["auto", "fir", "fft"] = "auto",
+    bias_correction: bool = True,
+) -> tuple[np.ndarray, int, float]:
+    """Gaussian KDE of points at the nodes of a regular grid (binned, second-order accurate in the grid step).
+
+    Parameters
+    ----------
+    coords
+        ``(n, d)`` coordinates (numpy, or a dask array chunked along rows: each chunk is binned, the grids are
+        summed, and the sum is convolved once).
+    bandwidth
+        Gaussian standard deviation, one value or one per axis (coordinate units).
+    lo, step, shape
+        Grid, see :func:`linear_binning`.
+    weights
+        Point weights (same chunking as ``coords`` for dask).
+    norm
+        ``'density'``: integrates to 1 over space (units 1/volume); ``'counts'``: total weight x density (points per
+        unit volume); ``'cells_per_voxel'``: expected number of points per voxel (``counts * prod(step)``).
+    dtype
+        ``float32`` or ``float64`` grid.
+    truncate, method
+        See :func:`gaussian_smooth`.
+    bias_correction
+        Linear binning spreads a point at fraction ``f`` of a cell over its nodes with variance ``f (1 - f) step**2``,
+        ``step**2 / 6`` on average: smooth with ``sigma**2 - step**2 / 6`` per axis instead (when positive) so the
+        average kernel width is exactly ``sigma``. Cuts the error vs exact summation 3-8x at equal cost; the
+        estimate stays second-order accurate.
+
+    Returns
+    -------
+    ``(grid, n_dropped, total_weight)``: the estimate, the number of points outside the grid (skipped), and the
+    total weight of the points that were used.
+    """
+    if norm not in ("density", "counts", "cells_per_voxel"):
+        raise ValueError(f"norm must be 'density', 'counts' or 'cells_per_voxel', got {norm!r}.")
+    grid = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
+    dropped = 0
+    if type(coords).__module__.startswith("dask"):
+        blocks = coords.to_delayed().ravel()
+        wblocks = None if weights is None else weights.to_delayed().ravel()
+        for b, blk in enumerate(blocks):
+            c = np.asarray(blk.compute())
+            w = None if wblocks is None else np.asarray(wblocks[b].compute())
+            _, nd = linear_binning(c, lo, step, shape, weights=w, out=grid)
+            dropped += nd
+    else:
+        _, dropped = linear_binning(coords, lo, step, shape, weights=weights, out=grid)
+    total = float(grid.sum(dtype=np.float64))
+    sig = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (grid.ndim,)).copy()
+    if bias_correction:
+        stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (grid.ndim,))
+        var = sig**2 - stp**2 / 6.0
+        sig = np.where(var > 0, np.sqrt(np.maximum(var, 0)), sig)
+    gaussian_smooth(grid, sig, step, truncate=truncate, method=method)
+    if norm == "density":
+        if total > 0:
+            grid /= grid.dtype.type(total)
+    elif norm == "cells_per_voxel":
+        grid *= grid.dtype.type(np.prod(np.asarray(step, dtype=np.float64)))
+    return grid, dropped, total
+
+
+@njit(parallel=True, cache=True)
+def _direct(coords, weights, use_w, nodes, inv_bw, norm_c, out):
+    n_nodes, d = nodes.shape
+    for g in prange(n_nodes):
+        acc = 0.0
+        for p in range(coords.shape[0]):
+            q = 0.0
+            for a in range(d):
+                t = (nodes[g, a] - coords[p, a]) * inv_bw[a]
+                q += t * t
+            e = math.exp(-0.5 * q)
+            acc += weights[p] * e if use_w else e
+        out[g] = acc * norm_c
+
+
+def kde_direct(
+    coords: np.ndarray,
+    nodes: np.ndarray,
+    bandwidth: float | Sequence[float],
+    *,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact Gaussian KDE (direct summation, O(points x nodes)): the reference for the binned estimate.
+
+    Parameters
+    ----------
+    coords
+        ``(n, d)`` points.
+    nodes
+        ``(m, d)`` evaluation points.
+    bandwidth
+        Standard deviation, one value or one per axis.
+    weights
+        Point weights (normalised to sum 1); ``None`` for equal weights.
+
+    Returns
+    -------
+    ``(m,)`` density values (integral 1).
+    """
+    coords = np.ascontiguousarray(coords, dtype=np.float64)
+    nodes = np.ascontiguousarray(nodes, dtype=np.float64)
+    d = coords.shape[1]
+    bw = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (d,))
+    use_w = weights is not None
+    w = np.ascontiguousarray(weights, dtype=np.float64) if use_w else np.empty(0)
+    total = w.sum() if use_w else float(coords.shape[0])
+    norm_c = 1.0 / (total * (2 * math.pi) ** (d / 2) * float(np.prod(bw)))
+    out = np.empty(nodes.shape[0], dtype=np.float64)
+    _direct(coords, w, use_w, nodes, 1.0 / bw, norm_c, out)
+    return out
