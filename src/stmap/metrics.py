@@ -20,12 +20,15 @@ from scipy import sparse
 __all__ = [
     "assignment_accuracy",
     "average_precision",
+    "brier",
+    "cross_entropy",
     "f1",
     "gmm_threshold",
     "jsd",
     "pearson_per_gene",
     "pearson_per_spot",
     "proportion_metrics",
+    "r2_probabilities",
     "relative_l2",
     "rmse",
     "roc_auc",
@@ -392,3 +395,75 @@ def relative_l2(a: Any, b: Any) -> float:
     if den == 0:
         return 0.0 if num == 0 else float("inf")
     return float(num / den)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# class-probability scores (MapMySections challenge scoring)
+# ---------------------------------------------------------------------------------------------------------------------
+def _class_probs(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows normalised to sum 1 (true counts -> proportions); DataFrames are aligned on columns."""
+    if isinstance(pred, pd.DataFrame) and isinstance(truth, pd.DataFrame):
+        pred, truth = _align_columns(pred, truth)
+    p = np.atleast_2d(np.asarray(pred, dtype=np.float64))
+    t = np.atleast_2d(np.asarray(truth, dtype=np.float64))
+    if p.shape != t.shape:
+        raise ValueError(f"pred and truth must have the same shape, got {p.shape} and {t.shape}.")
+    if (p < 0).any() or (t < 0).any() or not (np.isfinite(p).all() and np.isfinite(t).all()):
+        raise ValueError("Class probabilities/counts must be finite and non-negative.")
+    ps, ts = p.sum(1, keepdims=True), t.sum(1, keepdims=True)
+    if (ps == 0).any() or (ts == 0).any():
+        raise ValueError("Every row needs a positive total (an all-zero row has no class distribution).")
+    return p / ps, t / ts
+
+
+def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
+    """Mean cross-entropy ``-sum_k t_k log p_k`` of predicted class probabilities against the true proportions.
+
+    Parameters
+    ----------
+    pred
+        ``(n, k)`` predicted probabilities (or non-negative scores; rows are normalised to sum 1).
+    truth
+        ``(n, k)`` true class counts or proportions (rows normalised to sum 1).
+    eps
+        Predicted probabilities are clipped to ``[eps, 1]`` (as in :func:`sklearn.metrics.log_loss`).
+
+    Returns
+    -------
+    The mean over rows (lower is better).
+    """
+    p, t = _class_probs(pred, truth)
+    return float(np.mean(-(t * np.log(np.clip(p, eps, 1.0))).sum(1)))
+
+
+def brier(pred: Any, truth: Any) -> float:
+    """Multi-class Brier score: mean over rows of ``sum_k (p_k - t_k)**2`` (rows normalised to sum 1).
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n, k)`` predicted probabilities and true counts/proportions.
+
+    Returns
+    -------
+    The score in ``[0, 2]`` (lower is better).
+    """
+    p, t = _class_probs(pred, truth)
+    return float(np.mean(((p - t) ** 2).sum(1)))
+
+
+def r2_probabilities(pred: Any, truth: Any) -> float:
+    """Coefficient of determination of predicted vs true class proportions, pooled over all rows and classes.
+
+    Parameters
+    ----------
+    pred, truth
+        ``(n, k)`` predicted probabilities and true counts/proportions (rows normalised to sum 1).
+
+    Returns
+    -------
+    ``1 - sum (t - p)**2 / sum (t - mean(t))**2`` (1 is perfect; can be negative).
+    """
+    p, t = _class_probs(pred, truth)
+    den = float(((t - t.mean()) ** 2).sum())
+    return float(1.0 - ((t - p) ** 2).sum() / den) if den > 0 else float("nan")

@@ -2,5 +2,6 @@
 
 from ._mapping import map_cells, project_genes
 from ._density import GridSpec, density  # noqa: E402
+from ._rank import rank_densities  # noqa: E402
 
-__all__ = ["density", "GridSpec", "map_cells", "project_genes"]
+__all__ = ["density", "GridSpec", "rank_densities", "map_cells", "project_genes"]

@@ -1,0 +1,345 @@
+"""Rank reference classes by how well their density maps match a query population's map (CellMap2D and others)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .._core import Results, StmapInputError, TableContext, image_grid, inject_docs, is_spatialdata, unknown_key
+from .._core import _logging as logg
+
+__all__ = ["rank_densities", "density_scores", "METHODS"]
+
+Method = Literal["cellmap2d", "pearson", "cosine", "js", "kl", "emd", "mixture"]
+#: Ranking methods; all are computed, ``method`` picks the one that orders the result.
+METHODS = ("cellmap2d", "pearson", "cosine", "js", "kl", "emd", "mixture")
+_HIGHER_BETTER = {"cellmap2d": True, "pearson": True, "cosine": True, "js": False, "kl": False, "emd": False}
+
+
+def _cellmap2d(s: np.ndarray, q: np.ndarray, q_max: float, threshold: float, floor: float) -> tuple[float, float]:
+    """(mse, penalty) of the CellMap2D score for class map ``s`` vs query map ``q`` (flat arrays)."""
+    smax = s.max()
+    region = s > threshold * smax
+    if not region.any():
+        return np.nan, np.nan
+    diff = s[region] - q[region]
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    missed = region & (q < floor * q_max)
+    penalty = float(s[missed].sum(dtype=np.float64) / (s[region].sum(dtype=np.float64) + 1e-8))
+    return mse, penalty
+
+
+def _marginal_w1(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...], step: Sequence[float]) -> float:
+    """Sum over axes of the 1-D Wasserstein-1 distance between the axis marginals of two normalised maps."""
+    pg, qg = p.reshape(shape), q.reshape(shape)
+    total = 0.0
+    for a in range(len(shape)):
+        other = tuple(i for i in range(len(shape)) if i != a)
+        cp = np.cumsum(pg.sum(axis=other, dtype=np.float64))
+        cq = np.cumsum(qg.sum(axis=other, dtype=np.float64))
+        total += float(np.abs(cp - cq).sum() * step[a])
+    return total
+
+
+def _mixture_em(p: np.ndarray, q: np.ndarray, n_iter: int = 500, tol: float = 1e-9) -> np.ndarray:
+    """Mixture weights ``w >= 0, sum 1`` maximising ``sum_v q_v log sum_k w_k p_kv`` (EM); ``p``: (G, V) densities."""
+    g = p.shape[0]
+    w = np.full(g, 1.0 / g)
+    qn = q / q.sum()
+    for _ in range(n_iter):
+        mix = w @ p
+        ratio = np.divide(qn, mix, out=np.zeros_like(qn), where=mix > 0)
+        w_new = w * (p @ ratio)
+        w_new /= w_new.sum()
+        if np.abs(w_new - w).max() < tol:
+            w = w_new
+            break
+        w = w_new
+    return w
+
+
+def density_scores(
+    query: np.ndarray,
+    reference: Any,
+    *,
+    classes: Sequence[str] | None = None,
+    step: Sequence[float] | None = None,
+    threshold: float = 0.05,
+    query_floor: float = 0.01,
+    support: float = 1e-3,
+    eps: float = 1e-12,
+) -> pd.DataFrame:
+    """Every score of one query map against every reference class map, in one pass over the classes.
+
+    Parameters
+    ----------
+    query
+        Query density on the grid (any shape).
+    reference
+        ``(G, *grid)`` array (or a sequence of ``G`` grid arrays, read one at a time).
+    classes
+        Class names (default ``0..G-1``).
+    step
+        Grid step per axis (for ``emd`` in coordinate units; default 1).
+    threshold, query_floor
+        CellMap2D: relevant region ``S > threshold * max S``; penalty where ``Q < query_floor * max Q``.
+    support
+        ``mixture`` uses the voxels where the query exceeds ``support * max Q``.
+    eps
+        Added to normalised maps in ``kl`` (relative to the uniform density ``1 / n_voxels``).
+
+    Returns
+    -------
+    DataFrame indexed by class with columns ``mse``, ``penalty``, ``cellmap2d`` (``1 / (mse + penalty + 1e-8)``),
+    ``pearson``, ``cosine``, ``js``, ``kl`` (``KL(query || class)``), ``emd`` (sum of axis-marginal W1 distances)
+    and ``mixture`` (EM mixture weight; sums to 1).
+    """
+    q = np.asarray(query, dtype=np.float64).ravel()
+    shape = np.asarray(query).shape
+    n_cls = len(reference)
+    classes = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
+    if len(classes) != n_cls:
+        raise StmapInputError(f"{len(classes)} class names for {n_cls} reference maps.")
+    step = [1.0] * len(shape) if step is None else list(step)
+    if q.sum() <= 0 or not np.isfinite(q).all():
+        raise StmapInputError("The query map is empty (all zeros) or has non-finite values.")
+    q_max = float(q.max())
+    qn = q / q.sum()
+    qc = q - q.mean()
+    q_norm = np.linalg.norm(q)
+    keep = q > support * q_max
+    floor_u = eps / q.size
+    rows, p_support = [], []
+    for k in range(n_cls):
+        s = np.asarray(reference[k], dtype=np.float64).ravel()
+        if s.shape != q.shape:
+            raise StmapInputError(f"Reference map {classes[k]!r} has {s.size} voxels, the query {q.size}.")
+        tot = s.sum()
+        sn = s / tot if tot > 0 else np.full_like(s, 1.0 / s.size)
+        mse, pen = _cellmap2d(s, q, q_max, threshold, query_floor)
+        sc = s - s.mean()
+        den = np.linalg.norm(sc) * np.linalg.norm(qc)
+        m = 0.5 * (sn + qn)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            js = 0.5 * np.sum(np.where(qn > 0, qn * np.log(qn / m), 0.0)) + 0.5 * np.sum(
+                np.where(sn > 0, sn * np.log(sn / m), 0.0)
+            )
+            kl = np.sum(np.where(qn > 0, qn * np.log(qn / (sn + floor_u)), 0.0))
+        rows.append(
+            {
+                "mse": mse,
+                "penalty": pen,
+                "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
+                "pearson": float(sc @ qc / den) if den > 0 else np.nan,
+                "cosine": float(s @ q / (np.linalg.norm(s) * q_norm)) if np.linalg.norm(s) > 0 else np.nan,
+                "js": float(js),
+                "kl": float(kl),
+                "emd": _marginal_w1(sn, qn, shape, step),
+            }
+        )
+        p_support.append(sn[keep])
+    df = pd.DataFrame(rows, index=pd.Index(classes, name="class"))
+    df["mixture"] = _mixture_em(np.asarray(p_support), q[keep])
+    return df
+
+
+def _maps_of(sdata: Any, x: Any, what: str, cs: str | None) -> tuple[Any, list[str], Any]:
+    """(maps (n, *grid) lazy or array, names, grid spec or None)."""
+    if isinstance(x, str):
+        if sdata is None or not is_spatialdata(sdata) or x not in sdata.images:
+            avail = list(sdata.images) if is_spatialdata(sdata) else []
+            raise unknown_key(f"{what} density image", x, avail, "sdata.images", hint="Run `st.tl.density` first.")
+        el = sdata.images[x]
+        from spatialdata.transformations import get_transformation
+
+        cs_ = cs or next(iter(get_transformation(el, get_all=True)))
+        lo, step, shape, ch = image_grid(el, cs_)
+        d = len(shape)
+        arr = el.data  # (c, [z,] y, x) dask
+        perm = (0, *range(d, 0, -1))  # -> (c, x, y[, z])
+        maps = arr.transpose(perm)
+        return maps, [str(c) for c in ch], (tuple(np.round(lo, 9)), tuple(np.round(step, 9)), shape)
+    arr = np.asarray(x)
+    return arr, [], None
+
+
+@inject_docs()
+def rank_densities(
+    sdata: Any,
+    query: str | np.ndarray,
+    reference: str | np.ndarray,
+    *,
+    method: Method = "cellmap2d",
+    query_channels: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    threshold: float = 0.05,
+    query_floor: float = 0.01,
+    coordinate_system: str | None = None,
+    table_key: str | None = None,
+    key_added: str = "stmap_density_ranking",
+    copy: bool = False,
+) -> Any:
+    """Rank the classes of a reference atlas by how well their density maps match a query population's map.
+
+    Every score is computed for every class in one pass over the reference maps (one channel in memory at a
+    time); ``method`` picks the one that orders the result.
+
+    ``'cellmap2d'``
+        The published score: in the class's relevant region ``S > threshold * max S``, ``mse`` = mean squared
+        difference of the maps, ``penalty`` = share of the class's mass there where the query map is below
+        ``query_floor * max Q``; score ``1 / (mse + penalty + 1e-8)``. Maps are compared as given, so both should use
+        the same ``norm`` (e.g. ``'density'``).
+    ``'pearson'``, ``'cosine'``
+        Correlation / cosine similarity of the maps.
+    ``'js'``, ``'kl'``, ``'emd'``
+        Jensen-Shannon divergence, ``KL(query || class)``, and the sum over axes of the Wasserstein-1 distances of
+        the axis marginals, of the maps normalised to sum 1 (lower is better; ranked ascending).
+    ``'mixture'``
+        Non-negative mixture weights of all class maps that best explain the query map (EM, maximum likelihood):
+        a probability vector over classes.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData holding the density images, or ``None`` when ``query`` and ``reference`` are arrays (then the
+        ranking DataFrame is returned).
+    query
+        Density image (from :func:`stmap.tl.density`; each channel is one query population) or an array on the
+        reference's grid (``(*grid)`` or ``(n_queries, *grid)``).
+    reference
+        Density image whose channels are the classes, or a ``(n_classes, *grid)`` array.
+    method
+        Score that orders the result, one of ``'cellmap2d'``, ``'pearson'``, ``'cosine'``, ``'js'``, ``'kl'``,
+        ``'emd'``, ``'mixture'``.
+    query_channels
+        Query channels to rank (default all).
+    classes
+        Class names for an array ``reference``.
+    threshold, query_floor
+        CellMap2D parameters (defaults as published).
+    {coordinate_system}
+    table_key
+        Table whose ``.uns`` receives the ranking (default: the table holding the query's density metadata).
+    {key_added}
+    {copy}
+
+    Returns
+    -------
+    For arrays (``sdata=None``): the ranking DataFrame. Otherwise ``None`` (``copy=False``) or the updated copy;
+    written to ``.uns[key_added]``: ``ranking`` (DataFrame with columns ``query``, ``class``, ``rank`` (1 = best),
+    ``score`` (the chosen method's), ``mse``, ``penalty``, ``cellmap2d``, ``pearson``, ``cosine``, ``js``, ``kl``,
+    ``emd``, ``mixture``), ``method``, ``query``, ``reference``, ``params``.
+
+    Raises
+    ------
+    StmapInputError
+        Unknown method/images/channels, query and reference on different grids, an empty query map.
+    """
+    if method not in METHODS:
+        raise StmapInputError(f"method must be one of {METHODS}, got {method!r}.")
+    if sdata is not None and not is_spatialdata(sdata):
+        raise TypeError(f"sdata must be a SpatialData or None (arrays), got {type(sdata).__name__}.")
+    qmaps, qnames, qgrid = _maps_of(sdata, query, "Query", coordinate_system)
+    rmaps, rnames, rgrid = _maps_of(sdata, reference, "Reference", coordinate_system)
+    if qgrid is None and rmaps.ndim == qmaps.ndim + 1:
+        qmaps = qmaps[None]
+    if not qnames:
+        qnames = [str(i) for i in range(qmaps.shape[0])]
+    if not rnames:
+        rnames = [str(c) for c in classes] if classes is not None else [str(i) for i in range(rmaps.shape[0])]
+    if len(rnames) != rmaps.shape[0]:
+        raise StmapInputError(f"{len(rnames)} class names for {rmaps.shape[0]} reference maps.")
+    if tuple(qmaps.shape[1:]) != tuple(rmaps.shape[1:]) or (
+        qgrid is not None
+        and rgrid is not None
+        and not (qgrid[2] == rgrid[2] and np.allclose(qgrid[0], rgrid[0]) and np.allclose(qgrid[1], rgrid[1]))
+    ):
+        raise StmapInputError(
+            f"Query and reference maps are on different grids ({tuple(qmaps.shape[1:])} vs {tuple(rmaps.shape[1:])}"
+            + (
+                ""
+                if qgrid is None or rgrid is None
+                else f"; origin {qgrid[0]} vs {rgrid[0]}, step {qgrid[1]} vs {rgrid[1]}"
+            )
+            + "). Compute the query with `st.tl.density(..., grid=<reference image name>)`."
+        )
+    if query_channels is not None:
+        missing = [c for c in query_channels if str(c) not in qnames]
+        if missing:
+            raise unknown_key("Query channel", str(missing[0]), qnames, "the query image")
+        sel = [qnames.index(str(c)) for c in query_channels]
+    else:
+        sel = list(range(len(qnames)))
+    step = rgrid[1] if rgrid is not None else None
+
+    start = logg.info(f"ranking {len(rnames)} classes for {len(sel)} query population(s) ({method})")
+    ref_list = _ChannelReader(rmaps)
+    frames = []
+    for i in sel:
+        qi = np.asarray(qmaps[i], dtype=np.float64)
+        df = density_scores(qi, ref_list, classes=rnames, step=step, threshold=threshold, query_floor=query_floor)
+        score = df[method]
+        asc = not (_HIGHER_BETTER.get(method, True))
+        df.insert(0, "score", score)
+        df.insert(0, "rank", score.rank(ascending=asc, method="first", na_option="bottom").astype(int))
+        df = df.reset_index().rename(columns={"index": "class"})
+        df.insert(0, "query", qnames[i])
+        frames.append(df.sort_values("rank"))
+    ranking = pd.concat(frames, ignore_index=True)
+    if sdata is None:
+        logg.info("    finished", time=start)
+        return ranking
+
+    ctx = _host(sdata, query if isinstance(query, str) else None, table_key, key_added)
+    params = {
+        "method": method,
+        "threshold": threshold,
+        "query_floor": query_floor,
+        "query": str(query)[:100],
+        "reference": str(reference)[:100],
+    }
+    res = Results(ctx, key_added, params)
+    if ctx.table_key not in sdata.tables:
+        res.table(ctx.table_key, ctx.adata)
+    ranking_store = ranking.copy()
+    ranking_store.index = ranking_store.index.astype(str)
+    res.uns(key_added, {"ranking": ranking_store, "method": method, "query": str(query), "reference": str(reference)})
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return out
+
+
+class _ChannelReader:
+    """Sequence view of a (lazy) ``(G, *grid)`` stack that loads one channel at a time."""
+
+    def __init__(self, maps: Any):
+        self.maps = maps
+
+    def __len__(self) -> int:
+        return int(self.maps.shape[0])
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        m = self.maps[k]
+        return np.asarray(m.compute() if hasattr(m, "compute") else m)
+
+
+def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str) -> TableContext:
+    import anndata as ad
+
+    if table_key is not None:
+        if table_key not in sdata.tables:
+            raise unknown_key("Table", table_key, sdata.tables.keys(), "sdata.tables")
+        name = table_key
+    else:
+        name = None
+        for tname, t in sdata.tables.items():
+            if query is not None and any(isinstance(v, dict) and v.get("element") == query for v in t.uns.values()):
+                name = tname
+                break
+    if name is not None:
+        return TableContext(sdata, sdata.tables[name], name, None, None, None, None, "global")
+    new = ad.AnnData(np.zeros((1, 0), dtype=np.float32))
+    return TableContext(sdata, new, f"{key_added}_table", None, None, None, None, "global")

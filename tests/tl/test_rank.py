@@ -1,0 +1,107 @@
+"""st.tl.rank_densities: exact CellMap2D score, planted-class recovery, mixture weights, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import spatialdata as sd
+
+import stmap as st
+from stmap._core import make_points, new_spatialdata
+from stmap.tl._rank import density_scores
+
+CENTERS = {"A": (20.0, 20.0), "B": (60.0, 25.0), "C": (40.0, 60.0), "D": (20.0, 60.0)}
+
+
+def _atlas(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = np.concatenate([rng.normal(c, 6.0, size=(n, 2)) for c in CENTERS.values()])
+    lab = np.repeat(list(CENTERS), n)
+    pts = make_points(xy, annotations=pd.DataFrame({"cls": pd.Categorical(lab)}))
+    sdata = new_spatialdata(points={"atlas": pts}, units={"global": "um"})
+    st.tl.density(sdata, points_key="atlas", groupby="cls", bandwidth=4.0, grid_shape=(41, 41), bounds=((0, 80),) * 2)
+    return sdata, rng
+
+
+class TestCellMap2DScore:
+    def test_hand_computed(self):
+        # 1D toy maps (4 voxels): S = [0, 1, 4, 10], Q = [5, 0.05, 2, 10]
+        s = np.array([0.0, 1.0, 4.0, 10.0])
+        q = np.array([5.0, 0.05, 2.0, 10.0])
+        # relevant region S > 0.05 * 10 = 0.5 -> voxels 1, 2, 3; diffs 0.95, 2, 0 -> mse = (0.9025 + 4) / 3
+        mse = (0.95**2 + 2.0**2 + 0.0) / 3
+        # query floor 0.01 * 10 = 0.1: voxel 1 (Q = 0.05) is missed -> penalty = 1 / (1 + 4 + 10)
+        pen = 1.0 / 15.0
+        df = density_scores(q, s[None], classes=["S"])
+        assert df.loc["S", "mse"] == pytest.approx(mse, rel=1e-12)
+        assert df.loc["S", "penalty"] == pytest.approx(pen, rel=1e-6)  # the published +1e-8 in the denominator
+        assert df.loc["S", "cellmap2d"] == pytest.approx(1.0 / (mse + pen + 1e-8), rel=1e-6)
+
+    def test_other_scores_reference(self):
+        rng = np.random.default_rng(0)
+        q, s = rng.uniform(size=50), rng.uniform(size=(1, 50))
+        df = density_scores(q, s)
+        assert df.loc["0", "pearson"] == pytest.approx(np.corrcoef(q, s[0])[0, 1], rel=1e-12)
+        from scipy.spatial.distance import jensenshannon
+        from scipy.stats import entropy
+
+        assert df.loc["0", "js"] == pytest.approx(jensenshannon(q, s[0]) ** 2, rel=1e-9)  # scipy returns sqrt(JS)
+        assert df.loc["0", "kl"] == pytest.approx(entropy(q, s[0] + 1e-12 / 50 * s[0].sum()), rel=1e-6)
+        from scipy.stats import wasserstein_distance
+
+        x = np.arange(50)
+        assert df.loc["0", "emd"] == pytest.approx(wasserstein_distance(x, x, q, s[0]), rel=1e-9)
+
+
+class TestRankDensities:
+    @pytest.mark.parametrize("method", ["cellmap2d", "pearson", "cosine", "js", "kl", "emd", "mixture"])
+    def test_recovers_planted_class(self, method):
+        sdata, rng = _atlas()
+        q = rng.normal(CENTERS["C"], 6.0, size=(150, 2))  # held-out cells of class C
+        qmap = st.tl.density(q, bandwidth=4.0, grid_shape=(41, 41), bounds=((0, 80),) * 2)
+        df = st.tl.rank_densities(
+            None, qmap, sdata.images["stmap_density"].values.transpose(0, 2, 1), classes=list(CENTERS), method=method
+        )
+        assert df.iloc[0]["class"] == "C"
+
+    def test_mixture_weights(self):
+        sdata, rng = _atlas(n=2000)
+        true = {"A": 0.5, "B": 0.3, "D": 0.2}
+        q = np.concatenate([rng.normal(CENTERS[k], 6.0, size=(int(4000 * w), 2)) for k, w in true.items()])
+        qmap = st.tl.density(q, bandwidth=4.0, grid_shape=(41, 41), bounds=((0, 80),) * 2)
+        df = st.tl.rank_densities(
+            None, qmap, sdata.images["stmap_density"].values.transpose(0, 2, 1), classes=list(CENTERS), method="mixture"
+        ).set_index("class")
+        for k in CENTERS:
+            # 4000 query / 2000 atlas cells per class: sampling noise of the weights ~0.01-0.02
+            assert df.loc[k, "mixture"] == pytest.approx(true.get(k, 0.0), abs=0.04)
+        assert df["mixture"].sum() == pytest.approx(1.0)
+
+    def test_sdata_images_uns_roundtrip(self, tmp_path):
+        sdata, rng = _atlas()
+        q = rng.normal(CENTERS["B"], 6.0, size=(100, 2))
+        sdata.points["query_cells"] = make_points(q)
+        st.tl.density(sdata, points_key="query_cells", bandwidth=4.0, grid="stmap_density", key_added="query")
+        st.tl.rank_densities(sdata, "query", "stmap_density")
+        info = sdata.tables["query_groups"].uns["stmap_density_ranking"]
+        r = info["ranking"]
+        assert r.iloc[0]["class"] == "B" and list(r["rank"]) == [1, 2, 3, 4]
+        sdata.write(tmp_path / "r.zarr")
+        back = sd.read_zarr(tmp_path / "r.zarr").tables["query_groups"].uns["stmap_density_ranking"]["ranking"]
+        pd.testing.assert_frame_equal(
+            back.reset_index(drop=True), r.reset_index(drop=True), check_dtype=False, check_categorical=False
+        )
+
+    def test_mismatched_grids_and_bad_method(self):
+        sdata, rng = _atlas()
+        sdata.points["q"] = make_points(rng.normal(size=(50, 2)) + 40)
+        st.tl.density(sdata, points_key="q", bandwidth=4.0, voxel_size=3.0, key_added="qmap")
+        before = {k: sorted(t.uns) for k, t in sdata.tables.items()}
+        with pytest.raises(st.StmapInputError, match="different grids"):
+            st.tl.rank_densities(sdata, "qmap", "stmap_density")
+        with pytest.raises(st.StmapInputError, match="method"):
+            st.tl.rank_densities(sdata, "qmap", "stmap_density", method="magic")
+        with pytest.raises(st.StmapKeyError, match="nope"):
+            st.tl.rank_densities(sdata, "nope", "stmap_density")
+        assert {k: sorted(t.uns) for k, t in sdata.tables.items()} == before
