@@ -67,6 +67,19 @@ def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
     return [path]
 
 
+@_step("map cells onto spots (st.tl.map_cells)")
+def _mapping(sdata: Any, outdir: Path) -> list[Path]:
+    from . import pl, tl
+
+    spots = _spot_table(sdata)
+    ref = sdata.tables["cells"].copy()  # the synthetic cells serve as the single-cell reference
+    tl.map_cells(sdata, ref, table_key=spots, mode="greedy", cells_per_spot="n_cells")
+    tl.project_genes(sdata, ref, table_key=spots)
+    path = outdir / "mapping.png"
+    pl.mapping(sdata, table_key=spots, save=path, show=False)
+    return [path]
+
+
 def _spot_table(sdata: Any) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 

@@ -82,6 +82,18 @@ def fit_poisson_deconvolution(
     import torch
 
     dev = torch.device(device)
+    n_threads = torch.get_num_threads()
+    if dev.type == "cpu" and np.size(Y) < 2_000_000:
+        torch.set_num_threads(1)  # small problems: thread start-up costs more than the work (20x on 2 busy cores)
+    try:
+        return _fit(Y, profiles, platform_effect, max_iter, tol, record_every, dev, batch_size)
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def _fit(Y, profiles, platform_effect, max_iter, tol, record_every, dev, batch_size) -> PoissonDeconvolution:
+    import torch
+
     Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32), device=dev)
     P = torch.as_tensor(np.asarray(profiles, dtype=np.float32), device=dev).clamp_min(1e-9)
     P = P / P.sum(dim=1, keepdim=True)

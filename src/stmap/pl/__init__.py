@@ -1,5 +1,6 @@
 """Plots on matplotlib / spatialdata-plot: every tool's result can be looked at."""
 
+from ._mapping import mapping
 from ._spatial import spatial
 
-__all__ = ["spatial"]
+__all__ = ["mapping", "spatial"]
