@@ -464,3 +464,68 @@ def kde_direct(
     out = np.empty(nodes.shape[0], dtype=np.float64)
     _direct(coords, w, use_w, nodes, 1.0 / bw, norm_c, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# map comparison
+# ---------------------------------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, fastmath=False)
+def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u):
+    """One fused pass over two flat maps: the sums every ranking score needs.
+
+    Parameters
+    ----------
+    s, q
+        Flat class and query maps (float32/float64).
+    s_thr
+        CellMap2D relevant region: ``s > s_thr``.
+    q_floor
+        CellMap2D penalty: ``q < q_floor``.
+    s_tot, q_tot
+        Sums of the maps (for the normalised distributions of JS/KL).
+    floor_u
+        Added to the normalised class map in KL.
+
+    Returns
+    -------
+    ``(n_region, sse_region, s_region, s_missed, sum_s, sum_ss, sum_sq, sum_qq, sum_q, js2, kl)`` where ``js2`` is
+    twice the Jensen-Shannon divergence.
+    """
+    n = s.size
+    n_region = 0
+    sse = 0.0
+    s_region = 0.0
+    s_missed = 0.0
+    sum_s = 0.0
+    sum_ss = 0.0
+    sum_sq = 0.0
+    sum_qq = 0.0
+    sum_q = 0.0
+    js2 = 0.0
+    kl = 0.0
+    inv_s = 1.0 / s_tot if s_tot > 0 else 0.0
+    inv_q = 1.0 / q_tot
+    for i in prange(n):
+        sv = np.float64(s[i])
+        qv = np.float64(q[i])
+        sum_s += sv
+        sum_ss += sv * sv
+        sum_sq += sv * qv
+        sum_qq += qv * qv
+        sum_q += qv
+        if sv > s_thr:
+            n_region += 1
+            d = sv - qv
+            sse += d * d
+            s_region += sv
+            if qv < q_floor:
+                s_missed += sv
+        pn = qv * inv_q
+        sn = sv * inv_s
+        m = 0.5 * (pn + sn)
+        if pn > 0:
+            js2 += pn * math.log(pn / m)
+            kl += pn * math.log(pn / (sn + floor_u))
+        if sn > 0:
+            js2 += sn * math.log(sn / m)
+    return n_region, sse, s_region, s_missed, sum_s, sum_ss, sum_sq, sum_qq, sum_q, js2, kl

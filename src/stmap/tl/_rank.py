@@ -32,6 +32,11 @@ def _cellmap2d(s: np.ndarray, q: np.ndarray, q_max: float, threshold: float, flo
     return mse, penalty
 
 
+def _marginals(m: np.ndarray, total: float) -> list[np.ndarray]:
+    """Axis marginals of a map normalised to sum 1."""
+    return [m.sum(axis=tuple(j for j in range(m.ndim) if j != a), dtype=np.float64) / total for a in range(m.ndim)]
+
+
 def _marginal_w1(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...], step: Sequence[float]) -> float:
     """Sum over axes of the 1-D Wasserstein-1 distance between the axis marginals of two normalised maps."""
     pg, qg = p.reshape(shape), q.reshape(shape)
@@ -44,7 +49,7 @@ def _marginal_w1(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...], step: Seq
     return total
 
 
-def _mixture_em(p: np.ndarray, q: np.ndarray, n_iter: int = 500, tol: float = 1e-9) -> np.ndarray:
+def _mixture_em(p: np.ndarray, q: np.ndarray, n_iter: int = 300, tol: float = 1e-7) -> np.ndarray:
     """Mixture weights ``w >= 0, sum 1`` maximising ``sum_v q_v log sum_k w_k p_kv`` (EM); ``p``: (G, V) densities."""
     g = p.shape[0]
     w = np.full(g, 1.0 / g)
@@ -71,6 +76,7 @@ def density_scores(
     query_floor: float = 0.01,
     support: float = 1e-3,
     eps: float = 1e-12,
+    max_voxels: int = 20_000,
 ) -> pd.DataFrame:
     """Every score of one query map against every reference class map, in one pass over the classes.
 
@@ -86,8 +92,9 @@ def density_scores(
         Grid step per axis (for ``emd`` in coordinate units; default 1).
     threshold, query_floor
         CellMap2D: relevant region ``S > threshold * max S``; penalty where ``Q < query_floor * max Q``.
-    support
-        ``mixture`` uses the voxels where the query exceeds ``support * max Q``.
+    support, max_voxels
+        ``mixture`` uses the voxels where the query exceeds ``support * max Q`` (an evenly strided subset of at most
+        ``max_voxels`` of them).
     eps
         Added to normalised maps in ``kl`` (relative to the uniform density ``1 / n_voxels``).
 
@@ -97,52 +104,67 @@ def density_scores(
     ``pearson``, ``cosine``, ``js``, ``kl`` (``KL(query || class)``), ``emd`` (sum of axis-marginal W1 distances)
     and ``mixture`` (EM mixture weight; sums to 1).
     """
-    q = np.asarray(query, dtype=np.float64).ravel()
+    from ..kernels._kde import map_scores
+
+    q = np.ascontiguousarray(query).ravel()
+    if q.dtype.kind != "f":
+        q = q.astype(np.float64)
     shape = np.asarray(query).shape
     n_cls = len(reference)
     classes = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
     if len(classes) != n_cls:
         raise StmapInputError(f"{len(classes)} class names for {n_cls} reference maps.")
     step = [1.0] * len(shape) if step is None else list(step)
-    if q.sum() <= 0 or not np.isfinite(q).all():
-        raise StmapInputError("The query map is empty (all zeros) or has non-finite values.")
+    q_tot = float(q.sum(dtype=np.float64))
+    if q_tot <= 0 or not np.isfinite(q_tot) or (q < 0).any():
+        raise StmapInputError("The query map is empty (all zeros), negative, or has non-finite values.")
     q_max = float(q.max())
-    qn = q / q.sum()
-    qc = q - q.mean()
-    q_norm = np.linalg.norm(q)
     keep = q > support * q_max
+    n_keep = int(keep.sum())
+    if n_keep > max_voxels:  # systematic subsample of the query's support keeps the EM cheap (300 classes: < 1 s)
+        idx = np.flatnonzero(keep)[:: int(np.ceil(n_keep / max_voxels))]
+        keep = np.zeros_like(keep)
+        keep[idx] = True
+    qn_marg = _marginals(q.reshape(shape), q_tot)
     floor_u = eps / q.size
+    v = float(q.size)
     rows, p_support = [], []
     for k in range(n_cls):
-        s = np.asarray(reference[k], dtype=np.float64).ravel()
+        s = np.ascontiguousarray(reference[k]).ravel()
+        if s.dtype != q.dtype:
+            s = s.astype(q.dtype)
         if s.shape != q.shape:
             raise StmapInputError(f"Reference map {classes[k]!r} has {s.size} voxels, the query {q.size}.")
-        tot = s.sum()
-        sn = s / tot if tot > 0 else np.full_like(s, 1.0 / s.size)
-        mse, pen = _cellmap2d(s, q, q_max, threshold, query_floor)
-        sc = s - s.mean()
-        den = np.linalg.norm(sc) * np.linalg.norm(qc)
-        m = 0.5 * (sn + qn)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            js = 0.5 * np.sum(np.where(qn > 0, qn * np.log(qn / m), 0.0)) + 0.5 * np.sum(
-                np.where(sn > 0, sn * np.log(sn / m), 0.0)
-            )
-            kl = np.sum(np.where(qn > 0, qn * np.log(qn / (sn + floor_u)), 0.0))
+        s_tot = float(s.sum(dtype=np.float64))
+        s_max = float(s.max())
+        nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
+            s, q, threshold * s_max, query_floor * q_max, s_tot, q_tot, floor_u
+        )
+        mse = sse / nr if nr > 0 and s_max > 0 else np.nan
+        pen = s_miss / (s_reg + 1e-8) if nr > 0 and s_max > 0 else np.nan
+        cov = ssq - ss * sq / v
+        den = np.sqrt(max(sss - ss * ss / v, 0.0) * max(sqq - sq * sq / v, 0.0))
+        sm = _marginals(s.reshape(shape), s_tot) if s_tot > 0 else None
+        emd = (
+            sum(float(np.abs(np.cumsum(a) - np.cumsum(b)).sum() * step[i]) for i, (a, b) in enumerate(zip(sm, qn_marg)))
+            if sm is not None
+            else np.nan
+        )
         rows.append(
             {
                 "mse": mse,
                 "penalty": pen,
                 "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
-                "pearson": float(sc @ qc / den) if den > 0 else np.nan,
-                "cosine": float(s @ q / (np.linalg.norm(s) * q_norm)) if np.linalg.norm(s) > 0 else np.nan,
-                "js": float(js),
-                "kl": float(kl),
-                "emd": _marginal_w1(sn, qn, shape, step),
+                "pearson": cov / den if den > 0 else np.nan,
+                "cosine": ssq / np.sqrt(sss * sqq) if sss > 0 else np.nan,
+                "js": 0.5 * js2 if s_tot > 0 else np.nan,
+                "kl": kl if s_tot > 0 else np.nan,
+                "emd": emd,
             }
         )
-        p_support.append(sn[keep])
+        p_support.append((s[keep] / s_tot).astype(np.float32) if s_tot > 0 else np.zeros(int(keep.sum()), np.float32))
     df = pd.DataFrame(rows, index=pd.Index(classes, name="class"))
-    df["mixture"] = _mixture_em(np.asarray(p_support), q[keep])
+    df["mixture"] = _mixture_em(np.asarray(p_support, dtype=np.float64), q[keep].astype(np.float64))
     return df
 
 
