@@ -324,6 +324,16 @@ class TestBadInput:
             else:
                 assert b == a
 
+    def test_cuda_unavailable(self, tissue):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present: device='cuda' is valid here")
+        ref = tissue.tables["cells"].copy()
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            st.tl.map_cells(tissue, ref, table_key="spots", device="cuda", copy=True)
+        assert "stmap_mapping" not in ref.obsm
+
     def test_few_genes_warn(self, tissue):
         cells = tissue.tables["cells"]
         genes = list(cells.var_names[np.argsort(-np.asarray(cells.X.sum(0)).ravel())[:10]])  # every cell expresses some

@@ -93,6 +93,7 @@ def capacity_assign(
     exact_limit: float = 1e7,
     batch_size: int = 4096,
     max_rounds: int = 8,
+    fill: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Assign rows to columns maximising the total score under capacities.
 
@@ -112,6 +113,9 @@ def capacity_assign(
         Rows per score block.
     max_rounds
         Repair rounds on the residual problem before remaining slots are filled by any free row.
+    fill
+        Fill every slot (``True``); with ``False`` column demands are upper bounds and only rows with capacity are
+        assigned (use it when ``col_cap.sum() > row_cap.sum()`` and every row should be placed).
 
     Returns
     -------
@@ -196,7 +200,7 @@ def capacity_assign(
 
     # last resort: fill remaining slots with free rows; when a free row already sits in that column, swap it with a
     # row of another column (2-exchange) so that pairs stay distinct and capacities hold ------------------------------
-    if col_cap.sum() > 0:
+    if fill and col_cap.sum() > 0:
         ar = list(np.concatenate(assigned_r).tolist())
         ac = list(np.concatenate(assigned_c).tolist())
         used = {r * n_cols + c for r, c in zip(ar, ac, strict=True)}
