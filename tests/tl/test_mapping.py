@@ -116,7 +116,7 @@ class TestMapCells:
         truth = tissue.tables["spots"].obsm["cell_type_fractions"]
         ok = truth.notna().all(axis=1).to_numpy()
         m = metrics.proportion_metrics(out.tables["spots"].obsm["stmap_cell_type_fractions"][ok], truth[ok])
-        # measured JSD 0.016, Pearson 0.98: 6 well separated synthetic types with ~7 cells/spot; the bounds leave
+        # measured JSD 0.013, Pearson 0.986: 6 well separated synthetic types with ~7 cells/spot; the bounds leave
         # room for solver noise but fail for a mapper that ignores expression (JSD of spot vs global mean ~0.3)
         assert m["jsd"] < 0.05 and m["pearson"] > 0.95
 
@@ -137,7 +137,7 @@ class TestMapCells:
         C = np.stack([nnls(M.T, y)[0] for y in spots.X.toarray()])
         base = metrics.proportion_metrics(pd.DataFrame(C / C.sum(1, keepdims=True), columns=cats), truth.values)
         # Poisson fit with library-size-aware fractions must not be worse than NNLS on the same data (measured
-        # 0.16 vs 0.19 JSD); PBMC bulk types overlap (CD4/CD8/CD34...), so absolute JSD stays well above 0
+        # JSD 0.20 vs 0.24); PBMC bulk types overlap (CD4/CD8/CD34...), so absolute JSD stays well above 0
         assert ours["jsd"] <= base["jsd"] and ours["rmse"] <= base["rmse"]
         assert ours["jsd"] < 0.25
 
@@ -146,8 +146,8 @@ class TestMapCells:
         truth = sdata.tables["spots"].obs["n_cells"].to_numpy()
         out, _ = _run(sdata, ref, mean_cells_per_spot=float(truth.mean()))
         n = out.tables["spots"].obs["stmap_n_cells"].to_numpy()
-        # cells per spot follow the fitted cell equivalents: measured r = 0.97; 0.85 fails for a library-size-blind
-        # or constant estimate (r undefined / < 0.8 on this tissue)
+        # cells per spot follow the fitted cell equivalents: measured r = 0.97; a constant (library-blind) estimate
+        # has no correlation with the truth
         assert np.corrcoef(n, truth)[0, 1] > 0.85
         assert abs(n.mean() - truth.mean()) < 1.0  # the prior mean is kept up to rounding
 
@@ -162,8 +162,9 @@ class TestMapCells:
         expected = spots.obs["n_cells"].to_numpy() * ref.n_obs / spots.obs["n_cells"].sum()
         assert np.abs(sp.obs["stmap_n_cells"].to_numpy() - expected).max() <= 2.0  # rounding per type (<= 6 types)
         acc = metrics.assignment_accuracy(ref.obs["stmap_spot"], cells_truth.obs["spot_id"])
-        # measured 0.90; chance is ~1/120 and a composition-only placement within the right type gives ~0.15
-        assert acc > 0.75
+        # measured 0.95 (Tangram: 0.96 in benchmarks/mapping.py); chance is ~1/120, so 0.85 fails any placement
+        # that does not use the cells' own expression, and leaves room for platform/BLAS differences
+        assert acc > 0.85
 
     def test_determinism(self, tissue, regular):
         out2, ref2 = _run(tissue, tissue.tables["cells"].copy(), cells_per_spot="n_cells")
@@ -238,9 +239,9 @@ class TestProjectGenes:
         pred = proj[:, held].X.toarray()
         meas = spots[:, held].X.toarray()
         r = metrics.pearson_per_gene(pred, meas)
-        # measured mean r ~0.8 on region-program genes never used for mapping; a mapping blind to placement
-        # (cells of the right type from anywhere) gives r ~ 0.4
-        assert np.nanmean(r) > 0.6
+        # measured mean r 0.98 on region-program genes never used for mapping; predicting them from the type
+        # composition alone (NNLS fractions x mean type profiles) gives 0.83 in benchmarks/mapping.py
+        assert np.nanmean(r) > 0.9
 
     def test_reference_implementation(self, greedy, tissue):
         out, ref = greedy
@@ -374,7 +375,7 @@ class TestAssignKernel:
         got = S[r, c].sum()
         if exact_limit:
             assert got == pytest.approx(best)
-        else:  # greedy on top-k: feasible and within 25% of the optimum on this random problem (measured ~5%)
+        else:  # greedy on top-k: feasible, and within 25% of the optimum (it reaches the optimum on this problem)
             assert got >= best - 0.25 * abs(best)
 
     def test_fair_share_and_no_repeated_pairs(self):
