@@ -64,14 +64,13 @@ def kde_speed(quick: bool) -> list[Run]:
         lo, step = (0.0,) * d, (1.0,) * d
         for n in sizes:
             pts = _points(n, shape, sig, rng)
-            sub = pts[rng.choice(n, min(n, 20000), replace=False)]
             ds = f"{name} n={n:.0e} sigma={sig:g}vox"
             acc_rng = np.random.default_rng(1)
 
-            def ours(pts=pts, shape=shape, sig=sig):
+            def ours(pts=pts, shape=shape, sig=sig, lo=lo, step=step):
                 return kde_grid(pts, sig, lo, step, shape, dtype=np.float32)[0]
 
-            def cellmap2d(pts=pts, shape=shape, sig=sig):
+            def cellmap2d(pts=pts, shape=shape, sig=sig, n=n):
                 vox = np.round(pts).astype(np.intp)
                 g = np.zeros(shape, dtype=np.float32)
                 np.add.at(g, tuple(vox.T), 1.0)
@@ -84,13 +83,13 @@ def kde_speed(quick: bool) -> list[Run]:
                 x, y = FFTKDE(kernel="gaussian", bw=sig).fit(pts).evaluate(grid_points=shape)
                 return x, y
 
-            def score_grid(g, n=n):
-                if n > 1_000_000:  # exact reference on a 20k subsample would not match the full-sample estimate
+            def score_grid(g, n=n, pts=pts, sig=sig, lo=lo, step=step, acc_rng=acc_rng):
+                if n > 100_000:  # exact reference on a 20k subsample would not match the full-sample estimate
                     return {}
                 return {"relL2_vs_exact": _accuracy(g, pts, sig, lo, step, acc_rng)}
 
-            def score_kdepy(out, n=n):
-                if n > 1_000_000:
+            def score_kdepy(out, n=n, pts=pts, sig=sig, acc_rng=acc_rng):
+                if n > 100_000:
                     return {}
                 x, y = out
                 idx = acc_rng.integers(0, y.size, 2000)
@@ -104,7 +103,7 @@ def kde_speed(quick: bool) -> list[Run]:
             if name == "256^2" and n <= 10_000:
                 # a fixed isotropic Gaussian (scipy.stats.gaussian_kde ties its kernel to the data covariance):
                 # the exact O(points x nodes) sum with scipy.spatial.distance.cdist
-                def scipy_direct(pts=pts, shape=shape, sig=sig):
+                def scipy_direct(pts=pts, shape=shape, sig=sig, n=n):
                     from scipy.spatial.distance import cdist
 
                     ax = [np.arange(s, dtype=float) for s in shape]
@@ -117,7 +116,6 @@ def kde_speed(quick: bool) -> list[Run]:
                     return (out / (n * 2 * np.pi * sig**2)).reshape(shape)
 
                 runs.append(measure(ds, "scipy_direct", scipy_direct, score_grid))
-            del pts
     return runs
 
 
