@@ -1,0 +1,161 @@
+"""CTR benchmark (issue 5): cancer tissue region detection on HER2ST, our fused model vs baselines, same run.
+
+Data: ../shared/data/her2st (``STMAP_DATA_DIR``). Labels: patient C, cancer = expression clusters annotated cancer in
+motivation.csv (spots without a cluster are unlabelled); A1, the pathologist's 'invasive cancer' + 'cancer in situ'
+(spots without a label are unlabelled). Histology: ``st.pp.histology_features`` (offline handcrafted extractor, 100 um
+spot patch and 2x context) on every section with an image (C1 has none: its image tokens are masked in training).
+
+Tasks:
+
+- ``A1``: train on C1-C6, evaluate on A1 (another patient, another image scan).
+- ``LOSO Ck`` (``--loso``): within patient C, train on the other five sections, evaluate on Ck (k = 2..6; C1 has no
+  image, so it stays a training source).
+
+Methods: ``stmap`` (fused SpaCRD-style model), ``stmap_expression`` / ``stmap_histology`` (the same model with one
+modality), ``logreg`` (sklearn logistic regression, log-normalised expression, top-2000 variance genes, C=0.01, pooled
+sources) and ``meta_gene`` (mean z-score of ERBB2, GRB7, EPCAM, KRT8, KRT18, KRT19, KRT7 in the target: a TESLA-like
+marker score, no training). Metrics: ROC-AUC, AP, and F1 at a 2-component GMM threshold on each method's scores.
+The torch models are trained with ``--seeds`` seeds; the table reports the mean (per-seed values in the JSON).
+
+Usage: ``python benchmarks/ctr.py [--loso] [--seeds 3] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import Run, measure, report
+
+import stmap as st
+
+SECTIONS = ("A1", "C1", "C2", "C3", "C4", "C5", "C6")
+MARKERS = ("ERBB2", "GRB7", "EPCAM", "KRT8", "KRT18", "KRT19", "KRT7")
+LABEL = "ctr_label"
+
+
+def load(scales=(1.0, 2.0)) -> dict:
+    """All sections with histology features and a float label column (NaN = unlabelled)."""
+    out = {}
+    for sec in SECTIONS:
+        sdata = st.datasets.her2st(sec)
+        if sec in sdata.tables and sdata.images:
+            st.pp.histology_features(sdata, table_key=sec, scales=scales)
+        a = sdata.tables[sec]
+        known = a.obs["cluster"].notna() if sec.startswith("C") else a.obs["pathologist_label"].notna()
+        lab = a.obs["cancer"].to_numpy().astype(float)
+        lab[~known.to_numpy()] = np.nan
+        a.obs[LABEL] = lab
+        out[sec] = sdata
+    return out
+
+
+def _lognorm(adata):
+    import scanpy as sc
+
+    b = adata.copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    return b
+
+
+def _scores(y, s) -> dict:
+    ok = ~np.isnan(y)
+    yt, s = y[ok].astype(bool), np.asarray(s, dtype=float)[ok]
+    thr = st.metrics.gmm_threshold(s)
+    return {
+        "roc_auc": st.metrics.roc_auc(yt, s),
+        "ap": st.metrics.average_precision(yt, s),
+        "f1_gmm": st.metrics.f1(yt, s > thr),
+    }
+
+
+def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list[int], runs: list[Run]) -> None:
+    tgt = data[target]
+    y = tgt.tables[target].obs[LABEL].to_numpy()
+    src = {k: data[k] for k in sources}
+
+    # our models, several seeds: mean metrics, total time of one seed (train + detect)
+    for method, modality in (("stmap", "both"), ("stmap_expression", "expression"), ("stmap_histology", "histology")):
+        srcs = {k: v for k, v in src.items() if modality != "histology" or v.images}
+        per_seed, times, mems = [], [], []
+        for seed in seeds:
+
+            def fn(srcs=srcs, modality=modality, seed=seed):
+                model = st.tl.train_ctr(srcs, label_key=LABEL, positive=1.0, modality=modality, seed=seed,
+                                        verbose=False)  # fmt: skip
+                res = st.tl.detect_ctr(tgt, model, table_key=target, copy=True)
+                return res.tables[target].obs["stmap_ctr_prob"].to_numpy(), model.info["train_seconds"]
+
+            r = measure(name, method, fn, lambda out: {**_scores(y, out[0]), "train_s": out[1]})
+            per_seed.append(r.metrics)
+            times.append(r.seconds)
+            mems.append(r.peak_mb)
+        mean = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
+        mean["roc_auc_sd"] = float(np.std([m["roc_auc"] for m in per_seed]))
+        note = "per seed: " + "; ".join(f"seed {s}: AUC {m['roc_auc']:.4f}" for s, m in zip(seeds, per_seed))
+        runs.append(Run(name, method, float(np.mean(times)), float(np.max(mems)), mean, note))
+        print(runs[-1], flush=True)
+
+    # logistic regression on log-normalised expression (top-2000 variance genes, C=0.01)
+    def logreg():
+        from sklearn.linear_model import LogisticRegression
+
+        ln = {k: _lognorm(v.tables[k]) for k, v in src.items()}
+        lt = _lognorm(tgt.tables[target])
+        common = lt.var_names
+        for a in ln.values():
+            common = common.intersection(a.var_names)
+        xs = np.vstack([ln[k][:, common].X.toarray() for k in ln])
+        ys = np.concatenate([src[k].tables[k].obs[LABEL].to_numpy() for k in ln])
+        top = np.sort(np.argsort(-xs.var(0))[:2000])
+        ok = ~np.isnan(ys)
+        t0 = time.perf_counter()
+        clf = LogisticRegression(C=0.01, max_iter=3000).fit(xs[ok][:, top], ys[ok].astype(int))
+        train_s = time.perf_counter() - t0
+        return clf.predict_proba(lt[:, common].X.toarray()[:, top])[:, 1], train_s
+
+    runs.append(measure(name, "logreg", logreg, lambda out: {**_scores(y, out[0]), "train_s": out[1]}))
+    print(runs[-1], flush=True)
+
+    def meta():
+        lt = _lognorm(tgt.tables[target])
+        genes = [g for g in MARKERS if g in lt.var_names]
+        x = lt[:, genes].X.toarray()
+        return ((x - x.mean(0)) / (x.std(0) + 1e-9)).mean(1)
+
+    runs.append(measure(name, "meta_gene", meta, lambda s: {**_scores(y, s), "train_s": 0.0}))
+    print(runs[-1], flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--loso", action="store_true", help="also leave-one-section-out within patient C (slow)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}")
+    data = load()
+    seeds = list(range(args.seeds))
+    runs: list[Run] = []
+    csecs = [s for s in SECTIONS if s.startswith("C")]
+    run_task("A1", data, csecs, "A1", seeds, runs)
+    if args.loso:
+        for held in csecs[1:]:
+            run_task(f"LOSO {held}", data, [s for s in csecs if s != held], held, seeds, runs)
+    report("ctr", runs, ours="stmap", higher_is_better={"roc_auc": True, "ap": True, "f1_gmm": True})
+
+
+if __name__ == "__main__":
+    main()
