@@ -76,7 +76,30 @@ def _mapping(sdata: Any, outdir: Path) -> list[Path]:
     tl.map_cells(sdata, ref, table_key=spots, mode="greedy", cells_per_spot="n_cells")
     tl.project_genes(sdata, ref, table_key=spots)
     path = outdir / "mapping.png"
-    pl.mapping(sdata, table_key=spots, save=path, show=False)
+    pl.mapping(sdata, table_key=spots, cell_types=["tumor", "fibroblast", "T_cell"], save=path, show=False)
+    return [path]
+
+
+@_step("cancer tissue regions (st.pp.histology_features, st.tl.train_ctr / detect_ctr)")
+def _ctr(sdata: Any, outdir: Path) -> list[Path]:
+    from . import datasets, pl, pp, tl
+
+    spots = _spot_table(sdata)
+    source = datasets.synthetic_tissue(seed=101)  # another slide with its own planted tumour: the labelled source
+    for s in (source, sdata):
+        pp.histology_features(s, table_key=spots)
+    import torch
+
+    fast = {"pretrain_epochs": 3, "warmup_epochs": 3, "epochs": 20, "batch_size": 64, "verbose": False}
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains fastest on one thread (no OpenMP contention)
+    try:
+        model = tl.train_ctr(source, label_key="tumor", table_key=spots, **fast)
+    finally:
+        torch.set_num_threads(n_threads)
+    tl.detect_ctr(sdata, model, table_key=spots, label_key="tumor")
+    path = outdir / "ctr.png"
+    pl.ctr(sdata, table_key=spots, save=path, show=False)
     return [path]
 
 
