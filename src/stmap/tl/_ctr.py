@@ -316,7 +316,7 @@ def train_ctr(
     device: str = "cpu",
     verbose: bool = True,
 ) -> CTRModel:
-    """Train a cancer tissue region detector on labelled source samples (SpaCRD, :cite:`spacrd`).
+    """Train a cancer tissue region detector on labelled source samples (SpaCRD).
 
     Each spot is a sequence of 7 tokens (itself and its ``n_neighbors`` nearest spots) in two modalities: log-normalised
     expression of the model genes and histology features (both min-max scaled within each sample). An image and a
