@@ -1,5 +1,6 @@
 """Preparation shared by tools: conversion, genes, normalisation, patches, features."""
 
+from ._blobs import detect_blobs
 from ._convert import to_spatialdata
 from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
 from ._histology import histology_features
@@ -7,6 +8,7 @@ from ._histology import histology_features
 __all__ = [
     "to_spatialdata",
     "histology_features",
+    "detect_blobs",
     "handcrafted_features",
     "torch_extractor",
     "timm_extractor",
