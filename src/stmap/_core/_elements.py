@@ -22,6 +22,7 @@ __all__ = [
     "make_points",
     "make_table",
     "new_spatialdata",
+    "with_transformations",
 ]
 
 
@@ -269,3 +270,37 @@ def new_spatialdata(
         tables=dict(tables or {}),
         attrs=attrs,
     )
+
+
+def with_transformations(element: Any, transformations: Mapping[str, Any], *, copy: bool = True) -> Any:
+    """Add or replace an element's transformations to some coordinate systems; nothing is resampled.
+
+    Parameters
+    ----------
+    element
+        Image, labels, points or shapes element.
+    transformations
+        ``{coordinate_system: transformation}`` (spatialdata transformations or 3x3 ``(x, y, 1)`` matrices); the
+        element's other transformations are kept.
+    copy
+        Return a shallow copy (data shared, transformations its own) and leave ``element`` untouched; ``False``
+        modifies ``element`` in place.
+
+    Returns
+    -------
+    The element with the transformations.
+    """
+    from spatialdata.transformations import get_transformation, set_transformation
+
+    new = dict(get_transformation(element, get_all=True))
+    new.update({cs: to_transformation(t) for cs, t in transformations.items()})
+    if copy:
+        try:
+            out = element.copy(deep=False)
+        except TypeError:  # dask DataFrame
+            out = element.copy()
+        out.attrs.update({k: v for k, v in element.attrs.items() if k not in out.attrs})
+    else:
+        out = element
+    set_transformation(out, new, set_all=True)
+    return out

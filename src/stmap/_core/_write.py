@@ -70,6 +70,7 @@ class Results:
     _tables: dict[int, tuple[AnnData, _TableWrites]] = field(default_factory=dict)
     _new_tables: dict[str, tuple[AnnData, str | None, Any]] = field(default_factory=dict)
     _new_elements: dict[str, Any] = field(default_factory=dict)
+    _transformations: dict[str, dict[str, Any]] = field(default_factory=dict)
     _written: list[str] = field(default_factory=list)
 
     # -- collecting ------------------------------------------------------------------------------------------------
@@ -113,6 +114,10 @@ class Results:
             raise StmapInputError(f"Refusing to write empty table {name!r}.")
         self._new_tables[name] = (table, region, instance_ids)
 
+    def transformation(self, name: str, coordinate_system: str, transformation: Any) -> None:
+        """Queue a transformation of the existing element ``name`` to ``coordinate_system`` (nothing resampled)."""
+        self._transformations.setdefault(name, {})[coordinate_system] = transformation
+
     def element(self, name: str, element: Any) -> None:
         """Queue a new image/labels/points/shapes element (its kind is read from its spatialdata model)."""
         self._new_elements[name] = element
@@ -144,6 +149,8 @@ class Results:
                 )
             else:
                 self._add_elements(target, tables_map)
+        if self._transformations and is_spatialdata(target):
+            self._set_transformations(target, copy)
         if not copy:
             return None
         return (target, *external) if external else target
@@ -225,6 +232,16 @@ class Results:
             table = (tables_map or {}).get(id(table), table)  # the copy that received obs/uns writes
             sdata.tables[name] = make_table(table, region=region, instance_ids=ids)
             self._written.append(f"tables[{name!r}]")
+
+    def _set_transformations(self, sdata: Any, copy: bool) -> None:
+        from ._elements import with_transformations
+
+        for name, ts in self._transformations.items():
+            kind = next(k for k in ("images", "labels", "points", "shapes") if name in getattr(sdata, k))
+            el = with_transformations(getattr(sdata, kind)[name], ts, copy=copy)  # a copy never touches the user's
+            if copy:
+                getattr(sdata, kind)[name] = el
+            self._written.append(f"transformations of {name!r} to {', '.join(map(repr, ts))}")
 
     @property
     def written(self) -> str:

@@ -4,11 +4,17 @@ from ._blobs import detect_blobs
 from ._convert import to_spatialdata
 from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
 from ._histology import histology_features
+from ._register import align_sections, apply_transform, fit_transform, icp, register
 
 __all__ = [
     "to_spatialdata",
     "histology_features",
     "detect_blobs",
+    "register",
+    "align_sections",
+    "fit_transform",
+    "icp",
+    "apply_transform",
     "handcrafted_features",
     "torch_extractor",
     "timm_extractor",

@@ -1,0 +1,544 @@
+"""Register sections / point sets: similarity or affine transforms from landmarks or point clouds (ICP).
+
+Transforms are ``(d + 1, d + 1)`` homogeneous matrices acting on ``(x, y[, z], 1)`` column vectors (the 2D case is
+the 3x3 convention of :mod:`stmap._core`). They are written as spatialdata transformations to a (new) coordinate
+system: nothing is resampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from .._core import Results, StmapInputError, TableContext, inject_docs, is_spatialdata, resolve_points, unknown_key
+from .._core import _logging as logg
+
+__all__ = ["fit_transform", "icp", "apply_transform", "register", "align_sections"]
+
+Kind = Literal["translation", "rigid", "similarity", "affine"]
+_KINDS = ("translation", "rigid", "similarity", "affine")
+_MIN_POINTS = {"translation": 1, "rigid": 2, "similarity": 2, "affine": 3}
+
+
+def _check_kind(kind: str, d: int) -> None:
+    if kind not in _KINDS:
+        raise StmapInputError(f"kind must be one of {_KINDS}, got {kind!r}.")
+
+
+def apply_transform(matrix: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Apply a ``(d + 1, d + 1)`` homogeneous matrix to ``(n, d)`` coordinates.
+
+    Parameters
+    ----------
+    matrix
+        Homogeneous transform acting on ``(x, y[, z], 1)`` column vectors.
+    coords
+        Points ``(n, d)``.
+
+    Returns
+    -------
+    The transformed ``(n, d)`` coordinates.
+    """
+    m = np.asarray(matrix, dtype=float)
+    c = np.asarray(coords, dtype=float)
+    return c @ m[:-1, :-1].T + m[:-1, -1]
+
+
+def fit_transform(
+    source: np.ndarray,
+    target: np.ndarray,
+    *,
+    kind: Kind = "similarity",
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Least-squares transform mapping ``source`` points onto corresponding ``target`` points (2D or 3D).
+
+    ``'rigid'`` and ``'similarity'`` use the closed-form Umeyama solution (proper rotation, no reflection; uniform
+    scale for ``'similarity'``); ``'affine'`` solves the linear least squares; ``'translation'`` matches the means.
+
+    Parameters
+    ----------
+    source, target
+        Corresponding points, ``(n, d)`` each (``d`` = 2 or 3).
+    kind
+        ``'translation'``, ``'rigid'``, ``'similarity'`` or ``'affine'``.
+    weights
+        Non-negative weight per pair.
+
+    Returns
+    -------
+    The ``(d + 1, d + 1)`` homogeneous matrix ``M`` minimising ``sum_i w_i |M source_i - target_i|^2``.
+
+    Raises
+    ------
+    StmapInputError
+        Mismatched shapes, too few pairs for ``kind``, non-finite values, degenerate (collinear) points.
+    """
+    src = np.asarray(source, dtype=float)
+    dst = np.asarray(target, dtype=float)
+    if src.ndim != 2 or src.shape != dst.shape or src.shape[1] not in (2, 3):
+        raise StmapInputError(
+            f"source and target must be matching (n, 2) or (n, 3) arrays, got {src.shape}, {dst.shape}."
+        )
+    n, d = src.shape
+    _check_kind(kind, d)
+    need = _MIN_POINTS[kind] + (1 if kind == "affine" and d == 3 else 0)
+    if n < need:
+        raise StmapInputError(f"A {kind} transform in {d}D needs at least {need} point pairs, got {n}.")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise StmapInputError("source/target coordinates contain NaN or infinite values.")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n,) or (w < 0).any() or w.sum() <= 0:
+        raise StmapInputError("weights must be one non-negative value per pair, not all zero.")
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
+    xs, xd = src - mu_s, dst - mu_d
+    m = np.eye(d + 1)
+    if kind == "translation":
+        m[:d, d] = mu_d - mu_s
+        return m
+    if kind == "affine":
+        a = (xs * w[:, None]).T @ xs
+        if np.linalg.matrix_rank(a) < d:
+            raise StmapInputError("The source points are degenerate (collinear/coplanar): an affine fit is undefined.")
+        lin = np.linalg.solve(a, (xs * w[:, None]).T @ xd).T
+    else:
+        cov = (xd * w[:, None]).T @ xs  # target x source
+        u, sv, vt = np.linalg.svd(cov)
+        s = np.ones(d)
+        if np.linalg.det(u) * np.linalg.det(vt) < 0:
+            s[-1] = -1.0
+        rot = u @ np.diag(s) @ vt
+        var_s = float((w * (xs**2).sum(1)).sum())
+        if var_s <= 0:
+            raise StmapInputError("The source points all coincide: the transform is undefined.")
+        scale = float((sv * s).sum() / var_s) if kind == "similarity" else 1.0
+        lin = scale * rot
+    m[:d, :d] = lin
+    m[:d, d] = mu_d - lin @ mu_s
+    return m
+
+
+def _start_rotations(d: int, n_starts: int) -> list[np.ndarray]:
+    if d == 2:
+        angles = np.linspace(0.0, 2 * np.pi, max(1, n_starts), endpoint=False)
+        return [np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) for a in angles]
+    rots = [np.eye(3)]
+    for ax in range(3):  # 180 degrees about each axis
+        r = -np.eye(3)
+        r[ax, ax] = 1.0
+        rots.append(r)
+    return rots[: max(1, n_starts)]
+
+
+def icp(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    *,
+    kind: Kind = "similarity",
+    init: np.ndarray | None = None,
+    n_starts: int = 8,
+    trim: float = 0.9,
+    max_iter: int = 100,
+    tol: float = 1e-9,
+    max_points: int | None = 20_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Register a point cloud onto another by trimmed iterative closest points (2D or 3D).
+
+    Each iteration pairs every moving point with its nearest fixed point and refits ``kind`` by least squares
+    (:func:`fit_transform`); after convergence on all pairs, a second round keeps only the ``trim`` fraction of
+    closest pairs in each fit (robust to partial overlap and outliers).
+    Without ``init`` the clouds' centroids (and, for ``'similarity'``/``'affine'``, spreads) are matched first and
+    ``n_starts`` initial rotations are tried; the one with the lowest trimmed RMS distance wins.
+
+    Parameters
+    ----------
+    moving, fixed
+        ``(n, d)`` and ``(m, d)`` points; no correspondence needed.
+    kind
+        Transform family (see :func:`fit_transform`).
+    init
+        Initial ``(d + 1, d + 1)`` transform (then a single start).
+    n_starts
+        Initial rotations (evenly spaced in 2D; identity and 180 degrees about each axis in 3D).
+    trim
+        Fraction of closest pairs used in each fit.
+    max_iter, tol
+        Stop after ``max_iter`` iterations or when the trimmed RMS changes by less than ``tol`` (relative).
+    max_points
+        Randomly subsample both clouds to at most this many points (``None``: all).
+    seed
+        Random seed of the subsampling.
+
+    Returns
+    -------
+    ``(matrix, info)``: the homogeneous matrix mapping ``moving`` onto ``fixed`` and a dict with ``rmse`` (trimmed
+    RMS distance), ``n_iter``, ``start`` (index of the winning start).
+    """
+    from scipy.spatial import cKDTree
+
+    mov = np.asarray(moving, dtype=float)
+    fix = np.asarray(fixed, dtype=float)
+    if mov.ndim != 2 or fix.ndim != 2 or mov.shape[1] != fix.shape[1] or mov.shape[1] not in (2, 3):
+        raise StmapInputError(f"moving and fixed must be (n, d) arrays with the same d in (2, 3), got {mov.shape}, "
+                              f"{fix.shape}.")  # fmt: skip
+    d = mov.shape[1]
+    _check_kind(kind, d)
+    if len(mov) < 3 or len(fix) < 3:
+        raise StmapInputError(f"ICP needs at least 3 points in each cloud, got {len(mov)} and {len(fix)}.")
+    if not (np.isfinite(mov).all() and np.isfinite(fix).all()):
+        raise StmapInputError("Point coordinates contain NaN or infinite values.")
+    if not 0 < trim <= 1:
+        raise StmapInputError(f"trim must be in (0, 1], got {trim}.")
+    rng = np.random.default_rng(seed)
+    if max_points is not None and len(mov) > max_points:
+        mov = mov[rng.choice(len(mov), max_points, replace=False)]
+    if max_points is not None and len(fix) > max_points:
+        fix = fix[rng.choice(len(fix), max_points, replace=False)]
+    tree = cKDTree(fix)
+    n_keep = max(_MIN_POINTS[kind] + 1, int(np.ceil(trim * len(mov))))
+
+    if init is not None:
+        starts = [np.asarray(init, dtype=float)]
+        if starts[0].shape != (d + 1, d + 1):
+            raise StmapInputError(f"init must be a {(d + 1, d + 1)} matrix, got {starts[0].shape}.")
+    else:
+        mu_m, mu_f = mov.mean(0), fix.mean(0)
+        sc = 1.0
+        if kind in ("similarity", "affine"):
+            sc = float(np.sqrt(((fix - mu_f) ** 2).sum(1).mean() / max(((mov - mu_m) ** 2).sum(1).mean(), 1e-300)))
+        rots = [np.eye(d)] if kind == "translation" else _start_rotations(d, n_starts)
+        starts = []
+        for r in rots:
+            m0 = np.eye(d + 1)
+            m0[:d, :d] = sc * r
+            m0[:d, d] = mu_f - sc * r @ mu_m
+            starts.append(m0)
+
+    best: tuple[float, np.ndarray, int, int] | None = None
+    floor = 1e-12 * float(np.ptp(fix, axis=0).max())  # an exact fit stops at round-off
+
+    def run(m: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+        prev, it = np.inf, 0
+        for it in range(1, max_iter + 1):  # noqa: B007
+            dist, idx = tree.query(apply_transform(m, mov))
+            keep = np.argpartition(dist, k - 1)[:k] if k < len(dist) else np.arange(len(dist))
+            m = fit_transform(mov[keep], fix[idx[keep]], kind=kind)
+            rmse = float(np.sqrt(np.mean(dist[keep] ** 2)))
+            if abs(prev - rmse) <= tol * max(rmse, floor) or rmse <= floor:
+                break
+            prev = rmse
+        return m, it
+
+    for si, m in enumerate(starts):
+        # all pairs first (trimming from a poor start locks onto a subset), then the trimmed refinement
+        m, it = run(m, len(mov))
+        if n_keep < len(mov):
+            m, it2 = run(m, n_keep)
+            it += it2
+        dist, _ = tree.query(apply_transform(m, mov))
+        final = float(np.sqrt(np.mean(np.sort(dist)[:n_keep] ** 2)))
+        if best is None or final < best[0]:
+            best = (final, m, it, si)
+    assert best is not None
+    return best[1], {"rmse": best[0], "n_iter": best[2], "start": best[3]}
+
+
+def _to_spatialdata_transform(matrix: np.ndarray):
+    from spatialdata.transformations import Affine
+
+    d = matrix.shape[0] - 1
+    axes = ("x", "y", "z")[:d]
+    return Affine(np.asarray(matrix, dtype=float), input_axes=axes, output_axes=axes)
+
+
+def _element_kind(sdata: Any, name: str) -> str:
+    kind = next((k for k in ("images", "labels", "points", "shapes") if name in getattr(sdata, k)), None)
+    if kind is None:
+        present = [n for k in ("images", "labels", "points", "shapes") for n in getattr(sdata, k)]
+        raise unknown_key("Element", name, present, "the SpatialData's elements")
+    return kind
+
+
+def _coords_of(sdata: Any, x: Any, cs: str | None, what: str) -> tuple[np.ndarray, str | None]:
+    """(n, d) coordinates of an element name (in ``cs``) or of an array; the coordinate system used."""
+    if isinstance(x, str):
+        pts = resolve_points(sdata, points_key=x, coordinate_system=cs, lazy=False)
+        c = np.asarray(pts.coords, dtype=float)
+        return c, pts.coordinate_system
+    c = np.asarray(x, dtype=float)
+    if c.ndim != 2 or c.shape[1] not in (2, 3):
+        raise StmapInputError(f"{what} must be an element name or an (n, 2)/(n, 3) array, got shape {c.shape}.")
+    return c, cs
+
+
+def _landmark_arrays(sdata: Any, landmarks: Any, cs_m: str | None, cs_f: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(landmarks, Sequence) and len(landmarks) == 2):
+        raise StmapInputError(
+            "landmarks must be a pair (moving_landmarks, fixed_landmarks): arrays or points elements."
+        )
+    a, _ = _coords_of(sdata, landmarks[0], cs_m, "moving landmarks")
+    b, _ = _coords_of(sdata, landmarks[1], cs_f, "fixed landmarks")
+    if a.shape != b.shape:
+        raise StmapInputError(f"The landmark sets differ in shape ({a.shape} vs {b.shape}); give corresponding pairs.")
+    return a, b
+
+
+def _host(sdata: Any, table_key: str | None, key_added: str) -> tuple[TableContext, Any]:
+    import anndata as ad
+
+    if table_key is not None:
+        if table_key not in sdata.tables:
+            raise unknown_key("Table", table_key, sdata.tables.keys(), "sdata.tables")
+        return TableContext(sdata, sdata.tables[table_key], table_key, None, None, None, None, "global"), None
+    new = ad.AnnData(np.zeros((1, 0), dtype=np.float32))
+    return TableContext(sdata, new, key_added, None, None, None, None, "global"), new
+
+
+@inject_docs()
+def register(
+    sdata: Any,
+    moving: str | np.ndarray,
+    fixed: str | np.ndarray | None = None,
+    *,
+    landmarks: tuple[Any, Any] | None = None,
+    kind: Kind = "similarity",
+    elements: Sequence[str] | None = None,
+    coordinate_system: str | None = None,
+    fixed_coordinate_system: str | None = None,
+    target_coordinate_system: str = "aligned",
+    icp_kwargs: dict[str, Any] | None = None,
+    table_key: str | None = None,
+    key_added: str = "stmap_registration",
+    copy: bool = False,
+) -> Any:
+    """Register a section (or any point cloud) onto another: a transform to a new coordinate system, no resampling.
+
+    With ``landmarks`` the transform is the least-squares fit of the landmark pairs (:func:`fit_transform`);
+    otherwise the moving element's points (points, shape or label centroids) are registered onto the fixed ones by
+    trimmed ICP (:func:`icp`). The transform is written as a spatialdata transformation of every element in
+    ``elements`` to ``target_coordinate_system`` (composed with its transformation to the moving coordinate
+    system); the fixed element gets its own transformation to that coordinate system too, so both overlay there.
+
+    Parameters
+    ----------
+    sdata
+        A :class:`spatialdata.SpatialData`; or ``None`` when ``moving`` / ``fixed`` / ``landmarks`` are arrays (then
+        the matrix and a summary dict are returned).
+    moving
+        Element to move (points, shapes or labels; its points drive ICP), or an ``(n, d)`` array.
+    fixed
+        Element (or ``(m, d)`` array, e.g. atlas cell positions) to register onto; optional with ``landmarks``.
+    landmarks
+        ``(moving_landmarks, fixed_landmarks)``: corresponding ``(k, d)`` arrays or points elements.
+    kind
+        ``'translation'``, ``'rigid'``, ``'similarity'`` or ``'affine'``.
+    elements
+        Elements receiving the transformation (default: ``moving``; add e.g. the section's image and shapes to move
+        the whole section).
+    coordinate_system
+        Coordinate system of the moving element (default ``'global'`` or its only one).
+    fixed_coordinate_system
+        Coordinate system of the fixed element.
+    target_coordinate_system
+        Coordinate system written (new, or existing: e.g. the fixed element's own to place the moving one in it).
+    icp_kwargs
+        Options of :func:`icp` (``n_starts``, ``trim``, ``max_iter``, ``max_points``, ``seed``).
+    table_key
+        Table whose ``.uns`` receives the summary (default: a new one-row table named ``key_added``).
+    {key_added}
+    {copy}
+
+    Returns
+    -------
+    For arrays (``sdata=None``): ``(matrix, summary)``. Otherwise ``None`` (``copy=False``) or the updated copy;
+    written: the transformations of ``elements`` (and of ``fixed``) to ``target_coordinate_system``, and
+    ``.uns[key_added]``: ``matrix`` (``(d + 1, d + 1)``, moving coordinate system -> target), ``kind``, ``method``
+    (``'landmarks'`` or ``'icp'``), ``rmse`` (landmark residual or trimmed ICP distance), ``moving``, ``fixed``,
+    ``elements``, ``coordinate_system``, ``target_coordinate_system``, ``params``.
+
+    Raises
+    ------
+    StmapInputError
+        Unknown elements or coordinate systems, neither ``fixed`` nor ``landmarks``, too few/mismatched landmarks,
+        2D vs 3D mismatch. Nothing is written.
+    """
+    if sdata is not None and not is_spatialdata(sdata):
+        raise TypeError(f"sdata must be a SpatialData or None (arrays), got {type(sdata).__name__}.")
+    if fixed is None and landmarks is None:
+        raise StmapInputError("Pass `fixed=` (an element or points to register onto) or `landmarks=`.")
+    if sdata is None and any(isinstance(x, str) for x in (moving, fixed)):
+        raise StmapInputError("Element names need `sdata`; pass arrays with sdata=None.")
+    _check_kind(kind, 2)
+    mov, cs_m = _coords_of(sdata, moving, coordinate_system, "moving")
+    fix, cs_f = (
+        (None, fixed_coordinate_system) if fixed is None else _coords_of(sdata, fixed, fixed_coordinate_system, "fixed")
+    )
+    if fix is not None and fix.shape[1] != mov.shape[1]:
+        raise StmapInputError(f"moving is {mov.shape[1]}D but fixed is {fix.shape[1]}D.")
+    if landmarks is not None:
+        a, b = _landmark_arrays(sdata, landmarks, cs_m, cs_f)
+        if a.shape[1] != mov.shape[1]:
+            raise StmapInputError(f"The landmarks are {a.shape[1]}D but the moving points {mov.shape[1]}D.")
+        matrix = fit_transform(a, b, kind=kind)
+        rmse = float(np.sqrt(np.mean(((apply_transform(matrix, a) - b) ** 2).sum(1))))
+        method = "landmarks"
+    else:
+        matrix, info = icp(mov, fix, kind=kind, **(icp_kwargs or {}))
+        rmse, method = info["rmse"], "icp"
+    summary = {
+        "matrix": matrix,
+        "kind": kind,
+        "method": method,
+        "rmse": rmse,
+        "moving": moving if isinstance(moving, str) else "array",
+        "fixed": fixed if isinstance(fixed, str) else ("array" if fixed is not None else "none"),
+    }
+    if sdata is None:
+        return matrix, summary
+
+    # elements that receive the transform
+    from spatialdata.transformations import Sequence as Seq
+    from spatialdata.transformations import get_transformation
+
+    if not isinstance(moving, str) and elements is None:
+        raise StmapInputError("With an array `moving`, pass `elements=` to receive the transformation.")
+    from .._core._resolve import _element_coordinate_systems
+
+    cs_m = cs_m or coordinate_system or "global"
+    if elements is None:
+        elements = [moving]
+    elements = list(elements)
+    for n in elements:
+        _element_kind(sdata, n)
+        if cs_m not in _element_coordinate_systems(sdata[n]):
+            raise StmapInputError(f"Element {n!r} has no transformation to {cs_m!r}, the moving coordinate system.")
+    ctx, new_table = _host(sdata, table_key, key_added)
+    t_add = _to_spatialdata_transform(matrix)
+    res = Results(ctx, key_added, {"kind": kind, "method": method, "icp_kwargs": icp_kwargs or {}})
+    for n in elements:
+        res.transformation(
+            n, target_coordinate_system, Seq([get_transformation(sdata[n], to_coordinate_system=cs_m), t_add])
+        )
+    if isinstance(fixed, str) and target_coordinate_system != cs_f:
+        res.transformation(fixed, target_coordinate_system, get_transformation(sdata[fixed], to_coordinate_system=cs_f))
+    if new_table is not None:
+        res.table(key_added, new_table)
+    res.uns(
+        key_added,
+        summary
+        | {"elements": elements, "coordinate_system": cs_m, "target_coordinate_system": target_coordinate_system},
+    )
+    start = logg.info(f"registered {summary['moving']!r} onto {summary['fixed']!r} ({kind}, {method}, rmse {rmse:.4g})")
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return out
+
+
+@inject_docs()
+def align_sections(
+    sdata: Any,
+    sections: Sequence[str],
+    *,
+    reference: str | None = None,
+    kind: Kind = "rigid",
+    chain: bool = True,
+    coordinate_system: str | None = None,
+    target_coordinate_system: str = "aligned",
+    icp_kwargs: dict[str, Any] | None = None,
+    key_added: str = "stmap_alignment",
+    copy: bool = False,
+) -> Any:
+    """Align serial sections to each other by ICP on their points, written as transformations (nothing resampled).
+
+    Each section's points (points, shape or label centroids) are registered onto the previous, already aligned
+    section (``chain=True``) or onto ``reference`` directly; the composed transforms place every section in
+    ``target_coordinate_system``, where the reference keeps its own coordinates.
+
+    Parameters
+    ----------
+    sdata
+        A :class:`spatialdata.SpatialData` with one points/shapes/labels element per section.
+    sections
+        The sections' elements, in stacking order.
+    reference
+        Section that stays fixed (default: the middle one).
+    kind
+        Transform family (default ``'rigid'``, as serial sections are cut from one block).
+    chain
+        Register each section onto its aligned neighbour (towards the reference) rather than onto the reference.
+    coordinate_system
+        Coordinate system of the sections' elements.
+    target_coordinate_system
+        Coordinate system written.
+    icp_kwargs
+        Options of :func:`icp`.
+    {key_added}
+    {copy}
+
+    Returns
+    -------
+    ``None`` (``copy=False``) or the updated copy; written: every section's transformation to
+    ``target_coordinate_system`` and, in a new table ``key_added``, ``.uns[key_added]``: ``sections``,
+    ``reference``, ``matrices`` (``(n_sections, d + 1, d + 1)``, section coordinate system -> target), ``rmse``
+    (per section, to the section it was registered onto; 0 for the reference), ``params``.
+
+    Raises
+    ------
+    StmapInputError
+        Fewer than two sections, unknown elements/reference. Nothing is written.
+    """
+    from spatialdata.transformations import Sequence as Seq
+    from spatialdata.transformations import get_transformation
+
+    if not is_spatialdata(sdata):
+        raise TypeError(f"sdata must be a SpatialData, got {type(sdata).__name__}.")
+    sections = list(sections)
+    if len(sections) < 2 or len(set(sections)) != len(sections):
+        raise StmapInputError(f"Pass at least two distinct sections, got {sections}.")
+    for s in sections:
+        _element_kind(sdata, s)
+    if reference is None:
+        reference = sections[len(sections) // 2]
+    if reference not in sections:
+        raise unknown_key("Reference section", reference, sections, "sections")
+    coords, css = {}, {}
+    for s in sections:
+        coords[s], css[s] = _coords_of(sdata, s, coordinate_system, "section")
+    r = sections.index(reference)
+    d = coords[reference].shape[1]
+    mats = {reference: np.eye(d + 1)}
+    rmse = {reference: 0.0}
+    order = [(i, i + 1) for i in range(r - 1, -1, -1)] + [(i, i - 1) for i in range(r + 1, len(sections))]
+    start = logg.info(f"aligning {len(sections)} sections onto {reference!r} ({kind})")
+    for i, j in order:  # section i onto its neighbour j (already aligned) or onto the reference
+        s = sections[i]
+        tgt = sections[j] if chain else reference
+        fixed_pts = apply_transform(mats[tgt], coords[tgt])
+        m, info = icp(coords[s], fixed_pts, kind=kind, **(icp_kwargs or {}))
+        mats[s], rmse[s] = m, info["rmse"]
+    ctx, new_table = _host(sdata, None, key_added)
+    res = Results(ctx, key_added, {"kind": kind, "chain": chain, "icp_kwargs": icp_kwargs or {}})
+    for s in sections:
+        res.transformation(
+            s,
+            target_coordinate_system,
+            Seq([get_transformation(sdata[s], to_coordinate_system=css[s]), _to_spatialdata_transform(mats[s])]),
+        )
+    res.table(key_added, new_table)
+    res.uns(
+        key_added,
+        {
+            "sections": sections,
+            "reference": reference,
+            "matrices": np.stack([mats[s] for s in sections]),
+            "rmse": np.asarray([rmse[s] for s in sections]),
+            "target_coordinate_system": target_coordinate_system,
+        },
+    )
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return out
