@@ -146,18 +146,19 @@ def histology_features(
         specs.append(patch_spec(ctx, img, patch_um * s, out_px=int(out), mpp=mpp))
 
     start = logg.info(f"computing histology features ({_name(extractor)}, {len(scales)} scale(s))")
-    blocks = []
-    for spec in specs:
-        lazy = extract_patches(img, xy, spec, fill_value=0, chunk_size=batch_size)
-        fn = extractor
-        if extractor == "cnn":
-            allp = _to_rgb_uint8(np.asarray(lazy.compute(scheduler="synchronous")))
-            from ._extractors import train_slide_cnn
+    lazies = [extract_patches(img, xy, spec, fill_value=0, chunk_size=batch_size) for spec in specs]
+    if extractor == "cnn":  # one small CNN per scale, trained self-supervised on all of this slide's patches
+        from ._extractors import train_slide_cnn
 
-            fn = train_slide_cnn(allp, seed=seed, device=device, verbose=verbose)
-        elif extractor == "handcrafted":
-            from ._extractors import handcrafted_features as fn
-        blocks.append(_stream(lazy, fn, batch_size, verbose, dask))
+        allp = dask.compute(*lazies, scheduler="synchronous")
+        fns = [train_slide_cnn(_to_rgb_uint8(np.asarray(p)), seed=seed, device=device, verbose=verbose) for p in allp]
+    elif extractor == "handcrafted":
+        from ._extractors import handcrafted_features
+
+        fns = [handcrafted_features] * len(specs)
+    else:
+        fns = [extractor] * len(specs)
+    blocks = _stream(lazies, fns, batch_size, verbose, dask)
     feats = np.concatenate(blocks, axis=1).astype(np.float32)
     d_scale = [b.shape[1] for b in blocks]
 
@@ -197,23 +198,26 @@ def _to_rgb_uint8(patches: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(p)
 
 
-def _stream(lazy: Any, fn: Callable, batch_size: int, verbose: bool, dask: Any) -> np.ndarray:
+def _stream(lazies: list, fns: list[Callable], batch_size: int, verbose: bool, dask: Any) -> list[np.ndarray]:
+    """Featurise patches batch by batch; the patches of all scales of a batch are read in one dask computation."""
     from tqdm.auto import tqdm
 
-    n = lazy.shape[0]
-    out = []
-    for s in tqdm(range(0, n, batch_size), desc="histology features", disable=not verbose, leave=False):
-        batch = _to_rgb_uint8(np.asarray(lazy[s : s + batch_size].compute(scheduler="synchronous")))
-        f = np.asarray(fn(batch), dtype=np.float32)
-        if f.ndim != 2 or f.shape[0] != len(batch):
-            raise StmapInputError(
-                f"The extractor returned shape {f.shape} for {len(batch)} patches; it must return (N, D)."
-            )
-        if not np.isfinite(f).all():
-            raise StmapInputError(
-                "The extractor returned NaN or infinite features; check the extractor (and its weights)."
-            )
-        out.append(f)
-    if not out:
+    n = lazies[0].shape[0]
+    if n == 0:
         raise StmapInputError("The table has no spots to featurise.")
-    return np.concatenate(out)
+    out: list[list[np.ndarray]] = [[] for _ in lazies]
+    for s in tqdm(range(0, n, batch_size), desc="histology features", disable=not verbose, leave=False):
+        batches = dask.compute(*[lz[s : s + batch_size] for lz in lazies], scheduler="synchronous")
+        for k, (fn, batch) in enumerate(zip(fns, batches, strict=True)):
+            batch = _to_rgb_uint8(np.asarray(batch))
+            f = np.asarray(fn(batch), dtype=np.float32)
+            if f.ndim != 2 or f.shape[0] != len(batch):
+                raise StmapInputError(
+                    f"The extractor returned shape {f.shape} for {len(batch)} patches; it must return (N, D)."
+                )
+            if not np.isfinite(f).all():
+                raise StmapInputError(
+                    "The extractor returned NaN or infinite features; check the extractor (and its weights)."
+                )
+            out[k].append(f)
+    return [np.concatenate(o) for o in out]
