@@ -179,3 +179,19 @@ def test_gmm_threshold_bimodal():
     thr = st.metrics.gmm_threshold(s)
     assert 0.3 < thr < 0.65
     assert ((s > thr) == truth).mean() >= 0.97
+
+
+def test_pl_ctr(tissues, model):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = sd.deepcopy(tissues[1])
+    with pytest.raises(StmapInputError, match="detect_ctr"):
+        st.pl.ctr(target, table_key=TABLE, show=False)
+    st.tl.detect_ctr(target, model, table_key=TABLE, label_key="tumor")
+    axs = st.pl.ctr(target, table_key=TABLE, return_ax=True, show=False)
+    # probability, call and the labels recorded by detect_ctr (with their AUC in the title)
+    assert len(axs) == 3 and "ROC-AUC" in axs[2].get_title()
+    plt.close("all")
