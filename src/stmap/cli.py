@@ -103,6 +103,27 @@ def _ctr(sdata: Any, outdir: Path) -> list[Path]:
     return [path]
 
 
+@_step("density identity (st.tl.density, st.tl.rank_densities)")
+def _density(sdata: Any, outdir: Path) -> list[Path]:
+    import numpy as np
+
+    from . import pl, tl
+
+    # half of the cells build the per-type reference maps; the other half's tumour cells are the query population
+    half = np.random.default_rng(0).uniform(size=sdata.tables["cells"].n_obs) < 0.5
+    common = {"points_key": "cell_points", "groupby": "cell_type", "bandwidth": 25.0, "voxel_size": 8.0}
+    tl.density(sdata, weights=half.astype(float), key_added="cell_type_density", **common)
+    tl.density(
+        sdata, weights=(~half).astype(float), groups=["tumor"], grid="cell_type_density", key_added="query_density",
+        **{k: v for k, v in common.items() if k != "voxel_size"},
+    )  # fmt: skip
+    tl.rank_densities(sdata, "query_density", "cell_type_density", method="cellmap2d")
+    paths = [outdir / "densities.png", outdir / "density_ranking.png"]
+    pl.density(sdata, "cell_type_density", save=paths[0], show=False)
+    pl.density_ranking(sdata, save=paths[1], show=False)
+    return paths
+
+
 def _spot_table(sdata: Any) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 

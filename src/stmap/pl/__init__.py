@@ -1,7 +1,8 @@
 """Plots on matplotlib / spatialdata-plot: every tool's result can be looked at."""
 
 from ._ctr import ctr
+from ._density import density, density_ranking
 from ._mapping import mapping
 from ._spatial import spatial
 
-__all__ = ["ctr", "mapping", "spatial"]
+__all__ = ["ctr", "density", "density_ranking", "mapping", "spatial"]
