@@ -195,3 +195,13 @@ def test_pl_ctr(tissues, model):
     # probability, call and the labels recorded by detect_ctr (with their AUC in the title)
     assert len(axs) == 3 and "ROC-AUC" in axs[2].get_title()
     plt.close("all")
+
+
+def test_feature_settings_mismatch_warns(tissues, model, tmp_path):
+    # a target featurised with another patch size (e.g. Visium spots vs the sources' spots) gets a warning naming it
+    target = sd.deepcopy(tissues[1])
+    st.pp.histology_features(target, table_key=TABLE, patch_um=30.0)
+    with pytest.warns(UserWarning, match="patch_um=30.0"):
+        st.tl.detect_ctr(target, model, table_key=TABLE)
+    loaded = st.tl.CTRModel.load(model.save(tmp_path / "m.pt"))
+    assert loaded.info["features"] == model.info["features"]  # the rule travels with the saved model

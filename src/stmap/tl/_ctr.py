@@ -172,7 +172,7 @@ class CTRModel:
             "modality": self.modality,
             "n_neighbors": self.n_neighbors,
             "scaling": "per-sample min-max of log1p(1e4-normalised) expression and of features",
-            "info": {k: v for k, v in self.info.items() if isinstance(v, str | int | float | bool | list)},
+            "info": {k: v for k, v in self.info.items() if isinstance(v, str | int | float | bool | list | dict)},
         }
         return save_checkpoint(path, self.net, config=self.config, extra=extra)
 
@@ -285,6 +285,44 @@ def _select_genes(samples: list[tuple[Any, pd.Index]], n_genes: int) -> list[str
         score += np.asarray(sub.multiply(sub).mean(0)).ravel() - m**2
     order = np.argsort(-score, kind="stable")[: min(n_genes, len(common))]
     return [str(g) for g in common[np.sort(order)]]
+
+
+_FEATURE_META = ("extractor", "patch_um", "scales", "patch_px")
+
+
+def _feature_meta(ctxs: list[tuple[str, TableContext]], key: str) -> dict[str, Any]:
+    """How the sources' features were computed (``uns[key]`` of :func:`stmap.pp.histology_features`)."""
+    for _, ctx in ctxs:
+        meta = ctx.adata.uns.get(key)
+        if isinstance(meta, Mapping):
+            return {k: _plain(meta[k]) for k in _FEATURE_META if k in meta}
+    return {}
+
+
+def _plain(v: Any) -> Any:
+    return (
+        [_plain(x) for x in v] if isinstance(v, list | tuple | np.ndarray) else (v.item() if hasattr(v, "item") else v)
+    )
+
+
+def _check_feature_meta(model: CTRModel, ctx: TableContext) -> None:
+    """Warn when the target's features were computed differently from the sources' (e.g. another patch size)."""
+    import warnings
+
+    train = model.info.get("features") or {}
+    meta = ctx.adata.uns.get(model.features_key) if model.features_key else None
+    if not train or not isinstance(meta, Mapping):
+        return
+    diff = [k for k in _FEATURE_META if k in train and k in meta and _plain(meta[k]) != train[k]]
+    if diff:
+        got = ", ".join(f"{k}={_plain(meta[k])!r} (model: {train[k]!r})" for k in diff)
+        warnings.warn(
+            f"Histology features of table {ctx.table_key!r} were computed differently from the model's: {got}. "
+            f"For another platform (e.g. Visium vs legacy ST) recompute them with the model's settings, e.g. "
+            f"`st.pp.histology_features(sdata, patch_um={train.get('patch_um')}, scales={train.get('scales')})`.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 @inject_docs()
@@ -538,6 +576,7 @@ def train_ctr(
         "loss_warmup": [float(v) for v in hist["warmup"]],
         "loss_main": [float(v) for v in hist["main"]],
         "seed": int(seed),
+        "features": _feature_meta(ctxs, features_key) if use_feats else {},
     }
     logg.info("    finished", time=start, deep=f"trained {model!r} in {elapsed:.1f} s")
     return model
@@ -620,6 +659,7 @@ def detect_ctr(
     y = _labels(ctx, label_key, positive) if label_key is not None else None
     start = logg.info(f"detecting cancer tissue regions ({model.modality})")
     s = model._prepare(ctx, ctx.table_key or "sample", layer, require_features=True)
+    _check_feature_meta(model, ctx)
     if s.missing_genes:
         import warnings
 
