@@ -1,0 +1,734 @@
+"""Gene maps on histology: per-pixel expression predicted on the H&E, written as an image element.
+
+A fully convolutional network (:class:`stmap.models._genemap.GeneMapNet`) learns to reconstruct the H&E (SSIM
+loss) and, in extra output channels, one map per gene whose average over each spot's disc matches the spot's
+measured (log-normalised, per-gene standardised) expression. Training runs on tiles of a working resolution
+chosen from the spot size; inference streams the whole (lazy, possibly multiscale) image through
+:func:`dask.array.map_overlap` with a halo wider than the network's receptive field, so a tiled pass equals a
+whole-image pass.
+
+Pipeline: validate (nothing touched) -> prepare (genes, targets, working image, spot discs) -> train -> infer ->
+write (image element ``"<image>_gene_maps"``, spot aggregates in ``obsm``, parameters in ``uns``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from stmap._core import (
+    Key,
+    Results,
+    StmapInputError,
+    check_counts,
+    get_counts,
+    inject_docs,
+    is_spatialdata,
+    make_image,
+    resolve,
+)
+from stmap._core import _logging as logg
+
+__all__ = ["gene_maps", "GeneMapModel"]
+
+#: Default working resolution: this many pixels across a spot diameter.
+_PX_PER_SPOT = 16.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the trained model
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class GeneMapModel:
+    """A trained gene-map network with what is needed to apply it to another image.
+
+    Attributes
+    ----------
+    net
+        The :class:`torch.nn.Module`.
+    genes
+        Gene names, in channel order.
+    mean, std
+        Per-gene standardisation of the targets (maps are ``net output * std + mean``).
+    pixel_size_um
+        Working pixel size in micrometres when known (``None`` if the coordinate unit is unknown), else see
+        ``pixel_size``.
+    pixel_size
+        Working pixel size in coordinate-system units of the training image.
+    normalize
+        Whether targets were ``log1p`` of counts per 10^4.
+    history
+        Training loss per epoch.
+    """
+
+    net: Any
+    genes: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    pixel_size: float
+    pixel_size_um: float | None = None
+    normalize: bool = True
+    history: list[float] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> Path:
+        """Save weights, genes and scaling to a torch file."""
+        from stmap.models._train import save_checkpoint
+
+        return save_checkpoint(
+            path,
+            self.net,
+            config=self.net.config(),
+            extra={
+                "genes": list(self.genes),
+                "mean": np.asarray(self.mean, dtype=float),
+                "std": np.asarray(self.std, dtype=float),
+                "pixel_size": float(self.pixel_size),
+                "pixel_size_um": self.pixel_size_um,
+                "normalize": bool(self.normalize),
+                "history": list(self.history),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> GeneMapModel:
+        """Load a model written by :meth:`save`."""
+        from stmap.models._genemap import GeneMapNet
+        from stmap.models._train import load_checkpoint
+
+        net, _, extra = load_checkpoint(path, GeneMapNet, device=device)
+        return cls(
+            net=net,
+            genes=list(extra["genes"]),
+            mean=np.asarray(extra["mean"], dtype=np.float32),
+            std=np.asarray(extra["std"], dtype=np.float32),
+            pixel_size=float(extra["pixel_size"]),
+            pixel_size_um=extra.get("pixel_size_um"),
+            normalize=bool(extra.get("normalize", True)),
+            history=list(extra.get("history", [])),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# preparation
+# --------------------------------------------------------------------------------------------------------------------
+def _select_genes(adata, genes, groupby: str | None) -> list[str]:
+    names = adata.var_names
+    if isinstance(genes, str) and genes != "markers":
+        genes = [genes]
+    if isinstance(genes, str):  # "markers"
+        if groupby is None or groupby not in adata.obs:
+            have = [c for c in adata.obs.columns if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
+            raise StmapInputError(
+                f"genes='markers' needs a clustering of the spots: pass groupby= with an obs column "
+                f"(got {groupby!r}; categorical columns: {have})."
+            )
+        return _markers(adata, groupby)
+    if isinstance(genes, int | np.integer):
+        if genes < 1:
+            raise StmapInputError(f"genes={genes}: ask for at least one gene.")
+        return _variable_genes(adata, int(genes))
+    genes = [str(g) for g in genes]
+    if not genes:
+        raise StmapInputError("genes is empty: give gene names, a number of variable genes, or 'markers'.")
+    missing = [g for g in genes if g not in names]
+    if missing:
+        raise StmapInputError(
+            f"{len(missing)} of {len(genes)} genes are not in the spot table (e.g. {missing[:5]}); "
+            "check the names against table.var_names."
+        )
+    if len(set(genes)) != len(genes):
+        raise StmapInputError("genes has duplicates; give each gene once.")
+    return genes
+
+
+def _log_norm(counts) -> np.ndarray:
+    from scipy import sparse
+
+    X = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    X = X.astype(np.float64)
+    total = X.sum(axis=1, keepdims=True)
+    return np.log1p(X / np.maximum(total, 1e-12) * 1e4)
+
+
+def _variable_genes(adata, n: int) -> list[str]:
+    counts = get_counts(adata, None, "the spot table")
+    Y = _log_norm(counts)
+    mean, var = Y.mean(0), Y.var(0)
+    # dispersion relative to genes of similar mean (20 mean bins), as scanpy's 'seurat' flavour
+    bins = np.quantile(mean, np.linspace(0, 1, 21))
+    which = np.clip(np.searchsorted(bins, mean, side="right") - 1, 0, 19)
+    disp = np.log(np.maximum(var, 1e-12) / np.maximum(mean, 1e-12))
+    z = np.zeros_like(disp)
+    for b in np.unique(which):
+        m = which == b
+        sd = disp[m].std()
+        z[m] = (disp[m] - disp[m].mean()) / (sd if sd > 0 else 1.0)
+    z[(mean <= 0) | (var <= 0)] = -np.inf
+    order = np.argsort(-z, kind="stable")[: min(n, adata.n_vars)]
+    return [str(g) for g in adata.var_names[order]]
+
+
+def _markers(adata, groupby: str) -> list[str]:
+    counts = get_counts(adata, None, "the spot table")
+    Y = _log_norm(counts)
+    groups = pd.Categorical(adata.obs[groupby].astype(str))
+    out: list[str] = []
+    for g in groups.categories:
+        m = np.asarray(groups == g)
+        if m.all() or not m.any():
+            continue
+        diff = Y[m].mean(0) - Y[~m].mean(0)
+        for i in np.argsort(-diff, kind="stable"):
+            name = str(adata.var_names[i])
+            if name not in out:
+                out.append(name)
+                break
+    if not out:
+        raise StmapInputError(f"obs[{groupby!r}] has a single group: no markers can be found; pass genes= instead.")
+    return out
+
+
+def _working_image(img, scale: float) -> tuple[Any, np.ndarray, int, int]:
+    """Lazy float32 RGB ``(3, y, x)`` in ``[0, 1]`` at ~``scale`` cs units per pixel, its transform, level, factor."""
+    import dask.array as da
+
+    level = img.level_for(scale)
+    k = max(1, int(round(scale / img.pixel_size(level))))
+    arr = img.levels[level]
+    c = arr.shape[0]
+    if c == 4:
+        arr = arr[:3]  # alpha dropped
+    elif c == 1:
+        arr = da.concatenate([arr] * 3, axis=0)
+    elif c != 3:
+        raise StmapInputError(
+            f"Image {img.name!r} has {c} channels; gene maps need an RGB(A) or grey H&E image. "
+            "Pick the channels first (e.g. `sdata[image].sel(c=[...])`)."
+        )
+    dt = np.dtype(arr.dtype)
+    if dt == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif np.issubdtype(dt, np.integer):
+        arr = arr.astype(np.float32) / float(np.iinfo(dt).max)
+    elif dt == np.bool_:
+        arr = arr.astype(np.float32)
+    else:
+        hi = float(da.nanmax(arr).compute())
+        arr = arr.astype(np.float32) / (hi if hi > 1.0 else 1.0)
+    if k > 1:
+        h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k
+        arr = da.coarsen(np.mean, arr[:, :h, :w], {1: k, 2: k})
+    transform = img.transforms[level] @ np.diag([k, k, 1.0])
+    return arr.astype(np.float32), transform, level, k
+
+
+def _disc_stencil(radius: float) -> tuple[np.ndarray, np.ndarray]:
+    r = int(math.floor(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    inside = dx**2 + dy**2 <= radius**2
+    return dy[inside].astype(np.int64), dx[inside].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------------------------------
+def _dihedral(tile: np.ndarray, yy: np.ndarray, xx: np.ndarray, code: int, size: int):
+    """Apply one of 8 flips/rotations to a ``(3, T, T)`` tile and to pixel coordinates inside it."""
+    if code & 1:
+        tile, xx = tile[:, :, ::-1], size - 1 - xx
+    if code & 2:
+        tile, yy = tile[:, ::-1, :], size - 1 - yy
+    if code & 4:
+        tile, yy, xx = tile.transpose(0, 2, 1), xx, yy
+    return np.ascontiguousarray(tile), yy, xx
+
+
+def _train(
+    image: np.ndarray,
+    centers: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    radius: float,
+    *,
+    tile: int,
+    epochs: int,
+    warmup: int,
+    spot_weight: float,
+    batch_size: int,
+    width: int,
+    depth: int,
+    lr: float,
+    seed: int,
+    device: str,
+    verbose: bool,
+):
+    import torch
+
+    from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss
+    from stmap.models._train import fit
+
+    torch.manual_seed(seed)
+    net = GeneMapNet(targets.shape[1], width=width, depth=depth)
+    _, h, w = image.shape
+    dy, dx = _disc_stencil(radius)
+    m = int(math.ceil(radius)) + 1
+    # tiles are centred on training spots (jittered) so every tile carries supervision
+    # one epoch covers the training crop about once, and is at least 4 steps long
+    n_tiles = max(4 * batch_size, int(math.ceil(h * w / tile**2)))
+    cy, cx = centers[:, 1], centers[:, 0]
+    train_idx = np.flatnonzero(weights > 0)
+    t_targets = torch.as_tensor(targets, dtype=torch.float32)
+    cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def plan(epoch: int):
+        if epoch not in cache:
+            cache.clear()
+            g = np.random.default_rng([seed, epoch])
+            pick = g.choice(train_idx, size=n_tiles, replace=n_tiles > train_idx.size)
+            jitter = g.uniform(-tile / 2 + m, tile / 2 - m, size=(n_tiles, 2))
+            y0 = np.clip(np.round(cy[pick] + jitter[:, 1] - tile / 2), 0, max(h - tile, 0)).astype(np.int64)
+            x0 = np.clip(np.round(cx[pick] + jitter[:, 0] - tile / 2), 0, max(w - tile, 0)).astype(np.int64)
+            cache[epoch] = (y0, x0, g.integers(0, 8, size=n_tiles))
+        return cache[epoch]
+
+    def step(model, idx, epoch):
+        y0s, x0s, codes = plan(epoch)
+        tiles, batch, pix, tgt = [], [], [], []
+        for b, i in enumerate(idx.tolist()):
+            y0, x0 = int(y0s[i]), int(x0s[i])
+            t = image[:, y0 : y0 + tile, x0 : x0 + tile]
+            # inside = whole disc in the tile and the spot has a training target
+            ly, lx = cy - y0, cx - x0
+            inside = np.flatnonzero((ly >= m) & (ly < tile - m) & (lx >= m) & (lx < tile - m) & (weights > 0))
+            yy = np.rint(ly[inside])[:, None].astype(np.int64) + dy[None, :]
+            xx = np.rint(lx[inside])[:, None].astype(np.int64) + dx[None, :]
+            t, yy, xx = _dihedral(t, yy, xx, int(codes[i]), tile)
+            tiles.append(t)
+            batch.append(np.full(inside.size, b))
+            pix.append(yy * tile + xx)
+            tgt.append(inside)
+        x = torch.as_tensor(np.stack(tiles)).to(dev)
+        recon, genes = model(x)
+        loss = ssim_loss(recon, x)
+        if epoch >= warmup and spot_weight > 0:
+            sel = np.concatenate(tgt)
+            if sel.size:
+                pred = spot_means(
+                    genes,
+                    torch.as_tensor(np.concatenate(batch)).to(dev),
+                    torch.as_tensor(np.concatenate(pix)).to(dev),
+                )
+                err = (pred - t_targets[sel].to(dev)) ** 2
+                wt = torch.as_tensor(weights[sel], dtype=torch.float32).to(dev)
+                loss = loss + spot_weight * (err.mean(dim=1) * wt).sum() / wt.sum()
+        return loss
+
+    from stmap._core import resolve_device
+
+    dev = resolve_device(device)
+    hist = fit(
+        net, step, n_tiles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev, verbose=verbose,
+        desc="gene maps",
+    )  # fmt: skip
+    return net, hist
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# inference
+# --------------------------------------------------------------------------------------------------------------------
+def predict_maps(
+    net: Any,
+    image: Any,
+    *,
+    chunk: int = 512,
+    halo: int | None = None,
+    device: str = "cpu",
+    reconstruct: bool = False,
+):
+    """Run ``net`` over a ``(3, y, x)`` float image in overlapping tiles (lazy dask in, lazy dask out).
+
+    Each chunk is extended by ``halo`` pixels (a multiple of the network's size multiple, at least its receptive
+    radius), padded at the image's bottom/right edge to the size multiple exactly as a whole-image pass would be,
+    run, and trimmed: the result equals a whole-image pass up to floating-point rounding.
+
+    Returns
+    -------
+    Lazy ``(n_genes [+3], y, x)`` float32 array (gene channels in standardised units, then the reconstruction).
+    """
+    import dask.array as da
+    import torch
+
+    from stmap._core import resolve_device
+
+    mult = net.multiple
+    if halo is None:
+        halo = net.receptive_radius
+    halo = int(math.ceil(halo / mult) * mult)
+    chunk = max(mult, int(math.ceil(chunk / mult) * mult))
+    chunk = max(chunk, halo)
+
+    def split(n: int) -> tuple[int, ...]:
+        # chunks of `chunk` pixels; a short remainder joins the last chunk (every chunk must be >= halo, and chunk
+        # starts stay multiples of `mult` so pooling windows line up with a whole-image pass)
+        parts = [chunk] * (n // chunk)
+        rest = n - sum(parts)
+        if rest and parts and rest < halo:
+            parts[-1] += rest
+        elif rest:
+            parts.append(rest)
+        return tuple(parts)
+
+    img = da.asarray(image).astype(np.float32)
+    img = img.rechunk(((3,), split(img.shape[1]), split(img.shape[2])))
+    n_out = net.n_genes + (3 if reconstruct else 0)
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+
+    def run(block: np.ndarray) -> np.ndarray:
+        _, bh, bw = block.shape
+        ph, pw = (-bh) % mult, (-bw) % mult
+        x = np.pad(block, ((0, 0), (0, ph), (0, pw)), constant_values=1.0)
+        with torch.no_grad():
+            recon, genes = net(torch.as_tensor(x[None]).to(dev))
+        out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
+        return out[0, :, :bh, :bw].float().cpu().numpy()
+
+    def block_fn(block, block_info=None):
+        # the padding to the size multiple must happen at the image edge only (as in a whole-image pass)
+        return run(block)
+
+    out = da.map_overlap(
+        block_fn,
+        img,
+        depth={0: 0, 1: halo, 2: halo},
+        boundary="none",
+        trim=True,
+        dtype=np.float32,
+        chunks=((n_out,), img.chunks[1], img.chunks[2]),
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# public function
+# --------------------------------------------------------------------------------------------------------------------
+@inject_docs()
+def gene_maps(
+    sdata: Any,
+    *,
+    genes: int | Sequence[str] | Literal["markers"] = 20,
+    groupby: str | None = None,
+    image_key: str | None = None,
+    table_key: str | None = None,
+    layer: str | None = None,
+    normalize: bool = True,
+    scale: float | None = None,
+    tile_px: int = 128,
+    epochs: int = 30,
+    warmup_epochs: int | None = None,
+    spot_weight: float = 1.0,
+    batch_size: int = 8,
+    width: int = 16,
+    depth: int = 3,
+    lr: float = 2e-3,
+    train_mask: str | Sequence[bool] | np.ndarray | None = None,
+    model: GeneMapModel | None = None,
+    reconstruct: bool = False,
+    dtype: Literal["float32", "float16"] = "float32",
+    lazy: bool | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    key_added: str | None = None,
+    verbose: bool = True,
+    copy: bool = False,
+    return_model: bool = False,
+):
+    """Predict per-pixel gene expression on the H&E: a new image element with one channel per gene.
+
+    A U-Net learns to reconstruct the H&E (``1 - SSIM``) and, in one extra channel per gene, maps whose average
+    over each spot's disc matches the spot's expression (MSE on per-gene standardised ``log1p`` counts per 10^4).
+    The first ``warmup_epochs`` train the image head only; then both. The maps are predicted over the whole image,
+    streamed through overlapping tiles.
+
+    Parameters
+    ----------
+    {sdata}
+    genes
+        Gene names, a number of most variable genes, or ``'markers'`` (the top marker of each group of
+        ``obs[groupby]``).
+    groupby
+        Spot clustering used with ``genes='markers'``.
+    image_key
+        H&E image element; default: the one image aligned to the spots.
+    {table_key}
+    layer
+        Layer with raw counts (default ``X``).
+    normalize
+        Targets are ``log1p(counts / total * 1e4)``; ``False`` uses the values as they are (already normalised data).
+    scale
+        Working pixel size in coordinate-system units; default: the spot diameter / 16. Rounded to a pyramid level
+        times an integer factor so the image is never resampled arbitrarily.
+    tile_px
+        Training tile side in working pixels.
+    epochs, warmup_epochs
+        Training epochs, of which the first ``warmup_epochs`` (default ``epochs // 5``) train the image head only.
+    spot_weight
+        Weight ``lambda`` of the spot loss.
+    batch_size, width, depth, lr
+        Tiles per step, U-Net width and depth, Adam learning rate.
+    train_mask
+        Spots used for training (boolean ``obs`` column or array); default all. Held-out spots still get map
+        averages (for validation).
+    model
+        A trained :class:`GeneMapModel` (e.g. from another section, or loaded from disk): no training, its genes are
+        predicted.
+    reconstruct
+        Also write the reconstructed H&E as ``"<element>_reconstruction"``.
+    dtype
+        Storage type of the maps.
+    lazy
+        Keep the maps as a lazy dask array (computed when written or read: use it for images too large for memory;
+        ``sdata.write`` streams the tiles). Default: computed now unless larger than 2 GiB.
+    {seed}
+    {device}
+    {key_added}
+        Default: element ``"<image>_gene_maps"`` and table keys ``"stmap_gene_maps"``.
+    {verbose}
+    {copy}
+    return_model
+        Also return the :class:`GeneMapModel`.
+
+    Returns
+    -------
+    ``None`` (or a copy with ``copy=True``; with ``return_model=True`` a tuple ``(result, model)``). Writes:
+
+    - image element ``"<image>_gene_maps"`` (``c, y, x``; channels = genes, units of the targets), with the
+      working resolution's transformation to the image's coordinate system, so it overlays the H&E;
+    - ``table.obsm['stmap_gene_maps']``: DataFrame (spots x genes) of the maps averaged over each spot's disc;
+    - ``table.obs['stmap_gene_maps_train']``: whether the spot was used for training;
+    - ``table.uns['stmap_gene_maps']``: ``params``, ``genes``, ``element``, per-gene ``mean``/``std``, ``loss``
+      history, ``pixel_size``, and ``spot_pearson`` (per gene, train and held-out spots).
+    """
+    start = logg.info("computing gene maps")
+    # ---- 1. validate ------------------------------------------------------------------------------------------------
+    if not is_spatialdata(sdata):
+        raise StmapInputError(
+            "gene_maps writes an image element and needs a SpatialData object; convert an AnnData with "
+            "`st.pp.to_spatialdata(adata)`."
+        )
+    ctx = resolve(sdata, table_key)
+    adata = ctx.adata
+    img = ctx.image(image_key)
+    diam = ctx.diameters
+    if diam is None:
+        raise StmapInputError(
+            f"The spots of table {ctx.table_key!r} have no size; gene maps average each map over a spot's disc. "
+            "Annotate circles (with a radius) or polygons."
+        )
+    if epochs < 0 or (warmup_epochs is not None and warmup_epochs < 0):
+        raise StmapInputError("epochs and warmup_epochs must be >= 0.")
+    if tile_px < 2**depth * 4:
+        raise StmapInputError(f"tile_px={tile_px} is too small for depth={depth}; use at least {2**depth * 4}.")
+    if dtype not in ("float32", "float16"):
+        raise StmapInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+    if model is not None:
+        missing = [g for g in model.genes if g not in adata.var_names]
+        gene_list = list(model.genes)
+        if missing and train_mask is not None:
+            raise StmapInputError("train_mask is ignored with a trained model; do not pass both.")
+    else:
+        gene_list = _select_genes(adata, genes, groupby)
+        missing = []
+    if train_mask is None:
+        train = np.ones(adata.n_obs, dtype=bool)
+    elif isinstance(train_mask, str):
+        if train_mask not in adata.obs:
+            raise StmapInputError(f"train_mask {train_mask!r} is not an obs column of {ctx.table_key!r}.")
+        train = adata.obs[train_mask].to_numpy().astype(bool)
+    else:
+        train = np.asarray(train_mask, dtype=bool)
+        if train.shape != (adata.n_obs,):
+            raise StmapInputError(f"train_mask has {train.size} values for {adata.n_obs} spots; give one per spot.")
+    if model is None and train.sum() < 2:
+        raise StmapInputError("Fewer than 2 training spots; train_mask must select spots with expression.")
+
+    present = [g for g in gene_list if g in adata.var_names]
+    counts = get_counts(adata, layer, f"table {ctx.table_key!r}")
+    check_counts(counts, f"table {ctx.table_key!r}")
+    if normalize:
+        sub = _log_norm(counts)[:, adata.var_names.get_indexer(present)]
+    else:
+        Xs = adata[:, present].X if layer is None else adata[:, present].layers[layer]
+        sub = np.asarray(Xs.toarray() if hasattr(Xs, "toarray") else Xs, dtype=np.float64)
+    Y = np.zeros((adata.n_obs, len(gene_list)), dtype=np.float64)
+    Y[:, [gene_list.index(g) for g in present]] = sub
+
+    px = float(np.median(diam)) / _PX_PER_SPOT if scale is None else float(scale)
+    if model is not None and scale is None:
+        px = model.pixel_size if ctx.um_per_unit is None or model.pixel_size_um is None else (
+            model.pixel_size_um / ctx.um_per_unit
+        )  # fmt: skip
+    if not np.isfinite(px) or px <= 0:
+        raise StmapInputError(f"scale must be a positive pixel size, got {scale!r}.")
+    work, T, level, k = _working_image(img, px)
+    px_eff = float(np.sqrt(abs(np.linalg.det(T[:2, :2]))))
+    radius = float(np.median(diam)) / 2 / px_eff
+    if radius < 1.0:
+        raise StmapInputError(
+            f"Spots are {2 * radius:.2f} px across at the working scale ({px_eff:.3g} units/px): smaller than a "
+            "pixel. Pass a smaller scale= (or use an image with a finer resolution)."
+        )
+    centers = np.linalg.solve(T, np.c_[ctx.coords, np.ones(adata.n_obs)].T).T[:, :2]  # working (x, y) pixels
+    _, H, W = work.shape
+    outside = (centers[:, 0] < 0) | (centers[:, 1] < 0) | (centers[:, 0] >= W) | (centers[:, 1] >= H)
+    if outside.all():
+        raise StmapInputError(f"No spot of {ctx.table_key!r} lies on image {img.name!r}; check the coordinates.")
+    const = []
+    if model is None:
+        mean = Y[train].mean(0)
+        std = Y[train].std(0)
+        const = [g for g, s in zip(gene_list, std, strict=True) if s <= 1e-12]
+        std = np.where(std > 1e-12, std, 1.0)
+    else:
+        mean, std = np.asarray(model.mean, dtype=float), np.asarray(model.std, dtype=float)
+    tile = int(math.ceil(tile_px / 2**depth) * 2**depth)
+
+    # ---- 2. training crop (spots' bounding box + margin), in memory -------------------------------------------------
+    if const:
+        warnings.warn(
+            f"{len(const)} genes are constant over the training spots (e.g. {const[:5]}); their maps are constant.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if missing:
+        warnings.warn(
+            f"{len(missing)} model genes are not in the table (e.g. {missing[:5]}); no spot Pearson for them.",
+            UserWarning,
+            stacklevel=2,
+        )
+    margin = tile // 2 + int(math.ceil(radius)) + 1
+    inside = ~outside
+    y0 = int(max(0, math.floor(centers[inside, 1].min()) - margin))
+    x0 = int(max(0, math.floor(centers[inside, 0].min()) - margin))
+    y1 = int(min(H, math.ceil(centers[inside, 1].max()) + margin + 1))
+    x1 = int(min(W, math.ceil(centers[inside, 0].max()) + margin + 1))
+    crop = np.asarray(work[:, y0:y1, x0:x1].compute(), dtype=np.float32)
+    ch, cw = crop.shape[1:]
+    if ch < tile or cw < tile:  # pad with white (background) to one tile
+        crop = np.pad(crop, ((0, 0), (0, max(0, tile - ch)), (0, max(0, tile - cw))), constant_values=1.0)
+    local = centers - np.array([x0, y0])
+
+    # ---- 3. train ---------------------------------------------------------------------------------------------------
+    if model is None:
+        warm = epochs // 5 if warmup_epochs is None else int(warmup_epochs)
+        Z = ((Y - mean) / std).astype(np.float32)
+        weights = (train & inside).astype(np.float32)
+        net, hist = _train(
+            crop, local, Z, weights, radius, tile=tile, epochs=epochs, warmup=warm, spot_weight=spot_weight,
+            batch_size=batch_size, width=width, depth=depth, lr=lr, seed=seed, device=device, verbose=verbose,
+        )  # fmt: skip
+        model = GeneMapModel(
+            net=net,
+            genes=list(gene_list),
+            mean=mean.astype(np.float32),
+            std=std.astype(np.float32),
+            pixel_size=px_eff,
+            pixel_size_um=None if ctx.um_per_unit is None else px_eff * ctx.um_per_unit,
+            normalize=normalize,
+            history=[float(v) for v in hist.loss],
+        )
+    net = model.net
+
+    # ---- 4. infer: spot aggregates on the crop, and the whole image -------------------------------------------------
+    crop_maps = predict_maps(net, crop, device=device).compute()
+    dy, dx = _disc_stencil(radius)
+    yy = np.clip(np.rint(local[:, 1])[:, None].astype(np.int64) + dy, 0, crop_maps.shape[1] - 1)
+    xx = np.clip(np.rint(local[:, 0])[:, None].astype(np.int64) + dx, 0, crop_maps.shape[2] - 1)
+    spot_z = crop_maps[:, yy, xx].mean(axis=2).T  # (spots, genes)
+    spot_vals = spot_z * model.std[None, :] + model.mean[None, :]
+    spot_vals[outside] = np.nan
+
+    maps = predict_maps(net, work, device=device, reconstruct=reconstruct)
+    gene_part = maps[: len(gene_list)] * da_col(model.std) + da_col(model.mean)
+    gene_part = gene_part.astype(dtype)
+    nbytes = int(np.prod(gene_part.shape)) * np.dtype(dtype).itemsize
+    keep_lazy = (nbytes > 2 * 1024**3) if lazy is None else bool(lazy)
+    if not keep_lazy:
+        gene_part = gene_part.persist()
+
+    from stmap.metrics import pearson_per_gene
+
+    def _pearson(mask):
+        mask = mask & inside
+        if mask.sum() < 3:
+            return [float("nan")] * len(gene_list)
+        return [float(v) for v in pearson_per_gene(Y[mask], spot_vals[mask])]
+
+    # ---- 5. write ---------------------------------------------------------------------------------------------------
+    element_name = Key.gene_maps(img.name) if key_added is None else key_added
+    key = "stmap_gene_maps" if key_added is None else key_added
+    params = {
+        "genes": gene_list if isinstance(genes, int | str) else "list",
+        "groupby": groupby,
+        "image_key": img.name,
+        "layer": layer,
+        "normalize": normalize,
+        "scale": px_eff,
+        "level": level,
+        "coarsen": k,
+        "tile_px": tile,
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "spot_weight": spot_weight,
+        "batch_size": batch_size,
+        "width": width,
+        "depth": depth,
+        "lr": lr,
+        "seed": seed,
+        "device": str(device),
+        "dtype": dtype,
+    }
+    res = Results(ctx, key, params)
+    res.element(
+        element_name,
+        make_image(gene_part, transform=T, coordinate_system=img.coordinate_system, c_coords=gene_list,
+                   chunks=(1, 512, 512)),
+    )  # fmt: skip
+    if reconstruct:
+        rec = (maps[len(gene_list) :].clip(0, 1) * 255).round().astype(np.uint8)
+        res.element(
+            f"{element_name}_reconstruction",
+            make_image(rec if keep_lazy else rec.persist(), transform=T, coordinate_system=img.coordinate_system,
+                       c_coords=["r", "g", "b"], chunks=(3, 512, 512)),
+        )  # fmt: skip
+    res.obsm(key, pd.DataFrame(spot_vals, index=adata.obs_names, columns=gene_list))
+    res.obs(f"{key}_train", train & inside)
+    res.uns(
+        key,
+        {
+            "genes": gene_list,
+            "element": element_name,
+            "mean": np.asarray(model.mean, dtype=float),
+            "std": np.asarray(model.std, dtype=float),
+            "loss": np.asarray(model.history, dtype=float),
+            "pixel_size": px_eff,
+            "spot_pearson_train": np.asarray(_pearson(train), dtype=float),
+            "spot_pearson_heldout": np.asarray(_pearson(~train), dtype=float),
+        },
+    )
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added image {element_name!r} and {res.written}")
+    return (out, model) if return_model else out
+
+
+def da_col(v: np.ndarray):
+    """A ``(c, 1, 1)`` float32 array for broadcasting over ``(c, y, x)``."""
+    return np.asarray(v, dtype=np.float32)[:, None, None]

@@ -1,0 +1,136 @@
+"""Gene maps on histology: tiling, spot pooling, storage, bad inputs, and recovery of planted expression."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spatialdata as sd
+
+import stmap as st
+
+torch = pytest.importorskip("torch")
+
+from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss  # noqa: E402
+from stmap.tl._gene_maps import _disc_stencil, gene_maps, predict_maps  # noqa: E402
+
+GENES = ["tumor_r01", "stroma_r01", "immune_r01", "epithelium_r01"]
+FAST = {"epochs": 2, "width": 4, "depth": 2, "tile_px": 64, "batch_size": 2, "scale": 4.0, "verbose": False}
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return st.datasets.synthetic_tissue(0)
+
+
+def _whole_pass(net, img: np.ndarray) -> np.ndarray:
+    m = net.multiple
+    _, h, w = img.shape
+    x = np.pad(img, ((0, 0), (0, (-h) % m), (0, (-w) % m)), constant_values=1.0)
+    with torch.no_grad():
+        _, genes = net(torch.as_tensor(x[None]))
+    return genes[0, :, :h, :w].numpy()
+
+
+class TestNetwork:
+    def test_tiled_equals_whole_image(self):
+        torch.manual_seed(0)
+        net = GeneMapNet(3, width=4, depth=2).eval()
+        img = np.random.default_rng(0).random((3, 150, 230)).astype(np.float32)
+        tiled = predict_maps(net, img, chunk=48).compute()
+        # same arithmetic on the same windows: only float rounding of the convolutions differs
+        np.testing.assert_allclose(tiled, _whole_pass(net, img), atol=1e-5)
+
+    def test_receptive_radius_bounds_the_influence(self):
+        torch.manual_seed(1)
+        net = GeneMapNet(2, width=4, depth=2).eval()
+        img = np.random.default_rng(1).random((3, 128, 128)).astype(np.float32)
+        base = _whole_pass(net, img)
+        r = net.receptive_radius
+        changed = img.copy()
+        changed[:, :, 64 + r + 1 :] = 0.0  # change everything farther than r to the right of column 64
+        assert np.allclose(_whole_pass(net, changed)[:, :, :65], base[:, :, :65], atol=1e-6)
+
+    def test_spot_means_is_the_disc_average(self):
+        g = torch.randn(2, 3, 20, 20)
+        dy, dx = _disc_stencil(3.0)
+        centers = np.array([[5, 6], [12, 10], [9, 9]])  # (y, x)
+        batch = np.array([0, 1, 1])
+        pix = (centers[:, :1] + dy) * 20 + centers[:, 1:] + dx
+        got = spot_means(g, torch.as_tensor(batch), torch.as_tensor(pix)).numpy()
+        want = np.stack([g[b, :, cy + dy, cx + dx].mean(-1).numpy() for b, (cy, cx) in zip(batch, centers)])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert len(dy) == int(np.sum(np.add.outer(np.arange(-3, 4) ** 2, np.arange(-3, 4) ** 2) <= 9))
+
+    def test_ssim_loss_zero_for_identical(self):
+        x = torch.rand(1, 3, 32, 32)
+        assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+        assert float(ssim_loss(x, torch.rand(1, 3, 32, 32))) > 0.5
+
+
+class TestGeneMaps:
+    def test_writes_overlaying_element_and_round_trips(self, tissue, tmp_path):
+        out = gene_maps(tissue, genes=GENES, table_key="spots", copy=True, **FAST)
+        el = out.images["he_gene_maps"]
+        assert list(el.coords["c"].values) == GENES
+        # the map covers the H&E's extent in the same coordinate system (it overlays it exactly)
+        ext_he = sd.get_extent(tissue.images["he"], coordinate_system="global")
+        ext_map = sd.get_extent(el, coordinate_system="global")
+        for ax in ("x", "y"):
+            assert abs(ext_map[ax][0] - ext_he[ax][0]) < 1e-6
+            assert abs(ext_map[ax][1] - ext_he[ax][1]) <= 4.0  # at most one 4-um working pixel trimmed
+        ad = out.tables["spots"]
+        assert list(ad.obsm["stmap_gene_maps"].columns) == GENES
+        assert ad.uns["stmap_gene_maps"]["element"] == "he_gene_maps"
+        assert "he_gene_maps" not in tissue.images  # copy=True left the input alone
+        path = tmp_path / "maps.zarr"
+        out.write(path)
+        back = sd.read_zarr(path)
+        np.testing.assert_allclose(back.images["he_gene_maps"].values, el.values, rtol=1e-6)
+        np.testing.assert_allclose(
+            back.tables["spots"].obsm["stmap_gene_maps"].values, ad.obsm["stmap_gene_maps"].values
+        )
+
+    def test_deterministic(self, tissue):
+        a = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, seed=3, **FAST)
+        b = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, seed=3, **FAST)
+        np.testing.assert_array_equal(a.images["he_gene_maps"].values, b.images["he_gene_maps"].values)
+
+    def test_saved_model_predicts_identically(self, tissue, tmp_path):
+        out, model = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, return_model=True, **FAST)
+        model.save(tmp_path / "m.pt")
+        again = gene_maps(
+            tissue, table_key="spots", model=st.tl.GeneMapModel.load(tmp_path / "m.pt"), copy=True, verbose=False
+        )
+        np.testing.assert_allclose(again.images["he_gene_maps"].values, out.images["he_gene_maps"].values, atol=1e-6)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            ({"genes": ["nope"]}, "not in the spot table"),
+            ({"genes": "markers"}, "groupby"),
+            ({"scale": 100.0}, "smaller than a pixel"),
+            ({"image_key": "missing"}, "missing"),
+            ({"train_mask": [True] * 3}, "one per spot"),
+        ],
+    )
+    def test_bad_input_leaves_object_unchanged(self, tissue, kwargs, match):
+        before = tissue.tables["spots"].copy()
+        opts = {**FAST, "genes": GENES[:1], **kwargs}
+        with pytest.raises((st.StmapInputError, st.StmapKeyError), match=match):
+            gene_maps(tissue, table_key="spots", **opts)
+        assert set(tissue.images) == {"he"}
+        assert set(tissue.tables["spots"].obsm) == set(before.obsm)
+        assert set(tissue.tables["spots"].uns) == set(before.uns)
+
+    def test_anndata_is_refused_with_a_fix(self):
+        import anndata as ad
+
+        with pytest.raises(st.StmapInputError, match="to_spatialdata"):
+            gene_maps(ad.AnnData(np.ones((3, 2))), genes=["0"])
+
+    def test_constant_gene_warns(self, tissue):
+        t = sd.deepcopy(tissue)
+        t.tables["spots"].X[:, 0] = 0
+        t.tables["spots"].layers["counts"] = t.tables["spots"].X.copy()
+        with pytest.warns(UserWarning, match="constant"):
+            gene_maps(t, genes=[str(t.tables["spots"].var_names[0]), GENES[0]], table_key="spots", **FAST)
