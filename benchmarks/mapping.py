@@ -44,7 +44,7 @@ from stmap import metrics
 warnings.filterwarnings("ignore")
 TK = "cell_type"
 HIB = {"jsd": False, "rmse": False, "pearson": True, "n_cells_mae": False}
-HIB |= {"place_acc": True, "place_ring": True, "heldout_r": True}
+HIB |= {"place_acc": True, "place_ring": True, "heldout_r": True, "heldout_r_cells": True, "heldout_r_types": True}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,10 +163,11 @@ def score_stmap(truth, spots, ref_truth=None, held=None):
         if ref_truth is not None and "stmap_spot" in r.obs:
             m["place_acc"] = metrics.assignment_accuracy(r.obs["stmap_spot"], ref_truth)
             m["place_ring"] = _ring_acc(r.obs["stmap_spot"].astype(object).to_numpy(), ref_truth, spots)
-        if held:
-            o2 = st.tl.project_genes(o["sdata"], r, table_key="spots", copy=True)
-            pred = o2.tables["spots_projected"][:, held].X.toarray()
-            m["heldout_r"] = float(np.nanmean(metrics.pearson_per_gene(pred, _dense(spots[:, held].X))))
+        if held:  # default smooth=0.5, and both ends (placed cells only / type profiles only)
+            for w, name in ((0.5, "heldout_r"), (0.0, "heldout_r_cells"), (1.0, "heldout_r_types")):
+                o2 = st.tl.project_genes(o["sdata"], r, table_key="spots", smooth=w, copy=True)
+                pred = o2.tables["spots_projected"][:, held].X.toarray()
+                m[name] = float(np.nanmean(metrics.pearson_per_gene(pred, _dense(spots[:, held].X))))
         return m
 
     return f
@@ -261,6 +262,7 @@ def main():
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--large-constrained", action="store_true", help="also Tangram constrained mode on synth_large")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--name", default="mapping", help="results/<name>.json")
     ap.add_argument("--torch-threads", type=int, default=1)
     args = ap.parse_args()
     import torch
@@ -313,7 +315,7 @@ def main():
         )
     )
 
-    report("mapping", runs, higher_is_better=HIB)  # partial results survive an interrupted run
+    report(args.name, runs, higher_is_better=HIB)  # partial results survive an interrupted run
 
     # placement + held-out genes, synthetic tissue, reference = the cells --------------------------------------------
     sdata, ref = synth_40um()
@@ -355,7 +357,7 @@ def main():
         )
     )
 
-    report("mapping", runs, higher_is_better=HIB)  # partial results survive an interrupted run
+    report(args.name, runs, higher_is_better=HIB)  # partial results survive an interrupted run
 
     # real pair without truth: held-out genes ------------------------------------------------------------------------
     try:
@@ -377,7 +379,7 @@ def main():
 
         def heldout(f):
             def g(o):
-                return {"heldout_r": f(o)["heldout_r"]}
+                return {k: v for k, v in f(o).items() if k.startswith("heldout_r")}
 
             return g
 
@@ -399,7 +401,7 @@ def main():
             )
         )
 
-    report("mapping", runs, higher_is_better=HIB)  # partial results survive an interrupted run
+    report(args.name, runs, higher_is_better=HIB)  # partial results survive an interrupted run
 
     # speed at n*m >= 1e7 --------------------------------------------------------------------------------------------
     if not args.skip_large:
@@ -422,7 +424,7 @@ def main():
                     score_tangram(truth, spots),
                 )
             )
-    report("mapping", runs, higher_is_better=HIB)
+    report(args.name, runs, higher_is_better=HIB)
 
 
 if __name__ == "__main__":

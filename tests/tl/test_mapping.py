@@ -247,14 +247,20 @@ class TestProjectGenes:
         out, ref = greedy
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            o = st.tl.project_genes(out, ref, table_key="spots", copy=True)
-        P = o.tables["spots_projected"].X.toarray()
-        A = ref.obsm["stmap_mapping_assignment"].toarray()
-        pb = A.T @ ref.X.toarray()
+            proj = {w: st.tl.project_genes(out, ref, table_key="spots", smooth=w, copy=True) for w in (0.0, 0.5, 1.0)}
+        P = {w: o.tables["spots_projected"].X.toarray() for w, o in proj.items()}
+        X = ref.X.toarray()
         genes = list(out.tables["spots"].uns["stmap_mapping"]["genes"])
         gi = ref.var_names.get_indexer(genes)
-        scale = out.tables["spots"][:, genes].X.toarray().sum(1) / pb[:, gi].sum(1)
-        np.testing.assert_allclose(P, pb * scale[:, None], rtol=1e-4)  # float32 storage
+        meas = out.tables["spots"][:, genes].X.toarray().sum(1)
+        pb = ref.obsm["stmap_mapping_assignment"].toarray().T @ X  # placed cells' counts
+        np.testing.assert_allclose(P[0.0], pb * (meas / pb[:, gi].sum(1))[:, None], rtol=1e-4)  # float32 storage
+        F = out.tables["spots"].obsm["stmap_cell_type_fractions"]
+        ty = ref.obs[TYPES_KEY].astype(str).to_numpy()
+        means = np.stack([X[ty == c].mean(0) for c in F.columns])
+        pt = F.to_numpy() @ means  # composition x mean type profiles
+        np.testing.assert_allclose(P[1.0], pt * (meas / pt[:, gi].sum(1))[:, None], rtol=1e-4)
+        np.testing.assert_allclose(P[0.5], 0.5 * (P[0.0] + P[1.0]), rtol=1e-4, atol=1e-5)
 
     def test_without_mapping(self, tissue):
         with pytest.raises(st.StmapInputError, match="run `st.tl.map_cells"):

@@ -380,7 +380,7 @@ def map_cells(
                 return zc[r] @ zs[c].T
 
             row_cap = np.full(cells_t.size, row_cap_t[t], dtype=np.int64)
-            r, c, cand = capacity_assign(score, row_cap, demand, k=n_candidates, fill=mode == "regular")
+            r, c, cand = capacity_assign(score, row_cap, demand, k=n_candidates)
             placed[t] = (r, c)
             cands[t] = (cells_t[cand[0]], cand[1], cand[2])
             yhat += _pseudobulk(Xgd, cells_t[r], c, m)
@@ -495,6 +495,20 @@ def _pseudobulk(X: sparse.csr_matrix, cells: np.ndarray, spots: np.ndarray, m: i
     return np.asarray((A @ X).todense(), dtype=np.float32)
 
 
+def _mapped_composition(spots: AnnData, mapping_key: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The fractions and cell counts :func:`map_cells` wrote on the spot table (cell-type key in ``attrs``)."""
+    keys = _keys(mapping_key)
+    if keys["fractions"] not in spots.obsm or keys["n_cells"] not in spots.obs:
+        raise StmapInputError(
+            f"The spot table has no {keys['fractions']!r} / {keys['n_cells']!r}; run `st.tl.map_cells` with "
+            f"key_added={mapping_key!r} on it first (or pass smooth=0)."
+        )
+    F = spots.obsm[keys["fractions"]].copy()
+    params = spots.uns.get(mapping_key, {}).get("params", {})
+    F.attrs["cell_type_key"] = params.get("cell_type_key", Key.obs.cell_type)
+    return F, spots.obs[keys["n_cells"]].to_numpy(dtype=float)
+
+
 def _greedy_quotas(F: np.ndarray, cap: np.ndarray, n_t: np.ndarray) -> np.ndarray:
     """Integer spot x type quotas with column sums ``n_t`` exactly and row sums close to ``cap`` (IPF + rounding)."""
     from stmap.kernels._assign import largest_remainder
@@ -559,6 +573,7 @@ def project_genes(
     table_key: str | None = None,
     genes: Sequence[str] | None = None,
     mapping_key: str = Key.obsm.mapping,
+    smooth: float = 0.5,
     layer: str | None = None,
     sc_layer: str | None = None,
     key_added: str = "stmap_projected",
@@ -566,8 +581,10 @@ def project_genes(
 ):
     """Expected expression of reference genes in every spot, from the cells :func:`map_cells` placed there.
 
-    Each spot's prediction is the summed counts of its placed cells, rescaled so that, over the genes used for
-    mapping, it has the spot's measured total. Genes the spots did not measure are imputed the same way.
+    Two predictions are blended: the summed counts of the cells placed in the spot (keeps what is specific to the
+    individual cells), and the spot's mapped composition times the reference's mean type profiles (no sampling
+    noise of single cells). Each is rescaled so that, over the genes used for mapping, it has the spot's measured
+    total. Genes the spots did not measure are imputed the same way.
 
     Parameters
     ----------
@@ -580,6 +597,11 @@ def project_genes(
         Reference genes to project; default all.
     mapping_key
         ``key_added`` of the :func:`map_cells` run.
+    smooth
+        Weight of the composition x type-profile prediction, in ``[0, 1]``: ``0`` uses only the placed cells'
+        own counts, ``1`` only the type profiles. The default ``0.5`` was the best compromise in
+        ``benchmarks/mapping.py`` (sparse Drop-seq cells favour ``1``; references sharing the spots' cell states
+        favour ``0``).
     layer, sc_layer
         Count layers of the spot table and the reference; ``None`` uses ``X``.
     {key_added}
@@ -612,6 +634,8 @@ def project_genes(
             f"The mapping {mapping_key!r} in sc_adata was made for other spots than table "
             f"{ctx.table_key or 'adata'!r}; re-run `st.tl.map_cells` on these spots."
         )
+    if not (0.0 <= float(smooth) <= 1.0):
+        raise StmapInputError(f"smooth={smooth!r} must be in [0, 1].")
     if genes is None:
         gl = list(map(str, sc_adata.var_names))
     else:
@@ -622,18 +646,32 @@ def project_genes(
     Xc = _to_csr(get_counts(sc_adata, sc_layer, "sc_adata"))
     Xs = _to_csr(get_counts(spots, layer, f"table {ctx.table_key!r}"))
     A = sparse.csr_matrix(sc_adata.obsm[akey])
-    pb = sparse.csr_matrix(A.T @ Xc)  # spots x all reference genes
     used = spots.uns.get(mapping_key, {}).get("genes")
     ref = [g for g in (list(map(str, used)) if used is not None else gl) if g in spots.var_names]
     ref = ref or [g for g in sc_adata.var_names if g in spots.var_names]
-    if ref:
-        meas = np.asarray(Xs[:, spots.var_names.get_indexer(ref)].sum(axis=1)).ravel()
-        pred = np.asarray(pb[:, sc_adata.var_names.get_indexer(ref)].sum(axis=1)).ravel()
-        scale = np.where(pred > 0, meas / np.maximum(pred, 1e-12), 0.0)
-    else:
-        scale = np.ones(spots.n_obs)
-    P = sparse.csr_matrix(sparse.diags(scale) @ pb[:, sc_adata.var_names.get_indexer(gl)], dtype=np.float32)
-    res = Results(ctx, key_added, params={"mapping_key": mapping_key, "genes": "all" if genes is None else gl})
+    gi = sc_adata.var_names.get_indexer(gl)
+    gi_ref = sc_adata.var_names.get_indexer(ref)
+    meas = np.asarray(Xs[:, spots.var_names.get_indexer(ref)].sum(axis=1)).ravel() if ref else None
+
+    def scaled(pb: np.ndarray) -> np.ndarray:  # each spot rescaled to its measured total on the mapping genes
+        if meas is None:
+            return pb[:, gi]
+        pred = pb[:, gi_ref].sum(axis=1)
+        return pb[:, gi] * np.where(pred > 0, meas / np.maximum(pred, 1e-12), 0.0)[:, None]
+
+    P = (1.0 - smooth) * scaled(np.asarray((A.T @ Xc).todense())) if smooth < 1 else 0.0
+    if smooth > 0:
+        F, n = _mapped_composition(spots, mapping_key)
+        codes = pd.Categorical(sc_adata.obs[F.attrs["cell_type_key"]].astype(str), categories=list(F.columns)).codes
+        onehot = sparse.csr_matrix(
+            (np.ones((codes >= 0).sum()), (codes[codes >= 0], np.flatnonzero(codes >= 0))),
+            shape=(F.shape[1], sc_adata.n_obs),
+        )
+        means = np.asarray((onehot @ Xc).todense()) / np.maximum(np.asarray(onehot.sum(axis=1)), 1)
+        P = P + smooth * scaled((F.to_numpy() * n[:, None]) @ means)
+    P = sparse.csr_matrix(np.asarray(P, dtype=np.float32))
+    params = {"mapping_key": mapping_key, "genes": "all" if genes is None else gl, "smooth": smooth}
+    res = Results(ctx, key_added, params=params)
     if ctx.sdata is None:
         res.obsm(key_added, pd.DataFrame(P.toarray(), index=spots.obs_names, columns=gl))
     else:
