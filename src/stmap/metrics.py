@@ -314,7 +314,7 @@ def f1(y_true: Any, y_pred: Any) -> float:
     return float("nan") if den == 0 else float(2 * tp / den)
 
 
-def gmm_threshold(scores: Any, *, seed: int | None = 0) -> float:
+def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "full") -> float:
     """Threshold separating the two components of a 1D two-component Gaussian mixture fitted to ``scores``.
 
     The threshold is the point between the two means where the posterior of the upper component reaches 0.5 (found
@@ -326,6 +326,9 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0) -> float:
         1D scores (NaNs are dropped).
     seed
         Seed of :class:`sklearn.mixture.GaussianMixture`.
+    covariance_type
+        ``'full'`` (each component its own width) or ``'tied'`` (one shared width: the upper component cannot
+        absorb the tail of the lower one, e.g. for probabilities piled up near 0 and 1).
 
     Returns
     -------
@@ -337,7 +340,8 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0) -> float:
     s = s[np.isfinite(s)]
     if s.size < 2 or np.ptp(s) == 0:
         raise ValueError("`scores` needs at least two distinct finite values.")
-    gm = GaussianMixture(n_components=2, random_state=seed, n_init=3).fit(s[:, None])
+    gm = GaussianMixture(n_components=2, covariance_type=covariance_type, random_state=seed, n_init=3)
+    gm = gm.fit(s[:, None])
     means = gm.means_.ravel()
     lo, hi = np.sort(means)
     upper = int(np.argmax(means))

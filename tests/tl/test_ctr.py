@@ -77,7 +77,7 @@ class TestDetectCTR:
         assert m["f1"] >= 0.8  # the GMM call must also be useful, not only the ranking
         assert t.uns["stmap_ctr"]["threshold_method"] == "gmm"
         assert t.uns["stmap_ctr"]["threshold"] == pytest.approx(
-            st.metrics.gmm_threshold(t.obs["stmap_ctr_prob"].to_numpy(), seed=0)
+            st.metrics.gmm_threshold(t.obs["stmap_ctr_prob"].to_numpy(), seed=0, covariance_type="tied")
         )
 
     def test_save_load_identical(self, tissues, model, tmp_path):
@@ -176,9 +176,10 @@ def test_gmm_threshold_bimodal():
     hi = np.clip(rng.normal(0.8, 0.08, 200), 0, 1)
     s = np.concatenate([lo, hi])
     truth = np.r_[np.zeros(400, bool), np.ones(200, bool)]
-    thr = st.metrics.gmm_threshold(s)
-    assert 0.3 < thr < 0.65
-    assert ((s > thr) == truth).mean() >= 0.97
+    for cov in ("full", "tied"):
+        thr = st.metrics.gmm_threshold(s, covariance_type=cov)
+        assert 0.3 < thr < 0.65
+        assert ((s > thr) == truth).mean() >= 0.97
 
 
 def test_pl_ctr(tissues, model):

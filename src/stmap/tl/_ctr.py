@@ -476,7 +476,7 @@ def train_ctr(
         genes = []
     genes = list(genes)
 
-    gen = seed_everything(seed)
+    seed_everything(seed)
     config = {"n_genes": len(genes), "n_features": n_features, "dim": dim, "latent": latent, "heads": heads,
               "n_tokens": n_neighbors + 1, "dropout": dropout, "input_dropout": input_dropout}  # fmt: skip
     net = SpaCRDNet(**config).to(dev)
@@ -562,7 +562,6 @@ def train_ctr(
     h = fit(net, on_labelled(step_main), len(labelled), epochs=epochs, seed=seed + 2, desc="CTR training", **kw)
     hist["main"] = h.loss
     net.eval()
-    _ = gen
     elapsed = time.perf_counter() - t0
     model.info = {
         "label_key": label_key,
@@ -614,7 +613,9 @@ def detect_ctr(
         A :class:`CTRModel` or the path of a saved one.
     {table_key}
     threshold
-        Probability above which a spot is called CTR; default from a 2-component GMM on the scores.
+        Probability above which a spot is called CTR; default from a 2-component GMM on the scores with one shared
+        width (``covariance_type='tied'``: probabilities pile up near 0 and 1, and a free-width component would
+        otherwise model the tail of the cancer mode and push the threshold towards 1).
     label_key
         Optional ``obs`` column with known labels: ROC-AUC, AP and F1 are then stored in ``.uns``.
     positive
@@ -673,7 +674,7 @@ def detect_ctr(
     method = "given"
     if threshold is None:
         try:
-            threshold, method = metrics.gmm_threshold(prob, seed=seed), "gmm"
+            threshold, method = metrics.gmm_threshold(prob, seed=seed, covariance_type="tied"), "gmm"
         except ValueError:
             threshold, method = 0.5, "0.5 (scores not bimodal)"
     call = prob > threshold
