@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numba
@@ -30,6 +31,22 @@ Norm = Literal["density", "counts", "cells_per_voxel"]
 
 #: Kernels longer than this many taps (per side) are convolved by FFT.
 FFT_RADIUS = 48
+#: Below this much work (voxel x taps for a smoothing pass) kernels run on one thread: a parallel launch costs more
+#: than it saves, a lot more on a busy machine where a thread may wait for a core.
+PARALLEL_MIN_WORK = 5e7
+#: Points are binned on several threads only from this many points and 4 threads up (each thread scans all points).
+PARALLEL_MIN_POINTS = 4_000_000
+
+
+@contextmanager
+def _threads(n: int):
+    """Run numba parallel regions inside on at most ``n`` threads."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), old)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -163,7 +180,8 @@ def linear_binning(
     out
         Grid to add into (``shape``, C-contiguous); a new zero grid if ``None``.
     n_blocks
-        Number of row blocks (threads); default: numba's thread count. The result does not depend on it.
+        Number of row blocks (threads); default: numba's thread count for at least :data:`PARALLEL_MIN_POINTS`
+        points and 4 threads, else 1 (every block scans all points). The result does not depend on it.
 
     Returns
     -------
@@ -184,8 +202,12 @@ def linear_binning(
     use_w = weights is not None
     w = np.ascontiguousarray(weights, dtype=np.float64) if use_w else np.empty(0)
     hist, dropped = _row_histogram(coords, lo_arr, inv, shape_arr)
-    starts = _row_blocks(hist, numba.get_num_threads() if n_blocks is None else n_blocks)
-    (_bin2d if d == 2 else _bin3d)(coords, w, use_w, lo_arr, inv, starts, out)
+    if n_blocks is None:
+        nt = numba.get_num_threads()
+        n_blocks = nt if nt >= 4 and coords.shape[0] >= PARALLEL_MIN_POINTS else 1
+    starts = _row_blocks(hist, n_blocks)
+    with _threads(starts.size - 1):
+        (_bin2d if d == 2 else _bin3d)(coords, w, use_w, lo_arr, inv, starts, out)
     return out, int(dropped)
 
 
@@ -203,22 +225,35 @@ def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: 
 
 @njit(parallel=True, cache=True)
 def _fir_lines(a, k):
-    """In-place symmetric FIR along the last axis of a 2D ``(lines, n)`` array."""
+    """In-place symmetric FIR along the last axis of a 2D ``(lines, n)`` array.
+
+    Blocks of lines are transposed into a ``(n + 2r, width)`` buffer so the tap loop runs over contiguous columns
+    (SIMD), as in :func:`_fir_middle`.
+    """
     n_lines, n = a.shape
     r = k.size - 1
-    block = 64
-    n_tasks = (n_lines + block - 1) // block
+    width = 64
+    n_tasks = (n_lines + width - 1) // width
     for t in prange(n_tasks):
-        buf = np.zeros(n + 2 * r, dtype=a.dtype)
-        for line in range(t * block, min(n_lines, (t + 1) * block)):
+        l0 = t * width
+        bw = min(width, n_lines - l0)
+        buf = np.zeros((n + 2 * r, bw), dtype=a.dtype)
+        res = np.empty((n, bw), dtype=a.dtype)
+        for c in range(bw):
             for i in range(n):
-                buf[r + i] = a[line, i]
+                buf[r + i, c] = a[l0 + c, i]
+        k0 = k[0]
+        for i in range(n):
+            ci = r + i
+            for c in range(bw):
+                res[i, c] = k0 * buf[ci, c]
+            for m in range(1, r + 1):
+                km = k[m]
+                for c in range(bw):
+                    res[i, c] += km * (buf[ci - m, c] + buf[ci + m, c])
+        for c in range(bw):
             for i in range(n):
-                c = r + i
-                acc = k[0] * buf[c]
-                for m in range(1, r + 1):
-                    acc += k[m] * (buf[c - m] + buf[c + m])
-                a[line, i] = acc
+                a[l0 + c, i] = res[i, c]
 
 
 @njit(parallel=True, cache=True)
@@ -325,10 +360,11 @@ def gaussian_smooth(
             continue
         pre = int(np.prod(grid.shape[:ax], dtype=np.int64))
         post = int(np.prod(grid.shape[ax + 1 :], dtype=np.int64))
-        if post == 1:
-            _fir_lines(grid.reshape(pre, grid.shape[ax]), k)
-        else:
-            _fir_middle(grid.reshape(pre, grid.shape[ax], post), k, 256)
+        with _threads(workers if grid.size * k.size >= PARALLEL_MIN_WORK else 1):
+            if post == 1:
+                _fir_lines(grid.reshape(pre, grid.shape[ax]), k)
+            else:
+                _fir_middle(grid.reshape(pre, grid.shape[ax], post), k, 256)
     return grid
 
 
@@ -469,8 +505,27 @@ def kde_direct(
 # ---------------------------------------------------------------------------------------------------------------------
 # map comparison
 # ---------------------------------------------------------------------------------------------------------------------
+def grid_stats(a: np.ndarray) -> tuple[float, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Sum, maximum and the three axis marginals of a ``(nx, ny, nz)`` grid.
+
+    Parameters
+    ----------
+    a
+        ``(nx, ny, nz)`` array (a 2D map as ``(nx, ny, 1)``).
+
+    Returns
+    -------
+    ``(total, maximum, (marginal_x, marginal_y, marginal_z))``; marginals in float64 (summed in the array's dtype
+    with numpy's pairwise summation, relative error ~ ``eps * log2(n)``).
+    """
+    pxy = a.sum(axis=2)  # one pass over the grid; the rest works on the (nx, ny) and (nx, nz) partials
+    pz = a.sum(axis=1)
+    mx = pxy.sum(axis=1, dtype=np.float64)
+    return float(mx.sum()), float(a.max()), (mx, pxy.sum(axis=0, dtype=np.float64), pz.sum(axis=0, dtype=np.float64))
+
+
 @njit(parallel=True, cache=True, fastmath=False)
-def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u):
+def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u, q_plogp):
     """One fused pass over two flat maps: the sums every ranking score needs.
 
     Parameters
@@ -485,11 +540,20 @@ def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u):
         Sums of the maps (for the normalised distributions of JS/KL).
     floor_u
         Added to the normalised class map in KL.
+    q_plogp
+        ``sum p log p`` of the normalised query map (computed once per query).
 
     Returns
     -------
     ``(n_region, sse_region, s_region, s_missed, sum_s, sum_ss, sum_sq, sum_qq, sum_q, js2, kl)`` where ``js2`` is
     twice the Jensen-Shannon divergence.
+
+    Notes
+    -----
+    Two logarithms per voxel: ``log(sn + u)`` and ``log(m)``, ``m = (pn + sn) / 2``. ``KL = sum p log p - sum p
+    log(sn + u)`` and ``2 JS = sum p log p + sum sn log sn - sum 2 m log m``, with ``sum sn log sn`` taken as ``sum
+    sn log(sn + u)``: the two differ by at most ``sum sn * u / sn = n u`` (``log1p(x) <= x``), i.e. by the ``eps``
+    of :func:`stmap.tl.density_scores` (1e-12).
     """
     n = s.size
     n_region = 0
@@ -501,8 +565,9 @@ def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u):
     sum_sq = 0.0
     sum_qq = 0.0
     sum_q = 0.0
-    js2 = 0.0
-    kl = 0.0
+    slogs = 0.0
+    mlogm = 0.0
+    plogs = 0.0
     inv_s = 1.0 / s_tot if s_tot > 0 else 0.0
     inv_q = 1.0 / q_tot
     for i in prange(n):
@@ -522,10 +587,14 @@ def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u):
                 s_missed += sv
         pn = qv * inv_q
         sn = sv * inv_s
-        m = 0.5 * (pn + sn)
-        if pn > 0:
-            js2 += pn * math.log(pn / m)
-            kl += pn * math.log(pn / (sn + floor_u))
-        if sn > 0:
-            js2 += sn * math.log(sn / m)
+        ls = math.log(sn + floor_u)
+        plogs += pn * ls
+        slogs += sn * ls
+        m = pn + sn
+        if m > 0:
+            mlogm += m * math.log(0.5 * m)
+    js2 = q_plogp + slogs - mlogm
+    kl = q_plogp - plogs
+    if js2 < 0.0:
+        js2 = 0.0
     return n_region, sse, s_region, s_missed, sum_s, sum_ss, sum_sq, sum_qq, sum_q, js2, kl

@@ -19,38 +19,15 @@ METHODS = ("cellmap2d", "pearson", "cosine", "js", "kl", "emd", "mixture")
 _HIGHER_BETTER = {"cellmap2d": True, "pearson": True, "cosine": True, "js": False, "kl": False, "emd": False}
 
 
-def _cellmap2d(s: np.ndarray, q: np.ndarray, q_max: float, threshold: float, floor: float) -> tuple[float, float]:
-    """(mse, penalty) of the CellMap2D score for class map ``s`` vs query map ``q`` (flat arrays)."""
-    smax = s.max()
-    region = s > threshold * smax
-    if not region.any():
-        return np.nan, np.nan
-    diff = s[region] - q[region]
-    mse = float(np.mean(diff.astype(np.float64) ** 2))
-    missed = region & (q < floor * q_max)
-    penalty = float(s[missed].sum(dtype=np.float64) / (s[region].sum(dtype=np.float64) + 1e-8))
-    return mse, penalty
-
-
-def _marginals(m: np.ndarray, total: float) -> list[np.ndarray]:
-    """Axis marginals of a map normalised to sum 1."""
-    return [m.sum(axis=tuple(j for j in range(m.ndim) if j != a), dtype=np.float64) / total for a in range(m.ndim)]
-
-
-def _marginal_w1(p: np.ndarray, q: np.ndarray, shape: tuple[int, ...], step: Sequence[float]) -> float:
-    """Sum over axes of the 1-D Wasserstein-1 distance between the axis marginals of two normalised maps."""
-    pg, qg = p.reshape(shape), q.reshape(shape)
-    total = 0.0
-    for a in range(len(shape)):
-        other = tuple(i for i in range(len(shape)) if i != a)
-        cp = np.cumsum(pg.sum(axis=other, dtype=np.float64))
-        cq = np.cumsum(qg.sum(axis=other, dtype=np.float64))
-        total += float(np.abs(cp - cq).sum() * step[a])
-    return total
-
-
 def _mixture_em(p: np.ndarray, q: np.ndarray, n_iter: int = 300, tol: float = 1e-7) -> np.ndarray:
     """Mixture weights ``w >= 0, sum 1`` maximising ``sum_v q_v log sum_k w_k p_kv`` (EM); ``p``: (G, V) densities."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # matrix-vector products: extra BLAS threads only contend (5x slower on 2 cores)
+        return _mixture_em_loop(p, q, n_iter, tol)
+
+
+def _mixture_em_loop(p: np.ndarray, q: np.ndarray, n_iter: int, tol: float) -> np.ndarray:
     g = p.shape[0]
     w = np.full(g, 1.0 / g)
     qn = q / q.sum()
@@ -104,68 +81,114 @@ def density_scores(
     ``pearson``, ``cosine``, ``js``, ``kl`` (``KL(query || class)``), ``emd`` (sum of axis-marginal W1 distances)
     and ``mixture`` (EM mixture weight; sums to 1).
     """
-    from ..kernels._kde import map_scores
+    return _scores_many(
+        [query], reference, classes=classes, step=step, threshold=threshold, query_floor=query_floor,
+        support=support, eps=eps, max_voxels=max_voxels,
+    )[0]  # fmt: skip
 
-    q = np.ascontiguousarray(query).ravel()
-    if q.dtype.kind != "f":
-        q = q.astype(np.float64)
-    shape = np.asarray(query).shape
+
+class _Query:
+    """Per-query quantities computed once (flat map, totals, normalised marginal CDFs, mixture support)."""
+
+    def __init__(self, query: np.ndarray, shape: tuple[int, ...], support: float, max_voxels: int):
+        from ..kernels._kde import grid_stats
+
+        q = np.ascontiguousarray(query)
+        if q.dtype.kind != "f":
+            q = q.astype(np.float64)
+        if q.shape != shape:
+            raise StmapInputError(f"Query map of shape {q.shape}; the reference maps are {shape}.")
+        if not np.isfinite(q).all() or (q < 0).any():
+            raise StmapInputError("The query map has negative or non-finite values.")
+        tot, qmax, margs = grid_stats(q.reshape(_as3d(shape)))
+        if tot <= 0:
+            raise StmapInputError("The query map is empty (all zeros).")
+        self.flat = q.ravel()
+        self.tot, self.max = float(tot), float(qmax)
+        pn = self.flat[self.flat > 0].astype(np.float64) / self.tot
+        self.plogp = float((pn * np.log(pn)).sum())
+        self.cdf = [np.cumsum(m) / tot for m in margs[: len(shape)]]
+        keep = np.flatnonzero(self.flat > support * self.max)
+        if keep.size > max_voxels:  # systematic subsample of the support keeps the EM cheap (300 classes: < 1 s)
+            keep = keep[:: int(np.ceil(keep.size / max_voxels))]
+        self.keep = keep
+        self.p_support: list[np.ndarray] = []
+        self.rows: list[dict[str, float]] = []
+
+
+def _as3d(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A map of any dimension as ``(nx, ny, nz)`` for :func:`~stmap.kernels._kde.grid_stats` (1D/2D: unit axes)."""
+    s = tuple(shape) + (1,) * max(0, 3 - len(shape))
+    return (s[0], s[1], int(np.prod(s[2:])))
+
+
+def _scores_many(
+    queries: Sequence[np.ndarray],
+    reference: Any,
+    *,
+    classes: Sequence[str] | None = None,
+    step: Sequence[float] | None = None,
+    threshold: float = 0.05,
+    query_floor: float = 0.01,
+    support: float = 1e-3,
+    eps: float = 1e-12,
+    max_voxels: int = 20_000,
+) -> list[pd.DataFrame]:
+    """:func:`density_scores` of several queries: each class map is read and summarised once."""
+    from ..kernels._kde import grid_stats, map_scores
+
     n_cls = len(reference)
     classes = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
     if len(classes) != n_cls:
         raise StmapInputError(f"{len(classes)} class names for {n_cls} reference maps.")
+    shape = tuple(np.asarray(queries[0]).shape)
+    qs = [_Query(q, shape, support, max_voxels) for q in queries]
     step = [1.0] * len(shape) if step is None else list(step)
-    q_tot = float(q.sum(dtype=np.float64))
-    if q_tot <= 0 or not np.isfinite(q_tot) or (q < 0).any():
-        raise StmapInputError("The query map is empty (all zeros), negative, or has non-finite values.")
-    q_max = float(q.max())
-    keep = q > support * q_max
-    n_keep = int(keep.sum())
-    if n_keep > max_voxels:  # systematic subsample of the query's support keeps the EM cheap (300 classes: < 1 s)
-        idx = np.flatnonzero(keep)[:: int(np.ceil(n_keep / max_voxels))]
-        keep = np.zeros_like(keep)
-        keep[idx] = True
-    qn_marg = _marginals(q.reshape(shape), q_tot)
-    floor_u = eps / q.size
-    v = float(q.size)
-    rows, p_support = [], []
+    v = float(np.prod(shape))
+    floor_u = eps / v
+    shape3 = _as3d(shape)
     for k in range(n_cls):
-        s = np.ascontiguousarray(reference[k]).ravel()
-        if s.dtype != q.dtype:
-            s = s.astype(q.dtype)
-        if s.shape != q.shape:
-            raise StmapInputError(f"Reference map {classes[k]!r} has {s.size} voxels, the query {q.size}.")
-        s_tot = float(s.sum(dtype=np.float64))
-        s_max = float(s.max())
-        nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
-            s, q, threshold * s_max, query_floor * q_max, s_tot, q_tot, floor_u
-        )
-        mse = sse / nr if nr > 0 and s_max > 0 else np.nan
-        pen = s_miss / (s_reg + 1e-8) if nr > 0 and s_max > 0 else np.nan
-        cov = ssq - ss * sq / v
-        den = np.sqrt(max(sss - ss * ss / v, 0.0) * max(sqq - sq * sq / v, 0.0))
-        sm = _marginals(s.reshape(shape), s_tot) if s_tot > 0 else None
-        emd = (
-            sum(float(np.abs(np.cumsum(a) - np.cumsum(b)).sum() * step[i]) for i, (a, b) in enumerate(zip(sm, qn_marg)))
-            if sm is not None
-            else np.nan
-        )
-        rows.append(
-            {
-                "mse": mse,
-                "penalty": pen,
-                "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
-                "pearson": cov / den if den > 0 else np.nan,
-                "cosine": ssq / np.sqrt(sss * sqq) if sss > 0 else np.nan,
-                "js": 0.5 * js2 if s_tot > 0 else np.nan,
-                "kl": kl if s_tot > 0 else np.nan,
-                "emd": emd,
-            }
-        )
-        p_support.append((s[keep] / s_tot).astype(np.float32) if s_tot > 0 else np.zeros(int(keep.sum()), np.float32))
-    df = pd.DataFrame(rows, index=pd.Index(classes, name="class"))
-    df["mixture"] = _mixture_em(np.asarray(p_support, dtype=np.float64), q[keep].astype(np.float64))
-    return df
+        s3 = np.ascontiguousarray(reference[k])
+        if s3.shape != shape:
+            raise StmapInputError(f"Reference map {classes[k]!r} has shape {s3.shape}, the query {shape}.")
+        if s3.dtype.kind != "f":
+            s3 = s3.astype(np.float64)
+        s_tot, s_max, margs = grid_stats(s3.reshape(shape3))
+        s = s3.ravel()
+        s_cdf = [np.cumsum(m) / s_tot for m in margs[: len(shape)]] if s_tot > 0 else None
+        for qd in qs:
+            nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
+                s, qd.flat, threshold * s_max, query_floor * qd.max, s_tot, qd.tot, floor_u, qd.plogp
+            )
+            ok = nr > 0 and s_max > 0
+            mse = sse / nr if ok else np.nan
+            pen = s_miss / (s_reg + 1e-8) if ok else np.nan
+            cov = ssq - ss * sq / v
+            den = np.sqrt(max(sss - ss * ss / v, 0.0) * max(sqq - sq * sq / v, 0.0))
+            emd = (
+                sum(float(np.abs(a - b).sum() * step[i]) for i, (a, b) in enumerate(zip(s_cdf, qd.cdf, strict=True)))
+                if s_cdf is not None
+                else np.nan
+            )
+            qd.rows.append(
+                {
+                    "mse": mse,
+                    "penalty": pen,
+                    "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
+                    "pearson": cov / den if den > 0 else np.nan,
+                    "cosine": ssq / np.sqrt(sss * sqq) if sss > 0 else np.nan,
+                    "js": 0.5 * js2 if s_tot > 0 else np.nan,
+                    "kl": kl if s_tot > 0 else np.nan,
+                    "emd": emd,
+                }
+            )
+            qd.p_support.append(np.take(s, qd.keep).astype(np.float64) / s_tot if s_tot > 0 else np.zeros(qd.keep.size))
+    out = []
+    for qd in qs:
+        df = pd.DataFrame(qd.rows, index=pd.Index(classes, name="class"))
+        df["mixture"] = _mixture_em(np.asarray(qd.p_support, dtype=np.float64), qd.flat[qd.keep].astype(np.float64))
+        out.append(df)
+    return out
 
 
 def _maps_of(sdata: Any, x: Any, what: str, cs: str | None) -> tuple[Any, list[str], Any]:
@@ -299,10 +322,10 @@ def rank_densities(
 
     start = logg.info(f"ranking {len(rnames)} classes for {len(sel)} query population(s) ({method})")
     ref_list = _ChannelReader(rmaps)
+    qarrs = [np.asarray(qmaps[i].compute() if hasattr(qmaps[i], "compute") else qmaps[i]) for i in sel]
+    dfs = _scores_many(qarrs, ref_list, classes=rnames, step=step, threshold=threshold, query_floor=query_floor)
     frames = []
-    for i in sel:
-        qi = np.asarray(qmaps[i], dtype=np.float64)
-        df = density_scores(qi, ref_list, classes=rnames, step=step, threshold=threshold, query_floor=query_floor)
+    for i, df in zip(sel, dfs, strict=True):
         score = df[method]
         asc = not (_HIGHER_BETTER.get(method, True))
         df.insert(0, "score", score)
