@@ -319,6 +319,7 @@ def gaussian_smooth(
     *,
     truncate: float = 4.0,
     method: Literal["auto", "fir", "fft"] = "auto",
+    scale: float = 1.0,
 ) -> np.ndarray:
     """Convolve a grid in place with a separable (axis-aligned, possibly anisotropic) Gaussian density.
 
@@ -338,6 +339,8 @@ def gaussian_smooth(
     method
         ``'fir'``: truncated sampled kernel; ``'fft'``: FFT along each axis; ``'auto'``: FFT for kernels longer than
         :data:`FFT_RADIUS` taps per side.
+    scale
+        Factor applied to the result (folded into the first kernel: no extra pass).
 
     Returns
     -------
@@ -350,10 +353,13 @@ def gaussian_smooth(
     sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (d,))
     stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (d,))
     workers = numba.get_num_threads()
+    pending = float(scale)
     for ax in range(d):
         if sig[ax] == 0:
             continue
-        k = gaussian_kernel_1d(sig[ax], stp[ax], truncate, dtype=grid.dtype)
+        k = gaussian_kernel_1d(sig[ax], stp[ax], truncate, dtype=np.float64) * pending
+        k = k.astype(grid.dtype)
+        pending = 1.0
         use_fft = method == "fft" or (method == "auto" and k.size - 1 > FFT_RADIUS)
         if use_fft:
             _fft_axis(grid, k, ax, workers)
@@ -365,6 +371,8 @@ def gaussian_smooth(
                 _fir_lines(grid.reshape(pre, grid.shape[ax]), k)
             else:
                 _fir_middle(grid.reshape(pre, grid.shape[ax], post), k, 256)
+    if pending != 1.0:  # every axis had sigma 0
+        grid *= grid.dtype.type(pending)
     return grid
 
 
@@ -435,18 +443,21 @@ def kde_grid(
             dropped += nd
     else:
         _, dropped = linear_binning(coords, lo, step, shape, weights=weights, out=grid)
-    total = float(grid.sum(dtype=np.float64))
+    if weights is None and not type(coords).__module__.startswith("dask"):
+        total = float(coords.shape[0] - dropped)  # every point inside the grid binned a weight of 1
+    else:
+        total = float(grid.sum(dtype=np.float64))
     sig = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (grid.ndim,)).copy()
     if bias_correction:
         stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (grid.ndim,))
         var = sig**2 - stp**2 / 6.0
         sig = np.where(var > 0, np.sqrt(np.maximum(var, 0)), sig)
-    gaussian_smooth(grid, sig, step, truncate=truncate, method=method)
-    if norm == "density":
-        if total > 0:
-            grid /= grid.dtype.type(total)
+    scale = 1.0
+    if norm == "density" and total > 0:
+        scale = 1.0 / total
     elif norm == "cells_per_voxel":
-        grid *= grid.dtype.type(np.prod(np.asarray(step, dtype=np.float64)))
+        scale = float(np.prod(np.asarray(step, dtype=np.float64)))
+    gaussian_smooth(grid, sig, step, truncate=truncate, method=method, scale=scale)  # normalised in the same pass
     return grid, dropped, total
 
 
