@@ -400,19 +400,21 @@ def predict_maps(
         out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
         return out[0, :, :bh, :bw].float().cpu().numpy()
 
-    def block_fn(block, block_info=None):
-        # the padding to the size multiple must happen at the image edge only (as in a whole-image pass)
-        return run(block)
+    ny, nx = len(img.chunks[1]), len(img.chunks[2])
 
-    out = da.map_overlap(
-        block_fn,
-        img,
-        depth={0: 0, 1: halo, 2: halo},
-        boundary="none",
-        trim=True,
-        dtype=np.float32,
-        chunks=((n_out,), img.chunks[1], img.chunks[2]),
-        meta=np.empty((0, 0, 0), dtype=np.float32),
+    def block_fn(block, block_info=None):
+        # `block` carries `halo` extra pixels on each side that is not an image edge (boundary="none"): the padding
+        # to the size multiple then happens at the image's bottom/right edge only, as in a whole-image pass
+        iy, ix = block_info[0]["chunk-location"][1:]
+        out = run(block)
+        top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
+        bottom = out.shape[1] - (halo if iy < ny - 1 else 0)
+        right = out.shape[2] - (halo if ix < nx - 1 else 0)
+        return out[:, top:bottom, left:right]
+
+    ov = da.overlap.overlap(img, depth={0: 0, 1: halo, 2: halo}, boundary="none")
+    out = ov.map_blocks(
+        block_fn, dtype=np.float32, chunks=((n_out,), *img.chunks[1:]), meta=np.empty((0, 0, 0), np.float32)
     )
     return out
 

@@ -1,0 +1,116 @@
+"""Gene maps on histology vs inverse-distance interpolation and a patch-feature ridge regressor (held-out spots).
+
+For each HER2ST section with an H&E: spots are split into spatial blocks (k-means on coordinates, 10 blocks); two
+blocks (~20% of spots) are held out, the rest train. Quality = Pearson per gene between the measured held-out spot
+expression (log1p counts per 10^4) and the prediction (for gene maps: the map averaged over the held-out spot's
+disc). Also the SSIM of the reconstructed H&E at the working resolution, and time / peak memory.
+
+Usage::
+
+    python benchmarks/gene_maps.py [--sections C2 C4] [--genes 50] [--epochs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import measure, report
+
+import stmap as st
+from stmap import metrics
+from stmap.tl._gene_maps import _log_norm, _variable_genes
+
+warnings.filterwarnings("ignore")
+
+
+def blocked_holdout(xy: np.ndarray, n_blocks: int = 10, n_out: int = 2, seed: int = 0) -> np.ndarray:
+    """Boolean mask of training spots: ``n_out`` of ``n_blocks`` k-means blocks of the coordinates are held out."""
+    from sklearn.cluster import KMeans
+
+    lab = KMeans(n_blocks, n_init=4, random_state=seed).fit_predict(xy)
+    out = np.random.default_rng(seed).choice(n_blocks, size=n_out, replace=False)
+    return ~np.isin(lab, out)
+
+
+def idw(xy_train, y_train, xy_test, k: int = 8, power: float = 2.0) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(xy_train).query(xy_test, k=min(k, len(xy_train)))
+    w = 1.0 / np.maximum(d, 1e-9) ** power
+    return (w[..., None] * y_train[i]).sum(1) / w.sum(1, keepdims=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sections", nargs="+", default=["C2"])
+    ap.add_argument("--genes", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    runs = []
+    for section in args.sections:
+        sdata = st.datasets.her2st(section)
+        ad = sdata.tables[section]
+        ctx = st._core.resolve(sdata, section)
+        xy = ctx.coords
+        train = blocked_holdout(xy, seed=args.seed)
+        genes = _variable_genes(ad, args.genes)
+        Y = _log_norm(st._core.get_counts(ad, None, "spots"))[:, ad.var_names.get_indexer(genes)]
+        test = ~train
+        name = f"HER2ST {section} ({int(test.sum())} held-out / {ad.n_obs} spots, {len(genes)} genes)"
+
+        def score_pred(pred, test=test, Y=Y):
+            r = metrics.pearson_per_gene(pred, Y[test])
+            return {"pearson_mean": float(np.nanmean(r)), "pearson_median": float(np.nanmedian(r))}
+
+        def run_maps(sdata=sdata, section=section, genes=genes, train=train):
+            out, _ = st.tl.gene_maps(
+                sdata, genes=genes, table_key=section, train_mask=train, epochs=args.epochs, width=args.width,
+                reconstruct=True, seed=args.seed, copy=True, return_model=True, verbose=False,
+            )  # fmt: skip
+            return out
+
+        def score_maps(out, section=section, test=test, Y=Y):
+            s = score_pred(out.tables[section].obsm["stmap_gene_maps"].to_numpy()[test])
+            el = out.tables[section].uns["stmap_gene_maps"]["element"]
+            rec = out.images[f"{el}_reconstruction"].values.astype(np.float32) / 255
+            # the working-resolution H&E the network saw, for the reconstruction SSIM
+            from stmap.tl._gene_maps import _working_image
+
+            img = st._core.resolve(out, section).image()
+            work = _working_image(img, out.tables[section].uns["stmap_gene_maps"]["pixel_size"])[0]
+            h, w = rec.shape[1:]
+            s["ssim"] = metrics.ssim(rec, np.asarray(work[:, :h, :w]), data_range=1.0, channel_axis=0)
+            return s
+
+        runs.append(measure(name, "stmap", run_maps, score_maps))
+
+        def run_idw(xy=xy, train=train, Y=Y):
+            return idw(xy[train], Y[train], xy[~train])
+
+        runs.append(measure(name, "idw_k8", run_idw, score_pred))
+
+        def ridge(sdata=sdata, section=section, train=train, Y=Y):
+            from sklearn.linear_model import RidgeCV
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            out = st.pp.histology_features(sdata, table_key=section, scales=(1, 2), copy=True)
+            X = np.asarray(out.tables[section].obsm["X_histology"])
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13))).fit(X[train], Y[train])
+            return model.predict(X[~train])
+
+        runs.append(measure(name, "histology_ridge", ridge, score_pred))
+    report("gene_maps", runs, higher_is_better={"pearson_mean": True, "pearson_median": True, "ssim": True})
+
+
+if __name__ == "__main__":
+    main()
