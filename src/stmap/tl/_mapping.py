@@ -496,7 +496,7 @@ def _pseudobulk(X: sparse.csr_matrix, cells: np.ndarray, spots: np.ndarray, m: i
 
 
 def _mapped_composition(spots: AnnData, mapping_key: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """The fractions and cell counts :func:`map_cells` wrote on the spot table (cell-type key in ``attrs``)."""
+    """Fractions and cell counts that :func:`~stmap.tl.map_cells` wrote (cell-type key in ``F.attrs``)."""
     keys = _keys(mapping_key)
     if keys["fractions"] not in spots.obsm or keys["n_cells"] not in spots.obs:
         raise StmapInputError(
@@ -579,7 +579,7 @@ def project_genes(
     key_added: str = "stmap_projected",
     copy: bool = False,
 ):
-    """Expected expression of reference genes in every spot, from the cells :func:`map_cells` placed there.
+    """Expected expression of reference genes in every spot, from the cells :func:`~stmap.tl.map_cells` placed there.
 
     Two predictions are blended: the summed counts of the cells placed in the spot (keeps what is specific to the
     individual cells), and the spot's mapped composition times the reference's mean type profiles (no sampling
@@ -590,13 +590,13 @@ def project_genes(
     ----------
     {sdata}
     sc_adata
-        The reference passed to :func:`map_cells` (it holds the placement in
+        The reference passed to :func:`~stmap.tl.map_cells` (it holds the placement in
         ``obsm[f'{{mapping_key}}_assignment']``).
     {table_key}
     genes
         Reference genes to project; default all.
     mapping_key
-        ``key_added`` of the :func:`map_cells` run.
+        ``key_added`` of the :func:`~stmap.tl.map_cells` run.
     smooth
         Weight of the composition x type-profile prediction, in ``[0, 1]``: ``0`` uses only the placed cells'
         own counts, ``1`` only the type profiles. The default ``0.5`` was the best compromise in
@@ -617,7 +617,7 @@ def project_genes(
     Raises
     ------
     StmapInputError
-        If :func:`map_cells` has not been run with ``mapping_key`` on these spots, or genes are unknown.
+        If :func:`~stmap.tl.map_cells` has not been run with ``mapping_key`` on these spots, or genes are unknown.
     """
     start = logg.info("projecting genes onto spots")
     ctx = resolve(sdata, table_key)
