@@ -180,7 +180,7 @@ def linear_binning(
     out
         Grid to add into (``shape``, C-contiguous); a new zero grid if ``None``.
     n_blocks
-        Number of row blocks (threads); default: numba's thread count for at least :data:`PARALLEL_MIN_POINTS`
+        Number of row blocks (threads); default: numba's thread count for at least ``PARALLEL_MIN_POINTS``
         points and 4 threads, else 1 (every block scans all points). The result does not depend on it.
 
     Returns
@@ -338,7 +338,7 @@ def gaussian_smooth(
         Kernel support in standard deviations.
     method
         ``'fir'``: truncated sampled kernel; ``'fft'``: FFT along each axis; ``'auto'``: FFT for kernels longer than
-        :data:`FFT_RADIUS` taps per side.
+        ``FFT_RADIUS`` taps per side.
     scale
         Factor applied to the result (folded into the first kernel: no extra pass).
 

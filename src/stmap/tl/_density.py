@@ -31,7 +31,7 @@ _AXES = ("x", "y", "z")
 class GridSpec:
     """A regular grid: ``shape[a]`` nodes at ``lo[a] + i * step[a]`` along axis ``a`` (order ``x, y[, z]``).
 
-    Attributes
+    Parameters
     ----------
     lo, step, shape
         Per axis, in coordinate-system units.
