@@ -31,10 +31,14 @@ _AXES = ("x", "y", "z")
 class GridSpec:
     """A regular grid: ``shape[a]`` nodes at ``lo[a] + i * step[a]`` along axis ``a`` (order ``x, y[, z]``).
 
-    Parameters
+    Attributes
     ----------
-    lo, step, shape
-        Per axis, in coordinate-system units.
+    lo
+        Position of the first node per axis, in coordinate-system units.
+    step
+        Node spacing per axis, in coordinate-system units.
+    shape
+        Number of nodes per axis.
     coordinate_system
         Coordinate system the grid lives in.
     """
