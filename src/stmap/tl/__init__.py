@@ -1,8 +1,20 @@
-"""stmap.tl."""
+"""Tools: one thin module per capability (validate -> prepare -> compute -> write)."""
 
+from ._ctr import CTRModel, detect_ctr, train_ctr
+from ._density import GridSpec, density
+from ._gene_maps import GeneMapModel, gene_maps
 from ._mapping import map_cells, project_genes
-from ._density import GridSpec, density  # noqa: E402
-from ._rank import rank_densities  # noqa: E402
-from ._ctr import CTRModel, detect_ctr, train_ctr  # noqa: E402
+from ._rank import rank_densities
 
-__all__ = ["CTRModel", "detect_ctr", "train_ctr", "density", "GridSpec", "rank_densities", "map_cells", "project_genes"]
+__all__ = [
+    "map_cells",
+    "project_genes",
+    "train_ctr",
+    "detect_ctr",
+    "CTRModel",
+    "density",
+    "GridSpec",
+    "rank_densities",
+    "gene_maps",
+    "GeneMapModel",
+]
