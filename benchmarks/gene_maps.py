@@ -85,7 +85,7 @@ def main(argv=None) -> None:
             # the working-resolution H&E the network saw, for the reconstruction SSIM
             from stmap.tl._gene_maps import _working_image
 
-            img = st._core.resolve(out, section).image()
+            img = st._core.resolve(out, section).image(f"{section}_he")
             work = _working_image(img, out.tables[section].uns["stmap_gene_maps"]["pixel_size"])[0]
             h, w = rec.shape[1:]
             s["ssim"] = metrics.ssim(rec, np.asarray(work[:, :h, :w]), data_range=1.0, channel_axis=0)
