@@ -115,6 +115,7 @@ nitpick_ignore = [
     ("py:class", "pandas.core.frame.DataFrame"),
     ("py:class", "anndata._core.anndata.AnnData"),
     ("py:class", "spatialdata._core.spatialdata.SpatialData"),
+    ("py:class", "stmap.pp._extractors.TorchExtractor"),  # returned by the extractor factories; a callable
 ]
 nitpick_ignore_regex: list[tuple[str, str]] = []
 if OFFLINE:

@@ -70,7 +70,7 @@ def handcrafted_features(patches: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ``(N, D)`` float32 features, columns named by :func:`handcrafted_feature_names`.
+    ``(N, D)`` float32 features, columns named by ``handcrafted_feature_names``.
     """
     from scipy import ndimage
     from skimage.color import rgb2hed
@@ -251,7 +251,7 @@ def timm_extractor(
     batch_size: int = 32,
     **timm_kwargs: Any,
 ) -> TorchExtractor:
-    """A :mod:`timm` architecture with LOCAL weights (e.g. UNI: ``'vit_large_patch16_224'``, 1024-d) as extractor.
+    """A ``timm`` architecture with LOCAL weights (e.g. UNI: ``'vit_large_patch16_224'``, 1024-d) as extractor.
 
     The model is built with ``pretrained=False, num_classes=0`` (pooled embedding); nothing is downloaded. For UNI,
     pass ``init_values=1e-5, dynamic_img_size=True`` and the path of its ``pytorch_model.bin``.
@@ -259,13 +259,13 @@ def timm_extractor(
     Parameters
     ----------
     arch
-        :func:`timm.create_model` name.
+        ``timm.create_model`` name.
     weights
         Path of a local state dict (or the dict); ``None`` keeps the random initialisation.
     input_px, strict, device, batch_size
         As in :func:`torch_extractor`.
     **timm_kwargs
-        Passed to :func:`timm.create_model`.
+        Passed to ``timm.create_model``.
 
     Returns
     -------
@@ -292,12 +292,12 @@ def torchvision_extractor(
     device: str = "cpu",
     batch_size: int = 64,
 ) -> TorchExtractor:
-    """A :mod:`torchvision` classification architecture with LOCAL weights, its classifier head removed.
+    """A ``torchvision`` classification architecture with LOCAL weights, its classifier head removed.
 
     Parameters
     ----------
     arch
-        Name in :func:`torchvision.models.get_model` (e.g. ``'resnet50'``, ``'densenet121'``).
+        Name in ``torchvision.models.get_model`` (e.g. ``'resnet50'``, ``'densenet121'``).
     weights
         Path of a local state dict of the full model (the head's keys are dropped), or ``None``.
     input_px, strict, device, batch_size
@@ -387,7 +387,7 @@ def train_slide_cnn(
 
     Returns
     -------
-    A :class:`TorchExtractor` (patches -> ``(N, dim)``), inputs scaled to [0, 1] and centred at 0.5.
+    A ``TorchExtractor`` (patches -> ``(N, dim)``), inputs scaled to [0, 1] and centred at 0.5.
     """
     import torch
     import torch.nn.functional as F

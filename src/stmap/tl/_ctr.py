@@ -130,6 +130,8 @@ class CTRModel:
 
     Attributes
     ----------
+    net
+        The trained :class:`torch.nn.Module`.
     genes
         Model genes, in input order.
     features_key
@@ -189,7 +191,7 @@ class CTRModel:
 
         Returns
         -------
-        The :class:`CTRModel`.
+        The :class:`~stmap.tl.CTRModel`.
         """
         from stmap.models._spacrd import SpaCRDNet
         from stmap.models._train import load_checkpoint
@@ -209,10 +211,12 @@ class CTRModel:
     # internal ---------------------------------------------------------------------------------------------------------
     @property
     def uses_genes(self) -> bool:
+        """Whether the model reads expression."""
         return self.modality in ("both", "expression")
 
     @property
     def uses_features(self) -> bool:
+        """Whether the model reads histology features."""
         return self.modality in ("both", "histology")
 
     def _prepare(self, ctx: TableContext, name: str, layer: str | None, *, require_features: bool) -> _Sample:
@@ -407,7 +411,7 @@ def train_ctr(
 
     Returns
     -------
-    The trained :class:`CTRModel`.
+    The trained :class:`~stmap.tl.CTRModel`.
 
     Raises
     ------
@@ -599,7 +603,7 @@ def detect_ctr(
     key_added: str = Key.obs.ctr,
     copy: bool = False,
 ) -> Any:
-    """Detect cancer tissue regions in a sample with a trained :class:`CTRModel`.
+    """Detect cancer tissue regions in a sample with a trained :class:`~stmap.tl.CTRModel`.
 
     The sample is prepared with the model's rules (its genes, zero-filled with a warning when the sample lacks some;
     per-sample min-max scaling; its ``n_neighbors`` nearest spots, in any platform's spot layout), scored, and called
@@ -610,7 +614,7 @@ def detect_ctr(
     ----------
     {sdata}
     model
-        A :class:`CTRModel` or the path of a saved one.
+        A :class:`~stmap.tl.CTRModel` or the path of a saved one.
     {table_key}
     threshold
         Probability above which a spot is called CTR; default from a 2-component GMM on the scores with one shared

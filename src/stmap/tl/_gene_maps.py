@@ -55,8 +55,10 @@ class GeneMapModel:
         The :class:`torch.nn.Module`.
     genes
         Gene names, in channel order.
-    mean, std
-        Per-gene standardisation of the targets (maps are ``net output * std + mean``).
+    mean
+        Per-gene mean of the targets (maps are ``net output * std + mean``).
+    std
+        Per-gene standard deviation of the targets.
     pixel_size_um
         Working pixel size in micrometres when known (``None`` if the coordinate unit is unknown), else see
         ``pixel_size``.
@@ -490,8 +492,8 @@ def gene_maps(
         Spots used for training (boolean ``obs`` column or array); default all. Held-out spots still get map
         averages (for validation).
     model
-        A trained :class:`GeneMapModel` (e.g. from another section, or loaded from disk): no training, its genes are
-        predicted.
+        A trained :class:`~stmap.tl.GeneMapModel` (e.g. from another section, or loaded from disk): no training,
+        its genes are predicted.
     reconstruct
         Also write the reconstructed H&E as ``"<element>_reconstruction"``.
     dtype
@@ -506,7 +508,7 @@ def gene_maps(
     {verbose}
     {copy}
     return_model
-        Also return the :class:`GeneMapModel`.
+        Also return the :class:`~stmap.tl.GeneMapModel`.
 
     Returns
     -------
