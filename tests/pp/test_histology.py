@@ -200,10 +200,10 @@ class TestTorchExtractors:
         import importlib.util
 
         if importlib.util.find_spec("torchvision") is None:
-            with pytest.raises(ImportError, match="stmap\\[histology\\]"):
+            with pytest.raises(ImportError, match="pip install torchvision"):
                 st.pp.torchvision_extractor("resnet18")
         if importlib.util.find_spec("timm") is None:
-            with pytest.raises(ImportError, match="stmap\\[histology\\]"):
+            with pytest.raises(ImportError, match="pip install timm"):
                 st.pp.timm_extractor()
 
 

@@ -102,6 +102,8 @@ class TestGeneMaps:
             tissue, table_key="spots", model=st.tl.GeneMapModel.load(tmp_path / "m.pt"), copy=True, verbose=False
         )
         np.testing.assert_allclose(again.images["he_gene_maps"].values, out.images["he_gene_maps"].values, atol=1e-6)
+        with pytest.raises(st.StmapInputError, match="trained model"):  # nothing is trained, so a mask is a mistake
+            gene_maps(tissue, table_key="spots", model=model, train_mask=[True] * tissue.tables["spots"].n_obs)
 
     @pytest.mark.parametrize(
         ("kwargs", "match"),

@@ -275,8 +275,9 @@ def timm_extractor(
         import timm
     except ImportError as e:
         raise ImportError(
-            "timm_extractor needs `timm`, which is not installed: `pip install 'stmap[histology]'` (or `pip install "
-            "timm`), then pass local weights. Alternatively wrap any torch module with `st.pp.torch_extractor`."
+            "timm_extractor needs `timm`, which is not installed: install it with the torchvision build that matches "
+            "your torch (`pip install timm`), then pass local weights. Alternatively wrap any torch module with "
+            "`st.pp.torch_extractor`."
         ) from e
     kwargs = {"pretrained": False, "num_classes": 0, **timm_kwargs}
     module = timm.create_model(arch, **kwargs)
@@ -312,7 +313,8 @@ def torchvision_extractor(
     except ImportError as e:
         raise ImportError(
             "torchvision_extractor needs `torchvision`, which is not installed: install the torchvision build that "
-            "matches your torch (`pip install 'stmap[histology]'`). Alternatively wrap any torch module with "
+            "matches your torch (`pip install torchvision==<the version paired with it>`). Alternatively wrap any "
+            "torch module with "
             "`st.pp.torch_extractor`."
         ) from e
     import torch

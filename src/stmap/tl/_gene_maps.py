@@ -546,8 +546,8 @@ def gene_maps(
     if model is not None:
         missing = [g for g in model.genes if g not in adata.var_names]
         gene_list = list(model.genes)
-        if missing and train_mask is not None:
-            raise StmapInputError("train_mask is ignored with a trained model; do not pass both.")
+        if train_mask is not None:
+            raise StmapInputError("train_mask has no use with a trained model (nothing is trained); drop one of them.")
     else:
         gene_list = _select_genes(adata, genes, groupby)
         missing = []
@@ -661,7 +661,7 @@ def gene_maps(
     spot_vals[outside] = np.nan
 
     maps = predict_maps(net, work, device=device, reconstruct=reconstruct)
-    gene_part = maps[: len(gene_list)] * da_col(model.std) + da_col(model.mean)
+    gene_part = maps[: len(gene_list)] * _col(model.std) + _col(model.mean)
     gene_part = gene_part.astype(dtype)
     nbytes = int(np.prod(gene_part.shape)) * np.dtype(dtype).itemsize
     keep_lazy = (nbytes > 2 * 1024**3) if lazy is None else bool(lazy)
@@ -733,6 +733,6 @@ def gene_maps(
     return (out, model) if return_model else out
 
 
-def da_col(v: np.ndarray):
+def _col(v: np.ndarray) -> np.ndarray:
     """A ``(c, 1, 1)`` float32 array for broadcasting over ``(c, y, x)``."""
     return np.asarray(v, dtype=np.float32)[:, None, None]
