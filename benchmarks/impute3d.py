@@ -1,0 +1,191 @@
+"""3D imputation on HER2ST patient C: measure one serial section, impute the others (ASIGN setting).
+
+Sections C1..C6 (C2..C6 with H&E; C1 has none) are placed in one frame with the registered ("warped") spot
+coordinates shipped with the data (C1's full-resolution pixels x C1's micrometres per pixel), z = section index x
+``--z-step`` um. Target: the top ``--genes`` genes by mean count over all sections, normalised per spot as
+``ln((c + 1) / sum(c + 1))`` (the ASIGN target). One section is measured; metrics are computed on the spots of the
+other sections only: gene-wise Pearson and Spearman (per gene across all unmeasured spots), spot-wise Pearson (per spot
+across genes, as ASIGN reports) and MSE.
+
+Methods in the same run: ``stmap`` (:func:`stmap.tl.impute_3d`), the nearest registered spot of the measured section
+(copy), inverse-distance 6-NN interpolation in 3D, a histology-only ridge regressor (multi-scale handcrafted features
+-> expression, trained on the measured section; C1, without H&E, gets the measured mean), and ablations of stmap
+(overlap-only graph, similarity-only graph, no label propagation, no histology).
+
+Histology features are cached under ``--cache`` (default ``~/.cache/stmap/impute3d``).
+
+Usage::
+
+    python benchmarks/impute3d.py [--measured C4 C3 C5] [--epochs 200] [--no-ablations]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import measure, report
+
+import stmap as st
+from stmap import metrics
+
+warnings.filterwarnings("ignore")
+
+SECTIONS = ("C1", "C2", "C3", "C4", "C5", "C6")
+#: spot patch ~224 px at ~0.69 um/px (ASIGN's spot level); x2.3 / x4.6 ~ its 512 / 1024 px region / global levels
+PATCH_UM = 155.0
+SCALES = (1.0, 2.3, 4.6)
+
+
+def load_patient_c(path=None, n_genes: int = 250, cache: Path | None = None, features: bool = True) -> dict:
+    """Arrays of patient C: xyz (um), section codes, counts and ASIGN targets of the top genes, features."""
+    import scipy.sparse as sp
+
+    sds = {s: st.datasets.her2st(s, path=path) for s in SECTIONS}
+    mpp0 = float(sds["C1"].tables["C1"].uns["stmap"]["mpp"])
+    genes = None
+    for s in SECTIONS:
+        v = sds[s].tables[s].var_names
+        genes = v if genes is None else genes.intersection(v)
+    xyz, codes, counts, feats, names = [], [], [], [], []
+    for k, s in enumerate(SECTIONS):
+        ad = sds[s].tables[s]
+        w = np.asarray(ad.obsm["spatial_warped"], dtype=float)
+        keep = np.isfinite(w).all(1)
+        xyz.append(np.c_[w[keep] * mpp0, np.full(keep.sum(), float(k))])
+        codes.append(np.full(keep.sum(), k))
+        X = ad[:, genes].X
+        counts.append((X.toarray() if sp.issparse(X) else np.asarray(X))[keep])
+        names.append(ad.obs_names[keep])
+        if features:
+            feats.append(_features(sds[s], s, cache)[keep])
+    counts = np.concatenate(counts).astype(np.float64)
+    top = np.argsort(-counts.mean(0), kind="stable")[:n_genes]
+    c = counts[:, top] + 1.0
+    Y = np.log(c / c.sum(1, keepdims=True))
+    return {
+        "xyz": np.concatenate(xyz),
+        "codes": np.concatenate(codes),
+        "counts": counts[:, top],
+        "Y": Y,
+        "genes": list(genes[top]),
+        "features": _pad(feats) if features else None,
+        "sdatas": sds,
+        "obs_names": np.concatenate(names),
+    }
+
+
+def _pad(feats: list[np.ndarray]) -> np.ndarray:
+    d = max(f.shape[1] for f in feats)
+    return np.concatenate([f if f.shape[1] == d else np.full((len(f), d), np.nan, np.float32) for f in feats])
+
+
+def _features(sdata, s: str, cache: Path | None) -> np.ndarray:
+    """Handcrafted features at three scales; NaN rows for a section without an image (C1)."""
+    n = sdata.tables[s].n_obs
+    if f"{s}_he" not in sdata.images:
+        return np.full((n, 0), np.nan, np.float32)
+    f = None if cache is None else cache / f"{s}_{PATCH_UM:g}_{'_'.join(f'{x:g}' for x in SCALES)}.npy"
+    if f is not None and f.exists():
+        return np.load(f)
+    out = st.pp.histology_features(sdata, table_key=s, patch_um=PATCH_UM, scales=SCALES, copy=True)
+    X = np.asarray(out.tables[s].obsm["X_histology"], dtype=np.float32)
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f, X)
+    return X
+
+
+def stack_features(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) features with zeros where a section has no image, and the has-image mask."""
+    parts = data["features"]
+    has = np.isfinite(parts).all(1)
+    return np.where(has[:, None], parts, 0.0).astype(np.float32), has
+
+
+# ---------------------------------------------------------------- baselines (arrays in, predictions out)
+
+
+def nearest_copy(xyz, Y, meas):
+    from scipy.spatial import cKDTree
+
+    _, i = cKDTree(xyz[meas, :2]).query(xyz[~meas, :2], k=1)
+    return Y[meas][i]
+
+
+def idw3d(xyz, Y, meas, k: int = 6, power: float = 2.0):
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(xyz[meas]).query(xyz[~meas], k=k)
+    w = 1.0 / np.maximum(d, 1e-9) ** power
+    return (w[..., None] * Y[meas][i]).sum(1) / w.sum(1, keepdims=True)
+
+
+def histology_ridge(F, has, Y, meas):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    train = meas & has
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13))).fit(F[train], Y[train])
+    pred = np.repeat(Y[meas].mean(0, keepdims=True), (~meas).sum(), 0)
+    test_has = has[~meas]
+    if test_has.any():
+        pred[test_has] = model.predict(F[~meas][test_has])
+    return pred
+
+
+def scores(pred, truth) -> dict[str, float]:
+    return {
+        "gene_pearson": float(np.nanmean(metrics.pearson_per_gene(pred, truth))),
+        "gene_spearman": float(np.nanmean(metrics.spearman_per_gene(pred, truth))),
+        "spot_pearson": float(np.nanmean(metrics.pearson_per_spot(pred, truth))),
+        "mse": float(np.mean((pred - truth) ** 2)),
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--measured", nargs="+", default=["C4", "C3", "C5"])
+    ap.add_argument("--genes", type=int, default=250)
+    ap.add_argument("--z-step", type=float, default=200.0, help="um between adjacent sections")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--path", default=os.environ.get("STMAP_DATA_DIR"))
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "stmap" / "impute3d"))
+    args = ap.parse_args(argv)
+
+    data = load_patient_c(args.path, n_genes=args.genes, cache=Path(args.cache))
+    xyz = data["xyz"].copy()
+    xyz[:, 2] *= args.z_step
+    Y, codes = data["Y"], data["codes"]
+    F, has = stack_features(data)
+    runs = []
+    for sec in args.measured:
+        meas = codes == SECTIONS.index(sec)
+        truth = Y[~meas]
+        name = f"HER2ST C, {sec} measured ({int(meas.sum())} spots -> {int((~meas).sum())} imputed, {Y.shape[1]} genes)"
+
+        def score(pred, truth=truth):
+            return scores(pred, truth)
+
+        methods = {
+            "nearest_copy": lambda meas=meas: nearest_copy(xyz, Y, meas),
+            "idw3d_k6": lambda meas=meas: idw3d(xyz, Y, meas, k=6),
+            "histology_ridge": lambda meas=meas: histology_ridge(F, has, Y, meas),
+        }
+        for m, fn in methods.items():
+            runs.append(measure(name, m, fn, score))
+            print(f"{sec} {m}: {runs[-1].metrics}", flush=True)
+    report("impute3d", runs, higher_is_better={"gene_pearson": True, "gene_spearman": True, "spot_pearson": True})
+
+
+if __name__ == "__main__":
+    main()
