@@ -1,0 +1,332 @@
+"""Plot gene maps on histology (:func:`stmap.tl.gene_maps`): measured spots beside the predicted map, over the H&E."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stmap._core import StmapInputError, unknown_key
+
+__all__ = ["gene_maps"]
+
+#: Largest side (pixels) of an image read for one panel; a coarser pyramid level or a stride is used above it.
+_MAX_PX = 1000
+
+
+def gene_maps(
+    sdata: Any,
+    genes: str | Sequence[str] | None = None,
+    *,
+    table_key: str | None = None,
+    element: str | None = None,
+    image_key: str | bool | None = None,
+    key: str = "stmap_gene_maps",
+    coordinate_system: str | None = None,
+    crop: Sequence[float] | None = None,
+    ncols: int = 1,
+    cmap: str = "magma",
+    alpha: float = 0.75,
+    show_spots: bool = True,
+    size: float = 1.0,
+    panel_size: float = 4.0,
+    max_pixels: int = _MAX_PX,
+    ax: Any = None,
+    save: str | Path | None = None,
+    return_ax: bool = False,
+    show: bool | None = None,
+) -> Any:
+    """Gene maps over the H&E, each beside the spots' measured expression on the same colour scale.
+
+    For each gene, two panels: the H&E with the measured spots coloured by the gene's expression (in the units the
+    maps were trained on: ``log1p`` counts per 10^4 by default), and the predicted map drawn semi-transparently over
+    the H&E in the same extent. Both panels share one colour scale (the range of the spot values; the map is clipped
+    to it), so a map that reproduces the spots looks like a smooth, finer version of them. Images are placed with
+    their transformation to the coordinate system and read lazily at a pyramid level (or stride) suited to the
+    figure, restricted to ``crop``.
+
+    Parameters
+    ----------
+    sdata
+        A :class:`spatialdata.SpatialData` after :func:`stmap.tl.gene_maps`.
+    genes
+        Gene(s) to draw: channels of the map element. Default: all of them.
+    table_key
+        Spot table the maps were trained on (may be omitted when there is one table).
+    element
+        Map image element; default: the one recorded in ``table.uns[key]['element']``.
+    image_key
+        H&E drawn below (default: the image the maps were made from; ``False``: none).
+    key
+        ``key_added`` of :func:`stmap.tl.gene_maps` (the ``.uns`` entry of the table).
+    coordinate_system
+        Coordinate system to draw in (default: the table's).
+    crop
+        ``(xmin, ymin, xmax, ymax)`` in coordinate-system units: only this window is read and drawn.
+    ncols
+        Genes per figure row (each gene takes two panels, or one with ``show_spots=False``).
+    cmap
+        Colormap of the expression.
+    alpha
+        Opacity of the map over the H&E.
+    show_spots
+        Draw the panel of measured spots beside each map.
+    size
+        Factor on the spots' measured diameter.
+    panel_size
+        Height of one panel in inches.
+    max_pixels
+        Largest side, in pixels, of an image read for a panel (a coarser pyramid level or a stride is used above).
+    ax
+        Axes to draw into: one per panel (two per gene with ``show_spots``), in gene order.
+    save
+        File to write the figure to.
+    return_ax
+        Return the axes: an array ``(n_genes, 2)`` (spots, map) or ``(n_genes, 1)`` without spots.
+    show
+        Show the figure (default: when not saving and not returning the axes).
+
+    Returns
+    -------
+    The axes if ``return_ax=True``, else ``None``. ``sdata`` is not modified.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(0)
+    >>> st.tl.gene_maps(sdata, genes=["tumor_r01", "immune_r01"], table_key="spots")  # doctest: +SKIP
+    >>> st.pl.gene_maps(sdata, ["tumor_r01", "immune_r01"], table_key="spots")  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    from stmap._core import is_spatialdata, resolve
+
+    # ---- validate (nothing drawn, nothing touched) ------------------------------------------------------------------
+    if not is_spatialdata(sdata):
+        raise StmapInputError(f"sdata must be a SpatialData holding gene maps, got {type(sdata).__name__}.")
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
+    adata = ctx.adata
+    meta = adata.uns.get(key)
+    if not isinstance(meta, dict):
+        raise StmapInputError(
+            f"Table {ctx.table_key!r} has no uns[{key!r}]; run `st.tl.gene_maps` first (or pass its `key_added` as "
+            "`key=`)."
+        )
+    params = dict(meta.get("params") or {})
+    name = element if element is not None else str(meta.get("element", ""))
+    if name not in sdata.images:
+        raise unknown_key("Map element", name, sdata.images.keys(), "sdata.images", hint="Pass `element=`.")
+    maps = ctx.image(name, check_alignment=False)
+    channels = [str(c) for c in maps.channels]
+    sel = channels if genes is None else [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not sel:
+        raise StmapInputError("genes is empty; name at least one channel of the map element.")
+    for g in sel:
+        if g not in channels:
+            raise unknown_key("Gene", g, channels, f"the channels of {name!r}")
+    he = None
+    if image_key is not False:
+        he_name = image_key if isinstance(image_key, str) else _none(params.get("image_key"))
+        if he_name is not None:
+            if he_name not in sdata.images:
+                raise unknown_key("Image", he_name, sdata.images.keys(), "sdata.images")
+            he = ctx.image(he_name, check_alignment=False)
+    window = _window([maps] if he is None else [maps, he], crop)
+    spot_vals = _spot_values(adata, sel, normalize=bool(params.get("normalize", True)), layer=params.get("layer"))
+    xy = ctx.coords
+    diam = ctx.diameters
+    n_panels = len(sel) * (2 if show_spots else 1)
+    own = ax is None
+    if not own:
+        axs = list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axs) < n_panels:
+            raise StmapInputError(f"Pass {n_panels} axes ({'two' if show_spots else 'one'} per gene), got {len(axs)}.")
+
+    # ---- read the images (lazy -> the window at a suited resolution) ------------------------------------------------
+    he_img = None if he is None else _read(he, window, max_pixels, rgb=True)
+    map_imgs = {g: _read(maps, window, max_pixels, channel=channels.index(g)) for g in sel}
+
+    # ---- draw -------------------------------------------------------------------------------------------------------
+    per = 2 if show_spots else 1
+    if own:
+        ncols = max(1, min(int(ncols), len(sel)))
+        nrows = int(np.ceil(len(sel) / ncols))
+        xr, yr = window[2] - window[0], window[3] - window[1]
+        aspect = float(np.clip(xr / yr, 0.3, 3.0)) if yr > 0 else 1.0
+        fig, grid = plt.subplots(
+            nrows,
+            ncols * per,
+            figsize=(panel_size * aspect * 1.15 * ncols * per, panel_size * nrows),
+            squeeze=False,
+            layout="constrained",
+        )
+        axs = list(grid.ravel())
+        for extra in axs[len(sel) * per :]:
+            extra.axis("off")
+    fig = axs[0].figure
+    out = np.empty((len(sel), per), dtype=object)
+    for i, g in enumerate(sel):
+        v = spot_vals[:, i]
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if hi <= lo:
+            hi = lo + 1e-6
+        norm = Normalize(vmin=lo, vmax=hi)
+        row = axs[i * per : (i + 1) * per]
+        mappable = None
+        if show_spots:
+            a = row[0]
+            if he_img is not None:
+                _imshow(a, *he_img)
+            mappable = _draw_spots(a, xy, v, None if diam is None else diam * size, cmap, norm)
+            a.set_title(f"{g}: measured spots")
+        a = row[-1]
+        if he_img is not None:
+            _imshow(a, *he_img)
+        im = _imshow(a, *map_imgs[g], cmap=cmap, norm=norm, alpha=alpha if he_img is not None else 1.0)
+        a.set_title(f"{g}: gene map")
+        for a in row:
+            a.set_xlim(window[0], window[2])
+            a.set_ylim(window[3], window[1])  # y down, like images
+            a.set_aspect("equal")
+            a.set_xlabel("x")
+            a.set_ylabel("y")
+        fig.colorbar(mappable if mappable is not None else im, ax=row, shrink=0.8, label=_unit(params))
+        out[i] = row
+
+    if save is not None:
+        fig.savefig(save, dpi=120, bbox_inches="tight")
+    if show or (show is None and save is None and not return_ax):
+        plt.show()
+    elif own and not return_ax:
+        plt.close(fig)
+    return out if return_ax else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _none(v: Any) -> Any:
+    """``None`` for missing values and the ``'None'`` string that ``.uns`` parameters store for ``None``."""
+    return None if v is None or (isinstance(v, str) and v == "None") else v
+
+
+def _unit(params: dict) -> str:
+    return "log1p counts per 10^4" if bool(params.get("normalize", True)) else "expression"
+
+
+def _spot_values(adata: Any, genes: list[str], *, normalize: bool, layer: Any) -> np.ndarray:
+    """Spot expression of ``genes`` in the units of the maps (NaN for genes the table lacks)."""
+    from scipy import sparse
+
+    from stmap._core import get_counts
+
+    layer = _none(layer)
+    X = get_counts(adata, layer, "the spot table")
+    out = np.full((adata.n_obs, len(genes)), np.nan)
+    have = [i for i, g in enumerate(genes) if g in adata.var_names]
+    if not have:
+        return out
+    idx = adata.var_names.get_indexer([genes[i] for i in have])
+    sub = X[:, idx]
+    sub = np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float64)
+    if normalize:
+        total = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sub = np.where(total > 0, np.log1p(sub / total * 1e4), np.nan)
+    out[:, have] = sub
+    return out
+
+
+def _window(imgs: list[Any], crop: Sequence[float] | None) -> tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` to draw: the crop, or the union of the images' extents."""
+    ext = np.array([img.extent(0) for img in imgs], dtype=float)
+    xmin, xmax, ymin, ymax = ext[:, 0].min(), ext[:, 1].max(), ext[:, 2].min(), ext[:, 3].max()
+    if crop is None:
+        return float(xmin), float(ymin), float(xmax), float(ymax)
+    c = [float(v) for v in crop]
+    if len(c) != 4 or not np.all(np.isfinite(c)) or c[2] <= c[0] or c[3] <= c[1]:
+        raise StmapInputError(f"crop must be (xmin, ymin, xmax, ymax) with xmin < xmax and ymin < ymax, got {crop!r}.")
+    if c[2] <= xmin or c[0] >= xmax or c[3] <= ymin or c[1] >= ymax:
+        raise StmapInputError(
+            f"crop {tuple(c)} does not overlap the images' extent x=[{xmin:.1f}, {xmax:.1f}], "
+            f"y=[{ymin:.1f}, {ymax:.1f}]."
+        )
+    return c[0], c[1], c[2], c[3]
+
+
+def _read(img: Any, window, max_pixels: int, *, rgb: bool = False, channel: int | None = None):
+    """The part of ``img`` under ``window`` at a pyramid level (and stride) with at most ~``max_pixels`` a side.
+
+    Returns ``(array, matrix)``: ``(y, x[, c])`` values and the 3x3 pixel -> coordinate-system matrix of that array.
+    """
+    xmin, ymin, xmax, ymax = window
+    side = max(xmax - xmin, ymax - ymin)
+    level = img.level_for(side / max_pixels)
+    arr, T = img.levels[level], np.asarray(img.transforms[level], dtype=float)
+    _, h, w = arr.shape
+    # pixel window covering the crop (all four corners, so flipped or rotated transforms work)
+    inv = np.linalg.inv(T)
+    corners = np.array([[xmin, ymin], [xmax, ymin], [xmin, ymax], [xmax, ymax]], dtype=float)
+    px = corners @ inv[:2, :2].T + inv[:2, 2]
+    x0, y0 = (max(0, int(np.floor(px[:, k].min()))) for k in (0, 1))
+    x1, y1 = min(w, int(np.ceil(px[:, 0].max()))), min(h, int(np.ceil(px[:, 1].max())))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / max_pixels)))
+    if rgb:
+        sub = arr[:, y0:y1:step, x0:x1:step]
+        c = sub.shape[0]
+        sub = sub[:3] if c >= 3 else sub[:1]
+    else:
+        sub = arr[channel, y0:y1:step, x0:x1:step]
+    data = np.asarray(sub.compute() if hasattr(sub, "compute") else sub)
+    if rgb:
+        data = np.moveaxis(data, 0, -1)
+        data = data[..., 0] if data.shape[-1] == 1 else data
+        if not np.issubdtype(data.dtype, np.integer):
+            hi = float(np.nanmax(data)) if data.size else 1.0
+            data = np.clip(data / (hi if hi > 1.0 else 1.0), 0, 1)
+    else:
+        data = data.astype(np.float32)
+    M = T @ np.array([[step, 0, x0], [0, step, y0], [0, 0, 1.0]])
+    return data, M
+
+
+def _imshow(ax: Any, data: np.ndarray, M: np.ndarray, **kw: Any) -> Any:
+    """Draw ``data`` placed by the pixel -> coordinate matrix ``M`` (an ``extent`` when axis-aligned)."""
+    h, w = data.shape[:2]
+    gray = data.ndim == 2 and "cmap" not in kw
+    opts = {"interpolation": "nearest", "origin": "upper", **({"cmap": "gray"} if gray else {}), **kw}
+    if np.isclose(M[0, 1], 0) and np.isclose(M[1, 0], 0):
+        extent = (M[0, 2], M[0, 2] + w * M[0, 0], M[1, 2] + h * M[1, 1], M[1, 2])
+        return ax.imshow(data, extent=extent, **opts)
+    from matplotlib.transforms import Affine2D
+
+    im = ax.imshow(data, extent=(0, w, h, 0), **opts)  # pixel edges, then the affine map to the coordinate system
+    im.set_transform(Affine2D(M) + ax.transData)
+    return im
+
+
+def _draw_spots(ax: Any, xy: np.ndarray, values: np.ndarray, diam: np.ndarray | None, cmap: str, norm: Any) -> Any:
+    """Spots as discs of their measured diameter (points when unknown), coloured on the shared ``norm``."""
+    from matplotlib import colormaps
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle
+
+    cm = colormaps[cmap].with_extremes(bad="lightgrey")
+    values = np.ma.masked_invalid(values)
+    if diam is None:
+        return ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap=cm, norm=norm, s=12, edgecolors="none")
+    coll = PatchCollection(
+        [Circle((float(x), float(y)), float(d) / 2) for (x, y), d in zip(xy, np.broadcast_to(diam, len(xy)))],
+        cmap=cm,
+        norm=norm,
+        edgecolors="none",
+    )
+    coll.set_array(values)
+    ax.add_collection(coll)
+    return coll
