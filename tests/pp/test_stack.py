@@ -128,3 +128,217 @@ class TestGraphArrays:
             graph_arrays(bad, codes, 50.0)
         with pytest.raises(StmapInputError, match="features"):
             graph_arrays(xyz, codes, 50.0, np.ones((3, 2)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# stacking
+# ----------------------------------------------------------------------------------------------------------------------
+import warnings  # noqa: E402
+
+import spatialdata as sd  # noqa: E402
+from spatialdata.transformations import get_transformation  # noqa: E402
+
+import stmap as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return st.datasets.simulate_stack(4, n_genes=12, seed=0, grid=10)
+
+
+def _rigid_residual(tab):
+    """Largest distance between aligned and true positions after the best global rigid map (alignment is up to one)."""
+    xy, tr = tab.obsm["spatial_3d"][:, :2], tab.obsm["spatial_true"]
+    m = st.pp.fit_transform(xy, tr, kind="rigid")
+    return np.linalg.norm(st.pp.apply_transform(m, xy) - tr, axis=1)
+
+
+def _snapshot(sdatas):
+    return [
+        (
+            {k: dict(get_transformation(s[k], get_all=True)) for k in list(s.shapes) + list(s.images)},
+            {k: (t.shape, t.X.sum(), list(t.obs.columns), list(t.obsm)) for k, t in s.tables.items()},
+        )
+        for s in sdatas
+    ]
+
+
+class TestSimulateStack:
+    def test_shape_and_truth(self, sim):
+        assert len(sim) == 4
+        t = sim[1].tables["S1"]
+        assert {"S1_he", "S1_spots"} <= set(sim[1].images) | set(sim[1].shapes)
+        # own frame = inverse true transform of the aligned positions
+        m = np.asarray(t.uns["stmap"]["true_transform"])
+        np.testing.assert_allclose(st.pp.apply_transform(m, t.obsm["spatial"]), t.obsm["spatial_true"], atol=1e-9)
+        # Poisson counts around the truth: the total count matches the total mean within 5 sigma
+        tot, mu = float(t.X.sum()), float(t.layers["truth"].sum())
+        assert abs(tot - mu) < 5 * np.sqrt(mu)
+
+    def test_same_seed_same_data(self):
+        a = st.datasets.simulate_stack(2, n_genes=5, seed=3, grid=6, image=False)
+        b = st.datasets.simulate_stack(2, n_genes=5, seed=3, grid=6, image=False)
+        np.testing.assert_array_equal(a[1].tables["S1"].X.toarray(), b[1].tables["S1"].X.toarray())
+
+
+class TestStackSections:
+    def test_warped_recovers_truth_and_layout(self, sim):
+        before = _snapshot(sim)
+        s = st.pp.stack_sections(sim, transforms="warped")
+        tab = s.tables["stack"]
+        # warped = true aligned coordinates: the affine fit is exact up to round-off
+        assert _rigid_residual(tab).max() < 1e-6
+        assert list(tab.obs["section"].cat.categories) == ["S0", "S1", "S2", "S3"]
+        assert tab.n_obs == sum(x.tables[f"S{i}"].n_obs for i, x in enumerate(sim))
+        assert tab.obs_names[0].startswith("S0:")
+        assert tab.obs["measured"].all()
+        u = tab.uns["stmap_stack"]
+        assert u["method"] == "warped" and len(u["transforms"]) == 4
+        np.testing.assert_allclose(np.diff(u["z"]), 200.0)  # default step = the lattice spacing
+        np.testing.assert_allclose(
+            tab.obsm["spatial_3d"][:, 2], np.repeat(u["z"], tab.obs["section"].value_counts(sort=False))
+        )
+        # counts kept exactly
+        np.testing.assert_array_equal(tab[tab.obs["section"] == "S2"].X.toarray(), sim[2].tables["S2"].X.toarray())
+        # every element is in its own section's coordinate system and in the aligned frames
+        for name in ("S1_he", "S1_spots"):
+            assert set(get_transformation(s[name], get_all=True)) == {"S1", "aligned", "aligned_3d"}
+        assert _snapshot(sim) == before  # inputs untouched
+
+    def test_aligned_frame_places_spots(self, sim):
+        s = st.pp.stack_sections(sim, transforms="warped")
+        tab = s.tables["stack"]
+        # the spatialdata transformation to 'aligned' maps each section's circles onto obsm['spatial_3d'][:, :2]
+        for sec in ("S0", "S3"):
+            pts = sd.transform(s[f"{sec}_spots"], to_coordinate_system="aligned")
+            xy = np.c_[pts.geometry.x, pts.geometry.y]
+            rows = tab.obs["section"] == sec
+            np.testing.assert_allclose(xy, tab.obsm["spatial_3d"][rows.to_numpy(), :2], atol=1e-6)
+
+    def test_given_transforms_and_z(self, sim):
+        mats = [np.asarray(x.tables[f"S{i}"].uns["stmap"]["true_transform"]) for i, x in enumerate(sim)]
+        s = st.pp.stack_sections(sim, transforms=mats, z=[30.0, 10.0, 20.0, 0.0])
+        tab = s.tables["stack"]
+        # the true transforms reproduce the true positions exactly
+        np.testing.assert_allclose(tab.obsm["spatial_3d"][:, :2], tab.obsm["spatial_true"], atol=1e-9)
+        assert list(tab.obs["section"].cat.categories) == ["S3", "S1", "S2", "S0"]  # ordered by z
+
+    def test_icp_within_half_a_spacing(self, sim):
+        s = st.pp.stack_sections(sim, transforms="icp")
+        # lattice spots: ICP can snap to the lattice, so up to half the 200 um spacing (+ slack for rotation)
+        assert np.median(_rigid_residual(s.tables["stack"])) < 100.0
+
+    def test_landmarks(self, sim):
+        lm = {}
+        for i, x in enumerate(sim):
+            t = x.tables[f"S{i}"]
+            inv = np.linalg.inv(np.asarray(t.uns["stmap"]["true_transform"]))
+            true_lm = np.array([[100.0, 200.0], [1500.0, 300.0], [800.0, 1600.0], [400.0, 900.0]])
+            lm[f"S{i}"] = st.pp.apply_transform(inv, true_lm)
+        s = st.pp.stack_sections(sim, transforms="landmarks", landmarks=lm, kind="rigid")
+        # exact landmarks -> exact rigid transforms
+        assert _rigid_residual(s.tables["stack"]).max() < 1e-6
+
+    def test_zarr_round_trip(self, sim, tmp_path):
+        s = st.pp.stack_sections(sim, transforms="warped")
+        st.pp.spot_graph_3d(s, features_key="histology_true")
+        s.write(tmp_path / "stack.zarr")
+        r = sd.read_zarr(tmp_path / "stack.zarr")
+        a, b = s.tables["stack"], r.tables["stack"]
+        np.testing.assert_allclose(b.obsm["spatial_3d"], a.obsm["spatial_3d"])
+        assert list(b.obs["section"].cat.categories) == list(a.obs["section"].cat.categories)
+        np.testing.assert_allclose(
+            np.asarray(b.uns["stmap_stack"]["transforms"]), np.asarray(a.uns["stmap_stack"]["transforms"])
+        )
+        for k in ("stmap_graph_overlap", "stmap_graph_similarity", "stmap_graph_spatial"):
+            assert (b.obsp[k] != a.obsp[k]).nnz == 0
+        for name in ("S2_he", "S2_spots"):
+            for cs in ("S2", "aligned", "aligned_3d"):
+                ma = get_transformation(s[name], to_coordinate_system=cs).to_affine_matrix(("x", "y"), ("x", "y"))
+                mb = get_transformation(r[name], to_coordinate_system=cs).to_affine_matrix(("x", "y"), ("x", "y"))
+                np.testing.assert_allclose(mb, ma)
+        # the 3D frame keeps z
+        m3 = get_transformation(r["S2_spots"], to_coordinate_system="aligned_3d").to_affine_matrix(
+            ("x", "y"), ("x", "y", "z")
+        )
+        assert m3[2, 2] == pytest.approx(a.uns["stmap_stack"]["z"][2])
+
+    def test_one_section(self, sim):
+        with pytest.raises(StmapInputError, match="at least two"):
+            st.pp.stack_sections(sim[:1])
+
+    def test_no_overlap(self, sim):
+        far = [np.eye(3), np.array([[1, 0, 1e6], [0, 1, 0], [0, 0, 1.0]])]
+        before = _snapshot(sim[:2])
+        with pytest.raises(StmapInputError, match="do not overlap"):
+            st.pp.stack_sections(sim[:2], transforms=far)
+        assert _snapshot(sim[:2]) == before
+
+    def test_disjoint_genes(self, sim):
+        other = sd.deepcopy(sim[1])
+        other.tables["S1"].var_names = [f"x{i}" for i in range(other.tables["S1"].n_vars)]
+        with pytest.raises(StmapInputError, match="share no genes"):
+            st.pp.stack_sections([sim[0], other])
+
+    def test_differing_radii_warn(self, sim):
+        other = sd.deepcopy(sim[1])
+        other["S1_spots"]["radius"] = 30.0
+        with pytest.warns(UserWarning, match="radii differ"):
+            s = st.pp.stack_sections([sim[0], other], transforms="warped")
+        r = s.tables["stack"].obs["spot_radius_um"]
+        assert set(np.unique(r)) == {30.0, 50.0}
+
+    def test_missing_warped(self, sim):
+        other = sd.deepcopy(sim[1])
+        del other.tables["S1"].obsm["spatial_warped"]
+        with pytest.raises(StmapInputError, match="spatial_warped"):
+            st.pp.stack_sections([sim[0], other], transforms="warped")
+
+
+class TestSpotGraph3d:
+    def test_table_wrapper_matches_arrays(self, sim):
+        s = st.pp.stack_sections(sim, transforms="warped")
+        tab = s.tables["stack"]
+        out = st.pp.spot_graph_3d(s, features_key="histology_true", copy=True)
+        assert "stmap_graph_overlap" not in tab.obsp  # copy=True leaves the input alone
+        g = out.tables["stack"].obsp
+        ref = graph_arrays(
+            tab.obsm["spatial_3d"], tab.obs["section"].cat.codes.to_numpy(), 50.0, tab.obsm["histology_true"]
+        )
+        for part in ("overlap", "similarity", "spatial"):
+            assert (g[f"stmap_graph_{part}"] != ref[part]).nnz == 0
+        u = out.tables["stack"].uns["stmap_graph"]
+        assert u["params"]["k_similar"] == 12
+        assert u["nnz_per_spot"]["overlap"] == pytest.approx(ref["overlap"].nnz / tab.n_obs)
+
+    def test_unknown_features(self, sim):
+        s = st.pp.stack_sections(sim, transforms="warped")
+        with pytest.raises(StmapInputError, match="X_nope"):
+            st.pp.spot_graph_3d(s, features_key="X_nope")
+        assert not s.tables["stack"].obsp
+
+
+def test_her2st_patient_c(shared_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        secs = [st.datasets.her2st(f"C{i}", path=shared_data, load_image=False) for i in range(1, 7)]
+    s = st.pp.stack_sections(secs, transforms="warped")
+    tab = s.tables["stack"]
+    assert list(tab.obs["section"].cat.categories) == [f"C{i}" for i in range(1, 7)]
+    assert tab.n_vars > 10_000 and "cluster" in tab.obs and "cancer" in tab.obs
+    st.pp.spot_graph_3d(s)
+    g = tab.obsp["stmap_graph_overlap"]
+    codes = tab.obs["section"].cat.codes.to_numpy()
+    # the published registration is an affine map of the pixel coordinates: fitted up to the files' rounding of
+    # coordinates to 0.01 px (~0.007 um), so the residual stays below 0.01 um
+    assert max(tab.uns["stmap_stack"]["rmse_um"]) < 0.01
+    # most spots overlap (IoU > 0) a spot of an adjacent layer: for two 100 um / 200 um lattices at a random offset
+    # a spot overlaps with probability pi * 100^2 / 200^2 ~ 0.79 inside the tissue, less at its edges (measured:
+    # 0.62 for C1, 0.76-0.97 for the others); 0.5 fails a registration that is off by a spot or more
+    has = np.diff(g.indptr) > 0
+    for c in range(6):
+        frac = has[codes == c].mean()
+        assert frac > 0.5, (c, frac)
+    assert (g != g.T).nnz == 0

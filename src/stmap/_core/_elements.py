@@ -209,6 +209,7 @@ def make_table(
     instance_ids: Sequence[Any] | None = None,
     region_key: str = Key.obs.region,
     instance_key: str = Key.obs.instance,
+    row_regions: Sequence[str] | None = None,
 ):
     """Make ``adata`` a table annotating ``region`` (or nothing when ``region`` is ``None``).
 
@@ -222,6 +223,9 @@ def make_table(
         Ids of the annotated instances, one per row; default ``0..n-1``.
     region_key, instance_key
         Column names in ``obs``.
+    row_regions
+        For a table annotating several elements: the element of each row (then ``region`` is ignored and the
+        table annotates every element named here).
 
     Returns
     -------
@@ -229,6 +233,11 @@ def make_table(
     """
     from spatialdata.models import TableModel
 
+    if row_regions is not None:
+        regions = list(dict.fromkeys(map(str, row_regions)))
+        adata.obs[region_key] = pd.Categorical(list(map(str, row_regions)), categories=regions)
+        adata.obs[instance_key] = np.arange(adata.n_obs) if instance_ids is None else np.asarray(instance_ids)
+        return TableModel.parse(adata, region=regions, region_key=region_key, instance_key=instance_key)
     if region is None:
         return TableModel.parse(adata)
     adata.obs[region_key] = pd.Categorical([region] * adata.n_obs)
@@ -272,7 +281,9 @@ def new_spatialdata(
     )
 
 
-def with_transformations(element: Any, transformations: Mapping[str, Any], *, copy: bool = True) -> Any:
+def with_transformations(
+    element: Any, transformations: Mapping[str, Any], *, copy: bool = True, replace: bool = False
+) -> Any:
     """Add or replace an element's transformations to some coordinate systems; nothing is resampled.
 
     Parameters
@@ -285,6 +296,8 @@ def with_transformations(element: Any, transformations: Mapping[str, Any], *, co
     copy
         Return a shallow copy (data shared, transformations its own) and leave ``element`` untouched; ``False``
         modifies ``element`` in place.
+    replace
+        Drop the element's other transformations (keep only ``transformations``).
 
     Returns
     -------
@@ -292,7 +305,7 @@ def with_transformations(element: Any, transformations: Mapping[str, Any], *, co
     """
     from spatialdata.transformations import get_transformation, set_transformation
 
-    new = dict(get_transformation(element, get_all=True))
+    new = {} if replace else dict(get_transformation(element, get_all=True))
     new.update({cs: to_transformation(t) for cs, t in transformations.items()})
     if copy:
         try:

@@ -11,12 +11,14 @@ from ._readers import (
     vizgen_brain,
 )
 from ._simulate import simulate_spots, simulate_tissue, synthetic_tissue
+from ._stack import simulate_stack
 
 __all__ = [
     "bdtnp_atlas",
     "cosmx_lung",
     "her2st",
     "simulate_spots",
+    "simulate_stack",
     "simulate_tissue",
     "spacexr",
     "squidpy_visium",

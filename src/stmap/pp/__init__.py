@@ -5,6 +5,7 @@ from ._convert import to_spatialdata
 from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
 from ._histology import histology_features
 from ._register import align_sections, apply_transform, fit_transform, icp, register
+from ._stack import spot_graph_3d, stack_sections
 
 __all__ = [
     "to_spatialdata",
@@ -15,6 +16,8 @@ __all__ = [
     "fit_transform",
     "icp",
     "apply_transform",
+    "stack_sections",
+    "spot_graph_3d",
     "handcrafted_features",
     "torch_extractor",
     "timm_extractor",
