@@ -39,13 +39,22 @@ class GeneMapNet(nn.Module):
         Channels of the first level (doubled at each level down).
     depth
         Number of 2x down-samplings; input sides must be multiples of ``2 ** depth``.
+    prior
+        The input carries, after the 3 RGB channels, a spatial prior: one channel per gene (the expression
+        interpolated from nearby measured spots, standardised) and one channel saying how far the nearest measured
+        spot is. The gene head adds the prior, scaled by a learnt per-gene gain, to its own output, so the network
+        learns the histology-driven departure from the interpolated field.
     """
 
-    def __init__(self, n_genes: int, *, width: int = 16, depth: int = 3) -> None:
+    def __init__(self, n_genes: int, *, width: int = 16, depth: int = 3, prior: bool = False) -> None:
         super().__init__()
-        self.n_genes, self.width, self.depth = int(n_genes), int(width), int(depth)
+        self.n_genes, self.width, self.depth, self.prior = int(n_genes), int(width), int(depth), bool(prior)
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_block(3, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(depth)])
+        self.in_channels = 3 + (self.n_genes + 1 if self.prior else 0)
+        self.prior_gain = nn.Parameter(torch.ones(self.n_genes)) if self.prior else None
+        self.down = nn.ModuleList(
+            [_block(self.in_channels, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(depth)]
+        )
         self.up = nn.ModuleList(
             [nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))]
         )
@@ -75,10 +84,14 @@ class GeneMapNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (for saving)."""
-        return {"n_genes": self.n_genes, "width": self.width, "depth": self.depth}
+        return {"n_genes": self.n_genes, "width": self.width, "depth": self.depth, "prior": self.prior}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` ``(B, 3, H, W)`` in ``[0, 1]`` -> ``(image (B, 3, H, W) in [0, 1], genes (B, G, H, W))``."""
+        """``x`` ``(B, C, H, W)`` -> ``(image (B, 3, H, W) in [0, 1], genes (B, G, H, W))``.
+
+        ``C`` is :attr:`in_channels`: RGB in ``[0, 1]``, then (with ``prior``) the per-gene prior and the distance
+        channel.
+        """
         skips = []
         h = x
         for i, block in enumerate(self.down):
@@ -89,7 +102,10 @@ class GeneMapNet(nn.Module):
         h = skips.pop()
         for up, dec in zip(self.up, self.dec, strict=True):
             h = dec(torch.cat([up(h), skips.pop()], dim=1))
-        return torch.sigmoid(self.image_head(h)), self.gene_head(h)
+        genes = self.gene_head(h)
+        if self.prior:
+            genes = genes + self.prior_gain[None, :, None, None] * x[:, 3 : 3 + self.n_genes]
+        return torch.sigmoid(self.image_head(h)), genes
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, device: Any, dtype: Any) -> torch.Tensor:

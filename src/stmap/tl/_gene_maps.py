@@ -238,6 +238,68 @@ def _disc_stencil(radius: float) -> tuple[np.ndarray, np.ndarray]:
     return dy[inside].astype(np.int64), dx[inside].astype(np.int64)
 
 
+#: Nearest measured spots and inverse-distance power of the spatial prior.
+_PRIOR_K, _PRIOR_POWER = 8, 2.0
+#: The distance channel saturates at this many spot spacings.
+_PRIOR_FAR = 5.0
+
+
+def _spot_spacing(centers: np.ndarray) -> float:
+    """Median nearest-neighbour distance between spot centres (pixels)."""
+    from scipy.spatial import cKDTree
+
+    if len(centers) < 2:
+        return 1.0
+    d, _ = cKDTree(centers).query(centers, k=2)
+    return float(max(np.median(d[:, 1]), 1.0))
+
+
+def prior_raster(
+    points: np.ndarray, values: np.ndarray, y0: int, x0: int, h: int, w: int, spacing: float, tree: Any = None
+) -> np.ndarray:
+    """Spatial prior on the pixel window ``[y0, y0 + h) x [x0, x0 + w)``: ``(G + 1, h, w)`` float32.
+
+    Channels ``0..G-1``: inverse-distance interpolation (the ``_PRIOR_K`` nearest spots, power ``_PRIOR_POWER``) of
+    ``values`` ``(n, G)`` known at ``points`` ``(n, 2)`` (``x, y`` pixels); channel ``G``: the distance to the
+    nearest spot in spot spacings divided by ``_PRIOR_FAR``, clipped to ``[0, 1]``. Zero prior and distance 1 when
+    there is no spot. A per-pixel function of the spots, so windows tile exactly.
+    """
+    from scipy.spatial import cKDTree
+
+    g = values.shape[1]
+    out = np.zeros((g + 1, h, w), dtype=np.float32)
+    if len(points) == 0:
+        out[g] = 1.0
+        return out
+    tree = cKDTree(points) if tree is None else tree
+    yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
+    q = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
+    k = min(_PRIOR_K, len(points))
+    d, i = tree.query(q, k=k)
+    if k == 1:
+        d, i = d[:, None], i[:, None]
+    wt = 1.0 / np.maximum(d, 0.5) ** _PRIOR_POWER
+    est = np.einsum("pk,pkg->pg", wt, values[i]) / wt.sum(1, keepdims=True)
+    out[:g] = est.T.reshape(g, h, w)
+    out[g] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0).reshape(h, w)
+    return out
+
+
+def _lazy_prior(points: np.ndarray, values: np.ndarray, shape: tuple[int, int], chunks, spacing: float):
+    """The prior of :func:`prior_raster` over a whole ``shape`` image, lazily, with the image's chunking."""
+    import dask.array as da
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points) if len(points) else None
+    g = values.shape[1]
+
+    def block(block_info=None):
+        (ys, ye), (xs, xe) = block_info[None]["array-location"][1:]
+        return prior_raster(points, values, ys, xs, ye - ys, xe - xs, spacing, tree=tree)
+
+    return da.map_blocks(block, dtype=np.float32, chunks=((g + 1,), *chunks), meta=np.empty((0, 0, 0), np.float32))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------------------------
@@ -270,14 +332,16 @@ def _train(
     seed: int,
     device: str,
     verbose: bool,
+    prior: bool = False,
 ):
     import torch
+    from scipy.spatial import cKDTree
 
     from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss
     from stmap.models._train import fit
 
     torch.manual_seed(seed)
-    net = GeneMapNet(targets.shape[1], width=width, depth=depth)
+    net = GeneMapNet(targets.shape[1], width=width, depth=depth, prior=prior)
     _, h, w = image.shape
     dy, dx = _disc_stencil(radius)
     m = int(math.ceil(radius)) + 1
@@ -287,6 +351,8 @@ def _train(
     cy, cx = centers[:, 1], centers[:, 0]
     train_idx = np.flatnonzero(weights > 0)
     t_targets = torch.as_tensor(targets, dtype=torch.float32)
+    spacing = _spot_spacing(centers[train_idx])
+    full_tree = cKDTree(centers[train_idx])
     cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def plan(epoch: int):
@@ -297,15 +363,30 @@ def _train(
             jitter = g.uniform(-tile / 2 + m, tile / 2 - m, size=(n_tiles, 2))
             y0 = np.clip(np.round(cy[pick] + jitter[:, 1] - tile / 2), 0, max(h - tile, 0)).astype(np.int64)
             x0 = np.clip(np.round(cx[pick] + jitter[:, 0] - tile / 2), 0, max(w - tile, 0)).astype(np.int64)
-            cache[epoch] = (y0, x0, g.integers(0, 8, size=n_tiles))
+            # the prior of a tile hides the training spots within a random radius of one of its spots (none in about
+            # a third of the tiles), so the network learns both regimes: a pixel next to measured spots, and a pixel
+            # far from any (a held-out region, tissue between sparse spots)
+            hide_r = np.where(g.random(n_tiles) < 1 / 3, 0.0, g.uniform(1.0, 4.0, size=n_tiles)) * spacing
+            cache[epoch] = (y0, x0, g.integers(0, 8, size=n_tiles), pick, hide_r)
         return cache[epoch]
 
+    def tile_input(y0: int, x0: int, centre: int, hide: float) -> np.ndarray:
+        t = image[:, y0 : y0 + tile, x0 : x0 + tile]
+        if not prior:
+            return t
+        keep = train_idx
+        if hide > 0:
+            near = full_tree.query_ball_point(centers[centre], hide)
+            keep = np.delete(train_idx, near)
+        p = prior_raster(centers[keep], targets[keep], y0, x0, tile, tile, spacing)
+        return np.concatenate([t, p])
+
     def step(model, idx, epoch):
-        y0s, x0s, codes = plan(epoch)
+        y0s, x0s, codes, picks, hides = plan(epoch)
         tiles, batch, pix, tgt = [], [], [], []
         for b, i in enumerate(idx.tolist()):
             y0, x0 = int(y0s[i]), int(x0s[i])
-            t = image[:, y0 : y0 + tile, x0 : x0 + tile]
+            t = tile_input(y0, x0, int(picks[i]), float(hides[i]))
             # inside = whole disc in the tile and the spot has a training target
             ly, lx = cy - y0, cx - x0
             inside = np.flatnonzero((ly >= m) & (ly < tile - m) & (lx >= m) & (lx < tile - m) & (weights > 0))
@@ -318,7 +399,7 @@ def _train(
             tgt.append(inside)
         x = torch.as_tensor(np.stack(tiles)).to(dev)
         recon, genes = model(x)
-        loss = ssim_loss(recon, x)
+        loss = ssim_loss(recon, x[:, :3])
         if epoch >= warmup and spot_weight > 0:
             sel = np.concatenate(tgt)
             if sel.size:
@@ -339,7 +420,7 @@ def _train(
         net, step, n_tiles, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev, verbose=verbose,
         desc="gene maps",
     )  # fmt: skip
-    return net, hist
+    return net, hist, spacing
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -388,7 +469,7 @@ def predict_maps(
         return tuple(parts)
 
     img = da.asarray(image).astype(np.float32)
-    img = img.rechunk(((3,), split(img.shape[1]), split(img.shape[2])))
+    img = img.rechunk(((img.shape[0],), split(img.shape[1]), split(img.shape[2])))
     n_out = net.n_genes + (3 if reconstruct else 0)
     dev = resolve_device(device)
     net = net.to(dev).eval()
@@ -443,6 +524,7 @@ def gene_maps(
     width: int = 16,
     depth: int = 3,
     lr: float = 2e-3,
+    prior: Literal["idw"] | None = "idw",
     train_mask: str | Sequence[bool] | np.ndarray | None = None,
     model: GeneMapModel | None = None,
     reconstruct: bool = False,
@@ -488,6 +570,13 @@ def gene_maps(
         Weight ``lambda`` of the spot loss.
     batch_size, width, depth, lr
         Tiles per step, U-Net width and depth, Adam learning rate.
+    prior
+        ``'idw'``: the network also sees, per gene, the expression interpolated from the nearest training spots
+        (inverse distance) and how far they are; the map is this interpolation plus a learnt, histology-driven
+        departure from it, so it honours the measured spots and sharpens between them. During training the prior
+        hides the spots around a random spot of each tile, so the network also learns to predict from the histology
+        where no spot is near. ``None``: maps from the histology alone (the published model); use it to predict a
+        section without expression with a model from another one.
     train_mask
         Spots used for training (boolean ``obs`` column or array); default all. Held-out spots still get map
         averages (for validation).
@@ -537,12 +626,15 @@ def gene_maps(
             f"The spots of table {ctx.table_key!r} have no size; gene maps average each map over a spot's disc. "
             "Annotate circles (with a radius) or polygons."
         )
+    if prior not in ("idw", None):
+        raise StmapInputError(f"prior must be 'idw' or None, got {prior!r}.")
     if epochs < 0 or (warmup_epochs is not None and warmup_epochs < 0):
         raise StmapInputError("epochs and warmup_epochs must be >= 0.")
     if tile_px < 2**depth * 4:
         raise StmapInputError(f"tile_px={tile_px} is too small for depth={depth}; use at least {2**depth * 4}.")
     if dtype not in ("float32", "float16"):
         raise StmapInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+    model_given = model
     if model is not None:
         missing = [g for g in model.genes if g not in adata.var_names]
         gene_list = list(model.genes)
@@ -633,11 +725,11 @@ def gene_maps(
     # ---- 3. train ---------------------------------------------------------------------------------------------------
     if model is None:
         warm = epochs // 5 if warmup_epochs is None else int(warmup_epochs)
-        Z = ((Y - mean) / std).astype(np.float32)
         weights = (train & inside).astype(np.float32)
-        net, hist = _train(
-            crop, local, Z, weights, radius, tile=tile, epochs=epochs, warmup=warm, spot_weight=spot_weight,
-            batch_size=batch_size, width=width, depth=depth, lr=lr, seed=seed, device=device, verbose=verbose,
+        net, hist, _ = _train(
+            crop, local, ((Y - mean) / std).astype(np.float32), weights, radius, tile=tile, epochs=epochs,
+            warmup=warm, spot_weight=spot_weight, batch_size=batch_size, width=width, depth=depth, lr=lr, seed=seed,
+            device=device, verbose=verbose, prior=prior is not None,
         )  # fmt: skip
         model = GeneMapModel(
             net=net,
@@ -650,9 +742,23 @@ def gene_maps(
             history=[float(v) for v in hist.loss],
         )
     net = model.net
+    uses_prior = bool(getattr(net, "prior", False))
 
     # ---- 4. infer: spot aggregates on the crop, and the whole image -------------------------------------------------
-    crop_maps = predict_maps(net, crop, device=device).compute()
+    crop_in, work_in = crop, work
+    if uses_prior:
+        # the prior comes from the training spots (with a trained model: every spot of this table on the image)
+        src = np.flatnonzero(train & inside)
+        Z = ((Y - model.mean[None, :]) / model.std[None, :]).astype(np.float32)
+        if missing:
+            Z[:, [gene_list.index(g) for g in missing]] = 0.0
+        spacing = _spot_spacing(centers[src])
+        crop_in = np.concatenate([crop, prior_raster(local[src], Z[src], 0, 0, *crop.shape[1:], spacing)])
+        import dask.array as da
+
+        wk = work.rechunk((3, 512, 512))
+        work_in = da.concatenate([wk, _lazy_prior(centers[src], Z[src], work.shape[1:], wk.chunks[1:], spacing)])
+    crop_maps = predict_maps(net, crop_in, device=device).compute()
     dy, dx = _disc_stencil(radius)
     yy = np.clip(np.rint(local[:, 1])[:, None].astype(np.int64) + dy, 0, crop_maps.shape[1] - 1)
     xx = np.clip(np.rint(local[:, 0])[:, None].astype(np.int64) + dx, 0, crop_maps.shape[2] - 1)
@@ -660,7 +766,7 @@ def gene_maps(
     spot_vals = spot_z * model.std[None, :] + model.mean[None, :]
     spot_vals[outside] = np.nan
 
-    maps = predict_maps(net, work, device=device, reconstruct=reconstruct)
+    maps = predict_maps(net, work_in, device=device, reconstruct=reconstruct)
     gene_part = maps[: len(gene_list)] * _col(model.std) + _col(model.mean)
     gene_part = gene_part.astype(dtype)
     nbytes = int(np.prod(gene_part.shape)) * np.dtype(dtype).itemsize
@@ -696,6 +802,7 @@ def gene_maps(
         "width": width,
         "depth": depth,
         "lr": lr,
+        "prior": prior if model_given is None else ("idw" if uses_prior else None),
         "seed": seed,
         "device": str(device),
         "dtype": dtype,
