@@ -1,4 +1,4 @@
-"""Stack serial sections into one 3D sample, and the 3D spot graph (ASIGN, :cite:`asign`-style).
+"""Stack serial sections into one 3D sample, and the 3D spot graph (as in ASIGN).
 
 Serial sections are joined into one :class:`spatialdata.SpatialData`: every section keeps its elements (nothing is
 resampled), gets a coordinate system named after it, and an aligned frame ``'aligned'`` (micrometres) maps all of
@@ -888,7 +888,8 @@ def spot_graph_3d(
 ) -> Any:
     """The 3D spot graph of a stacked table: disc overlap and feature similarity across sections, kNN within.
 
-    Wraps :func:`stmap.pp._stack.graph_arrays` on the table made by :func:`stmap.pp.stack_sections` (or any
+    Wraps ``stmap.pp._stack.graph_arrays`` (the same graph on plain arrays) on the table made by
+    :func:`stmap.pp.stack_sections` (or any
     table/AnnData with aligned coordinates and a categorical section column, categories in stacking order).
 
     Parameters

@@ -1,0 +1,69 @@
+"""st.pl.sections_3d: panels per section, one colour scale, 3D mode, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pytest
+
+import stmap as st
+from stmap._core import StmapInputError
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        secs = st.datasets.simulate_stack(3, n_genes=6, seed=1, grid=8, image=False)
+        s = st.pp.stack_sections(secs, transforms="warped")
+    t = s.tables["stack"]
+    t.layers["imputed"] = np.log1p(t.layers["counts"].toarray() * 2.0)
+    return s
+
+
+def test_layers_grid_and_shared_scale(stack):
+    axs = st.pl.sections_3d(stack, "gene_0", return_ax=True)
+    assert axs.shape == (2, 3)  # measured + imputed rows, one column per section
+    colls = [a.collections[0] for a in axs.ravel()]
+    # one colour scale for every panel: identical limits spanning both rows' values
+    lims = {(c.norm.vmin, c.norm.vmax) for c in colls}
+    assert len(lims) == 1
+    t = stack.tables["stack"]
+    allv = np.concatenate([c.get_array() for c in colls])
+    assert lims.pop() == (pytest.approx(allv.min()), pytest.approx(allv.max()))
+    # imputed row shows layers['imputed'] of the section's spots
+    rows0 = (t.obs["section"] == "S0").to_numpy()
+    np.testing.assert_allclose(colls[3].get_array(), t.layers["imputed"][rows0, 0])
+    matplotlib.pyplot.close("all")
+
+
+def test_unmeasured_section_and_subset(stack):
+    t = stack.tables["stack"]
+    old = t.obs["measured"].copy()
+    t.obs["measured"] = (t.obs["section"] != "S1").to_numpy()
+    try:
+        axs = st.pl.sections_3d(stack, "gene_1", sections=["S1", "S2"], layer=None, return_ax=True)
+        assert axs.shape == (1, 2)
+        assert not axs[0, 0].collections and axs[0, 0].texts[0].get_text() == "not measured"
+    finally:
+        t.obs["measured"] = old
+    matplotlib.pyplot.close("all")
+
+
+def test_3d_mode(stack):
+    ax = st.pl.sections_3d(stack, "gene_2", mode="3d", return_ax=True)
+    assert ax.name == "3d"
+    t = stack.tables["stack"]
+    assert ax.collections[-1].get_array().size == t.n_obs  # every spot drawn (imputed layer covers all)
+    matplotlib.pyplot.close("all")
+
+
+def test_errors(stack):
+    with pytest.raises(StmapInputError, match="nope"):
+        st.pl.sections_3d(stack, "nope")
+    with pytest.raises(StmapInputError, match="Section"):
+        st.pl.sections_3d(stack, "gene_0", sections=["S9"])
