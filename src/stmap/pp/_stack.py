@@ -889,8 +889,8 @@ def spot_graph_3d(
     """The 3D spot graph of a stacked table: disc overlap and feature similarity across sections, kNN within.
 
     Wraps ``stmap.pp._stack.graph_arrays`` (the same graph on plain arrays) on the table made by
-    :func:`stmap.pp.stack_sections` (or any
-    table/AnnData with aligned coordinates and a categorical section column, categories in stacking order).
+    :func:`stmap.pp.stack_sections` (or any table/AnnData with aligned coordinates and a categorical section column,
+    categories in stacking order).
 
     Parameters
     ----------
