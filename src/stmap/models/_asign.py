@@ -1,5 +1,6 @@
-"""ASIGN-style 3D imputation network: multi-scale histology tokens, graph attention, a level transformer, and a
-learnt per-gene mix with expression propagated over the 3D spot graph.
+"""ASIGN-style 3D imputation network: histology tokens, graph attention, a level transformer, a learnt mix.
+
+The network's prediction is mixed per gene with the expression propagated over the 3D spot graph.
 
 Knows tensors, not SpatialData. Node inputs are ``L`` feature blocks (one per patch scale: spot, region, global
 context) plus one expression token (the label-propagated expression of the node, standardised per gene). Per node:

@@ -3,6 +3,7 @@
 from ._ctr import CTRModel, detect_ctr, train_ctr
 from ._density import GridSpec, density
 from ._gene_maps import GeneMapModel, gene_maps
+from ._impute3d import Impute3DModel, impute_3d
 from ._mapping import map_cells, project_genes
 from ._rank import rank_densities
 
@@ -17,4 +18,6 @@ __all__ = [
     "rank_densities",
     "gene_maps",
     "GeneMapModel",
+    "impute_3d",
+    "Impute3DModel",
 ]

@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from stmap._core import _logging as logg
+from stmap._core._constants import Key
+from stmap._core._docs import inject_docs
+from stmap._core._errors import StmapInputError, unknown_key
+from stmap._core._write import Results
+
 __all__ = ["impute_3d", "Impute3DModel"]
 
 _EDGE_TYPES = ("overlap", "similarity", "spatial")
@@ -303,5 +309,269 @@ def impute_arrays(
     return pred, model, graphs
 
 
-def impute_3d(*args, **kwargs):  # placeholder, replaced below
-    raise NotImplementedError
+def _pick_genes(counts: np.ndarray, var_names: Any, measured: np.ndarray, genes: Any) -> np.ndarray:
+    from stmap._core._errors import StmapInputError
+
+    if isinstance(genes, (int, np.integer)):
+        if genes < 1:
+            raise StmapInputError(f"`genes` must be >= 1 or a list of gene names, got {genes}.")
+        mean = np.asarray(counts[measured].mean(0)).ravel()
+        return np.sort(np.argsort(-mean, kind="stable")[: int(genes)])
+    genes = list(genes)
+    idx = var_names.get_indexer(genes)
+    if (idx < 0).any() or not genes:
+        missing = [g for g, i in zip(genes, idx) if i < 0][:5]
+        raise StmapInputError(f"Genes not in the table: {missing}; pass names from `var_names` (or an int: top-n).")
+    return idx
+
+
+@inject_docs()
+def impute_3d(
+    sdata: Any,
+    *,
+    table_key: str = "stack",
+    measured: str | list[str] | None = None,
+    genes: int | list[str] = 250,
+    features_key: str | None = Key.obsm.histology,
+    n_scales: int | None = None,
+    layer: str | None = None,
+    section_key: str = Key.obs.section,
+    spatial_key: str = Key.obsm.spatial_3d,
+    graph: tuple[str, ...] = _EDGE_TYPES,
+    propagate: bool = True,
+    epochs: int = 150,
+    hidden: int = 64,
+    mask_fraction: float = 0.3,
+    disc_scale: float = 3.0,
+    k_similar: int = 12,
+    k_spatial: int = 6,
+    model: Impute3DModel | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    key_added: str = "stmap_impute3d",
+    copy: bool = False,
+    return_model: bool = False,
+    verbose: bool = False,
+) -> Any:
+    """Impute expression on unmeasured serial sections from measured ones and every section's histology (ASIGN).
+
+    A 3D spot graph joins spots of different sections by the overlap (closed-form IoU) of their registered discs,
+    enlarged ``disc_scale`` times so that spots one spacing apart still connect, and by the similarity of their
+    histology features (top ``k_similar``), and spots of one section by spatial
+    kNN (:func:`stmap.pp.spot_graph_3d`).
+    The measured expression is propagated over this graph (20 iterations, measured spots clamped); a network
+    encodes the histology features of each patch scale (blocks of ``obsm[features_key]``, e.g. spot / region / global
+    context from ``st.pp.histology_features(..., scales=(1, 2.3, 4.6))``), fuses them with the propagated expression
+    by cross-attention, aggregates neighbours by graph attention, combines scales with a transformer layer and mixes
+    its prediction with the propagated expression by a learnt per-gene weight. It is trained on the measured spots,
+    hiding a random ``mask_fraction`` of them from the propagation each epoch and predicting them (loss
+    ``0.75 MSE + 0.25 (1 - PCC)`` plus the same for each scale's own head).
+
+    The target is ASIGN's: ``ln((c + 1) / sum(c + 1))`` over the imputed genes, from counts.
+
+    Parameters
+    ----------
+    {sdata}
+        The stack from :func:`stmap.pp.stack_sections` (or an AnnData with ``obs[section_key]``,
+        ``obsm[spatial_key]``).
+    table_key
+        The stacked table.
+    measured
+        Which spots have measured expression: ``None`` uses ``obs['measured']``; an obs column name (bool); or a list
+        of section names.
+    genes
+        Top-n genes by mean count over the measured spots, or a list of genes.
+    features_key
+        ``obsm`` key of histology features (rows of spots without an image: NaN). Split into equal blocks, one per
+        patch scale, following ``uns[features_key]['n_features_per_scale']`` when present. Missing key or ``None``:
+        expression and graph only (with a warning when the key is missing).
+    n_scales
+        Number of equal-width patch-scale blocks in ``obsm[features_key]`` (default: from its ``uns`` entry, else 1).
+    layer
+        Layer of raw counts (default: ``layers['counts']`` if present, else ``X``).
+    section_key, spatial_key
+        Section column (categorical, in stacking order) and aligned ``(x, y, z)`` coordinates (micrometres).
+    graph
+        Edge types used: any of ``'overlap'``, ``'similarity'``, ``'spatial'`` (ablations).
+    propagate
+        Label propagation and mixing (``False``: the network alone).
+    epochs, hidden, mask_fraction
+        Training length, token width, fraction of measured spots hidden per epoch.
+    disc_scale
+        Factor on the spot radius for the overlap graph.
+    k_similar, k_spatial
+        Neighbours of the similarity and spatial graphs.
+    model
+        A trained :class:`Impute3DModel` to apply instead of training (same genes and feature layout).
+    {seed}
+    {device}
+    {key_added}
+    {copy}
+    return_model
+        Also return the :class:`Impute3DModel` (``(result, model)``).
+    {verbose}
+
+    Returns
+    -------
+    ``None`` (or the modified copy with ``copy=True``; with ``return_model``, a tuple with the model). Writes to the
+    table:
+
+    ``.layers['imputed']``
+        ``ln((c + 1) / sum(c + 1))`` of the imputed genes for every spot (measured spots: their own values); NaN in
+        the other genes' columns.
+    ``.obsm[key_added]``
+        The same for the imputed genes only (DataFrame, columns = genes).
+    ``.obs[key_added + '_measured']``
+        Which spots were measured.
+    ``.obsp[key_added + '_overlap' | '_similarity' | '_spatial']``
+        The graph (sparse).
+    ``.uns[key_added]``
+        ``genes``, ``mixing_weights`` (per gene weight of the propagated expression), ``loss`` (per epoch),
+        ``target`` and ``params``.
+
+    Raises
+    ------
+    StmapInputError
+        No measured spot, a single section, unknown genes/keys, features of the wrong shape. Nothing is written.
+    """
+    import pandas as pd
+    from anndata import AnnData
+    from scipy import sparse
+
+    from stmap._core._resolve import TableContext, is_spatialdata
+
+    if isinstance(sdata, AnnData):
+        adata = sdata
+        ctx = TableContext(sdata, adata, None, None, None, None, None, spatial_key, spatial_key)
+    elif is_spatialdata(sdata):
+        if table_key not in sdata.tables:
+            raise unknown_key("Table", str(table_key), sdata.tables.keys(), "sdata.tables",
+                              hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
+        adata = sdata.tables[table_key]
+        ctx = TableContext(sdata, adata, table_key, None, None, None, None, "aligned")
+    else:
+        raise TypeError(f"Expected a SpatialData or an AnnData, got {type(sdata).__name__}.")
+    if spatial_key not in adata.obsm:
+        raise unknown_key("Coordinates key", spatial_key, adata.obsm.keys(), "obsm",
+                          hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
+    if section_key not in adata.obs:
+        raise unknown_key("Section column", section_key, adata.obs.columns, "obs")
+    sec = adata.obs[section_key]
+    if not isinstance(sec.dtype, pd.CategoricalDtype):
+        sec = pd.Categorical(sec)
+    codes = np.asarray(pd.Categorical(sec).codes)
+    names = list(pd.Categorical(sec).categories)
+    if len(np.unique(codes)) < 2:
+        raise StmapInputError(
+            "impute_3d needs at least two sections (one measured, one to impute); the table has "
+            f"{len(np.unique(codes))}. Stack several sections with `st.pp.stack_sections`."
+        )
+    if measured is None:
+        if Key.obs.measured not in adata.obs:
+            raise StmapInputError("No obs['measured'] column: pass `measured=` (an obs column or section names).")
+        meas = adata.obs[Key.obs.measured].to_numpy(dtype=bool)
+    elif isinstance(measured, str):
+        if measured in adata.obs:
+            meas = adata.obs[measured].to_numpy(dtype=bool)
+        elif measured in names:
+            meas = np.asarray(sec == measured)
+        else:
+            raise unknown_key("Measured column or section", measured, [*adata.obs.columns, *names], "obs/sections")
+    else:
+        bad = [m for m in measured if m not in names]
+        if bad:
+            raise StmapInputError(f"Unknown sections in `measured`: {bad}; sections are {names}.")
+        meas = np.isin(np.asarray(sec, dtype=object), list(measured))
+    if not meas.any():
+        raise StmapInputError("No measured spot: `measured` selects nothing; name at least one measured section.")
+    if meas.all():
+        raise StmapInputError("Every spot is measured: nothing to impute. Mark the sections to impute as unmeasured.")
+    lay = layer if layer is not None else ("counts" if "counts" in adata.layers else None)
+    if lay is not None and lay not in adata.layers:
+        raise unknown_key("Layer", lay, adata.layers.keys(), "layers")
+    counts = adata.layers[lay] if lay is not None else adata.X
+    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    gidx = _pick_genes(counts, adata.var_names, meas, genes)
+    if model is not None and list(adata.var_names[gidx]) != list(model.genes):
+        gidx = _pick_genes(counts, adata.var_names, meas, model.genes)
+    levels, has = None, None
+    if features_key is not None:
+        if features_key not in adata.obsm:
+            logg.warning(
+                f"No obsm[{features_key!r}] histology features: imputing from expression and the graph only. "
+                "Compute features per section with `st.pp.histology_features` before stacking (NaN rows for "
+                "sections without an image)."
+            )
+        else:
+            f = adata.obsm[features_key]
+            f = f.to_numpy(dtype=float) if isinstance(f, pd.DataFrame) else np.asarray(f, dtype=float)
+            if f.ndim != 2 or len(f) != adata.n_obs:
+                raise StmapInputError(f"obsm[{features_key!r}] must be (n_spots, n_features), got {f.shape}.")
+            has = np.isfinite(f).all(1)
+            if not has.any():
+                logg.warning(f"obsm[{features_key!r}] is all NaN: imputing from expression and the graph only.")
+                levels = None
+            else:
+                meta = adata.uns.get(features_key, {})
+                per = list(meta.get("n_features_per_scale", [])) if isinstance(meta, dict) else []
+                if n_scales is not None:
+                    if n_scales < 1 or f.shape[1] % int(n_scales):
+                        raise StmapInputError(
+                            f"n_scales={n_scales} does not divide the {f.shape[1]} feature columns into equal blocks."
+                        )
+                    per = [f.shape[1] // int(n_scales)] * int(n_scales)
+                elif not per or sum(per) != f.shape[1]:
+                    per = [f.shape[1]]
+                bounds = np.cumsum([0, *per])
+                f = np.where(has[:, None], f, 0.0)
+                levels = [f[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    if model is not None and [int(x.shape[1]) for x in (levels or [])] != list(model.config["level_dims"]):
+        raise StmapInputError(
+            f"The model was trained on feature blocks {model.config['level_dims']}, the table gives "
+            f"{[int(x.shape[1]) for x in (levels or [])]}; use the same features_key layout."
+        )
+    if "spot_radius_um" in adata.obs:
+        radius = adata.obs["spot_radius_um"].to_numpy(dtype=float)
+    elif isinstance(adata.uns.get("stmap_stack"), dict) and "spot_radius_um" in adata.uns["stmap_stack"]:
+        radius = float(adata.uns["stmap_stack"]["spot_radius_um"])
+    else:
+        raise StmapInputError("The spot radius is unknown: add obs['spot_radius_um'] (micrometres).")
+    xyz = np.asarray(adata.obsm[spatial_key], dtype=float)
+    if not np.isfinite(xyz[:, :2]).all():
+        raise StmapInputError(f"obsm[{spatial_key!r}] has NaN coordinates; drop those spots first.")
+    Y = asign_target(counts[:, gidx])
+    gene_names = list(adata.var_names[gidx])
+
+    start = logg.info(f"impute_3d: {int(meas.sum())} measured -> {int((~meas).sum())} spots, {len(gidx)} genes")
+    pred, mdl, graphs = impute_arrays(
+        Y, meas, xyz, codes, radius, levels, has, genes=gene_names, graph=tuple(graph), propagate=propagate,
+        epochs=epochs, hidden=hidden, mask_fraction=mask_fraction, disc_scale=disc_scale, k_similar=k_similar,
+        k_spatial=k_spatial, model=model, seed=seed, device=device, verbose=verbose,
+    )  # fmt: skip
+    full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+    full[:, gidx] = pred
+    params = {
+        "measured": [n for n in names if meas[codes == names.index(n)].any()], "genes": len(gene_names),
+        "features_key": features_key if levels is not None else None, "layer": lay, "graph": list(graph),
+        "propagate": propagate, "epochs": epochs, "hidden": hidden, "mask_fraction": mask_fraction,
+        "disc_scale": disc_scale, "k_similar": k_similar, "k_spatial": k_spatial, "seed": seed,
+        "device": str(device), "pretrained": model is not None,
+    }  # fmt: skip
+    res = Results(ctx, key_added, params)
+    res.layer(Key.layers.imputed, full)
+    res.obsm(key_added, pd.DataFrame(pred.astype(np.float32), index=adata.obs_names, columns=gene_names))
+    res.obs(f"{key_added}_measured", meas)
+    for part, m in graphs.items():
+        res.obsp(f"{key_added}_{part}", m.tocsr())
+    res.uns(
+        key_added,
+        {
+            "genes": gene_names,
+            "mixing_weights": mdl.mixing_weights(),
+            "loss": np.asarray(mdl.history, dtype=float),
+            "target": "ln((c + 1) / sum_genes(c + 1))",
+        },
+    )
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return (out, mdl) if return_model else out
