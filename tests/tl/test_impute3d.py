@@ -117,5 +117,5 @@ def test_missing_features_warns_and_runs_graph_only(stack, monkeypatch):
     del ad.obsm["X_histology"]
     st.tl.impute_3d(ad, measured=["S1"], genes=8, epochs=2, hidden=16)
     assert any("expression and the graph only" in m for m in said)
-    assert ad.uns["stmap_impute3d"]["params"]["features_key"] is None
+    assert not ad.uns["stmap_impute3d"]["histology"]
     assert np.isfinite(ad.obsm["stmap_impute3d"].to_numpy()).all()

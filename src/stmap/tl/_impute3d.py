@@ -427,7 +427,7 @@ def impute_3d(
         The graph (sparse).
     ``.uns[key_added]``
         ``genes``, ``mixing_weights`` (per gene weight of the propagated expression), ``loss`` (per epoch),
-        ``target`` and ``params``.
+        ``target``, ``histology`` (whether image features were used) and ``params``.
 
     Raises
     ------
@@ -570,6 +570,7 @@ def impute_3d(
             "mixing_weights": mdl.mixing_weights(),
             "loss": np.asarray(mdl.history, dtype=float),
             "target": "ln((c + 1) / sum_genes(c + 1))",
+            "histology": levels is not None,
         },
     )
     out = res.commit(copy)
