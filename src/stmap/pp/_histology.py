@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
 from stmap._core._patches import extract_patches, patch_spec
-from stmap._core._resolve import resolve
+from stmap._core._regions import region_image, resolve_regions
 from stmap._core._write import Results
 
 __all__ = ["histology_features"]
@@ -24,7 +24,7 @@ _EXTRACTORS = ("handcrafted", "cnn")
 def histology_features(
     sdata: Any,
     *,
-    image_key: str | None = None,
+    image_key: str | dict[str, str] | None = None,
     table_key: str | None = None,
     extractor: str | Callable[[np.ndarray], np.ndarray] = "handcrafted",
     patch_um: float | None = None,
@@ -50,7 +50,12 @@ def histology_features(
     ----------
     {sdata}
     image_key
-        The H&E image element (default: the only image in the coordinate system).
+        The H&E image element (default: the only image in the coordinate system). For a table annotating several
+        elements (e.g. the stack of :func:`stmap.pp.stack_sections`, one spot element per section), every spot's
+        patch is cut from its own section's image, in that section's coordinate system: pass a dict
+        ``{region or section: image}``, or leave ``None`` to use a stack's ``uns['stmap_stack']['section_info']``,
+        else the image in each region's coordinate system. Sections without an image get NaN features (with a
+        warning).
     {table_key}
     extractor
         ``'handcrafted'`` (offline default; colour, stain-deconvolved H/E statistics, texture and nuclei proxies, see
@@ -59,7 +64,7 @@ def histology_features(
         :func:`stmap.pp.torch_extractor`, :func:`stmap.pp.timm_extractor` (UNI with local weights) or
         :func:`stmap.pp.torchvision_extractor`.
     patch_um
-        Patch side in micrometres at scale 1. Default: the median spot diameter.
+        Patch side in micrometres at scale 1. Default: the median spot diameter (over all sections of a stack).
     scales
         Multiples of ``patch_um``; one block of features per scale (e.g. ``(1, 2.3, 4.6)`` for spot, neighbourhood and
         region context).
@@ -71,7 +76,9 @@ def histology_features(
         Micrometres per full-resolution image pixel, when the coordinate system's unit is not recorded.
     batch_size
         Patches read and featurised at a time.
-    {coordinate_system}
+    coordinate_system
+        Coordinate system (default ``'global'`` or the element's only one; for a multi-region table, per region
+        the only one no other region lives in, e.g. a stack's per-section system; a dict region -> name is accepted).
     {seed}
     {device}
     {key_added}
@@ -83,10 +90,11 @@ def histology_features(
     ``None`` (or, with ``copy=True``, the modified copy). Writes to the table:
 
     ``.obsm[key_added]``
-        ``(n_spots, D)`` float32 features, scale blocks concatenated.
+        ``(n_spots, D)`` float32 features, scale blocks concatenated (NaN rows for sections without an image).
     ``.uns[key_added]``
         ``extractor``, ``patch_um``, ``scales``, ``patch_px``, ``mpp`` (micrometres per feature pixel, per scale),
-        ``n_features_per_scale``, ``feature_names`` (handcrafted only), ``image_key`` and ``params``.
+        ``n_features_per_scale``, ``feature_names`` (handcrafted only), ``image_key`` (a dict region -> image
+        for a multi-region table) and ``params``.
 
     Raises
     ------
@@ -96,8 +104,9 @@ def histology_features(
     """
     import dask
 
-    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
-    img = ctx.image(image_key)
+    whole, regions = resolve_regions(sdata, table_key, coordinate_system=coordinate_system)
+    multi = len(regions) > 1 or whole.region is None
+    imgs = _region_images(whole, regions, image_key) if multi else [whole.image(image_key)]
     scales = tuple(float(s) for s in np.atleast_1d(scales))
     if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
         raise StmapInputError(f"`scales` must be positive numbers, got {scales!r}.")
@@ -110,57 +119,69 @@ def histology_features(
         )
     if not isinstance(extractor, str) and not callable(extractor):
         raise StmapInputError(f"`extractor` must be a name or a callable, got {type(extractor).__name__}.")
-    um_per_unit = ctx.require_um_per_unit(mpp, img)
+    todo = [(r, img) for r, img in zip(regions, imgs, strict=True) if img is not None]
+    um = [r.ctx.require_um_per_unit(mpp, img) for r, img in todo]
     if patch_um is None:
-        if ctx.diameters is None:
+        if any(r.ctx.diameters is None for r, _ in todo):
             raise StmapInputError(
                 "The spot diameter is unknown (the table annotates no circles/polygons), so the default patch size "
                 "cannot be chosen; pass `patch_um=`."
             )
-        patch_um = float(np.median(ctx.diameters)) * um_per_unit
+        patch_um = float(np.median(np.concatenate([r.ctx.diameters * u for (r, _), u in zip(todo, um)])))
     patch_um = float(patch_um)
-    xy = ctx.coords
-    xmin, xmax, ymin, ymax = img.extent(0)
-    outside = (xy[:, 0] < xmin) | (xy[:, 0] > xmax) | (xy[:, 1] < ymin) | (xy[:, 1] > ymax)
-    if outside.any():
-        ex = ", ".join(map(str, ctx.adata.obs_names[outside][:5]))
-        raise StmapInputError(
-            f"{int(outside.sum())} spot centres lie outside image {img.name!r} (e.g. {ex}): the image is not aligned "
-            "to the spots. Check its transformation, or subset the table to the spots on the image."
-        )
-    _, h, w = img.levels[0].shape
-    size_um_image = min(h, w) * img.pixel_size(0) * um_per_unit
-    if patch_um * max(scales) > size_um_image:
-        raise StmapInputError(
-            f"Patch side {patch_um * max(scales):.1f} um (patch_um={patch_um:.1f} x scale {max(scales)}) is larger "
-            f"than image {img.name!r} ({size_um_image:.1f} um); use a smaller `patch_um` or `scales`."
-        )
-    if img.levels[0].shape[0] < 3:
-        raise StmapInputError(f"Image {img.name!r} has {img.levels[0].shape[0]} channel(s); an RGB H&E is needed.")
-
-    specs = []
-    for s in scales:
-        out = patch_px
-        if patch_px is None:
-            out = patch_spec(ctx, img, patch_um, mpp=mpp).size_px
-        specs.append(patch_spec(ctx, img, patch_um * s, out_px=int(out), mpp=mpp))
+    specs_by_region = []
+    for (reg, img), u in zip(todo, um):
+        ctx, xy = reg.ctx, reg.ctx.coords
+        xmin, xmax, ymin, ymax = img.extent(0)
+        outside = (xy[:, 0] < xmin) | (xy[:, 0] > xmax) | (xy[:, 1] < ymin) | (xy[:, 1] > ymax)
+        if outside.any():
+            ex = ", ".join(map(str, ctx.adata.obs_names[outside][:5]))
+            raise StmapInputError(
+                f"{int(outside.sum())} spot centres lie outside image {img.name!r} (e.g. {ex}): the image is not "
+                "aligned to the spots. Check its transformation, or subset the table to the spots on the image."
+            )
+        _, h, w = img.levels[0].shape
+        size_um_image = min(h, w) * img.pixel_size(0) * u
+        if patch_um * max(scales) > size_um_image:
+            raise StmapInputError(
+                f"Patch side {patch_um * max(scales):.1f} um (patch_um={patch_um:.1f} x scale {max(scales)}) is "
+                f"larger than image {img.name!r} ({size_um_image:.1f} um); use a smaller `patch_um` or `scales`."
+            )
+        if img.levels[0].shape[0] < 3:
+            raise StmapInputError(f"Image {img.name!r} has {img.levels[0].shape[0]} channel(s); an RGB H&E is needed.")
+        if not specs_by_region:  # native resolution (patch_px=None): that of the first image, for every section
+            native = patch_px if patch_px is not None else patch_spec(ctx, img, patch_um, mpp=mpp).size_px
+        specs_by_region.append([patch_spec(ctx, img, patch_um * s, out_px=int(native), mpp=mpp) for s in scales])
+    specs = specs_by_region[0]
 
     start = logg.info(f"computing histology features ({_name(extractor)}, {len(scales)} scale(s))")
-    lazies = [extract_patches(img, xy, spec, fill_value=0, chunk_size=batch_size) for spec in specs]
+    lazies_by_region = [
+        [extract_patches(img, reg.ctx.coords, spec, fill_value=0, chunk_size=batch_size) for spec in sp]
+        for (reg, img), sp in zip(todo, specs_by_region)
+    ]
     if extractor == "cnn":  # one small CNN per scale, trained self-supervised on all of this slide's patches
         from ._extractors import train_slide_cnn
 
-        allp = dask.compute(*lazies, scheduler="synchronous")
-        fns = [train_slide_cnn(_to_rgb_uint8(np.asarray(p)), seed=seed, device=device, verbose=verbose) for p in allp]
+        allp = [dask.compute(*lz, scheduler="synchronous") for lz in lazies_by_region]
+        fns = [
+            train_slide_cnn(
+                np.concatenate([_to_rgb_uint8(np.asarray(p[k])) for p in allp]), seed=seed, device=device,
+                verbose=verbose,
+            )
+            for k in range(len(specs))
+        ]  # fmt: skip
     elif extractor == "handcrafted":
         from ._extractors import handcrafted_features
 
         fns = [handcrafted_features] * len(specs)
     else:
         fns = [extractor] * len(specs)
-    blocks = _stream(lazies, fns, batch_size, verbose, dask)
-    feats = np.concatenate(blocks, axis=1).astype(np.float32)
-    d_scale = [b.shape[1] for b in blocks]
+    blocks_by_region = [_stream(lz, fns, batch_size, verbose, dask) for lz in lazies_by_region]
+    d_scale = [b.shape[1] for b in blocks_by_region[0]]
+    feats = np.full((whole.adata.n_obs, sum(d_scale)), np.nan, dtype=np.float32)
+    for (reg, _), blocks in zip(todo, blocks_by_region):
+        feats[reg.rows] = np.concatenate(blocks, axis=1)
+    ctx, img = whole, todo[0][1]
 
     params = {"extractor": _name(extractor), "patch_um": patch_um, "scales": list(scales), "patch_px": patch_px}
     res = Results(ctx, key_added, params={**params, "batch_size": batch_size, "seed": seed})
@@ -172,7 +193,7 @@ def histology_features(
         "patch_px": [int(s.out_px) for s in specs],
         "mpp": [float(s.mpp) for s in specs],
         "n_features_per_scale": d_scale,
-        "image_key": img.name,
+        "image_key": img.name if not multi else {str(r.region): i.name for r, i in todo},
     }
     if extractor == "handcrafted":
         from ._extractors import handcrafted_feature_names
@@ -181,6 +202,47 @@ def histology_features(
     res.uns(key_added, meta)
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added .obsm[{key_added!r}] ({feats.shape[1]} features)")
+    return out
+
+
+def _region_images(whole: Any, regions: list, image_key: Any) -> list:
+    """The image of every region of a multi-region table (e.g. a stack of sections); ``None`` where there is none.
+
+    ``image_key``: one name for all, a dict by region (or by section of a stack), or ``None``: a stack's
+    ``uns['stmap_stack']['section_info'][section]['images']``, else the image in the region's coordinate system.
+    """
+    import warnings
+
+    from ._stack import STACK_KEY
+
+    info = (whole.adata.uns.get(STACK_KEY) or {}).get("section_info") or {}
+    section_of = {str(v.get("region")): str(k) for k, v in info.items() if isinstance(v, dict)}
+    out = []
+    for reg in regions:
+        key = image_key
+        if isinstance(image_key, Mapping):
+            key = image_key.get(reg.region, image_key.get(section_of.get(str(reg.region)), None))
+            out.append(None if key is None else region_image(reg.ctx, key))
+            continue
+        if key is None and str(reg.region) in section_of:
+            listed = [str(i) for i in np.atleast_1d(info[section_of[str(reg.region)]].get("images", []))]
+            key = listed[0] if len(listed) == 1 else None
+            if not listed:
+                out.append(None)
+                continue
+        out.append(region_image(reg.ctx, key))
+    missing = [str(r.region) for r, i in zip(regions, out) if i is None]
+    if len(missing) == len(regions):
+        raise StmapInputError(
+            f"No region of table {whole.table_key!r} has an image ({', '.join(map(repr, missing))}): add the H&E of "
+            "each section as an image element in its coordinate system, or pass `image_key=` (a dict region -> image)."
+        )
+    if missing:
+        warnings.warn(
+            f"No image for {', '.join(map(repr, missing))}: their rows of obsm get NaN features.",
+            UserWarning,
+            stacklevel=3,
+        )
     return out
 
 
