@@ -124,6 +124,26 @@ def _density(sdata: Any, outdir: Path) -> list[Path]:
     return paths
 
 
+@_step("gene maps on histology (st.tl.gene_maps)")
+def _gene_maps(sdata: Any, outdir: Path) -> list[Path]:
+    import torch
+
+    from . import pl, tl
+
+    spots = _spot_table(sdata)
+    genes = ["tumor_r01", "immune_r01", "stroma_r01"]  # genes planted in the tumour, immune and stroma regions
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small U-Net trains fastest on one thread (no OpenMP contention)
+    try:  # a short run at a coarse working resolution (4 um px): the demo shows the pipeline, not the best maps
+        tl.gene_maps(sdata, genes=genes, table_key=spots, epochs=5, width=8, depth=2, tile_px=64, scale=4.0,
+                     verbose=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(n_threads)
+    path = outdir / "gene_maps.png"
+    pl.gene_maps(sdata, genes, table_key=spots, save=path, show=False)
+    return [path]
+
+
 def _spot_table(sdata: Any) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 

@@ -13,7 +13,7 @@ from stmap._core import StmapInputError, unknown_key
 __all__ = ["gene_maps"]
 
 #: Largest side (pixels) of an image read for one panel; a coarser pyramid level or a stride is used above it.
-_MAX_PX = 1000
+_MAX_PX = 800
 
 
 def gene_maps(
