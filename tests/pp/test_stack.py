@@ -342,3 +342,78 @@ def test_her2st_patient_c(shared_data):
         frac = has[codes == c].mean()
         assert frac > 0.5, (c, frac)
     assert (g != g.T).nnz == 0
+
+
+def _one_table(secs, single_element, shared_image=False):
+    """The sections of ``secs`` in ONE SpatialData with ONE table (obs['section']): one spot element per section, or
+    a single element holding every section's spots (each in its own section frame)."""
+    import anndata as ad
+
+    from stmap._core import make_circles, make_table, new_spatialdata
+
+    tabs, shapes, imgs, regs, ids, xy, rad, off = [], {}, {}, [], [], [], [], 0
+    for i, x in enumerate(secs):
+        t = x.tables[f"S{i}"].copy()
+        t.obs["section"] = f"S{i}"
+        el = x.shapes[f"S{i}_spots"]
+        inst = t.obs["instance_id"].to_numpy()
+        if single_element:
+            pos = el.index.get_indexer(inst)
+            xy.append(np.c_[el.geometry.x, el.geometry.y][pos])
+            rad.append(el["radius"].to_numpy()[pos])
+            ids.append(np.arange(len(inst)) + off)
+            off += len(inst)
+        else:
+            shapes[f"S{i}_spots"] = el
+            ids.append(inst)
+        regs += ["spots" if single_element else f"S{i}_spots"] * t.n_obs
+        if f"S{i}_he" in x.images and not shared_image:
+            imgs[f"S{i}_he"] = x.images[f"S{i}_he"]
+        tabs.append(t)
+    if shared_image:
+        imgs["slide"] = secs[0].images["S0_he"]
+    tab = ad.concat(tabs, index_unique=None, merge="same")
+    tab.uns.pop("spatialdata_attrs", None)
+    ids = np.concatenate(ids)
+    if single_element:
+        shapes["spots"] = make_circles(np.concatenate(xy), np.concatenate(rad), index=ids)
+    tab = make_table(tab, region=None, instance_ids=ids, row_regions=regs)
+    return new_spatialdata(shapes=shapes, images=imgs, tables={"all": tab}, units={"global": "um"})
+
+
+class TestOneTableSeveralSections:
+    @pytest.mark.parametrize("single_element", [False, True])
+    def test_same_stack_as_a_list(self, sim, single_element):
+        ref = st.pp.stack_sections(sim, transforms="warped").tables["stack"]
+        one = _one_table(sim, single_element)
+        before = (dict(one.tables["all"].obs.dtypes), one.tables["all"].n_obs, set(one.shapes))
+        s = st.pp.stack_sections(one, transforms="warped")
+        tab = s.tables["stack"]
+        # split by obs['section'], then the same path: identical positions, counts, sections
+        np.testing.assert_allclose(tab.obsm["spatial_3d"], ref.obsm["spatial_3d"], atol=1e-9)
+        assert (tab.X != ref.X).nnz == 0
+        assert list(tab.obs["section"].cat.categories) == ["S0", "S1", "S2", "S3"]
+        # one spot element per section, each placed in the aligned frame by its own transform
+        for sec in ("S0", "S3"):
+            pts = sd.transform(s[f"{sec}_spots"], to_coordinate_system="aligned")
+            rows = (tab.obs["section"] == sec).to_numpy()
+            pos = pts.index.get_indexer(tab.obs["instance_id"].to_numpy()[rows])
+            np.testing.assert_allclose(np.c_[pts.geometry.x, pts.geometry.y][pos], tab.obsm["spatial_3d"][rows, :2])
+            info = tab.uns["stmap_stack"]["section_info"][sec]
+            assert info["region"] == f"{sec}_spots" and info["images"] == [f"{sec}_he"]
+        assert (dict(one.tables["all"].obs.dtypes), one.tables["all"].n_obs, set(one.shapes)) == before
+
+    def test_shared_image_and_section_subset(self, sim):
+        one = _one_table(sim[:3], single_element=True, shared_image=True)
+        s = st.pp.stack_sections(one, sections=["S2", "S0"], transforms="warped")
+        assert list(s.tables["stack"].obs["section"].cat.categories) == ["S2", "S0"]
+        # an element of no section in particular: kept once, in every section's frame, not in the aligned ones
+        assert set(get_transformation(s["slide"], get_all=True)) == {"S0", "S2"}
+        assert s.tables["stack"].uns["stmap_stack"]["section_info"]["S0"]["images"] == ["slide"]
+
+    def test_errors(self, sim):
+        one = _one_table(sim[:2], single_element=False)
+        with pytest.raises(StmapInputError, match="nope"):
+            st.pp.stack_sections(one, section_key="nope")
+        with pytest.raises(StmapInputError, match="S7"):
+            st.pp.stack_sections(one, sections=["S0", "S7"])

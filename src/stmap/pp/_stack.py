@@ -282,6 +282,7 @@ class _Section:
     um: float  # micrometres per coordinate unit
     elements: list[str]
     measured: bool
+    shared: frozenset[str] = frozenset()  # elements common to several sections (one table split by section)
 
 
 def _as_sections(sdatas: Any, sections: Sequence[str] | None) -> list[tuple[str | None, Any, str | None]]:
@@ -290,8 +291,9 @@ def _as_sections(sdatas: Any, sections: Sequence[str] | None) -> list[tuple[str 
         keys = list(sdatas.tables.keys())
         if len(keys) < 2:
             raise StmapInputError(
-                f"A single SpatialData with {len(keys)} table(s) holds one section at most; stacking needs at least "
-                "two. Pass a list of per-section SpatialData objects, or one object with one table per section."
+                f"A single SpatialData with {len(keys)} table(s) and no section column holds one section at most; "
+                "stacking needs at least two. Pass a list of per-section SpatialData objects, one object with one "
+                "table per section, or one table whose obs[section_key] names each spot's section."
             )
         return [(None, sdatas, k) for k in keys]
     if isinstance(sdatas, Mapping):
@@ -360,9 +362,111 @@ def _section_names(raw: list[tuple[str | None, Any, str | None]], sections, tabl
     return names
 
 
-def _gather(sdatas, sections, table_keys, coordinate_system, spot_diameter) -> list[_Section]:
+def _split_one_table(sdata: Any, sections: Any, table_keys: Any, section_key: str) -> tuple[dict, frozenset] | None:
+    """One SpatialData whose one table holds several sections (``obs[section_key]``) -> ``{section: SpatialData}``.
+
+    Per section: the table's rows of that section, annotating the section's spots (the annotated element subset to
+    them, named ``'<section>_<element>'`` unless the element holds that section only), plus the elements whose names
+    start with the section name; every other element (e.g. one image of the whole slide) is shared by all sections.
+    ``None`` when the object is not one table of several sections.
+    """
+    import pandas as pd
+    from spatialdata import SpatialData
+    from spatialdata.transformations import get_transformation
+
+    from .._core._elements import make_table, with_transformations
+
+    keys = list(sdata.tables.keys())
+    if isinstance(table_keys, str):
+        if table_keys not in keys:
+            raise unknown_key("Table", table_keys, keys, "sdata.tables")
+        table_key = table_keys
+    elif table_keys is None and len(keys) == 1:
+        table_key = keys[0]
+    else:
+        return None
+    table = sdata.tables[table_key]
+    if section_key not in table.obs:
+        if isinstance(table_keys, str) or len(keys) == 1:
+            raise unknown_key(
+                "Section column", section_key, table.obs.columns, f"obs of table {table_key!r}",
+                hint="One table holding several sections needs a column naming each spot's section; pass "
+                "`section_key=`, or pass one SpatialData per section.",
+            )  # fmt: skip
+        return None
+    col = table.obs[section_key]
+    present = pd.unique(col.dropna().astype(str))
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = [str(c) for c in col.cat.categories if str(c) in set(present)]
+    names = [str(x) for x in (sections if sections is not None else present)]
+    unknown = [n for n in names if n not in set(present)]
+    if unknown:
+        raise unknown_key("Section", unknown[0], present, f"obs[{section_key!r}] of table {table_key!r}")
+    attrs = table.uns.get(Key.uns.spatialdata_attrs) or {}
+    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    if region_key is None or instance_key is None or attrs.get("region") is None:
+        raise StmapInputError(
+            f"Table {table_key!r} annotates no element; link it to the spots with "
+            "`sdata.set_table_annotates_spatialelement`."
+        )
+    sec_values = col.astype(str).to_numpy()
+    row_region = table.obs[region_key].astype(str).to_numpy()
+    regions = set(row_region)
+    kinds = ("images", "labels", "points", "shapes")
+    own = {n: {e for k in kinds for e in getattr(sdata, k) if e not in regions and e.startswith(n)} for n in names}
+    owned = set().union(*own.values())
+    shared = frozenset(e for k in kinds for e in getattr(sdata, k) if e not in regions and e not in owned)
+    out = {}
+    for n in names:
+        rows = np.flatnonzero(sec_values == n)
+        regs = set(row_region[rows])
+        if len(regs) != 1:
+            raise StmapInputError(
+                f"Section {n!r} has spots in several elements ({sorted(regs)}); one element per section is needed."
+            )
+        region = regs.pop()
+        el = sdata[region]
+        ids = table.obs[instance_key].to_numpy()[rows]
+        only = bool((sec_values[row_region == region] == n).all())
+        if region in sdata.labels:
+            raise StmapInputError(f"Section {n!r}: its table annotates labels; stacking needs spots (shapes/points).")
+        if region in sdata.shapes:
+            from .._core._resolve import _get_indexer
+
+            sub = el.iloc[_get_indexer(el.index, ids)]
+        else:
+            pdf = el.compute()
+            sub = _points_subset(pdf.iloc[_get_indexer(pdf.index, ids)], get_transformation(el, get_all=True))
+        sub = with_transformations(sub, dict(get_transformation(el, get_all=True)), copy=True, replace=True)
+        name = region if only else f"{n}_{region}"
+        sub_table = table[rows].copy()
+        sub_table.uns.pop(Key.uns.spatialdata_attrs, None)
+        sub_table = make_table(
+            sub_table, region=name, instance_ids=ids, region_key=region_key, instance_key=instance_key
+        )
+        els = {k: {e: v for e, v in getattr(sdata, k).items() if e in own[n] | shared} for k in kinds}
+        kind = "shapes" if region in sdata.shapes else "points"
+        els[kind][name] = sub
+        out[n] = SpatialData(**els, tables={table_key: sub_table}, attrs=dict(sdata.attrs))
+    return out, shared
+
+
+def _points_subset(pdf: Any, transformations: dict) -> Any:
+    from spatialdata.models import PointsModel
+
+    cols = [c for c in ("x", "y", "z") if c in pdf.columns]
+    return PointsModel.parse(pdf, coordinates={c: c for c in cols}, transformations=transformations)
+
+
+def _gather(
+    sdatas, sections, table_keys, coordinate_system, spot_diameter, section_key=Key.obs.section
+) -> list[_Section]:
     from .._core import resolve
 
+    shared: frozenset[str] = frozenset()
+    split = _split_one_table(sdatas, sections, table_keys, section_key) if is_spatialdata(sdatas) else None
+    if split is not None:
+        (sdatas, shared), sections, table_keys = split, None, None
     raw = _as_sections(sdatas, sections)
     if len(raw) < 2:
         raise StmapInputError(f"Stacking needs at least two sections, got {len(raw)}.")
@@ -408,7 +512,18 @@ def _gather(sdatas, sections, table_keys, coordinate_system, spot_diameter) -> l
         measured = ctx.adata.n_vars > 0
         out.append(
             _Section(
-                name, sdata, ctx.adata, table_key, ctx.region, ctx.coordinate_system, ctx.coords, r, um, els, measured
+                name,
+                sdata,
+                ctx.adata,
+                table_key,
+                ctx.region,
+                ctx.coordinate_system,
+                ctx.coords,
+                r,
+                um,
+                els,
+                measured,
+                shared,
             )  # fmt: skip
         )
     return out
@@ -602,7 +717,7 @@ def stack_sections(
     *,
     sections: Sequence[str] | None = None,
     section_key: str = Key.obs.section,
-    table_keys: Sequence[str | None] | Mapping[str, str] | None = None,
+    table_keys: str | Sequence[str | None] | Mapping[str, str] | None = None,
     z: Sequence[float] | Mapping[str, float] | float | None = None,
     transforms: Literal["warped", "icp", "landmarks"] | Sequence[np.ndarray] | Mapping[str, np.ndarray] | None = None,
     warped_key: str = Key.obsm.spatial_warped,
@@ -626,15 +741,22 @@ def stack_sections(
     ----------
     sdatas
         The sections: a list of SpatialData objects (one section each, e.g. :func:`stmap.datasets.her2st`), a dict
-        ``{section name: SpatialData}``, or one SpatialData with one table per section (then a section's elements
-        are the table's region and the elements whose names start with the section name).
+        ``{section name: SpatialData}``, one SpatialData with one table per section (then a section's elements
+        are the table's region and the elements whose names start with the section name), or one SpatialData whose
+        one table (or ``table_keys=<name>``) holds several sections told apart by ``obs[section_key]``: it is split
+        by section first (the spots of a section in one element per section, or one element holding every
+        section's spots, subset per section into ``'<section>_<element>'``); elements whose names start with a
+        section name belong to it, any other element (e.g. one image of the whole slide) is kept once, in every
+        section's coordinate system but not in the aligned frames.
     sections
-        Section names (default: the dict keys, else the table names).
+        Section names (default: the dict keys, else the table names); for one table holding several sections, the
+        sections to stack (default: all, in the order of the column's categories, else of appearance).
     section_key
-        ``obs`` column of the stacked table naming each spot's section.
+        ``obs`` column of the stacked table naming each spot's section (and, for one input table holding several
+        sections, the column they are split by).
     table_keys
         The table of each section (list aligned with the sections, or dict by section); default: the table named
-        like the section, else the section's only table.
+        like the section, else the section's only table. One name: the one table holding every section.
     z
         Position of the sections along the cutting axis, in micrometres: one value per section (list or dict), or
         the step between consecutive sections (float). Default: the step is the median in-plane spot spacing
@@ -721,7 +843,7 @@ def stack_sections(
         "min_overlap": min_overlap,
     }
     start = logg.info("stacking sections")
-    secs = _gather(sdatas, sections, table_keys, coordinate_system, spot_diameter)
+    secs = _gather(sdatas, sections, table_keys, coordinate_system, spot_diameter, section_key)
     for s in secs:
         if s.radius_um is None:
             raise StmapInputError(
@@ -780,6 +902,16 @@ def stack_sections(
                 logg.warning(f"element {e!r} of section {s.name!r} is not in {s.coordinate_system!r}; not stacked")
                 continue
             t0 = get_transformation(el, to_coordinate_system=s.coordinate_system)
+            if e in s.shared:  # one element common to several sections: in each one's frame, not in the aligned ones
+                if e in taken:
+                    with_transformations(collections[kind_e][e], {s.name: t0}, copy=False)
+                else:
+                    taken[e] = s.name
+                    collections[kind_e][e] = with_transformations(el, {s.name: t0}, copy=True, replace=True)
+                names.append(e)
+                if kind_e == "images":
+                    imgs.append(e)
+                continue
             new_name = e if e not in taken else f"{s.name}_{e}"
             if new_name in taken:
                 raise StmapInputError(f"Element name {new_name!r} occurs in several sections; rename the elements.")
