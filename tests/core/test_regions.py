@@ -144,3 +144,20 @@ def with_t(el, ts, **kw):
     from stmap._core._elements import with_transformations
 
     return with_transformations(el, ts, **kw)
+
+
+def test_circle_coords_match_spatialdata_centroids():
+    # TableContext.coords maps circle centres by the element's affine itself; spatialdata's get_centroids is the
+    # reference (rotation + anisotropic scale + shift)
+    from spatialdata import get_centroids
+
+    from stmap._core._elements import with_transformations
+
+    sdata, _ = _two_sections()
+    a = np.array([[0.8, -1.3, 7.0], [0.6, 1.1, -3.0], [0, 0, 1.0]])
+    sdata.shapes["B_spots"] = with_transformations(sdata.shapes["B_spots"], {"rot": a})
+    _, regs = resolve_regions(sdata, "t", coordinate_system={"A_spots": "A", "B_spots": "rot"})
+    ctx = regs[1].ctx
+    cent = get_centroids(sdata["B_spots"], coordinate_system="rot").compute()
+    ids = ctx.adata.obs["instance_id"].to_numpy()
+    np.testing.assert_allclose(ctx.coords, cent[["x", "y"]].to_numpy()[cent.index.get_indexer(ids)], atol=1e-9)

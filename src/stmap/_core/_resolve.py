@@ -185,6 +185,13 @@ class TableContext:
         """``(n_obs, 2)`` centres ``(x, y)`` in :attr:`coordinate_system`, in the order of the table's rows."""
         if self.sdata is None:
             return np.asarray(self.adata.obsm[self.spatial_key], dtype=float)[:, :2]
+        el = self.element
+        if self.element_type == "shapes" and len(el) and (el.geometry.geom_type == "Point").all():
+            # circles: their centres mapped by the element's affine (what get_centroids computes, without dask)
+            xy = np.c_[el.geometry.x.to_numpy(dtype=float), el.geometry.y.to_numpy(dtype=float)]
+            xy = transform_points(_affine_of(el, self.coordinate_system), xy)[self._positions(pd.Index(el.index))]
+            _check_finite_coords(xy, f"Element {self.region!r}", self.adata.obs_names)
+            return xy
         from spatialdata import get_centroids
 
         with warnings.catch_warnings():  # spatialdata warns about the order of the ids it builds itself
