@@ -242,7 +242,7 @@ class TestStackSections:
         assert _rigid_residual(s.tables["stack"]).max() < 1e-6
 
     def test_zarr_round_trip(self, sim, tmp_path):
-        s = st.pp.stack_sections(sim, transforms="warped")
+        s = st.pp.stack_sections(sim[1:3], transforms="warped")  # two sections: every kind of element, less I/O
         st.pp.spot_graph_3d(s, features_key="histology_true")
         s.write(tmp_path / "stack.zarr")
         r = sd.read_zarr(tmp_path / "stack.zarr")
@@ -263,7 +263,7 @@ class TestStackSections:
         m3 = get_transformation(r["S2_spots"], to_coordinate_system="aligned_3d").to_affine_matrix(
             ("x", "y"), ("x", "y", "z")
         )
-        assert m3[2, 2] == pytest.approx(a.uns["stmap_stack"]["z"][2])
+        assert m3[2, 2] == pytest.approx(a.uns["stmap_stack"]["z"][1])
 
     def test_one_section(self, sim):
         with pytest.raises(StmapInputError, match="at least two"):
@@ -321,12 +321,14 @@ class TestSpotGraph3d:
 
 
 def test_her2st_patient_c(shared_data):
+    # three of the six sections (reading the files dominates the time); C1 (no image, the registration's reference
+    # frame) behaves the same way
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        secs = [st.datasets.her2st(f"C{i}", path=shared_data, load_image=False) for i in range(1, 7)]
+        secs = [st.datasets.her2st(f"C{i}", path=shared_data, load_image=False) for i in range(2, 5)]
     s = st.pp.stack_sections(secs, transforms="warped")
     tab = s.tables["stack"]
-    assert list(tab.obs["section"].cat.categories) == [f"C{i}" for i in range(1, 7)]
+    assert list(tab.obs["section"].cat.categories) == [f"C{i}" for i in range(2, 5)]
     assert tab.n_vars > 10_000 and "cluster" in tab.obs and "cancer" in tab.obs
     st.pp.spot_graph_3d(s)
     g = tab.obsp["stmap_graph_overlap"]
@@ -338,7 +340,7 @@ def test_her2st_patient_c(shared_data):
     # a spot overlaps with probability pi * 100^2 / 200^2 ~ 0.79 inside the tissue, less at its edges (measured:
     # 0.62 for C1, 0.76-0.97 for the others); 0.5 fails a registration that is off by a spot or more
     has = np.diff(g.indptr) > 0
-    for c in range(6):
+    for c in range(3):
         frac = has[codes == c].mean()
         assert frac > 0.5, (c, frac)
     assert (g != g.T).nnz == 0
