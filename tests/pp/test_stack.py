@@ -419,3 +419,20 @@ class TestOneTableSeveralSections:
             st.pp.stack_sections(one, section_key="nope")
         with pytest.raises(StmapInputError, match="S7"):
             st.pp.stack_sections(one, sections=["S0", "S7"])
+
+
+def test_spot_graph_similarity_skips_nan_features(sim):
+    s = st.pp.stack_sections(sim, transforms="warped")
+    tab = s.tables["stack"]
+    f = np.asarray(tab.obsm["histology_true"], dtype=float).copy()
+    rows1 = (tab.obs["section"] == "S1").to_numpy()
+    f[rows1] = np.nan  # a section without an image
+    tab.obsm["feat"] = f
+    st.pp.spot_graph_3d(s, features_key="feat")
+    g = tab.obsp["stmap_graph_similarity"]
+    # no edge touches the featureless section; the rest is the graph of the spots with features alone
+    assert g[rows1].nnz == 0 and g[:, rows1].nnz == 0
+    ok = ~rows1
+    codes = tab.obs["section"].cat.codes.to_numpy()
+    ref = graph_arrays(tab.obsm["spatial_3d"][ok], codes[ok], 50.0, f[ok])["similarity"]
+    assert (g[ok][:, ok] != ref).nnz == 0

@@ -1057,7 +1057,9 @@ def spot_graph_3d(
     -------
     ``None`` (``copy=False``) or the updated copy. Written to the table: ``obsp['<key_added>_overlap']`` (disc IoU),
     ``obsp['<key_added>_spatial']`` (within-section kNN) and, with ``features_key``,
-    ``obsp['<key_added>_similarity']`` (cosine similarity, top ``k_similar``): symmetric CSR matrices; and
+    ``obsp['<key_added>_similarity']`` (cosine similarity, top ``k_similar``; spots with NaN features, e.g. of a
+    section without an image, get no similarity edges, and ``layers_apart`` then counts only the sections with
+    features): symmetric CSR matrices; and
     ``uns[key_added]``: ``nnz_per_spot`` per part, ``params``.
 
     Raises
@@ -1107,6 +1109,12 @@ def spot_graph_3d(
         f = adata.obsm[features_key]
         feats = f.to_numpy(dtype=float) if isinstance(f, pd.DataFrame) else np.asarray(f, dtype=float)
     start = logg.info("building the 3D spot graph")
+    nan_rows = None
+    if feats is not None and not np.isfinite(feats).all():
+        nan_rows = ~np.isfinite(feats).all(1)  # e.g. sections without an image: no similarity edges for them
+        if nan_rows.all():
+            raise StmapInputError(f"obsm[{features_key!r}] has no row of finite features.")
+        feats = np.where(nan_rows[:, None], 0.0, feats)
     g = graph_arrays(
         np.asarray(adata.obsm[spatial_key], dtype=float),
         sec.cat.codes.to_numpy(),
@@ -1118,6 +1126,16 @@ def spot_graph_3d(
         min_iou=min_iou,
         spatial_weights=spatial_weights,
     )
+    if nan_rows is not None:  # recompute the similarity part among the spots with features only
+        ok = np.flatnonzero(~nan_rows)
+        sub = graph_arrays(
+            np.asarray(adata.obsm[spatial_key], dtype=float)[ok], sec.cat.codes.to_numpy()[ok],
+            np.broadcast_to(np.asarray(radius, dtype=float), (adata.n_obs,))[ok], feats[ok],
+            k_similar=k_similar, k_spatial=0, layers_apart=layers_apart,
+        )["similarity"].tocoo()  # fmt: skip
+        g["similarity"] = sparse.csr_matrix(
+            (sub.data, (ok[sub.row], ok[sub.col])), shape=(adata.n_obs, adata.n_obs), dtype=np.float32
+        )
     params = {
         "features_key": features_key,
         "k_similar": k_similar,
