@@ -12,7 +12,9 @@ context) plus one expression token (the label-propagated expression of the node,
    features) over the 3D graph, residual;
 4. a transformer layer across the level tokens (nodes stay in the batch dimension; tokens are never reshaped across
    nodes), mean-pooled, then a linear head to the genes; every level also has its own head (auxiliary losses);
-5. output = ``sigmoid(w_g) * propagated + (1 - sigmoid(w_g)) * network`` with one learnt weight per gene.
+5. output = per-gene softmax mix of three sources: the propagated expression, a linear histology prior (a
+   cross-fitted ridge regression of expression on the node's features, computed outside) and the network. A source
+   not available at a node (no propagation, no image) gets weight 0 there and the others are renormalised.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class ASIGNNet(nn.Module):
         Edge types (e.g. overlap, similarity, spatial); edge features are their one-hot code plus the weight.
     dropout
         Dropout in the attention layers and before the heads.
+    use_expression
+        Give the network the propagated expression as an extra token (otherwise it sees histology and the graph
+        only, and expression enters through the mix alone).
     """
 
     def __init__(
@@ -51,8 +56,10 @@ class ASIGNNet(nn.Module):
         heads: int = 4,
         n_edge_types: int = 3,
         dropout: float = 0.1,
+        use_expression: bool = True,
     ):
         super().__init__()
+        self.use_expression = bool(use_expression)
         from torch_geometric.nn import TransformerConv
 
         self.level_dims, self.n_genes, self.hidden = list(level_dims), int(n_genes), int(hidden)
@@ -78,7 +85,7 @@ class ASIGNNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, n_genes)
         self.level_heads = nn.ModuleList([nn.Linear(hidden, n_genes) for _ in range(n_levels)])
-        self.mix_logit = nn.Parameter(torch.zeros(n_genes))
+        self.mix_logit = nn.Parameter(torch.zeros(3, n_genes))  # sources: propagated, histology prior, network
 
     def forward(
         self,
@@ -87,6 +94,8 @@ class ASIGNNet(nn.Module):
         propagated: torch.Tensor,
         edge_index: torch.Tensor,
         edge_attr: torch.Tensor,
+        prior: torch.Tensor | None = None,
+        available: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Predict standardised expression.
 
@@ -100,6 +109,11 @@ class ASIGNNet(nn.Module):
             ``(n, n_genes)`` label-propagated expression (standardised).
         edge_index, edge_attr
             ``(2, E)`` graph and ``(E, n_edge_types + 1)`` edge features.
+        prior
+            ``(n, n_genes)`` linear histology prior (standardised); ``None``: zeros, unavailable.
+        available
+            ``(n, 3)`` bool: which sources (propagated, prior, network) exist at each node (default: all; the prior
+            only where ``prior`` is given).
 
         Returns
         -------
@@ -112,7 +126,7 @@ class ASIGNNet(nn.Module):
         else:
             toks = [self.no_image[0].expand(n, -1)]
         lv = torch.stack(toks, 1)  # (n, L, h)
-        keys = torch.cat([lv, self.expr(propagated)[:, None]], 1)  # (n, L + 1, h)
+        keys = torch.cat([lv, self.expr(propagated)[:, None]], 1) if self.use_expression else lv  # (n, L (+1), h)
         att, _ = self.cross(lv, keys, keys, need_weights=False)
         lv = self.cross_norm(lv + att)
         out = []
@@ -122,12 +136,27 @@ class ASIGNNet(nn.Module):
         lv = self.levels(torch.stack(out, 1))  # (n, L, h): attention across levels, per node
         net = self.head(self.drop(lv.mean(1)))
         per_level = [hd(lv[:, i]) for i, hd in enumerate(self.level_heads)]
-        w = torch.sigmoid(self.mix_logit)
-        return w * propagated + (1 - w) * net, net, per_level
+        return self.mix(propagated, prior, net, available), net, per_level
+
+    def mix(
+        self,
+        propagated: torch.Tensor,
+        prior: torch.Tensor | None,
+        net: torch.Tensor,
+        available: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-gene softmax mix of the sources (unavailable ones get weight 0 at their nodes)."""
+        if prior is None:
+            prior = torch.zeros_like(net)
+        if available is None:
+            available = torch.ones(net.shape[0], 3, dtype=torch.bool, device=net.device)
+        logits = self.mix_logit[None] + torch.where(available[:, :, None], 0.0, -1e4)  # (n, 3, g)
+        w = torch.softmax(logits, 1)
+        return w[:, 0] * propagated + w[:, 1] * prior + w[:, 2] * net
 
     def mixing_weights(self) -> torch.Tensor:
-        """Per-gene weight of the propagated expression in the output."""
-        return torch.sigmoid(self.mix_logit.detach())
+        """``(3, n_genes)`` per-gene weights of the propagated expression, the histology prior and the network."""
+        return torch.softmax(self.mix_logit.detach(), 0)
 
 
 def impute_loss(pred: torch.Tensor, target: torch.Tensor, *, mse_weight: float = 0.75) -> torch.Tensor:

@@ -97,6 +97,22 @@ def propagate_labels(adj: Any, labels: np.ndarray, known: np.ndarray, *, iterati
     return z
 
 
+def _ridge_prior(X: np.ndarray, Z: np.ndarray, train: np.ndarray) -> dict[str, Any]:
+    """Linear histology prior: ridge of ``Z`` on ``X`` fitted on ``train`` rows (penalty by efficient LOO)."""
+    from sklearn.linear_model import RidgeCV
+
+    full = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(X[train], Z[train])
+    fit = {"coef": full.coef_.T.astype(np.float64), "intercept": np.asarray(full.intercept_, dtype=np.float64)}
+    fit["alpha"] = float(full.alpha_)
+    return fit
+
+
+def _apply_prior(fit: dict[str, Any] | None, X: np.ndarray | None, has: np.ndarray, shape: tuple) -> np.ndarray:
+    if fit is None or X is None:
+        return np.zeros(shape)
+    return np.where(has[:, None], X @ np.asarray(fit["coef"]) + np.asarray(fit["intercept"]), 0.0)
+
+
 def _edges(graphs: dict[str, Any], torch: Any) -> tuple[Any, Any, Any]:
     """Edge index, edge features (type one-hot + weight) and the summed adjacency (scipy CSR) for propagation."""
     from scipy import sparse
@@ -136,6 +152,8 @@ class Impute3DModel:
         Training parameters.
     history
         Training loss per epoch.
+    prior
+        The linear histology prior (ridge ``coef`` ``(features, genes)``, ``intercept``, ``alpha``), or ``None``.
     """
 
     net: Any
@@ -145,9 +163,10 @@ class Impute3DModel:
     config: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
+    prior: dict[str, Any] | None = None
 
     def mixing_weights(self) -> np.ndarray:
-        """Per-gene weight of the propagated expression in the output (``1 - w`` goes to the network)."""
+        """``(3, n_genes)`` per-gene weights of the propagated expression, the histology prior and the network."""
         return self.net.mixing_weights().cpu().numpy().astype(np.float64)
 
     def save(self, path: Any) -> Any:
@@ -156,6 +175,7 @@ class Impute3DModel:
 
         extra = {"genes": list(self.genes), "mean": self.mean, "std": self.std, "params": self.params}
         extra["history"] = list(self.history)
+        extra["prior"] = None if self.prior is None else {k: np.asarray(v).tolist() for k, v in self.prior.items()}
         return save_checkpoint(path, self.net, config=self.config, extra=extra)
 
     @classmethod
@@ -173,6 +193,7 @@ class Impute3DModel:
             config=config,
             params=dict(extra.get("params", {})),
             history=list(extra.get("history", [])),
+            prior=None if extra.get("prior") is None else {k: np.asarray(v) for k, v in extra["prior"].items()},
         )
 
 
@@ -202,13 +223,19 @@ def impute_arrays(
     graph: tuple[str, ...] = _EDGE_TYPES,
     propagate: bool = True,
     iterations: int = 20,
-    epochs: int = 150,
-    hidden: int = 64,
+    epochs: int = 100,
+    hidden: int = 32,
     heads: int = 4,
     dropout: float = 0.1,
     lr: float = 2e-3,
     weight_decay: float = 1e-4,
     mask_fraction: float = 0.3,
+    n_masks: int = 20,
+    use_histology_prior: bool = True,
+    holdout_fraction: float = 0.25,
+    mix_shrink: float = 10.0,
+    expression_token: bool = True,
+    mix_lr_factor: float = 25.0,
     aux_weight: float = 0.25,
     k_similar: int = 12,
     k_spatial: int = 6,
@@ -254,6 +281,13 @@ def impute_arrays(
     dev = resolve_device(device)
     torch.manual_seed(int(seed))
     T = _tensors(Z, measured, levels, has, graphs, torch, dev)
+    use_prior = bool(levels) and use_histology_prior and (has & measured).sum() >= 10
+    prior_fit = None if model is None else model.prior
+    if use_prior and model is None:
+        prior_fit = _ridge_prior(feat_cat, Z, has & measured)
+    prior_t = torch.as_tensor(_apply_prior(prior_fit, feat_cat, has, Z.shape), dtype=torch.float32, device=dev)
+    avail = np.c_[np.full(n, propagate), has & (prior_fit is not None), np.ones(n, bool)]
+    avail_t = torch.as_tensor(avail, device=dev)
 
     def prop(known):
         if not propagate:
@@ -264,46 +298,72 @@ def impute_arrays(
     params = {
         "graph": list(graph), "propagate": propagate, "iterations": iterations, "epochs": epochs, "hidden": hidden,
         "heads": heads, "dropout": dropout, "lr": lr, "weight_decay": weight_decay, "mask_fraction": mask_fraction,
-        "aux_weight": aux_weight, "k_similar": k_similar, "k_spatial": k_spatial, "layers_apart": layers_apart,
-        "disc_scale": disc_scale, "per_section_features": per_section_features, "seed": seed,
+        "n_masks": n_masks, "mix_lr_factor": mix_lr_factor, "aux_weight": aux_weight,
+        "use_histology_prior": use_histology_prior, "holdout_fraction": holdout_fraction,
+        "mix_shrink": mix_shrink, "expression_token": expression_token, "k_similar": k_similar,
+        "k_spatial": k_spatial,
+        "layers_apart": layers_apart, "disc_scale": disc_scale, "per_section_features": per_section_features,
+        "seed": seed,
     }  # fmt: skip
     if model is None:
         config = {
             "level_dims": [int(f.shape[1]) for f in levels], "n_genes": int(g), "hidden": int(hidden),
             "heads": int(heads), "n_edge_types": len(_EDGE_TYPES), "dropout": float(dropout),
+            "use_expression": bool(expression_token),
         }  # fmt: skip
         net = ASIGNNet(**config)
-        if not propagate:  # the network alone: mixing weight pinned at 0
-            with torch.no_grad():
-                net.mix_logit.fill_(-30.0)
-            net.mix_logit.requires_grad_(False)
-        meas_np = np.flatnonzero(measured)
-        meas_idx = torch.as_tensor(meas_np, device=dev)
-        gen = torch.Generator().manual_seed(int(seed))
-        n_mask = max(1, int(round(mask_fraction * len(meas_idx))))
+        # measured spots: a held-out part H (labels never seen by the network nor the propagation; the per-gene
+        # mix is learnt on it) and the rest, of which a random mask_fraction is hidden from the propagation each
+        # epoch and predicted by the network
+        rng = np.random.default_rng(seed)
+        meas_np = rng.permutation(np.flatnonzero(measured))
+        n_hold = int(round(holdout_fraction * len(meas_np))) if len(meas_np) >= 10 else 0
+        hold, rest = meas_np[:n_hold], meas_np[n_hold:]
+        hold_t = torch.as_tensor(np.sort(hold), device=dev)
+        rest_mask = np.zeros(n, bool)
+        rest_mask[rest] = True
+        prior_tr = prior_t
+        if prior_fit is not None and n_hold and (has & rest_mask).sum() >= 10:  # the mix sees an honest prior on H
+            prior_tr = _apply_prior(_ridge_prior(feat_cat, Z, has & rest_mask), feat_cat, has, Z.shape)
+            prior_tr = torch.as_tensor(prior_tr, dtype=torch.float32, device=dev)
+        n_mask = max(1, int(round(mask_fraction * len(rest))))
+        masks = []  # a fixed set of masks (and their propagations), cycled through the epochs
+        for _ in range(max(1, min(int(n_masks), int(epochs)))):
+            masked = rng.choice(rest, size=min(n_mask, len(rest)), replace=False)
+            known = rest_mask.copy()
+            known[masked] = False
+            masks.append((torch.as_tensor(np.sort(masked), device=dev), prop(known)))
 
         def step(net, idx, epoch):
-            perm = torch.randperm(len(meas_idx), generator=gen)[:n_mask].to(dev)
-            masked = meas_idx[perm]
-            known = measured.copy()
-            known[meas_np[perm.cpu().numpy()]] = False
-            p = prop(known)
-            mixed, _, per_level = net(T["feats"], T["has"], p, T["ei"], T["ea"])
+            masked, p = masks[epoch % len(masks)]
+            _, out, per_level = net(T["feats"], T["has"], p, T["ei"], T["ea"])
             tgt = T["Y"][masked]
-            loss = impute_loss(mixed[masked], tgt)
+            loss = impute_loss(out[masked], tgt)
             for pl in per_level:
                 loss = loss + aux_weight / len(per_level) * impute_loss(pl[masked], tgt)
+            if n_hold:  # the mix, on spots the network never trained on (network output detached)
+                mixed = net.mix(p[hold_t], prior_tr[hold_t], out[hold_t].detach(), avail_t[hold_t])
+                loss = loss + impute_loss(mixed, T["Y"][hold_t])
+                ml = net.mix_logit  # shrink per-gene weights towards the per-source mean (few held-out spots)
+                loss = loss + mix_shrink * (ml - ml.mean(1, keepdim=True)).pow(2).mean()
             return loss
 
+        others = [p for n_, p in net.named_parameters() if n_ != "mix_logit" and p.requires_grad]
+        groups = [{"params": others}]
+        if net.mix_logit.requires_grad:  # the per-gene mix learns faster than the network (one scalar per gene)
+            groups.append({"params": [net.mix_logit], "lr": lr * mix_lr_factor, "weight_decay": 0.0})
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
         hist = fit(
-            net, step, 1, epochs=epochs, batch_size=1, lr=lr, weight_decay=weight_decay, seed=seed, device=dev,
+            net, step, 1, epochs=epochs, batch_size=1, lr=lr, optimizer=opt, seed=seed, device=dev,
             verbose=verbose, desc="impute_3d",
         )  # fmt: skip
-        model = Impute3DModel(net, list(genes or range(g)), mean, std, config, params, list(hist.loss))
+        model = Impute3DModel(net, list(genes or range(g)), mean, std, config, params, list(hist.loss), prior_fit)
     net = model.net.to(dev).eval()
     with torch.no_grad():
         p = prop(measured)
-        mixed, _, _ = net(T["feats"], T["has"], p, T["ei"], T["ea"])
+        mixed, out, _ = net(T["feats"], T["has"], p, T["ei"], T["ea"], prior_t, avail_t)
+    srcs = zip(("propagated", "prior", "network"), (p, prior_t, out))
+    model.sources = {k: v.cpu().numpy().astype(np.float64) * std + mean for k, v in srcs}  # each alone (diagnostics)
     pred = mixed.cpu().numpy().astype(np.float64) * std + mean
     pred[measured] = Y[measured]
     return pred, model, graphs
@@ -339,8 +399,8 @@ def impute_3d(
     spatial_key: str = Key.obsm.spatial_3d,
     graph: tuple[str, ...] = _EDGE_TYPES,
     propagate: bool = True,
-    epochs: int = 150,
-    hidden: int = 64,
+    epochs: int = 100,
+    hidden: int = 32,
     mask_fraction: float = 0.3,
     disc_scale: float = 3.0,
     k_similar: int = 12,
