@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from functools import partial
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
