@@ -77,12 +77,12 @@ class TestNetwork:
 
     def test_tiled_equals_whole_image_with_prior(self):
         torch.manual_seed(0)
-        net = GeneMapNet(2, width=4, depth=2, prior=True).eval()
+        net = GeneMapNet(2, width=4, depth=2, n_priors=2).eval()
         gen = np.random.default_rng(3)
         img = gen.random((3, 100, 120)).astype(np.float32)
-        x = np.concatenate(
-            [img, prior_raster(gen.uniform(0, 100, (12, 2)), gen.normal(size=(12, 2)), 0, 0, 100, 120, 20.0)]
-        )
+        idw = prior_raster(gen.uniform(0, 100, (12, 2)), gen.normal(size=(12, 2)), 0, 0, 100, 120, 20.0)
+        hist = gen.normal(size=(2, 100, 120)).astype(np.float32)
+        x = np.concatenate([img, idw[:2], hist, idw[2:]])  # RGB, 2 prior blocks of 2 genes, distance
         tiled = predict_maps(net, x, chunk=48).compute()
         # same windows, same arithmetic: float rounding only
         np.testing.assert_allclose(tiled, _whole_pass(net, x), atol=1e-5)
@@ -121,9 +121,10 @@ class TestGeneMaps:
         out = gene_maps(tissue, genes=GENES, table_key="spots", copy=True, **{**FAST, "epochs": 6})
         ad = out.tables["spots"]
         r = np.asarray(ad.uns["stmap_gene_maps"]["spot_pearson_train"])
-        # the inverse-distance prior alone (an untrained head) gives r = 0.98-0.99 at these spots (a spot's own disc
-        # dominates its interpolation); training must not lose that. Histology alone reaches only -0.2..0.5 here.
-        assert np.nanmin(r) > 0.95, r
+        # the inverse-distance prior alone gives r = 0.98-0.99 at these spots (a spot's own disc dominates its
+        # interpolation), the H&E alone -0.2..0.5; the default mix (half each at the start) gives 0.93-0.97 after six
+        # epochs. Below 0.9 the maps would no longer honour the measured spots.
+        assert np.nanmin(r) > 0.9, r
 
     def test_deterministic(self, tissue):
         a = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, seed=3, **FAST)

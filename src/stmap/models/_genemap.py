@@ -39,19 +39,23 @@ class GeneMapNet(nn.Module):
         Channels of the first level (doubled at each level down).
     depth
         Number of 2x down-samplings; input sides must be multiples of ``2 ** depth``.
-    prior
-        The input carries, after the 3 RGB channels, a spatial prior: one channel per gene (the expression
-        interpolated from nearby measured spots, standardised) and one channel saying how far the nearest measured
-        spot is. The gene head adds the prior, scaled by a learnt per-gene gain, to its own output, so the network
-        learns the histology-driven departure from the interpolated field.
+    n_priors
+        Number of prior estimates in the input. The input carries, after the 3 RGB channels, ``n_priors`` blocks of
+        one channel per gene (estimates of the standardised expression at each pixel, e.g. interpolated from nearby
+        measured spots, or regressed on local histology features), then (if ``n_priors > 0``) one channel saying
+        how far the nearest measured spot is. The gene head adds the priors, each scaled by a learnt per-gene gain
+        (initially ``1 / n_priors``), to its own output: the network learns how to weigh them and the departure
+        from them that the histology shows.
     """
 
-    def __init__(self, n_genes: int, *, width: int = 16, depth: int = 3, prior: bool = False) -> None:
+    def __init__(self, n_genes: int, *, width: int = 16, depth: int = 3, n_priors: int = 0) -> None:
         super().__init__()
-        self.n_genes, self.width, self.depth, self.prior = int(n_genes), int(width), int(depth), bool(prior)
+        self.n_genes, self.width, self.depth, self.n_priors = int(n_genes), int(width), int(depth), int(n_priors)
         chans = [width * 2**i for i in range(depth + 1)]
-        self.in_channels = 3 + (self.n_genes + 1 if self.prior else 0)
-        self.prior_gain = nn.Parameter(torch.ones(self.n_genes)) if self.prior else None
+        self.in_channels = 3 + (self.n_priors * self.n_genes + 1 if self.n_priors else 0)
+        self.prior_gain = (
+            nn.Parameter(torch.full((self.n_priors, self.n_genes), 1.0 / self.n_priors)) if self.n_priors else None
+        )
         self.down = nn.ModuleList(
             [_block(self.in_channels, chans[0])] + [_block(chans[i], chans[i + 1]) for i in range(depth)]
         )
@@ -84,13 +88,13 @@ class GeneMapNet(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (for saving)."""
-        return {"n_genes": self.n_genes, "width": self.width, "depth": self.depth, "prior": self.prior}
+        return {"n_genes": self.n_genes, "width": self.width, "depth": self.depth, "n_priors": self.n_priors}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, C, H, W)`` -> ``(image (B, 3, H, W) in [0, 1], genes (B, G, H, W))``.
 
-        ``C`` is :attr:`in_channels`: RGB in ``[0, 1]``, then (with ``prior``) the per-gene prior and the distance
-        channel.
+        ``C`` is :attr:`in_channels`: RGB in ``[0, 1]``, then the ``n_priors`` per-gene prior blocks and the
+        distance channel.
         """
         skips = []
         h = x
@@ -103,8 +107,9 @@ class GeneMapNet(nn.Module):
         for up, dec in zip(self.up, self.dec, strict=True):
             h = dec(torch.cat([up(h), skips.pop()], dim=1))
         genes = self.gene_head(h)
-        if self.prior:
-            genes = genes + self.prior_gain[None, :, None, None] * x[:, 3 : 3 + self.n_genes]
+        g = self.n_genes
+        for k in range(self.n_priors):
+            genes = genes + self.prior_gain[k][None, :, None, None] * x[:, 3 + k * g : 3 + (k + 1) * g]
         return torch.sigmoid(self.image_head(h)), genes
 
 

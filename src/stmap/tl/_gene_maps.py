@@ -68,6 +68,11 @@ class GeneMapModel:
         Whether targets were ``log1p`` of counts per 10^4.
     history
         Training loss per epoch.
+    prior
+        The priors the network was trained with (``'idw+histology'``, ``'idw'``, ``'histology'`` or ``None``).
+    ridge_coef, ridge_intercept
+        With a histology prior: the ridge regression ``(P, G)``, ``(G,)`` of the standardised targets on the
+        standardised handcrafted features (:func:`stmap.pp.handcrafted_features`) of spot-sized patches.
     """
 
     net: Any
@@ -78,6 +83,9 @@ class GeneMapModel:
     pixel_size_um: float | None = None
     normalize: bool = True
     history: list[float] = field(default_factory=list)
+    prior: str | None = None
+    ridge_coef: np.ndarray | None = None
+    ridge_intercept: np.ndarray | None = None
 
     def save(self, path: str | Path) -> Path:
         """Save weights, genes and scaling to a torch file."""
@@ -95,6 +103,9 @@ class GeneMapModel:
                 "pixel_size_um": self.pixel_size_um,
                 "normalize": bool(self.normalize),
                 "history": list(self.history),
+                "prior": self.prior,
+                "ridge_coef": None if self.ridge_coef is None else np.asarray(self.ridge_coef, dtype=float),
+                "ridge_intercept": None if self.ridge_intercept is None else np.asarray(self.ridge_intercept, float),
             },
         )
 
@@ -114,6 +125,11 @@ class GeneMapModel:
             pixel_size_um=extra.get("pixel_size_um"),
             normalize=bool(extra.get("normalize", True)),
             history=list(extra.get("history", [])),
+            prior=extra.get("prior"),
+            ridge_coef=None if extra.get("ridge_coef") is None else np.asarray(extra["ridge_coef"], dtype=np.float64),
+            ridge_intercept=(
+                None if extra.get("ridge_intercept") is None else np.asarray(extra["ridge_intercept"], dtype=np.float64)
+            ),
         )
 
 
@@ -238,6 +254,7 @@ def _disc_stencil(radius: float) -> tuple[np.ndarray, np.ndarray]:
     return dy[inside].astype(np.int64), dx[inside].astype(np.int64)
 
 
+_PRIORS = ("idw+histology", "idw", "histology", None)
 #: Nearest measured spots and inverse-distance power of the spatial prior.
 _PRIOR_K, _PRIOR_POWER = 8, 2.0
 #: The distance channel saturates at this many spot spacings.
@@ -300,6 +317,107 @@ def _lazy_prior(points: np.ndarray, values: np.ndarray, shape: tuple[int, int], 
     return da.map_blocks(block, dtype=np.float32, chunks=((g + 1,), *chunks), meta=np.empty((0, 0, 0), np.float32))
 
 
+#: Side of the histology-feature patches, in working pixels at which they are rendered (the extractor's input).
+_FEATURE_PATCH_PX = 48
+
+
+@dataclass
+class _FeatureGrid:
+    """Standardised histology features of spot-sized patches centred on a regular grid of working pixels.
+
+    Grid point ``(i, j)`` sits at working pixel ``(y, x) = (oy + i * stride, ox + j * stride)``; between grid points
+    the features are interpolated bilinearly (a per-pixel function, so windows tile exactly).
+    """
+
+    feats: np.ndarray  # (P, gh, gw) float32, standardised
+    oy: float
+    ox: float
+    stride: float
+
+    def sample(self, values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """Bilinear interpolation of grid ``values`` ``(C, gh, gw)`` at working pixels -> ``(C, *yy.shape)``."""
+        from scipy.ndimage import map_coordinates
+
+        gy = (np.asarray(yy, dtype=np.float64) - self.oy) / self.stride
+        gx = (np.asarray(xx, dtype=np.float64) - self.ox) / self.stride
+        return np.stack([map_coordinates(v, [gy, gx], order=1, mode="nearest") for v in values]).astype(np.float32)
+
+    def window(self, values: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
+        return self.sample(values, yy, xx)
+
+
+def _feature_grid(ctx, img, T: np.ndarray, box: tuple[int, int, int, int], stride: float, diameter: float,
+                  verbose: bool) -> _FeatureGrid:  # fmt: skip
+    """Handcrafted features (:func:`stmap.pp.handcrafted_features`) of spot-diameter patches on a grid over ``box``.
+
+    ``box`` = ``(y0, x0, y1, x1)`` in working pixels; ``T`` maps working pixels to the coordinate system.
+    """
+    import dask
+
+    from stmap._core._patches import extract_patches, patch_spec
+    from stmap.pp._extractors import handcrafted_features
+    from stmap.pp._histology import _stream
+
+    y0, x0, y1, x1 = box
+    ys = np.arange(y0 + stride / 2, y1, stride)
+    xs = np.arange(x0 + stride / 2, x1, stride)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    pts = (T @ np.c_[gx.ravel(), gy.ravel(), np.ones(gx.size)].T).T[:, :2]
+    u = ctx.um_per_unit if ctx.um_per_unit is not None else 1.0
+    spec = patch_spec(
+        ctx, img, diameter * u, out_px=_FEATURE_PATCH_PX, mpp=None if ctx.um_per_unit is not None else img.pixel_size(0)
+    )
+    lazy = extract_patches(img, pts, spec, fill_value=255, chunk_size=512)
+    (f,) = _stream([lazy], [handcrafted_features], 512, verbose, dask)
+    mu, sd = f.mean(0), f.std(0)
+    f = (f - mu) / np.where(sd > 1e-8, sd, 1.0)
+    feats = f.T.reshape(-1, len(ys), len(xs)).astype(np.float32)
+    return _FeatureGrid(feats=feats, oy=float(ys[0]), ox=float(xs[0]), stride=float(stride))
+
+
+def _disc_features(grid: _FeatureGrid, centers: np.ndarray, radius: float, chunk: int = 256) -> np.ndarray:
+    """Mean of the interpolated feature raster over each spot's disc: ``(n, P)`` (the map's spot average is linear)."""
+    dy, dx = _disc_stencil(radius)
+    out = np.empty((len(centers), grid.feats.shape[0]), dtype=np.float64)
+    for s in range(0, len(centers), chunk):
+        c = centers[s : s + chunk]
+        yy = np.rint(c[:, 1])[:, None] + dy[None, :]
+        xx = np.rint(c[:, 0])[:, None] + dx[None, :]
+        out[s : s + chunk] = grid.sample(grid.feats, yy, xx).mean(axis=2).T
+    return out
+
+
+def _fit_ridge(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge of ``Y`` on ``X`` (features already standardised), penalty per gene by efficient leave-one-out CV.
+
+    Returns weights ``(P, G)`` and intercepts ``(G,)``.
+    """
+    from sklearn.linear_model import RidgeCV
+
+    m = RidgeCV(alphas=np.logspace(-1, 5, 13), alpha_per_target=True).fit(X, Y)
+    return np.asarray(m.coef_, dtype=np.float64).T.reshape(X.shape[1], -1), np.atleast_1d(m.intercept_)
+
+
+def _histology_prior_values(grid: _FeatureGrid, coef: np.ndarray, icpt: np.ndarray) -> np.ndarray:
+    """Per-gene prediction on the grid: ``(G, gh, gw)``."""
+    p, gh, gw = grid.feats.shape
+    return (np.tensordot(coef, grid.feats.reshape(p, -1), axes=(0, 0)) + icpt[:, None]).reshape(-1, gh, gw)
+
+
+def _lazy_window(grid: _FeatureGrid, values: np.ndarray, shape: tuple[int, int], chunks):
+    """:meth:`_FeatureGrid.window` of ``values`` over a whole ``shape`` image, lazily."""
+    import dask.array as da
+
+    def block(block_info=None):
+        (ys, ye), (xs, xe) = block_info[None]["array-location"][1:]
+        return grid.window(values, ys, xs, ye - ys, xe - xs)
+
+    return da.map_blocks(
+        block, dtype=np.float32, chunks=((values.shape[0],), *chunks), meta=np.empty((0, 0, 0), np.float32)
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------------------------------
@@ -332,8 +450,15 @@ def _train(
     seed: int,
     device: str,
     verbose: bool,
-    prior: bool = False,
+    idw: bool = False,
+    histology: tuple[_FeatureGrid, np.ndarray, list[np.ndarray]] | None = None,
 ):
+    """Train a :class:`GeneMapNet` on tiles of ``image`` (a crop; ``centers`` in its pixels).
+
+    ``histology``: the feature grid (in crop pixels), the training fold of every spot (-1: not training) and, per
+    fold, the grid of histology-prior values fitted without that fold: a tile centred on a spot of fold ``k`` sees
+    the prior of the model that never saw fold ``k`` (cross-fitting), as a held-out region would.
+    """
     import torch
     from scipy.spatial import cKDTree
 
@@ -341,7 +466,7 @@ def _train(
     from stmap.models._train import fit
 
     torch.manual_seed(seed)
-    net = GeneMapNet(targets.shape[1], width=width, depth=depth, prior=prior)
+    net = GeneMapNet(targets.shape[1], width=width, depth=depth, n_priors=int(idw) + int(histology is not None))
     _, h, w = image.shape
     dy, dx = _disc_stencil(radius)
     m = int(math.ceil(radius)) + 1
@@ -372,14 +497,23 @@ def _train(
 
     def tile_input(y0: int, x0: int, centre: int, hide: float) -> np.ndarray:
         t = image[:, y0 : y0 + tile, x0 : x0 + tile]
-        if not prior:
-            return t
-        keep = train_idx
-        if hide > 0:
-            near = full_tree.query_ball_point(centers[centre], hide)
-            keep = np.delete(train_idx, near)
-        p = prior_raster(centers[keep], targets[keep], y0, x0, tile, tile, spacing)
-        return np.concatenate([t, p])
+        parts = [t]
+        if idw:
+            keep = train_idx
+            if hide > 0:
+                near = full_tree.query_ball_point(centers[centre], hide)
+                keep = np.delete(train_idx, near)
+            p = prior_raster(centers[keep], targets[keep], y0, x0, tile, tile, spacing)
+            parts.append(p[:-1])
+            dist = p[-1:]
+        else:
+            dist = prior_raster(centers[train_idx], targets[train_idx, :0], y0, x0, tile, tile, spacing)
+        if histology is not None:
+            grid, folds, per_fold = histology
+            parts.append(grid.window(per_fold[folds[centre]], y0, x0, tile, tile))
+        if len(parts) > 1:
+            parts.append(dist)
+        return np.concatenate(parts)
 
     def step(model, idx, epoch):
         y0s, x0s, codes, picks, hides = plan(epoch)
@@ -524,7 +658,7 @@ def gene_maps(
     width: int = 16,
     depth: int = 3,
     lr: float = 2e-3,
-    prior: Literal["idw"] | None = "idw",
+    prior: Literal["idw+histology", "idw", "histology"] | None = "idw+histology",
     train_mask: str | Sequence[bool] | np.ndarray | None = None,
     model: GeneMapModel | None = None,
     reconstruct: bool = False,
@@ -571,12 +705,22 @@ def gene_maps(
     batch_size, width, depth, lr
         Tiles per step, U-Net width and depth, Adam learning rate.
     prior
-        ``'idw'``: the network also sees, per gene, the expression interpolated from the nearest training spots
-        (inverse distance) and how far they are; the map is this interpolation plus a learnt, histology-driven
-        departure from it, so it honours the measured spots and sharpens between them. During training the prior
-        hides the spots around a random spot of each tile, so the network also learns to predict from the histology
-        where no spot is near. ``None``: maps from the histology alone (the published model); use it to predict a
-        section without expression with a model from another one.
+        Estimates of the (standardised) expression fed to the network beside the H&E, per gene, which its gene head
+        adds with learnt per-gene gains; the network learns how to weigh them and the departure from them that the
+        histology shows:
+
+        - ``'idw'``: the expression interpolated from the nearest training spots (inverse distance), with a channel
+          saying how far they are. The maps then honour the measured spots. During training this prior hides the
+          spots around a random spot of most tiles, so the network also learns what to do far from any spot.
+        - ``'histology'``: a ridge regression of the expression on handcrafted features
+          (:func:`stmap.pp.handcrafted_features`) of spot-sized patches on a grid every half spot, interpolated to
+          each pixel. Training tiles see the regression fitted without their spatial block (5 k-means blocks of the
+          training spots), as a held-out region would.
+        - ``'idw+histology'`` (default): both.
+        - ``None``: the H&E alone (the published model).
+
+        A model trained with ``'idw'`` needs the new table's expression of its genes (it re-interpolates them);
+        to predict a section without expression use ``'histology'`` or ``None``.
     train_mask
         Spots used for training (boolean ``obs`` column or array); default all. Held-out spots still get map
         averages (for validation).
@@ -626,15 +770,14 @@ def gene_maps(
             f"The spots of table {ctx.table_key!r} have no size; gene maps average each map over a spot's disc. "
             "Annotate circles (with a radius) or polygons."
         )
-    if prior not in ("idw", None):
-        raise StmapInputError(f"prior must be 'idw' or None, got {prior!r}.")
+    if prior not in _PRIORS:
+        raise StmapInputError(f"prior must be one of {_PRIORS}, got {prior!r}.")
     if epochs < 0 or (warmup_epochs is not None and warmup_epochs < 0):
         raise StmapInputError("epochs and warmup_epochs must be >= 0.")
     if tile_px < 2**depth * 4:
         raise StmapInputError(f"tile_px={tile_px} is too small for depth={depth}; use at least {2**depth * 4}.")
     if dtype not in ("float32", "float16"):
         raise StmapInputError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
-    model_given = model
     if model is not None:
         missing = [g for g in model.genes if g not in adata.var_names]
         gene_list = list(model.genes)
@@ -721,15 +864,41 @@ def gene_maps(
     if ch < tile or cw < tile:  # pad with white (background) to one tile
         crop = np.pad(crop, ((0, 0), (0, max(0, tile - ch)), (0, max(0, tile - cw))), constant_values=1.0)
     local = centers - np.array([x0, y0])
+    T_crop = T @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
+    stride = max(1.0, radius)  # histology features every half spot
+    use_idw = prior in ("idw", "idw+histology")
+    use_hist = prior in ("histology", "idw+histology")
 
     # ---- 3. train ---------------------------------------------------------------------------------------------------
+    grid = None
     if model is None:
         warm = epochs // 5 if warmup_epochs is None else int(warmup_epochs)
         weights = (train & inside).astype(np.float32)
+        Zt = ((Y - mean) / std).astype(np.float32)
+        hist_in, coef, icpt = None, None, None
+        if use_hist:
+            grid = _feature_grid(ctx, img, T_crop, (0, 0, *crop.shape[1:]), stride, float(np.median(diam)), verbose)
+            idx = np.flatnonzero(weights > 0)
+            Xd = _disc_features(grid, local[idx], radius)
+            coef, icpt = _fit_ridge(Xd, Zt[idx])
+            folds = np.full(adata.n_obs, -1)
+            n_folds = 5 if idx.size >= 25 else 1
+            if n_folds > 1:  # spatial blocks of training spots (k-means on their centres)
+                from sklearn.cluster import KMeans
+
+                folds[idx] = KMeans(n_folds, n_init=3, random_state=seed).fit_predict(local[idx])
+                per_fold = [
+                    _histology_prior_values(grid, *_fit_ridge(Xd[folds[idx] != f], Zt[idx][folds[idx] != f]))
+                    for f in range(n_folds)
+                ]
+            else:
+                folds[idx] = 0
+                per_fold = [_histology_prior_values(grid, coef, icpt)]
+            hist_in = (grid, folds, per_fold)
         net, hist, _ = _train(
-            crop, local, ((Y - mean) / std).astype(np.float32), weights, radius, tile=tile, epochs=epochs,
-            warmup=warm, spot_weight=spot_weight, batch_size=batch_size, width=width, depth=depth, lr=lr, seed=seed,
-            device=device, verbose=verbose, prior=prior is not None,
+            crop, local, Zt, weights, radius, tile=tile, epochs=epochs, warmup=warm, spot_weight=spot_weight,
+            batch_size=batch_size, width=width, depth=depth, lr=lr, seed=seed, device=device, verbose=verbose,
+            idw=use_idw, histology=hist_in,
         )  # fmt: skip
         model = GeneMapModel(
             net=net,
@@ -740,24 +909,42 @@ def gene_maps(
             pixel_size_um=None if ctx.um_per_unit is None else px_eff * ctx.um_per_unit,
             normalize=normalize,
             history=[float(v) for v in hist.loss],
+            prior=prior,
+            ridge_coef=coef,
+            ridge_intercept=icpt,
         )
     net = model.net
-    uses_prior = bool(getattr(net, "prior", False))
 
     # ---- 4. infer: spot aggregates on the crop, and the whole image -------------------------------------------------
-    crop_in, work_in = crop, work
-    if uses_prior:
-        # the prior comes from the training spots (with a trained model: every spot of this table on the image)
-        src = np.flatnonzero(train & inside)
-        Z = ((Y - model.mean[None, :]) / model.std[None, :]).astype(np.float32)
-        if missing:
-            Z[:, [gene_list.index(g) for g in missing]] = 0.0
-        spacing = _spot_spacing(centers[src])
-        crop_in = np.concatenate([crop, prior_raster(local[src], Z[src], 0, 0, *crop.shape[1:], spacing)])
-        import dask.array as da
+    import dask.array as da
 
-        wk = work.rechunk((3, 512, 512))
-        work_in = da.concatenate([wk, _lazy_prior(centers[src], Z[src], work.shape[1:], wk.chunks[1:], spacing)])
+    m_idw, m_hist = model.prior in ("idw", "idw+histology"), model.prior in ("histology", "idw+histology")
+    crop_parts, work_parts = [crop], [work.rechunk((3, 512, 512))]
+    wchunks = work_parts[0].chunks[1:]
+    # the spot prior comes from the training spots (with a trained model: every spot of this table on the image)
+    src = np.flatnonzero(train & inside)
+    Z = ((Y - model.mean[None, :]) / model.std[None, :]).astype(np.float32)
+    if missing:
+        Z[:, [gene_list.index(g) for g in missing]] = 0.0
+    spacing = _spot_spacing(centers[src])
+    if m_idw or m_hist:
+        vals = Z[src] if m_idw else Z[src, :0]
+        crop_prior = prior_raster(local[src], vals, 0, 0, *crop.shape[1:], spacing)
+        work_prior = _lazy_prior(centers[src], vals, work.shape[1:], wchunks, spacing)
+        if m_idw:
+            crop_parts.append(crop_prior[:-1])
+            work_parts.append(work_prior[:-1])
+        if m_hist:
+            if grid is None:
+                grid = _feature_grid(ctx, img, T_crop, (0, 0, *crop.shape[1:]), stride, float(np.median(diam)), verbose)
+            hv = _histology_prior_values(grid, model.ridge_coef, model.ridge_intercept)
+            crop_parts.append(grid.window(hv, 0, 0, *crop.shape[1:]))
+            glob = _FeatureGrid(feats=grid.feats, oy=grid.oy + y0, ox=grid.ox + x0, stride=grid.stride)
+            work_parts.append(_lazy_window(glob, hv, work.shape[1:], wchunks))
+        crop_parts.append(crop_prior[-1:])
+        work_parts.append(work_prior[-1:])
+    crop_in = np.concatenate(crop_parts)
+    work_in = da.concatenate(work_parts) if len(work_parts) > 1 else work
     crop_maps = predict_maps(net, crop_in, device=device).compute()
     dy, dx = _disc_stencil(radius)
     yy = np.clip(np.rint(local[:, 1])[:, None].astype(np.int64) + dy, 0, crop_maps.shape[1] - 1)
@@ -802,7 +989,7 @@ def gene_maps(
         "width": width,
         "depth": depth,
         "lr": lr,
-        "prior": prior if model_given is None else ("idw" if uses_prior else None),
+        "prior": model.prior,
         "seed": seed,
         "device": str(device),
         "dtype": dtype,
