@@ -11,7 +11,14 @@ import stmap as st
 torch = pytest.importorskip("torch")
 
 from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss  # noqa: E402
-from stmap.tl._gene_maps import _disc_stencil, _lazy_prior, gene_maps, predict_maps, prior_raster  # noqa: E402
+from stmap.tl._gene_maps import (  # noqa: E402
+    _disc_means,
+    _disc_stencil,
+    _lazy_prior,
+    gene_maps,
+    predict_maps,
+    prior_raster,
+)
 
 GENES = ["tumor_r01", "stroma_r01", "immune_r01", "epithelium_r01"]
 FAST = {"epochs": 2, "width": 4, "depth": 2, "tile_px": 64, "batch_size": 2, "scale": 4.0, "verbose": False}
@@ -86,6 +93,19 @@ class TestNetwork:
         tiled = predict_maps(net, x, chunk=48).compute()
         # same windows, same arithmetic: float rounding only
         np.testing.assert_allclose(tiled, _whole_pass(net, x), atol=1e-5)
+
+    def test_streamed_disc_means_equal_direct_means(self):
+        import dask.array as da
+
+        gen = np.random.default_rng(4)
+        maps = gen.normal(size=(3, 70, 90))
+        centers = np.array([[10.2, 10.0], [31.0, 29.6], [0.0, 35.0], [89.0, 69.0], [45.0, 64.0]])  # (x, y)
+        got = _disc_means(da.from_array(maps, chunks=(3, 32, 32)), centers, 4.0)
+        dy, dx = _disc_stencil(4.0)
+        for i, (cx, cy) in enumerate(centers):
+            y, x = int(round(cy)) + dy, int(round(cx)) + dx
+            ok = (y >= 0) & (y < 70) & (x >= 0) & (x < 90)  # pixels off the image are left out
+            np.testing.assert_allclose(got[i], maps[:, y[ok], x[ok]].mean(1), rtol=1e-12)
 
     def test_ssim_loss_zero_for_identical(self):
         x = torch.rand(1, 3, 32, 32)

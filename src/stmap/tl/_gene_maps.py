@@ -859,10 +859,12 @@ def gene_maps(
     x0 = int(max(0, math.floor(centers[inside, 0].min()) - margin))
     y1 = int(min(H, math.ceil(centers[inside, 1].max()) + margin + 1))
     x1 = int(min(W, math.ceil(centers[inside, 0].max()) + margin + 1))
-    crop = np.asarray(work[:, y0:y1, x0:x1].compute(), dtype=np.float32)
-    ch, cw = crop.shape[1:]
-    if ch < tile or cw < tile:  # pad with white (background) to one tile
-        crop = np.pad(crop, ((0, 0), (0, max(0, tile - ch)), (0, max(0, tile - cw))), constant_values=1.0)
+    ch, cw = y1 - y0, x1 - x0
+    crop = None
+    if model is None:  # in memory: the tiles are drawn from it
+        crop = np.asarray(work[:, y0:y1, x0:x1].compute(), dtype=np.float32)
+        if ch < tile or cw < tile:  # pad with white (background) to one tile
+            crop = np.pad(crop, ((0, 0), (0, max(0, tile - ch)), (0, max(0, tile - cw))), constant_values=1.0)
     local = centers - np.array([x0, y0])
     T_crop = T @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
     stride = max(1.0, radius)  # histology features every half spot
@@ -877,7 +879,7 @@ def gene_maps(
         Zt = ((Y - mean) / std).astype(np.float32)
         hist_in, coef, icpt = None, None, None
         if use_hist:
-            grid = _feature_grid(ctx, img, T_crop, (0, 0, *crop.shape[1:]), stride, float(np.median(diam)), verbose)
+            grid = _feature_grid(ctx, img, T_crop, (0, 0, ch, cw), stride, float(np.median(diam)), verbose)
             idx = np.flatnonzero(weights > 0)
             Xd = _disc_features(grid, local[idx], radius)
             coef, icpt = _fit_ridge(Xd, Zt[idx])
@@ -915,44 +917,30 @@ def gene_maps(
         )
     net = model.net
 
-    # ---- 4. infer: spot aggregates on the crop, and the whole image -------------------------------------------------
+    # ---- 4. infer: the whole image, lazily, and the maps' average over every spot disc -------------------------------
     import dask.array as da
 
     m_idw, m_hist = model.prior in ("idw", "idw+histology"), model.prior in ("histology", "idw+histology")
-    crop_parts, work_parts = [crop], [work.rechunk((3, 512, 512))]
-    wchunks = work_parts[0].chunks[1:]
+    wk = work.rechunk((3, 512, 512))
+    work_parts, wchunks = [wk], wk.chunks[1:]
     # the spot prior comes from the training spots (with a trained model: every spot of this table on the image)
     src = np.flatnonzero(train & inside)
     Z = ((Y - model.mean[None, :]) / model.std[None, :]).astype(np.float32)
     if missing:
         Z[:, [gene_list.index(g) for g in missing]] = 0.0
-    spacing = _spot_spacing(centers[src])
     if m_idw or m_hist:
-        vals = Z[src] if m_idw else Z[src, :0]
-        crop_prior = prior_raster(local[src], vals, 0, 0, *crop.shape[1:], spacing)
-        work_prior = _lazy_prior(centers[src], vals, work.shape[1:], wchunks, spacing)
+        spacing = _spot_spacing(centers[src])
+        work_prior = _lazy_prior(centers[src], Z[src] if m_idw else Z[src, :0], work.shape[1:], wchunks, spacing)
         if m_idw:
-            crop_parts.append(crop_prior[:-1])
             work_parts.append(work_prior[:-1])
         if m_hist:
             if grid is None:
-                grid = _feature_grid(ctx, img, T_crop, (0, 0, *crop.shape[1:]), stride, float(np.median(diam)), verbose)
+                grid = _feature_grid(ctx, img, T_crop, (0, 0, ch, cw), stride, float(np.median(diam)), verbose)
             hv = _histology_prior_values(grid, model.ridge_coef, model.ridge_intercept)
-            crop_parts.append(grid.window(hv, 0, 0, *crop.shape[1:]))
             glob = _FeatureGrid(feats=grid.feats, oy=grid.oy + y0, ox=grid.ox + x0, stride=grid.stride)
             work_parts.append(_lazy_window(glob, hv, work.shape[1:], wchunks))
-        crop_parts.append(crop_prior[-1:])
         work_parts.append(work_prior[-1:])
-    crop_in = np.concatenate(crop_parts)
     work_in = da.concatenate(work_parts) if len(work_parts) > 1 else work
-    crop_maps = predict_maps(net, crop_in, device=device).compute()
-    dy, dx = _disc_stencil(radius)
-    yy = np.clip(np.rint(local[:, 1])[:, None].astype(np.int64) + dy, 0, crop_maps.shape[1] - 1)
-    xx = np.clip(np.rint(local[:, 0])[:, None].astype(np.int64) + dx, 0, crop_maps.shape[2] - 1)
-    spot_z = crop_maps[:, yy, xx].mean(axis=2).T  # (spots, genes)
-    spot_vals = spot_z * model.std[None, :] + model.mean[None, :]
-    spot_vals[outside] = np.nan
-
     maps = predict_maps(net, work_in, device=device, reconstruct=reconstruct)
     gene_part = maps[: len(gene_list)] * _col(model.std) + _col(model.mean)
     gene_part = gene_part.astype(dtype)
@@ -960,6 +948,9 @@ def gene_maps(
     keep_lazy = (nbytes > 2 * 1024**3) if lazy is None else bool(lazy)
     if not keep_lazy:
         gene_part = gene_part.persist()
+    # spot averages of the maps in the stored units, streamed block by block (bounded memory on huge images)
+    spot_vals = _disc_means(gene_part, centers, radius)
+    spot_vals[outside] = np.nan
 
     from stmap.metrics import pearson_per_gene
 
@@ -1025,6 +1016,47 @@ def gene_maps(
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added image {element_name!r} and {res.written}")
     return (out, model) if return_model else out
+
+
+def _disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
+    """Mean of lazy ``maps`` ``(G, y, x)`` over each spot's disc (centres in pixels ``(x, y)``): ``(n, G)`` float64.
+
+    Block by block: each block adds its pixels' values to the sums of the spots whose discs it holds, so only one
+    block (per worker) is in memory. Disc pixels outside the image are left out of the mean.
+    """
+    import dask
+
+    g, h, w = maps.shape
+    dy, dx = _disc_stencil(radius)
+    yy = (np.rint(centers[:, 1])[:, None] + dy[None, :]).astype(np.int64).ravel()
+    xx = (np.rint(centers[:, 0])[:, None] + dx[None, :]).astype(np.int64).ravel()
+    spot = np.repeat(np.arange(len(centers)), dy.size)
+    ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    yy, xx, spot = yy[ok], xx[ok], spot[ok]
+    ybounds, xbounds = np.cumsum((0, *maps.chunks[1])), np.cumsum((0, *maps.chunks[2]))
+    by, bx = np.searchsorted(ybounds, yy, side="right") - 1, np.searchsorted(xbounds, xx, side="right") - 1
+    blocks = maps.to_delayed()[0]
+
+    def partial(block, ly, lx, sp):
+        u, inv = np.unique(sp, return_inverse=True)
+        sums = np.zeros((u.size, block.shape[0]), dtype=np.float64)
+        np.add.at(sums, inv, np.asarray(block[:, ly, lx], dtype=np.float64).T)
+        return u, sums
+
+    tasks = []
+    key = by * len(xbounds) + bx
+    order = np.argsort(key, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+    for s0, s1 in zip(starts, np.r_[starts[1:], order.size], strict=True):
+        sel = order[s0:s1]
+        iy, ix = int(by[sel[0]]), int(bx[sel[0]])
+        tasks.append(dask.delayed(partial)(blocks[iy, ix], yy[sel] - ybounds[iy], xx[sel] - xbounds[ix], spot[sel]))
+    sums = np.zeros((len(centers), g), dtype=np.float64)
+    for u, part in dask.compute(*tasks):
+        sums[u] += part
+    n = np.bincount(spot, minlength=len(centers)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / n[:, None]
 
 
 def _col(v: np.ndarray) -> np.ndarray:
