@@ -186,6 +186,14 @@ class TestResolveImage:
         with pytest.raises(StmapInputError, match="Several images"):
             resolve(sdata).image()
 
+    def test_default_prefers_the_one_rgb_image_over_tool_results(self, small_sdata):
+        sdata, truth = small_sdata
+        he = resolve(sdata).image().name
+        # a float single-channel result (e.g. a density) in the same frame does not make the H&E ambiguous
+        maps = np.zeros((1, *np.asarray(truth["img"]).shape[-2:]), dtype=np.float32)
+        sdata.images["density"] = make_image(maps, transform=affine_matrix(truth["mpp"]))
+        assert resolve(sdata).image().name == he
+
 
 def test_roundtrip_keeps_units_and_alignment(small_sdata, tmp_path):
     sdata, truth = small_sdata

@@ -296,6 +296,17 @@ def _get_indexer(index: pd.Index, ids: np.ndarray) -> np.ndarray:
     return pos
 
 
+def _is_rgb_like(element: Any) -> bool:
+    """An image element with 3 or 4 channels of an integer type (a photograph, e.g. an H&E)."""
+    try:
+        arr = element
+        if not hasattr(arr, "dtype"):  # multiscale (DataTree): its finest level
+            arr = next(iter(element["scale0"].ds.data_vars.values()))
+        return arr.sizes.get("c", 0) in (3, 4) and np.issubdtype(arr.dtype, np.integer)
+    except Exception:  # noqa: BLE001 - an unusual element is simply not preferred
+        return False
+
+
 def _legacy_spatial(adata: AnnData) -> dict[str, Any]:
     sp = adata.uns.get(Key.uns.spatial)
     return sp if isinstance(sp, dict) else {}
@@ -531,6 +542,9 @@ def resolve_image(ctx: TableContext, image_key: str | None = None, *, check_alig
                     + ". Add the H&E as an image element with a transformation to that coordinate system, or pass "
                     "`image_key=`."
                 )
+            if len(in_cs) > 1:  # results of tools (densities, gene maps) sit beside the H&E: prefer the one RGB(A)
+                rgb = [n for n in in_cs if _is_rgb_like(sdata.images[n])]
+                in_cs = rgb if len(rgb) == 1 else in_cs
             if len(in_cs) > 1:
                 raise StmapInputError(
                     f"Several images in coordinate system {ctx.coordinate_system!r} ({', '.join(map(repr, in_cs))}); "
