@@ -317,6 +317,8 @@ def _lazy_prior(points: np.ndarray, values: np.ndarray, shape: tuple[int, int], 
     return da.map_blocks(block, dtype=np.float32, chunks=((g + 1,), *chunks), meta=np.empty((0, 0, 0), np.float32))
 
 
+#: Upper bound on the number of histology-feature patches of the grid (~4 ms each on one CPU core).
+_MAX_FEATURE_POINTS = 40_000
 #: Side of the histology-feature patches, in working pixels at which they are rendered (the extractor's input).
 _FEATURE_PATCH_PX = 48
 
@@ -713,8 +715,8 @@ def gene_maps(
           saying how far they are. The maps then honour the measured spots. During training this prior hides the
           spots around a random spot of most tiles, so the network also learns what to do far from any spot.
         - ``'histology'``: a ridge regression of the expression on handcrafted features
-          (:func:`stmap.pp.handcrafted_features`) of spot-sized patches on a grid every half spot, interpolated to
-          each pixel. Training tiles see the regression fitted without their spatial block (5 k-means blocks of the
+          (:func:`stmap.pp.handcrafted_features`) of spot-sized patches on a grid every half spot (coarser if that
+          would exceed 40,000 patches), interpolated to each pixel. Training tiles see the regression fitted without their spatial block (5 k-means blocks of the
           training spots), as a held-out region would.
         - ``'idw+histology'`` (default): both.
         - ``None``: the H&E alone (the published model).
@@ -867,7 +869,8 @@ def gene_maps(
             crop = np.pad(crop, ((0, 0), (0, max(0, tile - ch)), (0, max(0, tile - cw))), constant_values=1.0)
     local = centers - np.array([x0, y0])
     T_crop = T @ np.array([[1.0, 0, x0], [0, 1.0, y0], [0, 0, 1.0]])
-    stride = max(1.0, radius)  # histology features every half spot
+    # histology features every half spot, at most ~_MAX_FEATURE_POINTS patches (a large section: a coarser grid)
+    stride = max(1.0, radius, math.sqrt(ch * cw / _MAX_FEATURE_POINTS))
     use_idw = prior in ("idw", "idw+histology")
     use_hist = prior in ("histology", "idw+histology")
 
