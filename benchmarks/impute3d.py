@@ -10,7 +10,8 @@ across genes, as ASIGN reports) and MSE.
 Methods in the same run: ``stmap`` (:func:`stmap.tl.impute_3d`), the nearest registered spot of the measured section
 (copy), inverse-distance 6-NN interpolation in 3D, a histology-only ridge regressor (multi-scale handcrafted features
 -> expression, trained on the measured section; C1, without H&E, gets the measured mean), and ablations of stmap
-(overlap-only graph, similarity-only graph, no label propagation, no histology), on the first measured section.
+(graph with similarity + spatial edges too, overlap + spatial, similarity only, no label propagation, no
+histology), on the first measured section.
 A second ridge standardises features within each section (removes per-slide stain offsets; a stronger peer).
 stmap trains with one torch thread; its time includes building the graph.
 
@@ -215,7 +216,8 @@ def main(argv=None) -> None:
         }
         if not args.no_ablations and sec == args.measured[0]:
             methods.update({
-                "stmap_overlap_only": {"graph": ("overlap",)},
+                "stmap_full_graph": {"graph": ("overlap", "similarity", "spatial")},
+                "stmap_overlap_spatial": {"graph": ("overlap", "spatial")},
                 "stmap_similarity_only": {"graph": ("similarity",)},
                 "stmap_no_propagation": {"propagate": False},
                 "stmap_no_histology": {"histology": False},

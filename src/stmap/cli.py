@@ -144,6 +144,28 @@ def _gene_maps(sdata: Any, outdir: Path) -> list[Path]:
     return [path]
 
 
+@_step("3D imputation across serial sections (st.pp.stack_sections, st.tl.impute_3d)")
+def _impute3d(sdata: Any, outdir: Path) -> list[Path]:
+    import torch
+
+    from . import datasets, pl, pp, tl
+
+    secs = datasets.simulate_stack(4, n_genes=20, seed=0)  # its own small stack (the tissue has one section)
+    for s in secs:
+        pp.histology_features(s, table_key=next(iter(s.tables)), patch_um=150, scales=(1, 2), patch_px=16)
+    stack = pp.stack_sections(secs, transforms="warped")
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # measure one section, impute the three others from it and from their own histology
+        tl.impute_3d(stack, measured=["S1"], genes=20, n_scales=2, epochs=30, hidden=16)
+    finally:
+        torch.set_num_threads(n_threads)
+    gene = stack.tables["stack"].uns["stmap_impute3d"]["genes"][0]
+    path = outdir / "impute3d.png"
+    pl.sections_3d(stack, gene, show_measured=False, save=path, show=False)
+    return [path]
+
+
 def _spot_table(sdata: Any) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 
