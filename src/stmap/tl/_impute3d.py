@@ -141,7 +141,7 @@ class Impute3DModel:
     Attributes
     ----------
     net
-        The :class:`stmap.models._asign.ASIGNNet`.
+        The network (``stmap.models._asign.ASIGNNet``, a :class:`torch.nn.Module`).
     genes
         Genes it predicts (columns of its output).
     mean, std
@@ -154,6 +154,9 @@ class Impute3DModel:
         Training loss per epoch.
     prior
         The linear histology prior (ridge ``coef`` ``(features, genes)``, ``intercept``, ``alpha``), or ``None``.
+    sources
+        Diagnostics of the last imputation (not saved): each source alone (``'propagated'``, ``'prior'``,
+        ``'network'``), ``(n_spots, n_genes)`` on the target scale.
     """
 
     net: Any
@@ -164,6 +167,7 @@ class Impute3DModel:
     params: dict[str, Any] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
     prior: dict[str, Any] | None = None
+    sources: dict[str, np.ndarray] | None = None
 
     def mixing_weights(self) -> np.ndarray:
         """``(3, n_genes)`` per-gene weights of the propagated expression, the histology prior and the network."""
@@ -180,7 +184,7 @@ class Impute3DModel:
 
     @classmethod
     def load(cls, path: Any, *, device: str = "cpu") -> Impute3DModel:
-        """Load a model written by :meth:`save`."""
+        """Load a model written by :meth:`stmap.tl.Impute3DModel.save`."""
         from stmap.models._asign import ASIGNNet
         from stmap.models._train import load_checkpoint
 
@@ -469,13 +473,13 @@ def impute_3d(
     k_similar, k_spatial
         Neighbours of the similarity and spatial graphs.
     model
-        A trained :class:`Impute3DModel` to apply instead of training (same genes and feature layout).
+        A trained :class:`stmap.tl.Impute3DModel` to apply instead of training (same genes and feature layout).
     {seed}
     {device}
     {key_added}
     {copy}
     return_model
-        Also return the :class:`Impute3DModel` (``(result, model)``).
+        Also return the :class:`stmap.tl.Impute3DModel` (``(result, model)``).
     {verbose}
 
     Returns
