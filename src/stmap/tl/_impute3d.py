@@ -144,8 +144,10 @@ class Impute3DModel:
         The network (``stmap.models._asign.ASIGNNet``, a :class:`torch.nn.Module`).
     genes
         Genes it predicts (columns of its output).
-    mean, std
-        Per-gene standardisation of the target (fitted on the measured spots).
+    mean
+        Per-gene mean of the target over the measured spots (standardisation).
+    std
+        Per-gene standard deviation of the target over the measured spots (standardisation).
     config
         Architecture (rebuilds ``net``).
     params
