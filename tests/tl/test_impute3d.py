@@ -12,6 +12,17 @@ from stmap._core._errors import StmapInputError
 from stmap.tl._impute3d import asign_target
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A graph network this small trains several times faster on one torch thread (no OpenMP contention)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def stack():
     secs = st.datasets.simulate_stack(4, n_genes=24, seed=1)
@@ -120,3 +131,55 @@ def test_missing_features_warns_and_runs_graph_only(stack, monkeypatch):
     assert any("expression and the graph only" in m for m in said)
     assert not ad.uns["stmap_impute3d"]["histology"]
     assert np.isfinite(ad.obsm["stmap_impute3d"].to_numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def bare_stack():
+    """A stack without precomputed features (its sections have images)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        secs = st.datasets.simulate_stack(3, n_genes=12, seed=4, grid=8)
+        return st.pp.stack_sections(secs, transforms="warped")
+
+
+FEAT_KW = {"patch_px": 16}
+IMP_KW = {"measured": ["S0"], "genes": 12, "epochs": 4, "hidden": 8}
+
+
+def test_features_computed_when_absent_equal_hand_computed(bare_stack):
+    sd = bare_stack
+    assert "X_histology" not in sd.tables["stack"].obsm
+    auto = st.tl.impute_3d(sd, feature_kwargs=FEAT_KW, copy=True, **IMP_KW)
+    assert "X_histology" not in sd.tables["stack"].obsm  # the user's object is untouched with copy=True
+    hand = st.pp.histology_features(sd, table_key="stack", scales=(1, 2.3, 4.6), copy=True, **FEAT_KW)
+    ref = st.tl.impute_3d(hand, copy=True, **IMP_KW)
+    a, r = auto.tables["stack"], ref.tables["stack"]
+    # the same features, blocks and seed: the same numbers, bit for bit (deterministic CPU training)
+    np.testing.assert_array_equal(a.obsm["X_histology"], r.obsm["X_histology"])
+    np.testing.assert_array_equal(a.obsm["stmap_impute3d"].to_numpy(), r.obsm["stmap_impute3d"].to_numpy())
+    assert a.uns["X_histology"]["n_features_per_scale"] == r.uns["X_histology"]["n_features_per_scale"]
+    assert len(a.uns["X_histology"]["scales"]) == 3 and a.uns["stmap_impute3d"]["histology"]
+    assert a.uns["stmap_impute3d"]["params"]["features_computed"]
+    assert not r.uns["stmap_impute3d"]["params"]["features_computed"]
+
+
+def test_features_fall_back_without_any_image(monkeypatch):
+    import warnings
+
+    from stmap.tl import _impute3d
+
+    said = []
+    monkeypatch.setattr(_impute3d.logg, "warning", lambda msg, **kw: said.append(msg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        secs = st.datasets.simulate_stack(2, n_genes=6, seed=0, grid=5, image=False)
+        sd = st.pp.stack_sections(secs, transforms="warped")
+    st.tl.impute_3d(sd, measured=["S0"], genes=6, epochs=2, hidden=8)
+    t = sd.tables["stack"]
+    assert any("has an image" in m and "graph only" in m for m in said)  # histology_features' reason, then fallback
+    assert "X_histology" not in t.obsm and not t.uns["stmap_impute3d"]["histology"]
+    assert np.isfinite(t.obsm["stmap_impute3d"].to_numpy()).all()
+    with pytest.raises(StmapInputError, match="may not set 'copy'"):
+        st.tl.impute_3d(sd, measured=["S0"], genes=6, epochs=1, feature_kwargs={"copy": True}, key_added="x")

@@ -391,6 +391,28 @@ def _pick_genes(counts: np.ndarray, var_names: Any, measured: np.ndarray, genes:
     return idx
 
 
+def _compute_features(
+    sdata: Any, table_key: str, features_key: str, scales: Any, kwargs: dict[str, Any] | None, **common: Any
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Multi-scale histology features of a stacked table, computed on a copy (nothing written to ``sdata``).
+
+    Returns ``(features, uns metadata)``, or ``None`` (with a warning) when no section has a usable image.
+    """
+    from stmap.pp._histology import histology_features
+
+    kw = {**(kwargs or {}), "scales": tuple(scales)}
+    for k in ("table_key", "key_added", "copy"):
+        if k in kw:
+            raise StmapInputError(f"`feature_kwargs` may not set {k!r}; it is set by impute_3d.")
+    try:
+        out = histology_features(sdata, table_key=table_key, key_added=features_key, copy=True, **common, **kw)
+    except StmapInputError as e:
+        logg.warning(f"No histology features ({e}): imputing from expression and the graph only.")
+        return None
+    t = out.tables[table_key]
+    return np.asarray(t.obsm[features_key]), dict(t.uns[features_key])
+
+
 @inject_docs()
 def impute_3d(
     sdata: Any,
@@ -400,6 +422,8 @@ def impute_3d(
     genes: int | list[str] = 250,
     features_key: str | None = Key.obsm.histology,
     n_scales: int | None = None,
+    feature_scales: tuple[float, ...] = (1, 2.3, 4.6),
+    feature_kwargs: dict[str, Any] | None = None,
     layer: str | None = None,
     section_key: str = Key.obs.section,
     spatial_key: str = Key.obsm.spatial_3d,
@@ -454,11 +478,21 @@ def impute_3d(
     genes
         Top-n genes by mean count over the measured spots, or a list of genes.
     features_key
-        ``obsm`` key of histology features (rows of spots without an image: NaN). Split into equal blocks, one per
-        patch scale, following ``uns[features_key]['n_features_per_scale']`` when present. Missing key or ``None``:
-        expression and graph only (with a warning when the key is missing).
+        ``obsm`` key of histology features (rows of spots without an image: NaN), split into blocks, one per patch
+        scale, following ``uns[features_key]['n_features_per_scale']`` when present. When the key is absent and
+        ``sdata`` is a SpatialData, the features are computed here with :func:`stmap.pp.histology_features` on the
+        stacked table (each spot's patches from its own section's image, at ``feature_scales``; NaN rows, with a
+        warning, for sections without an image) and written with the results. If no section has an image (or
+        ``sdata`` is a plain AnnData without the key): expression and graph only, with a warning. ``None``: no
+        histology, no warning.
     n_scales
         Number of equal-width patch-scale blocks in ``obsm[features_key]`` (default: from its ``uns`` entry, else 1).
+    feature_scales
+        Patch sizes, as multiples of the spot patch, of the features computed when ``obsm[features_key]`` is absent
+        (spot / region / global context, ASIGN's 224 / 512 / 1024 px patches).
+    feature_kwargs
+        Further arguments of :func:`stmap.pp.histology_features` for those features (e.g. ``patch_um``,
+        ``patch_px``, ``extractor``, ``image_key``).
     layer
         Layer of raw counts (default: ``layers['counts']`` if present, else ``X``).
     section_key, spatial_key
@@ -498,6 +532,9 @@ def impute_3d(
         Which spots were measured.
     ``.obsp[key_added + '_overlap' | '_similarity' | '_spatial']``
         The graph (sparse).
+    ``.obsm[features_key]``, ``.uns[features_key]``
+        Only when the features were computed here: the histology features and their metadata, as written by
+        :func:`stmap.pp.histology_features`.
     ``.uns[key_added]``
         ``genes``, ``mixing_weights`` (``(3, n_genes)``: weights of the propagated expression, the histology prior
         and the network), ``loss`` (per epoch),
@@ -568,16 +605,25 @@ def impute_3d(
     gidx = _pick_genes(counts, adata.var_names, meas, genes)
     if model is not None and list(adata.var_names[gidx]) != list(model.genes):
         gidx = _pick_genes(counts, adata.var_names, meas, model.genes)
-    levels, has = None, None
+    levels, has, computed = None, None, None
     if features_key is not None:
-        if features_key not in adata.obsm:
+        f, meta = None, {}
+        if features_key in adata.obsm:
+            f, meta = adata.obsm[features_key], adata.uns.get(features_key, {})
+        elif ctx.sdata is None:
             logg.warning(
-                f"No obsm[{features_key!r}] histology features: imputing from expression and the graph only. "
-                "Compute features per section with `st.pp.histology_features` before stacking (NaN rows for "
-                "sections without an image)."
+                f"No obsm[{features_key!r}] histology features: imputing from expression and the graph only. Pass "
+                "the SpatialData stack (its sections' images give the features) or compute them with "
+                "`st.pp.histology_features`."
             )
         else:
-            f = adata.obsm[features_key]
+            computed = _compute_features(
+                sdata, table_key, features_key, feature_scales, feature_kwargs, seed=seed, device=device,
+                verbose=verbose,
+            )  # fmt: skip
+            if computed is not None:
+                f, meta = computed
+        if f is not None:
             f = f.to_numpy(dtype=float) if isinstance(f, pd.DataFrame) else np.asarray(f, dtype=float)
             if f.ndim != 2 or len(f) != adata.n_obs:
                 raise StmapInputError(f"obsm[{features_key!r}] must be (n_spots, n_features), got {f.shape}.")
@@ -586,7 +632,6 @@ def impute_3d(
                 logg.warning(f"obsm[{features_key!r}] is all NaN: imputing from expression and the graph only.")
                 levels = None
             else:
-                meta = adata.uns.get(features_key, {})
                 per = list(meta.get("n_features_per_scale", [])) if isinstance(meta, dict) else []
                 if n_scales is not None:
                     if n_scales < 1 or f.shape[1] % int(n_scales):
@@ -629,12 +674,15 @@ def impute_3d(
         "features_key": features_key if levels is not None else None, "layer": lay, "graph": list(graph),
         "propagate": propagate, "epochs": epochs, "hidden": hidden, "mask_fraction": mask_fraction,
         "disc_scale": disc_scale, "k_similar": k_similar, "k_spatial": k_spatial, "seed": seed,
-        "device": str(device), "pretrained": model is not None,
+        "device": str(device), "pretrained": model is not None, "features_computed": computed is not None,
     }  # fmt: skip
     res = Results(ctx, key_added, params)
     res.layer(Key.layers.imputed, full)
     res.obsm(key_added, pd.DataFrame(pred.astype(np.float32), index=adata.obs_names, columns=gene_names))
     res.obs(f"{key_added}_measured", meas)
+    if computed is not None:
+        res.obsm(features_key, computed[0])
+        res.uns(features_key, computed[1])
     for part, m in graphs.items():
         res.obsp(f"{key_added}_{part}", m.tocsr())
     res.uns(
