@@ -67,3 +67,33 @@ def test_errors(stack):
         st.pl.sections_3d(stack, "nope")
     with pytest.raises(StmapInputError, match="Section"):
         st.pl.sections_3d(stack, "gene_0", sections=["S9"])
+
+
+def test_measured_row_on_the_imputation_target_scale(stack):
+    from stmap.tl._impute3d import asign_target
+
+    t = stack.tables["stack"]
+    genes = ["gene_1", "gene_3", "gene_4"]
+    rows0 = (t.obs["section"] == "S0").to_numpy()
+    # without an imputation entry: log1p of counts per 10,000 of X (scanpy's normalize_total + log1p)
+    x = t.X.toarray() if hasattr(t.X, "toarray") else np.asarray(t.X)
+    axs = st.pl.sections_3d(stack, "gene_3", layer=None, return_ax=True)
+    cp10k = np.log1p(x[:, 3] / x.sum(1) * 1e4)
+    np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), cp10k[rows0], rtol=1e-6)
+    t.uns["stmap_impute3d"] = {
+        "genes": genes,
+        "target": "ln((c + 1) / sum_genes(c + 1))",
+        "params": {"layer": "counts"},
+    }
+    try:
+        axs = st.pl.sections_3d(stack, "gene_3", return_ax=True)
+        want = asign_target(t.layers["counts"][:, t.var_names.get_indexer(genes)])[:, 1]  # the layer's own scale
+        np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), want[rows0], rtol=1e-6)
+        # key=None, or a gene the imputation did not cover: back to log1p counts per 10,000
+        axs = st.pl.sections_3d(stack, "gene_3", key=None, return_ax=True)
+        np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), cp10k[rows0], rtol=1e-6)
+        axs = st.pl.sections_3d(stack, "gene_0", return_ax=True)
+        np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), np.log1p(x[:, 0] / x.sum(1) * 1e4)[rows0])
+    finally:
+        del t.uns["stmap_impute3d"]
+    matplotlib.pyplot.close("all")

@@ -27,6 +27,28 @@ def _lognorm(x: Any, j: int, target: float = 1e4) -> np.ndarray:
     return np.log1p(_column(x, j) / np.where(tot > 0, tot, 1.0) * target)
 
 
+_ASIGN = "ln((c + 1) / sum_genes(c + 1))"
+
+
+def _measured_scale(t: Any, j: int, key: str | None) -> tuple[np.ndarray, str]:
+    """Gene ``j`` measured, on the scale of ``uns[key]['target']``, else ``log1p`` counts per 10,000; the scale's name.
+
+    ``uns[key]`` is e.g. :func:`stmap.tl.impute_3d`'s: its target over its genes, from the counts layer it used.
+    """
+    from scipy import sparse
+
+    entry = t.uns.get(key) if key is not None else None
+    if isinstance(entry, dict) and entry.get("target") == _ASIGN and t.var_names[j] in list(entry.get("genes", [])):
+        lay = (entry.get("params") or {}).get("layer")
+        x = t.layers[lay] if lay is not None and lay in t.layers else t.X
+        cols = t.var_names.get_indexer(list(entry["genes"]))
+        c = x[:, cols]
+        c = (c.toarray() if sparse.issparse(c) else np.asarray(c)).astype(np.float64) + 1.0
+        k = int(np.flatnonzero(cols == j)[0])
+        return np.log(c[:, k] / c.sum(1)), _ASIGN
+    return _lognorm(t.X, j), "log1p(counts per 10,000)"
+
+
 def _discs(ax: Any, xy: np.ndarray, r: np.ndarray, values: np.ndarray, norm: Any, cmap: Any) -> Any:
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Circle
@@ -45,6 +67,7 @@ def sections_3d(
     layer: str | None = Key.layers.imputed,
     sections: list[str] | None = None,
     show_measured: bool = True,
+    key: str | None = "stmap_impute3d",
     mode: Literal["layers", "3d"] = "layers",
     section_key: str = Key.obs.section,
     cmap: str = "viridis",
@@ -64,12 +87,16 @@ def sections_3d(
     table_key
         Name of the stacked table.
     layer
-        Layer of predicted values (e.g. ``'imputed'`` from ``st.tl.impute_3d``), on the log-normalised scale of the
-        measured row; skipped when absent or ``None``.
+        Layer of predicted values (e.g. ``'imputed'`` from ``st.tl.impute_3d``); skipped when absent or ``None``.
     sections
         Sections to show (default: all, in stacking order).
     show_measured
-        Draw the measured row (``X``, ``log1p`` of counts per 10,000).
+        Draw the measured row, on the scale of the predictions: that of ``uns[key]['target']`` when the table has
+        it and ``gene`` is among ``uns[key]['genes']`` (``st.tl.impute_3d``'s ``ln((c + 1) / sum(c + 1))`` over the
+        imputed genes, from the counts it used), else ``log1p`` of counts per 10,000 of ``X``.
+    key
+        ``uns`` entry of the imputation whose target scale the measured row follows (``None``: always ``log1p``
+        counts per 10,000).
     mode
         ``'layers'``: one column per section, row 1 measured (sections without expression say so), row 2
         ``layers[layer]``, one colour scale for all panels; ``'3d'``: a matplotlib 3D scatter of
@@ -124,7 +151,8 @@ def sections_3d(
     measured = (
         t.obs[Key.obs.measured].to_numpy(dtype=bool) if Key.obs.measured in t.obs else np.ones(t.n_obs, dtype=bool)
     )
-    meas_vals = np.where(measured, _lognorm(t.X, j), np.nan)
+    meas_scale, scale_name = _measured_scale(t, j, key)
+    meas_vals = np.where(measured, meas_scale, np.nan)
     has_layer = layer is not None and layer in t.layers
     pred_vals = _column(t.layers[layer], j) if has_layer else None
     xyz = np.asarray(t.obsm[Key.obsm.spatial_3d], dtype=float)
@@ -185,7 +213,8 @@ def sections_3d(
                     a.set_ylabel(name)
         fig = axs[0, 0].figure
         if coll is not None:
-            fig.colorbar(coll, ax=list(axs.ravel()), shrink=0.7, label=gene)
+            label = f"{gene}, {scale_name}" if show_measured else gene
+            fig.colorbar(coll, ax=list(axs.ravel()), shrink=0.7, label=label)
     fig = axs.figure if mode == "3d" else axs[0, 0].figure
     if save is not None:
         fig.savefig(save, dpi=120, bbox_inches="tight")
