@@ -151,18 +151,16 @@ def _impute3d(sdata: Any, outdir: Path) -> list[Path]:
     from . import datasets, pl, pp, tl
 
     secs = datasets.simulate_stack(4, n_genes=20, seed=0)  # its own small stack (the tissue has one section)
-    for s in secs:
-        pp.histology_features(s, table_key=next(iter(s.tables)), patch_um=150, scales=(1, 2), patch_px=16)
     stack = pp.stack_sections(secs, transforms="warped")
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:  # measure one section, impute the three others from it and from their own histology
-        tl.impute_3d(stack, measured=["S1"], genes=20, n_scales=2, epochs=30, hidden=16)
+    try:  # measure one section, impute the three others from it and their own histology (features computed here)
+        tl.impute_3d(stack, measured=["S1"], genes=20, epochs=30, hidden=16, feature_kwargs={"patch_px": 16})
     finally:
         torch.set_num_threads(n_threads)
     gene = stack.tables["stack"].uns["stmap_impute3d"]["genes"][0]
     path = outdir / "impute3d.png"
-    pl.sections_3d(stack, gene, show_measured=False, save=path, show=False)
+    pl.sections_3d(stack, gene, show_measured=True, save=path, show=False)  # measured row on the imputed scale
     return [path]
 
 
