@@ -7,8 +7,9 @@ disc). Also the SSIM of the reconstructed H&E at the working resolution, and tim
 
 Genes: the ``--genes`` most expressed (by mean count; the usual choice of histology-to-expression benchmarks, as in
 ST-Net and ASIGN: at legacy-ST depth the most variable genes are dominated by sampling noise), or with
-``--gene-set hvg`` the most variable ones. Methods: ``stmap`` (default: histology + inverse-distance prior),
-``stmap_histology_only`` (``prior=None``, the published model), ``idw_k8``, ``histology_ridge``.
+``--gene-set hvg`` the most variable ones. Methods: ``stmap`` (default ``prior='idw+histology'``),
+ablations ``stmap_idw_prior_only`` (``prior='idw'``) and ``stmap_no_prior`` (``prior=None``: the H&E alone, the
+published model), and the peers ``idw_k8`` and ``histology_ridge``.
 
 Usage::
 
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
             r = metrics.pearson_per_gene(pred, Y[test])
             return {"pearson_mean": float(np.nanmean(r)), "pearson_median": float(np.nanmedian(r))}
 
-        def run_maps(sdata=sdata, section=section, genes=genes, train=train, prior="idw"):
+        def run_maps(sdata=sdata, section=section, genes=genes, train=train, prior="idw+histology"):
             out, _ = st.tl.gene_maps(
                 sdata, genes=genes, table_key=section, train_mask=train, epochs=args.epochs, width=args.width,
                 reconstruct=True, prior=prior, seed=args.seed, copy=True, return_model=True, verbose=False,
@@ -104,7 +105,8 @@ def main(argv=None) -> None:
 
         runs.append(measure(name, "stmap", run_maps, score_maps))
         if not args.no_ablation:
-            runs.append(measure(name, "stmap_histology_only", lambda f=run_maps: f(prior=None), score_maps))
+            runs.append(measure(name, "stmap_idw_prior_only", lambda f=run_maps: f(prior="idw"), score_maps))
+            runs.append(measure(name, "stmap_no_prior", lambda f=run_maps: f(prior=None), score_maps))
 
         def run_idw(xy=xy, train=train, Y=Y):
             return idw(xy[train], Y[train], xy[~train])

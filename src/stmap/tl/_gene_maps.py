@@ -370,7 +370,37 @@ def _feature_grid(ctx, img, T: np.ndarray, box: tuple[int, int, int, int], strid
     spec = patch_spec(
         ctx, img, diameter * u, out_px=_FEATURE_PATCH_PX, mpp=None if ctx.um_per_unit is not None else img.pixel_size(0)
     )
-    lazy = extract_patches(img, pts, spec, fill_value=255, chunk_size=512)
+    # read the window of the patch level under the grid once (a lazy image would be decoded again for every batch)
+    import dataclasses
+
+    import dask.array as da
+
+    lv = img.levels[spec.level]
+    _, h, w = lv.shape
+    px = img.to_pixels(pts, spec.level)
+    half = spec.size_px / 2 + 1
+    bx0, by0 = int(max(0, np.floor(px[:, 0].min() - half))), int(max(0, np.floor(px[:, 1].min() - half)))
+    bx1, by1 = int(min(w, np.ceil(px[:, 0].max() + half))), int(min(h, np.ceil(px[:, 1].max() + half)))
+    window = np.asarray(lv[:, by0:by1, bx0:bx1].compute())
+    shift = np.array([[1.0, 0, bx0], [0, 1.0, by0], [0, 0, 1.0]])
+    # resample the window once to the patches' resolution (rather than every patch)
+    f = spec.out_px / spec.size_px
+    c, wh, ww = window.shape
+    nh, nw = max(1, round(wh * f)), max(1, round(ww * f))
+    if (nh, nw) != (wh, ww):
+        from skimage.transform import resize
+
+        res = resize(window.astype(np.float32), (c, nh, nw), order=1, anti_aliasing=f < 1, preserve_range=True)
+        if np.issubdtype(window.dtype, np.integer):
+            info = np.iinfo(window.dtype)
+            res = np.clip(np.round(res), info.min, info.max)
+        window = res.astype(window.dtype)
+        shift = shift @ np.diag([ww / nw, wh / nh, 1.0])
+    sub = dataclasses.replace(
+        img, levels=[da.from_array(window, chunks=window.shape)], transforms=[img.transforms[spec.level] @ shift]
+    )
+    spec0 = dataclasses.replace(spec, level=0, size_px=spec.out_px)
+    lazy = extract_patches(sub, pts, spec0, fill_value=255, chunk_size=512)
     (f,) = _stream([lazy], [handcrafted_features], 512, verbose, dask)
     mu, sd = f.mean(0), f.std(0)
     f = (f - mu) / np.where(sd > 1e-8, sd, 1.0)
@@ -716,8 +746,8 @@ def gene_maps(
           spots around a random spot of most tiles, so the network also learns what to do far from any spot.
         - ``'histology'``: a ridge regression of the expression on handcrafted features
           (:func:`stmap.pp.handcrafted_features`) of spot-sized patches on a grid every half spot (coarser if that
-          would exceed 40,000 patches), interpolated to each pixel. Training tiles see the regression fitted without their spatial block (5 k-means blocks of the
-          training spots), as a held-out region would.
+          would exceed 40,000 patches), interpolated to each pixel. Training tiles see the regression fitted
+          without their spatial block (5 k-means blocks of the training spots), as a held-out region would.
         - ``'idw+histology'`` (default): both.
         - ``None``: the H&E alone (the published model).
 
