@@ -70,9 +70,11 @@ class GeneMapModel:
         Training loss per epoch.
     prior
         The priors the network was trained with (``'idw+histology'``, ``'idw'``, ``'histology'`` or ``None``).
-    ridge_coef, ridge_intercept
-        With a histology prior: the ridge regression ``(P, G)``, ``(G,)`` of the standardised targets on the
+    ridge_coef
+        With a histology prior: the ridge regression weights ``(P, G)`` of the standardised targets on the
         standardised handcrafted features (:func:`stmap.pp.handcrafted_features`) of spot-sized patches.
+    ridge_intercept
+        With a histology prior: the ridge intercepts ``(G,)``.
     """
 
     net: Any
