@@ -1,0 +1,93 @@
+"""Peak memory of gene-map inference on lazy images of growing size (a quick proxy of gene_maps_scale.py (b)).
+
+A small model (4 region genes, width 4, depth 2, 4 um working pixels, 2 epochs: the network's size does not change
+how memory scales) is trained on ``synthetic_tissue(0)`` and saved. Then, each in a fresh subprocess, the tissue's H&E
+is tiled lazily (:func:`dask.array.tile`) to S x S px, ``gene_maps(model=..., lazy=True, dtype='float16')`` runs and
+the maps element is streamed to zarr. Peak RSS (``ru_maxrss``) above the RSS after the imports is reported beside the
+size of the image as float32. Writes ``results/gene_maps_memory.json``.
+
+Usage::
+
+    python benchmarks/gene_maps_memory.py [2000 8000 16000]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+GENES = ["tumor_r01", "stroma_r01", "immune_r01", "epithelium_r01"]
+MODEL = Path(tempfile.gettempdir()) / "stmap_gene_maps_memory_model.pt"
+
+
+def train() -> None:
+    import stmap as st
+
+    t = st.datasets.synthetic_tissue(0)
+    _, m = st.tl.gene_maps(
+        t, genes=GENES, table_key="spots", epochs=2, width=4, depth=2, tile_px=64, scale=4.0, copy=True,
+        return_model=True, verbose=False, image_key="he",
+    )  # fmt: skip
+    m.save(MODEL)
+
+
+def infer(size: int) -> dict:
+    import dask.array as da
+    import spatialdata as sd
+    from spatialdata.transformations import get_transformation
+
+    import stmap as st
+    from stmap._core import make_image
+
+    t = st.datasets.synthetic_tissue(0)
+    m = st.tl.GeneMapModel.load(MODEL)
+    he = t.images["he"]
+    lv = he if hasattr(he, "dtype") else he["scale0"].ds["image"]
+    reps = int(np.ceil(size / lv.shape[1]))
+    big = da.tile(lv.data, (1, reps, reps))[:, :size, :size].rechunk((3, 1024, 1024))
+    T = get_transformation(lv, "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    t.images["he"] = make_image(big, transform=T, c_coords=["r", "g", "b"], chunks=(3, 1024, 1024))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.time()
+    st.tl.gene_maps(t, model=m, table_key="spots", lazy=True, dtype="float16", verbose=False, image_key="he")
+    with tempfile.TemporaryDirectory() as d:
+        sd.SpatialData(images={"maps": t.images["he_gene_maps"]}).write(Path(d) / "m.zarr")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "size": size, "seconds": time.time() - t0, "rss_before_mb": base, "peak_mb": peak,
+        "peak_above_mb": peak - base, "image_float32_mb": 3 * size**2 * 4 / 2**20,
+        "maps_shape": list(t.images["he_gene_maps"].shape),
+    }  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--train"]:
+        return train()
+    if argv[:1] == ["--infer"]:
+        print(json.dumps(infer(int(argv[1]))))
+        return None
+    sizes = [int(a) for a in argv] or [2000, 8000, 16000]
+    subprocess.run([sys.executable, __file__, "--train"], check=True)
+    rows = []
+    for size in sizes:
+        cmd = [sys.executable, __file__, "--infer", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    res = Path(__file__).parent / "results" / "gene_maps_memory.json"
+    res.write_text(json.dumps({"benchmark": "gene_maps_memory", "runs": rows}, indent=2))
+    print("wrote", res)
+    return None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
