@@ -1068,26 +1068,10 @@ def spot_graph_3d(
         Unknown table or keys, a non-categorical section column, unknown spot radius. Nothing is written.
     """
     import pandas as pd
-    from anndata import AnnData
 
-    from .._core import Results, TableContext
+    from .._core import Results
 
-    if isinstance(sdata, AnnData):
-        adata = sdata
-        ctx = TableContext(sdata, adata, None, None, None, None, None, spatial_key, spatial_key)
-    elif is_spatialdata(sdata):
-        if table_key not in sdata.tables:
-            raise unknown_key("Table", str(table_key), sdata.tables.keys(), "sdata.tables",
-                              hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
-        adata = sdata.tables[table_key]
-        ctx = TableContext(sdata, adata, table_key, None, None, None, None, ALIGNED)
-    else:
-        raise TypeError(f"Expected a SpatialData or an AnnData, got {type(sdata).__name__}.")
-    if spatial_key not in adata.obsm:
-        raise unknown_key("Coordinates key", spatial_key, adata.obsm.keys(), "obsm",
-                          hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
-    if section_key not in adata.obs:
-        raise unknown_key("Section column", section_key, adata.obs.columns, "obs")
+    ctx, adata = stack_context(sdata, table_key, spatial_key, section_key)
     sec = adata.obs[section_key]
     if not isinstance(sec.dtype, pd.CategoricalDtype):
         raise StmapInputError(
@@ -1153,3 +1137,32 @@ def spot_graph_3d(
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added {res.written}")
     return out
+
+
+def stack_context(sdata: Any, table_key: str | None, spatial_key: str, section_key: str):
+    """The stacked table of ``sdata`` (a SpatialData with the stack's table, or the table itself), checked.
+
+    Returns ``(TableContext, AnnData)``: the context writes results into the table (coordinate system
+    ``'aligned'``). Raises when the table, ``obsm[spatial_key]`` or ``obs[section_key]`` is missing.
+    """
+    from anndata import AnnData
+
+    from .._core import TableContext
+
+    if isinstance(sdata, AnnData):
+        adata = sdata
+        ctx = TableContext(sdata, adata, None, None, None, None, None, spatial_key, spatial_key)
+    elif is_spatialdata(sdata):
+        if table_key not in sdata.tables:
+            raise unknown_key("Table", str(table_key), sdata.tables.keys(), "sdata.tables",
+                              hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
+        adata = sdata.tables[table_key]
+        ctx = TableContext(sdata, adata, table_key, None, None, None, None, ALIGNED)
+    else:
+        raise TypeError(f"Expected a SpatialData or an AnnData, got {type(sdata).__name__}.")
+    if spatial_key not in adata.obsm:
+        raise unknown_key("Coordinates key", spatial_key, adata.obsm.keys(), "obsm",
+                          hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
+    if section_key not in adata.obs:
+        raise unknown_key("Section column", section_key, adata.obs.columns, "obs")
+    return ctx, adata

@@ -546,27 +546,11 @@ def impute_3d(
         No measured spot, a single section, unknown genes/keys, features of the wrong shape. Nothing is written.
     """
     import pandas as pd
-    from anndata import AnnData
     from scipy import sparse
 
-    from stmap._core._resolve import TableContext, is_spatialdata
+    from stmap.pp._stack import stack_context
 
-    if isinstance(sdata, AnnData):
-        adata = sdata
-        ctx = TableContext(sdata, adata, None, None, None, None, None, spatial_key, spatial_key)
-    elif is_spatialdata(sdata):
-        if table_key not in sdata.tables:
-            raise unknown_key("Table", str(table_key), sdata.tables.keys(), "sdata.tables",
-                              hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
-        adata = sdata.tables[table_key]
-        ctx = TableContext(sdata, adata, table_key, None, None, None, None, "aligned")
-    else:
-        raise TypeError(f"Expected a SpatialData or an AnnData, got {type(sdata).__name__}.")
-    if spatial_key not in adata.obsm:
-        raise unknown_key("Coordinates key", spatial_key, adata.obsm.keys(), "obsm",
-                          hint="Build the stack with `st.pp.stack_sections`.")  # fmt: skip
-    if section_key not in adata.obs:
-        raise unknown_key("Section column", section_key, adata.obs.columns, "obs")
+    ctx, adata = stack_context(sdata, table_key, spatial_key, section_key)
     sec = adata.obs[section_key]
     if not isinstance(sec.dtype, pd.CategoricalDtype):
         sec = pd.Categorical(sec)
