@@ -8,6 +8,8 @@ from typing import Any
 from stmap._core._constants import Key
 from stmap._core._errors import StmapInputError
 
+from ._utils import finish
+
 __all__ = ["ctr"]
 
 
@@ -90,10 +92,4 @@ def ctr(
     fig = axs[0].figure
     if own:
         fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show or (show is None and save is None and not return_ax):
-        plt.show()
-    elif own and not return_ax:
-        plt.close(fig)
-    return axs if return_ax else None
+    return finish(fig, axs, own=own, save=save, show=show, return_ax=return_ax)

@@ -10,6 +10,8 @@ import numpy as np
 
 from stmap._core import StmapInputError, unknown_key
 
+from ._utils import finish
+
 __all__ = ["gene_maps"]
 
 #: Largest side (pixels) of an image read for one panel; a coarser pyramid level or a stride is used above it.
@@ -197,13 +199,7 @@ def gene_maps(
         fig.colorbar(mappable if mappable is not None else im, ax=row, shrink=0.8, label=_unit(params))
         out[i] = row
 
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show or (show is None and save is None and not return_ax):
-        plt.show()
-    elif own and not return_ax:
-        plt.close(fig)
-    return out if return_ax else None
+    return finish(fig, out, own=own, save=save, show=show, return_ax=return_ax)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import numpy as np
 from stmap._core._constants import Key
 from stmap._core._errors import StmapInputError, unknown_key
 
+from ._utils import finish
+
 __all__ = ["sections_3d"]
 
 
@@ -216,10 +218,4 @@ def sections_3d(
             label = f"{gene}, {scale_name}" if show_measured else gene
             fig.colorbar(coll, ax=list(axs.ravel()), shrink=0.7, label=label)
     fig = axs.figure if mode == "3d" else axs[0, 0].figure
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show or (show is None and save is None and not return_ax):
-        plt.show()
-    elif own and not return_ax:
-        plt.close(fig)
-    return axs if return_ax else None
+    return finish(fig, axs, own=own, save=save, show=show, return_ax=return_ax)
