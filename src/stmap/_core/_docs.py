@@ -19,8 +19,11 @@ table_key
     Name of the table in ``sdata.tables`` to use. May be omitted when ``sdata`` holds exactly one table."""
 _coordinate_system = """\
 coordinate_system
-    Coordinate system in which coordinates, diameters and images are expressed. Defaults to ``'global'``, or the
-    only coordinate system the annotated element lives in."""
+    Coordinate system in which coordinates, diameters and images are expressed. Default (``None``): ``'global'``
+    when the element lives there, else its only one, else the one it shares with the image in its own
+    full-resolution frame (a Visium sample's ``'<id>'``, not ``'<id>_downscaled_hires'``); the choice is logged.
+    Micrometres per unit are read from what the platform records (Visium spot diameter, Visium HD bin size,
+    Xenium/MERSCOPE micrometre elements) and stored in ``sdata.attrs['stmap_coordinate_units']``."""
 _key_added = """\
 key_added
     Prefix of the keys under which results are written."""

@@ -19,6 +19,7 @@ from anndata import AnnData
 
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
+from ._platform import choose_coordinate_system
 from ._resolve import TableContext, _element_coordinate_systems, _get_indexer, is_spatialdata
 
 __all__ = ["PointsContext", "resolve_points", "grid_transformation", "image_grid"]
@@ -60,17 +61,10 @@ def _affine_nd(element: Any, cs: str, axes: tuple[str, ...]) -> np.ndarray:
     return np.asarray(t.to_affine_matrix(input_axes=axes, output_axes=axes), dtype=float)
 
 
-def _pick_cs(element: Any, name: str, coordinate_system: str | None) -> str:
+def _pick_cs(sdata: Any, element: Any, name: str, coordinate_system: str | None) -> str:
     available = _element_coordinate_systems(element)
     if coordinate_system is None:
-        if Key.cs in available:
-            return Key.cs
-        if len(available) == 1:
-            return available[0]
-        raise StmapInputError(
-            f"Element {name!r} lives in several coordinate systems ({', '.join(map(repr, available))}); "
-            "pass `coordinate_system=`."
-        )
+        return choose_coordinate_system(sdata, name, available)
     if coordinate_system not in available:
         raise unknown_key("Coordinate system", coordinate_system, available, f"the transformations of {name!r}")
     return coordinate_system
@@ -206,7 +200,7 @@ def resolve_points(
             present = [n for k in ("points", "shapes", "labels") for n in getattr(sdata, k)]
             raise unknown_key("Element", points_key, present, "the SpatialData's points/shapes/labels")
         el = sdata[points_key]
-        cs = _pick_cs(el, points_key, coordinate_system)
+        cs = _pick_cs(sdata, el, points_key, coordinate_system)
         tkey = table_key or _annotating_table(sdata, points_key)
         host = _host_ctx(sdata, tkey, cs) if tkey is not None else None
         table = sdata.tables[tkey] if tkey is not None else None

@@ -17,11 +17,13 @@ from anndata import AnnData
 
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
+from ._platform import bin_size_um, choose_coordinate_system
 from ._resolve import (
     ImageContext,
     TableContext,
     _check_nonempty,
     _element_coordinate_systems,
+    choose_image,
     is_spatialdata,
     resolve,
     resolve_image,
@@ -134,7 +136,20 @@ def resolve_regions(
             )
         kinds[r] = kind
         systems[r] = _element_coordinate_systems(sdata[r])
-    chosen = {r: _choose_cs(r, systems, coordinate_system) for r in regions}
+    if len(set(kinds.values())) > 1:
+        listing = ", ".join(f"{r!r} ({k})" for r, k in kinds.items())
+        raise StmapInputError(
+            f"Table {table_key!r} annotates elements of different kinds ({listing}); a tool reads one kind of "
+            "observation at a time. Store one table per kind (e.g. `sdata.subset([<element>], filter_tables=True)`)."
+        )
+    bins = {r: bin_size_um(r) for r in regions}
+    if len({b for b in bins.values() if b is not None}) > 1:
+        listing = ", ".join(f"{r!r} ({b} µm)" for r, b in bins.items())
+        raise StmapInputError(
+            f"Table {table_key!r} mixes Visium HD bins of several sizes ({listing}); counts of different bin sizes "
+            "are not comparable. Use the table of one bin size, e.g. `sdata.tables['square_008um']`."
+        )
+    chosen = {r: _choose_cs(r, systems, coordinate_system, sdata) for r in regions}
     shared = set.intersection(*[set(v) for v in systems.values()])
     if isinstance(coordinate_system, str):
         whole_cs = coordinate_system
@@ -167,7 +182,7 @@ def _is_multi_region(sdata: Any, table_key: str | None) -> bool:
     return len(list(region)) > 1
 
 
-def _choose_cs(region: str, systems: dict[str, list[str]], coordinate_system: Any) -> str:
+def _choose_cs(region: str, systems: dict[str, list[str]], coordinate_system: Any, sdata: Any = None) -> str:
     available = systems[region]
     if isinstance(coordinate_system, str):
         cs = coordinate_system
@@ -182,6 +197,8 @@ def _choose_cs(region: str, systems: dict[str, list[str]], coordinate_system: An
         own = [c for c in available if c not in others]
         if len(own) == 1:
             return own[0]
+        if len(own) > 1 and sdata is not None:  # e.g. one Visium sample's full-res and downscaled frames
+            return choose_coordinate_system(sdata, region, own)
         raise StmapInputError(
             f"Element {region!r} lives in several coordinate systems ({', '.join(map(repr, available))}), none is "
             "'global' and none is its own; pass `coordinate_system=` (one name, or a dict region -> name)."
@@ -217,10 +234,12 @@ def region_image(ctx: TableContext, image_key: str | None = None) -> ImageContex
         img = resolve_image(ctx, n, check_alignment=False)
         xmin, xmax, ymin, ymax = img.extent(0)
         share.append(float(np.mean((xy[:, 0] >= xmin) & (xy[:, 0] <= xmax) & (xy[:, 1] >= ymin) & (xy[:, 1] <= ymax))))
-    best = int(np.argmax(share))
-    if share[best] <= 0.5 or sum(s == share[best] for s in share) > 1:
+    best = max(share)
+    if best <= 0.5:
         raise StmapInputError(
             f"Several images in coordinate system {ctx.coordinate_system!r} ({', '.join(map(repr, in_cs))}) and none "
             f"is the one clearly under element {ctx.region!r}'s spots; pass `image_key=` (a dict region -> image)."
         )
-    return resolve_image(ctx, in_cs[best])
+    # the images that cover the spots best; among them the photograph at the finest resolution (full > hires > lowres)
+    under = [n for n, sh in zip(in_cs, share, strict=True) if sh == best]
+    return resolve_image(ctx, choose_image(sdata, under, ctx.coordinate_system))

@@ -15,29 +15,26 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from . import _logging as logg
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
+from ._platform import UnitInfo, choose_coordinate_system, infer_units
 
 if TYPE_CHECKING:
     import dask.array as da
     from spatialdata import SpatialData
 
-__all__ = ["TableContext", "ImageContext", "resolve", "resolve_image", "is_spatialdata", "transform_points"]
+__all__ = [
+    "TableContext",
+    "ImageContext",
+    "resolve",
+    "resolve_image",
+    "choose_image",
+    "is_spatialdata",
+    "transform_points",
+]
 
 ElementType = Literal["shapes", "points", "labels"]
-
-_UNIT_TO_UM = {
-    "um": 1.0,
-    "µm": 1.0,
-    "micrometer": 1.0,
-    "micrometre": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "mm": 1000.0,
-    "millimeter": 1000.0,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-}
 
 
 def is_spatialdata(obj: Any) -> bool:
@@ -247,19 +244,32 @@ class TableContext:
         return None
 
     @cached_property
-    def um_per_unit(self) -> float | None:
-        """Micrometres per coordinate-system unit, when the coordinate system's unit is recorded; else ``None``.
+    def unit_info(self) -> UnitInfo | None:
+        """Micrometres per coordinate unit and where the number comes from; ``None`` when nothing records it.
 
-        Units are read from ``sdata.attrs['stmap_coordinate_units']`` (written by :mod:`stmap.datasets`), and, for a
-        plain AnnData, from ``uns['stmap']['mpp']`` (micrometres per ``obsm['spatial']`` unit).
+        Read from ``sdata.attrs['stmap_coordinate_units']`` (written by :mod:`stmap.datasets` and by every tool that
+        inferred it), else inferred from what the platform records (:func:`stmap._core._platform.infer_units`:
+        Visium's ``spot_diameter_fullres``, Visium HD's bin size, Xenium/MERSCOPE's micrometre elements); for a plain
+        AnnData, from ``uns['stmap']['mpp']`` (micrometres per ``obsm['spatial']`` unit).
         """
         if self.sdata is None:
             meta = self.adata.uns.get(Key.uns.stmap)
             mpp = meta.get("mpp") if isinstance(meta, dict) else None
-            return None if mpp is None else float(mpp)
-        units = dict(self.sdata.attrs.get(Key.units_attr, {}) or {})
-        unit = units.get(self.coordinate_system)
-        return None if unit is None else _UNIT_TO_UM.get(str(unit).lower())
+            try:
+                return None if mpp is None else UnitInfo(float(mpp), "uns['stmap']['mpp']", recorded=True)
+            except (TypeError, ValueError):
+                return None
+        info = infer_units(self.sdata, self.coordinate_system, self.region)
+        if info is not None and not info.recorded:
+            logg.info(
+                f"coordinate system {self.coordinate_system!r}: {info.um_per_unit:.6g} µm per unit, from {info.source}"
+            )
+        return info
+
+    @property
+    def um_per_unit(self) -> float | None:
+        """Micrometres per coordinate-system unit when recorded or inferable (see :attr:`unit_info`); else ``None``."""
+        return None if self.unit_info is None else self.unit_info.um_per_unit
 
     def require_um_per_unit(self, mpp: float | None = None, image: ImageContext | None = None) -> float:
         """Micrometres per coordinate unit, from the recorded unit, or from ``mpp`` (micrometres per image pixel).
@@ -276,9 +286,11 @@ class TableContext:
         if self.um_per_unit is not None:
             return self.um_per_unit
         raise StmapInputError(
-            f"The physical unit of coordinate system {self.coordinate_system!r} is unknown, so sizes in micrometres "
-            "cannot be converted. Pass `mpp=` (micrometres per full-resolution image pixel), or record the unit with "
-            f"`sdata.attrs['{Key.units_attr}'] = {{'{self.coordinate_system}': 'um'}}`."
+            f"The physical unit of coordinate system {self.coordinate_system!r} is unknown (nothing in the object "
+            "records it: no Visium spot diameter, Visium HD bin size or Xenium/MERSCOPE micrometre frame), so sizes in "
+            "micrometres cannot be converted. Pass `mpp=` (micrometres per full-resolution image pixel), or record "
+            f"the unit with `sdata.attrs['{Key.units_attr}'] = {{'{self.coordinate_system}': <µm per unit>}}` "
+            "(or 'um')."
         )
 
     def image(self, image_key: str | None = None, *, check_alignment: bool = True) -> ImageContext:
@@ -442,10 +454,11 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
     regions = [region] if isinstance(region, str) else list(region)
     if len(regions) != 1:
         raise StmapInputError(
-            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}); stmap tools work on "
-            "one element at a time. Subset the table first, e.g. "
-            f"`sub = sdata.tables[{table_key!r}]; sub = sub[sub.obs[{region_key!r}] == {regions[0]!r}].copy()` and "
-            "store it as its own table annotating that element."
+            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}), e.g. one per sample; "
+            "this tool works on one element at a time. Select one sample with spatialdata, e.g. "
+            f"`one = sdata.subset([{regions[0]!r}], filter_tables=True)` (or "
+            "`sdata.filter_by_coordinate_system(<sample's coordinate system>, filter_tables=True)`), run the tool on "
+            "it, and loop over the samples."
         )
     region = regions[0]
     element_type: ElementType | None = None
@@ -470,15 +483,7 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
             )
     available = _element_coordinate_systems(sdata[region])
     if coordinate_system is None:
-        if Key.cs in available:
-            coordinate_system = Key.cs
-        elif len(available) == 1:
-            coordinate_system = available[0]
-        else:
-            raise StmapInputError(
-                f"Element {region!r} lives in several coordinate systems ({', '.join(map(repr, available))}) and none "
-                "is called 'global'; pass `coordinate_system=`."
-            )
+        coordinate_system = choose_coordinate_system(sdata, region, available)
     elif coordinate_system not in available:
         raise unknown_key(
             "Coordinate system", coordinate_system, available, f"the transformations of element {region!r}"
@@ -502,6 +507,48 @@ def _image_levels(element: Any) -> list[Any]:
     if isinstance(element, DataTree):  # multiscale
         return [element[k].ds[next(iter(element[k].ds.data_vars))] for k in sorted(element.children)]
     return [element]
+
+
+def choose_image(sdata: SpatialData, names: list[str], coordinate_system: str) -> str:
+    """The obvious image among ``names`` (all in ``coordinate_system``): a photograph at the finest resolution.
+
+    RGB(A) integer images (an H&E) come before other integer images (fluorescence) and those before float images
+    (tool results such as densities and gene maps); within the first kind present, the finest pixels win (full >
+    hires > lowres). The choice is logged when there was one.
+
+    Raises
+    ------
+    StmapInputError
+        When two images tie (same kind, same pixel size), listing them.
+    """
+    if len(names) == 1:
+        return names[0]
+
+    def kind(n: str) -> int:
+        el = sdata.images[n]
+        if _is_rgb_like(el):
+            return 0
+        arr = _image_levels(el)[0]
+        return 1 if np.issubdtype(arr.dtype, np.integer) else 2
+
+    kinds = {n: kind(n) for n in names}
+    best_kind = min(kinds.values())
+    cands = [n for n in names if kinds[n] == best_kind]
+    if len(cands) > 1:
+        size = {
+            n: round(_linear_scale(_affine_of(_image_levels(sdata.images[n])[0], coordinate_system)), 9) for n in cands
+        }
+        cands.sort(key=lambda n: size[n])
+        if size[cands[0]] == size[cands[1]]:
+            raise StmapInputError(
+                f"Several images in coordinate system {coordinate_system!r} ({', '.join(map(repr, names))}) and "
+                f"{cands[0]!r} and {cands[1]!r} are alike (same kind, same pixel size); pass `image_key=`."
+            )
+        logg.info(
+            f"using image {cands[0]!r} (the finest of {', '.join(map(repr, cands))} in {coordinate_system!r}); pass "
+            "`image_key=` to choose another"
+        )
+    return cands[0]
 
 
 def resolve_image(ctx: TableContext, image_key: str | None = None, *, check_alignment: bool = True) -> ImageContext:
@@ -542,15 +589,7 @@ def resolve_image(ctx: TableContext, image_key: str | None = None, *, check_alig
                     + ". Add the H&E as an image element with a transformation to that coordinate system, or pass "
                     "`image_key=`."
                 )
-            if len(in_cs) > 1:  # results of tools (densities, gene maps) sit beside the H&E: prefer the one RGB(A)
-                rgb = [n for n in in_cs if _is_rgb_like(sdata.images[n])]
-                in_cs = rgb if len(rgb) == 1 else in_cs
-            if len(in_cs) > 1:
-                raise StmapInputError(
-                    f"Several images in coordinate system {ctx.coordinate_system!r} ({', '.join(map(repr, in_cs))}); "
-                    "pass `image_key=`."
-                )
-            image_key = in_cs[0]
+            image_key = choose_image(sdata, in_cs, ctx.coordinate_system)
         elif image_key not in sdata.images:
             raise unknown_key("Image", image_key, names, "sdata.images")
         elif image_key not in in_cs:

@@ -151,9 +151,20 @@ class Results:
                 self._add_elements(target, tables_map)
         if self._transformations and is_spatialdata(target):
             self._set_transformations(target, copy)
+        if is_spatialdata(target):
+            self._record_units(target)
         if not copy:
             return None
         return (target, *external) if external else target
+
+    def _record_units(self, sdata: Any) -> None:
+        """Store a unit the tool inferred from the platform's records, so every later tool reads the same number."""
+        info = self.ctx.__dict__.get("unit_info")  # only when the tool needed it (cached_property)
+        if info is None or info.recorded or not self.ctx.coordinate_system:
+            return
+        units = dict(sdata.attrs.get(Key.units_attr, {}) or {})
+        units.setdefault(self.ctx.coordinate_system, info.to_attr())
+        sdata.attrs[Key.units_attr] = units
 
     def _in_target(self, adata: AnnData) -> bool:
         if any(adata is t for t, _, _ in self._new_tables.values()):

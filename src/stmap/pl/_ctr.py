@@ -20,6 +20,7 @@ def ctr(
     key: str = Key.obs.ctr,
     label_key: str | None = None,
     image_key: str | bool | None = None,
+    coordinate_system: str | None = None,
     size: float | None = None,
     axs: Any = None,
     save: str | Path | None = None,
@@ -40,6 +41,8 @@ def ctr(
         ``obs`` column with reference labels; default: the ``label_key`` recorded by ``detect_ctr`` (if any).
     image_key
         Image drawn below the spots (``False``: none); see :func:`stmap.pl.spatial`.
+    coordinate_system
+        Coordinate system to draw in; default: the one the tools choose (see :func:`stmap.pl.spatial`).
     size
         Spot size (see :func:`stmap.pl.spatial`).
     axs
@@ -62,7 +65,7 @@ def ctr(
 
     from ._spatial import spatial
 
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     t = ctx.adata
     if f"{key}_prob" not in t.obs or key not in t.obs:
         raise StmapInputError(
@@ -88,7 +91,7 @@ def ctr(
     for ax, (color, title) in zip(axs, panels, strict=False):
         kw = {"cmap": "magma"} if color == f"{key}_prob" else {}
         spatial(sdata, color=color, table_key=ctx.table_key, image_key=image_key, size=size, ax=ax, title=title,
-                show=False, **kw)  # fmt: skip
+                coordinate_system=None if ctx.sdata is None else ctx.coordinate_system, show=False, **kw)  # fmt: skip
     fig = axs[0].figure
     if own:
         fig.tight_layout()

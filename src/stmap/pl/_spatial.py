@@ -58,7 +58,7 @@ def spatial(
     *,
     table_key: str | None = None,
     image_key: str | bool | None = None,
-    coordinate_system: str = Key.cs,
+    coordinate_system: str | None = None,
     palette: Mapping[str, Any] | Sequence[Any] | str | None = None,
     cmap: Colormap | str | None = None,
     size: float | None = None,
@@ -84,7 +84,8 @@ def spatial(
         RGB one when there are several); ``False`` draws no image. For a plain :class:`~anndata.AnnData`:
         ``'hires'`` or ``'lowres'`` of the legacy ``uns['spatial']`` images (default: the finest there is).
     coordinate_system
-        Coordinate system to draw in.
+        Coordinate system to draw in; default: the one the tools choose (``'global'``, else the element's
+        full-resolution frame shared with the image, e.g. a Visium sample's ``'<id>'``).
     {palette}
     {plot_common}
 
@@ -128,7 +129,7 @@ def spatial(
             color,
             kind,
             image_key=image_key,
-            coordinate_system=coordinate_system,
+            coordinate_system=ctx.coordinate_system,
             cmap=cmap,
             size=size,
             ax=ax,
@@ -165,10 +166,15 @@ def _pick_image(sdata: SpatialData, image_key: str | bool | None, cs: str) -> st
     in_cs = [n for n, im in sdata.images.items() if cs in get_transformation(im, get_all=True)]
     if len(in_cs) <= 1:
         return in_cs[0] if in_cs else None
-    rgb = [n for n in in_cs if _n_channels(sdata.images[n]) == 3]
-    pick = (rgb or in_cs)[0]
-    logg.info(f"drawing image {pick!r} of {in_cs}; pass `image_key=` to choose another")
-    return pick
+    from stmap._core._resolve import choose_image
+
+    try:  # the image the tools use: a photograph at the finest resolution
+        return choose_image(sdata, in_cs, cs)
+    except StmapInputError:
+        rgb = [n for n in in_cs if _n_channels(sdata.images[n]) == 3]
+        pick = (rgb or in_cs)[0]
+        logg.info(f"drawing image {pick!r} of {in_cs}; pass `image_key=` to choose another")
+        return pick
 
 
 def _n_channels(image: Any) -> int:
@@ -309,9 +315,16 @@ def _render_spatialdata(
         show=False,
     )
     unit = (sdata.attrs or {}).get(Key.units_attr, {}).get(coordinate_system)
-    if unit:
+    if isinstance(unit, str) and unit:
         ax.set_xlabel(f"x ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
         ax.set_ylabel(f"y ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
+    elif unit:
+        from stmap._core._platform import _unit_value
+
+        v = _unit_value(unit)
+        if v is not None:
+            ax.set_xlabel(f"x (pixels of {v:.3g} µm)")
+            ax.set_ylabel(f"y (pixels of {v:.3g} µm)")
 
 
 def _without_column(element: Any, column: str | None) -> Any:

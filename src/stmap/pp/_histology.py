@@ -76,9 +76,9 @@ def histology_features(
         Micrometres per full-resolution image pixel, when the coordinate system's unit is not recorded.
     batch_size
         Patches read and featurised at a time.
-    coordinate_system
-        Coordinate system (default ``'global'`` or the element's only one; for a multi-region table, per region
-        the only one no other region lives in, e.g. a stack's per-section system; a dict region -> name is accepted).
+    {coordinate_system}
+        For a multi-region table, per region the only one no other region lives in (e.g. a stack's per-section
+        system); a dict region -> name is accepted.
     {seed}
     {device}
     {key_added}

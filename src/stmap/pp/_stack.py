@@ -893,7 +893,7 @@ def stack_sections(
         m3[2, 2], m3[3, 2] = zz, 1.0
         t_al3 = Affine(m3, input_axes=("x", "y"), output_axes=("x", "y", "z"))
         src_units = dict(s.sdata.attrs.get(Key.units_attr, {}) or {})
-        units[s.name] = src_units.get(s.coordinate_system, "um")
+        units[s.name] = src_units.get(s.coordinate_system, {"um_per_unit": float(s.um), "source": "inferred"})
         imgs, names = [], []
         for e in s.elements:
             kind_e = next(k for k in _KINDS[1:] if e in getattr(s.sdata, k))

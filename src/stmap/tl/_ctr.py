@@ -356,6 +356,7 @@ def train_ctr(
     weight_decay: float = 1e-3,
     seed: int = 0,
     device: str = "cpu",
+    coordinate_system: str | None = None,
     verbose: bool = True,
 ) -> CTRModel:
     """Train a cancer tissue region detector on labelled source samples (SpaCRD).
@@ -407,6 +408,7 @@ def train_ctr(
         Optimisation (Adam).
     {seed}
     {device}
+    {coordinate_system}
     {verbose}
 
     Returns
@@ -437,7 +439,7 @@ def train_ctr(
     start = logg.info(f"training CTR model on {len(items)} source sample(s)")
     t0 = time.perf_counter()
 
-    ctxs = [(name, resolve(s, table_key)) for name, s in items]
+    ctxs = [(name, resolve(s, table_key, coordinate_system=coordinate_system)) for name, s in items]
     ys = [_labels(ctx, label_key, positive) for _, ctx in ctxs]
     yall = np.concatenate(ys)
     lab = yall[~np.isnan(yall)]
@@ -600,6 +602,7 @@ def detect_ctr(
     layer: str | None = None,
     device: str = "cpu",
     seed: int = 0,
+    coordinate_system: str | None = None,
     key_added: str = Key.obs.ctr,
     copy: bool = False,
 ) -> Any:
@@ -628,6 +631,7 @@ def detect_ctr(
         Layer with raw counts (default ``X``).
     {device}
     {seed}
+    {coordinate_system}
     {key_added}
     {copy}
 
@@ -658,7 +662,7 @@ def detect_ctr(
         model = CTRModel.load(model, device=device)
     dev = resolve_device(device)
     model.net.to(dev)
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     if threshold is not None and not (np.isfinite(threshold) and 0 <= threshold <= 1):
         raise StmapInputError(f"`threshold` must be a probability in [0, 1], got {threshold!r}.")
     y = _labels(ctx, label_key, positive) if label_key is not None else None

@@ -681,6 +681,7 @@ def gene_maps(
     groupby: str | None = None,
     image_key: str | None = None,
     table_key: str | None = None,
+    coordinate_system: str | None = None,
     layer: str | None = None,
     normalize: bool = True,
     scale: float | None = None,
@@ -721,8 +722,10 @@ def gene_maps(
     groupby
         Spot clustering used with ``genes='markers'``.
     image_key
-        H&E image element; default: the one image aligned to the spots.
+        H&E image element; default: the RGB image in the spots' coordinate system at the finest resolution
+        (full > hires > lowres).
     {table_key}
+    {coordinate_system}
     layer
         Layer with raw counts (default ``X``).
     normalize
@@ -795,7 +798,7 @@ def gene_maps(
             "gene_maps writes an image element and needs a SpatialData object; convert an AnnData with "
             "`st.pp.to_spatialdata(adata)`."
         )
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     adata = ctx.adata
     img = ctx.image(image_key)
     diam = ctx.diameters
