@@ -64,6 +64,8 @@ def _keys(key_added: str) -> dict[str, str]:
         "spot": f"{prefix}_spot",
         "mapping": key_added,
         "assignment": f"{key_added}_assignment",
+        "label": f"{prefix}_cell_type",
+        "confidence": f"{prefix}_cell_type_confidence",
     }
 
 
@@ -129,6 +131,37 @@ def _cells_per_spot(value: Any, spots: AnnData) -> np.ndarray | None:
     return np.round(arr).astype(np.int64)
 
 
+def _single_cell_layout(ctx) -> bool:
+    """Whether the table annotates segmented cells (a labels element, or shapes of varying size) rather than spots.
+
+    Spot and bin arrays (Visium, Slide-seq, Visium HD bins) have one size for all their circles or squares; the
+    outlines of segmented cells (Xenium, CosMx, MERSCOPE, Visium HD cell segmentation) vary in size.
+    """
+    if ctx.sdata is None or ctx.element_type == "points":
+        return False
+    if ctx.element_type == "labels":
+        return True
+    d = ctx.diameters
+    if d is None or d.size < 2:
+        return False
+    d = d[np.isfinite(d)]
+    return bool(d.size > 1 and np.ptp(d) > 1e-3 * max(float(np.median(d)), 1e-12))
+
+
+def _singlet_labels(Y: np.ndarray, prof: np.ndarray, gene_scale: np.ndarray) -> np.ndarray:
+    """Most likely single type of each target: multinomial log-likelihood of its counts under each type's profile.
+
+    RCTD's singlet call: the target's counts ``y`` scored as ``sum_g y_g log p_tg`` with ``p_t`` the type's mean
+    profile times the platform scaling (renormalised, floored at 1e-6 of its mean so an unseen gene is not fatal).
+    """
+    P = prof.astype(np.float64) * gene_scale[None, :].astype(np.float64)
+    P = P / P.sum(axis=1, keepdims=True)
+    P = P + 1e-6 / P.shape[1]
+    P = P / P.sum(axis=1, keepdims=True)
+    ll = Y.astype(np.float64) @ np.log(P).T
+    return np.argmax(ll, axis=1)
+
+
 def _markers(X: sparse.csr_matrix, codes: np.ndarray, n_types: int, candidates: np.ndarray, n: int) -> np.ndarray:
     """Indices (into ``candidates``) of the top ``n`` markers per type (mean log expression above the best other)."""
     L = np.asarray(X.sum(axis=1)).ravel()
@@ -155,6 +188,7 @@ def map_cells(
     *,
     mode: Literal["regular", "greedy"] = "regular",
     table_key: str | None = None,
+    coordinate_system: str | None = None,
     cell_type_key: str = Key.obs.cell_type,
     cells_per_spot: None | str | Sequence[float] | np.ndarray | float = None,
     mean_cells_per_spot: float | None = None,
@@ -190,13 +224,19 @@ def map_cells(
         slots). ``'greedy'``: every reference cell gets exactly one spot; spot capacities are ``n_j`` scaled to the
         number of cells.
     {table_key}
+    coordinate_system
+        Coordinate system of the target coordinates; default: chosen by :func:`stmap._core.resolve` (the frame the
+        table's element and the image share).
     cell_type_key
         Column of ``sc_adata.obs`` with cell types.
     cells_per_spot
-        Cells in each spot ``n_j``: ``None``/``'estimate'`` (proportional to the spot's fitted cell equivalents,
-        i.e. its counts of each type over that type's mean reference library size, scaled to
-        ``mean_cells_per_spot``), an ``obs`` column of the spot table, an array (one per spot, table order) or one
-        number for all spots, e.g. nuclei counts from segmentation.
+        Cells in each spot ``n_j``: ``'estimate'`` (proportional to the spot's fitted cell equivalents, i.e. its
+        counts of each type over that type's mean reference library size, scaled to ``mean_cells_per_spot``), an
+        ``obs`` column of the spot table, an array (one per spot, table order) or one number for all spots, e.g.
+        nuclei counts from segmentation. ``None`` (default): ``1`` when the table annotates segmented cells (a
+        labels element, or shapes of varying size: the cell tables of Xenium, CosMx, MERSCOPE and Visium HD cell
+        segmentation as spatialdata-io reads them), else ``'estimate'``. For single cells in a plain AnnData, or
+        drawn as equal circles, pass ``cells_per_spot=1``.
     mean_cells_per_spot
         Prior mean of ``n_j`` when estimating. Default: spot area / 150 um^2 when the spot diameter and unit are
         known, else 5 (CytoSPACE's Visium default).
@@ -231,8 +271,13 @@ def map_cells(
 
     - spot table ``.obsm['stmap_cell_type_fractions']`` (DataFrame, columns = cell types, rows sum to 1),
       ``.obsm['stmap_cell_type_counts']`` (integer DataFrame of placed cells), ``.obs['stmap_n_cells']``;
+    - single-cell targets (every target holds one cell): ``.obs['stmap_cell_type']`` (categorical, the transferred
+      label: the type whose profile gives the target's counts the highest multinomial likelihood, RCTD's singlet
+      call; in regular mode the placed cell has this type) and ``.obs['stmap_cell_type_confidence']`` (float in
+      ``[0, 1]``: that type's fraction in the mixture fit of the target, ``stmap_cell_type_fractions``);
     - spot table ``.uns['stmap_mapping']``: ``params``, ``genes`` (used), ``loss`` (composition fit history),
-      ``cell_types``, ``gene_scale`` (platform scaling per gene), ``n_iter``, ``cells_table``;
+      ``cell_types``, ``gene_scale`` (platform scaling per gene), ``n_iter``, ``cells_table``, ``single_cell``
+      (whether every target holds one cell);
     - ``sc_adata.obsm['stmap_mapping']``: sparse cells x spots similarity scores (top ``n_candidates`` per cell,
       among spots that need the cell's type), ``sc_adata.obsm['stmap_mapping_assignment']``: sparse cells x spots
       number of placements, ``sc_adata.uns['stmap_mapping']['spot_ids']`` (the columns), and in greedy mode
@@ -255,7 +300,7 @@ def map_cells(
         raise StmapInputError(f"`sc_adata` must be an AnnData of single cells, got {type(sc_adata).__name__}.")
     if sc_adata.n_obs == 0 or sc_adata.n_vars == 0:
         raise StmapInputError(f"`sc_adata` is empty ({sc_adata.n_obs} x {sc_adata.n_vars}).")
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     spots = ctx.adata
     tname = ctx.table_key or "spots"
     _check_unique(spots.obs_names, "The spot table", "make them unique with `adata.obs_names_make_unique()`")
@@ -272,6 +317,9 @@ def map_cells(
     req = None if genes is None or isinstance(genes, str) else list(genes)
     gl = shared_genes(spots.var_names, sc_adata.var_names, req, a_name=f"table {tname!r}", b_name="sc_adata")
     n_given = _cells_per_spot(cells_per_spot, spots)
+    if cells_per_spot is None and _single_cell_layout(ctx):
+        logg.info(f"    table {tname!r} annotates segmented cells ({ctx.region!r}): one cell per target")
+        n_given = np.ones(spots.n_obs, dtype=np.int64)
     if mean_cells_per_spot is not None and not (np.isfinite(mean_cells_per_spot) and mean_cells_per_spot > 0):
         raise StmapInputError(f"mean_cells_per_spot must be a positive number, got {mean_cells_per_spot!r}.")
     Xc = _to_csr(Xc_all)
@@ -338,9 +386,11 @@ def map_cells(
         n_spot = np.maximum(np.round(prior * eq / eq.mean()), 1).astype(np.int64)
     else:
         n_spot = n_given
+    single = bool((n_spot == 1).all())  # single-cell targets: one label per target
+    label = _singlet_labels(Y, prof, fit.gene_scale) if single else None
     n_cells_total = sc_adata.n_obs
     if mode == "regular":
-        slots = largest_remainder(F, n_spot)
+        slots = largest_remainder(F, n_spot) if label is None else np.eye(T, dtype=np.int64)[label]
         row_cap_t = [int(np.ceil(slots[:, t].sum() / n_t[t])) for t in range(T)]
     else:
         cap = largest_remainder(n_spot[None, :].astype(float), np.array([n_cells_total]))[0]
@@ -402,6 +452,7 @@ def map_cells(
         params={
             "mode": mode,
             "table_key": ctx.table_key,
+            "coordinate_system": ctx.coordinate_system,
             "cell_type_key": cell_type_key,
             "cells_per_spot": cells_per_spot if isinstance(cells_per_spot, str | None) else "given",
             "mean_cells_per_spot": mean_cells_per_spot,
@@ -421,6 +472,9 @@ def map_cells(
     res.obsm(keys["fractions"], pd.DataFrame(F, index=sid, columns=cats))
     res.obsm(keys["counts"], pd.DataFrame(counts, index=sid, columns=cats))
     res.obs(keys["n_cells"], counts.sum(axis=1))
+    if label is not None:
+        res.obs(keys["label"], pd.Categorical.from_codes(label, categories=cats))
+        res.obs(keys["confidence"], F[np.arange(m), label].astype(np.float64))
     cells_name = _cells_table_name(tname, key_added)
     res.uns(
         key_added,
@@ -432,6 +486,7 @@ def map_cells(
             "gene_scale": fit.gene_scale.astype(float),
             "mode": mode,
             "cells_table": cells_name if ctx.sdata is not None else "None",
+            "single_cell": single,
         },
     )
     cr_all = np.concatenate(cand_rows) if cand_rows else np.zeros(0, np.int64)
@@ -571,9 +626,10 @@ def project_genes(
     sc_adata: AnnData,
     *,
     table_key: str | None = None,
+    coordinate_system: str | None = None,
     genes: Sequence[str] | None = None,
     mapping_key: str = Key.obsm.mapping,
-    smooth: float = 0.5,
+    smooth: float | None = None,
     layer: str | None = None,
     sc_layer: str | None = None,
     key_added: str = "stmap_projected",
@@ -593,15 +649,20 @@ def project_genes(
         The reference passed to :func:`~stmap.tl.map_cells` (it holds the placement in
         ``obsm[f'{{mapping_key}}_assignment']``).
     {table_key}
+    coordinate_system
+        Coordinate system of the target coordinates; default: chosen by :func:`stmap._core.resolve` (the frame the
+        table's element and the image share).
     genes
         Reference genes to project; default all.
     mapping_key
         ``key_added`` of the :func:`~stmap.tl.map_cells` run.
     smooth
         Weight of the composition x type-profile prediction, in ``[0, 1]``: ``0`` uses only the placed cells'
-        own counts, ``1`` only the type profiles. The default ``0.5`` was the best compromise in
+        own counts, ``1`` only the type profiles. Default (``None``): ``0.5`` for spots, the best compromise in
         ``benchmarks/mapping.py`` (sparse Drop-seq cells favour ``1``; references sharing the spots' cell states
-        favour ``0``).
+        favour ``0``); ``1`` for single-cell targets (the mapping's ``uns[mapping_key]['single_cell']``), where one
+        placed reference cell is a noisy stand-in for the target and the mixture of type profiles imputes
+        unmeasured genes better (``benchmarks/single_cell_targets.py``).
     layer, sc_layer
         Count layers of the spot table and the reference; ``None`` uses ``X``.
     {key_added}
@@ -620,7 +681,7 @@ def project_genes(
         If :func:`~stmap.tl.map_cells` has not been run with ``mapping_key`` on these spots, or genes are unknown.
     """
     start = logg.info("projecting genes onto spots")
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     spots = ctx.adata
     akey = f"{mapping_key}_assignment"
     meta = sc_adata.uns.get(mapping_key) if isinstance(sc_adata, AnnData) else None
@@ -634,6 +695,8 @@ def project_genes(
             f"The mapping {mapping_key!r} in sc_adata was made for other spots than table "
             f"{ctx.table_key or 'adata'!r}; re-run `st.tl.map_cells` on these spots."
         )
+    if smooth is None:
+        smooth = 1.0 if bool(spots.uns.get(mapping_key, {}).get("single_cell", False)) else 0.5
     if not (0.0 <= float(smooth) <= 1.0):
         raise StmapInputError(f"smooth={smooth!r} must be in [0, 1].")
     if genes is None:
