@@ -1,6 +1,7 @@
 """Real public data as SpatialData, and simulators with known ground truth."""
 
 from ._her2st import her2st
+from ._platforms import synthetic_visium, synthetic_visium_hd, synthetic_xenium
 from ._readers import (
     bdtnp_atlas,
     cosmx_lung,
@@ -24,6 +25,9 @@ __all__ = [
     "squidpy_visium",
     "starmap_cells",
     "synthetic_tissue",
+    "synthetic_visium",
+    "synthetic_visium_hd",
+    "synthetic_xenium",
     "visium_dentate_gyrus",
     "vizgen_brain",
 ]
