@@ -626,7 +626,8 @@ def synthetic_visium_hd(
       (``'visium_hd'``), ``'tissue_hires_scalef'``, ``'tissue_lowres_scalef'``, and per bin size ``XXX``:
       ``uns['bins']['square_XXXum']`` (DataFrame of the in-tissue bins in the matrix's order: ``array_row``,
       ``array_col``, ``x_um``, ``y_um`` (centre), ``region`` at the centre, ``tumor``, ``n_cells`` (cells whose
-      centre is inside) and ``n_molecules``) and ``uns['bin_counts']['square_XXXum']`` (sparse counts, same rows).
+      centre is inside), ``n_molecules`` and ``hires_r``, ``hires_g``, ``hires_b`` (hires pixel under the centre))
+      and ``uns['bin_counts']['square_XXXum']`` (sparse counts, same rows).
 
     Read it with::
 
@@ -782,6 +783,7 @@ def _visium_hd(out, sizes, seed, n_cells, n_genes, mpp, spread, dataset_id, k_hi
         cpy = np.clip((yc_um / mpp).astype(np.int64), 0, regions.shape[0] - 1)
         reg_b = regions[cpy, cpx].astype(np.int64)[keep]
         names = ["background", *t["region_names"]]
+        centre_hires = _pixel_colour(hires, np.column_stack([xc_um[keep], yc_um[keep]]) / mpp / k_hi)
         bins_truth[f"square_{tag}"] = pd.DataFrame(
             {
                 "array_row": br[keep],
@@ -792,6 +794,9 @@ def _visium_hd(out, sizes, seed, n_cells, n_genes, mpp, spread, dataset_id, k_hi
                 "tumor": reg_b == 1,
                 "n_cells": n_cells_b[keep],
                 "n_molecules": np.asarray(Cb[keep].sum(axis=1)).ravel(),
+                "hires_r": centre_hires[:, 0],
+                "hires_g": centre_hires[:, 1],
+                "hires_b": centre_hires[:, 2],
             },
             index=pd.Index(barcodes[keep]),
         )
