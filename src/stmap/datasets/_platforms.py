@@ -2,15 +2,15 @@
 
 Each writer builds a tissue with :func:`~stmap.datasets.synthetic_tissue` (cells with types, counts and positions in
 micrometres, an H&E-like image and tissue regions) and writes it as the files that 10x Genomics' pipelines produce,
-in the layout that the :mod:`spatialdata_io` readers read:
+in the layout that the ``spatialdata_io`` readers read:
 
-* :func:`synthetic_visium`: a Space Ranger Visium ``outs/`` folder, read by :func:`spatialdata_io.visium`;
-* :func:`synthetic_visium_hd`: a Space Ranger Visium HD ``outs/`` folder, read by :func:`spatialdata_io.visium_hd`;
-* :func:`synthetic_xenium`: a Xenium Onboard Analysis output folder, read by :func:`spatialdata_io.xenium`.
+* :func:`synthetic_visium`: a Space Ranger Visium ``outs/`` folder, read by ``spatialdata_io.visium``;
+* :func:`synthetic_visium_hd`: a Space Ranger Visium HD ``outs/`` folder, read by ``spatialdata_io.visium_hd``;
+* :func:`synthetic_xenium`: a Xenium Onboard Analysis output folder, read by ``spatialdata_io.xenium``.
 
 The known answer is written beside the platform files, as ``stmap_truth.h5ad`` (an :class:`anndata.AnnData` that
 no reader looks at). Only ``h5py``, ``pyarrow``, ``tifffile``, ``zarr`` and ``Pillow`` are used to write: importing
-these writers does not import :mod:`spatialdata_io`.
+these writers does not import ``spatialdata_io``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _write_10x_h5(
     n_obs, n_var = Xc.shape
 
     def _s(values) -> np.ndarray:
-        return np.array([str(v).encode() for v in values], dtype=f"S{max(1, *(len(str(v)) for v in values))}")
+        return np.array([str(v).encode() for v in values], dtype=f"S{max([1, *(len(str(v)) for v in values)])}")
 
     with h5py.File(file, "w") as f:
         f.attrs["filetype"] = "matrix"
@@ -260,7 +260,7 @@ def _cells_frame(t: dict[str, Any]) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------------------------
 def _nt_barcodes(n: int, gen: np.random.Generator) -> np.ndarray:
     """``n`` distinct 16-nt barcodes ``'ACGT...-1'`` in random order (deterministic with ``gen``)."""
-    codes = gen.choice(4**12, size=n, replace=False) + gen.integers(0, 4**4) * 4**12
+    codes = gen.choice(4**16, size=n, replace=False)
     digits = (codes[:, None] // (4 ** np.arange(15, -1, -1))[None, :]) % 4
     return np.array(["".join(_NT[d]) + "-1" for d in digits])
 
@@ -328,6 +328,12 @@ def synthetic_visium(
     Returns
     -------
     The folder's :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    StmapInputError
+        If an argument is out of range, or ``path`` is a file or a non-empty folder (``overwrite=True`` replaces
+        only a folder these functions wrote). Nothing is written then.
 
     Notes
     -----
@@ -613,6 +619,12 @@ def synthetic_visium_hd(
     Returns
     -------
     The folder's :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    StmapInputError
+        If an argument is out of range (``bin_sizes`` must be nested multiples of 2), or ``path`` is a file or a
+        non-empty folder (``overwrite=True`` replaces only a folder these functions wrote). Nothing is written then.
 
     Notes
     -----
@@ -911,6 +923,12 @@ def synthetic_xenium(
     Returns
     -------
     The folder's :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    StmapInputError
+        If an argument is out of range, or ``path`` is a file or a non-empty folder (``overwrite=True`` replaces
+        only a folder these functions wrote). Nothing is written then.
 
     Notes
     -----
