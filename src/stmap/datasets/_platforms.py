@@ -101,6 +101,25 @@ def _out_dir(path: Any, overwrite: bool) -> Path:
     return out
 
 
+def _write(path: Any, overwrite: bool, body, *args) -> Path:
+    """Prepare the folder, run ``body(out, *args)``; on failure remove what was written (and the folder if new)."""
+    existed = isinstance(path, str | Path) and Path(path).is_dir()
+    out = _out_dir(path, overwrite)
+    try:
+        body(out, *args)
+    except BaseException:
+        if existed:  # the user's (empty) folder: keep it, empty
+            for p in out.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
 def _downsample_factor(value: Any, name: str) -> int:
     return _int(value, name, 1)
 
@@ -374,18 +393,14 @@ def synthetic_visium(
     """
     seed = _seed(seed)
     n_cells = _int(n_cells, "n_cells", 10)
-    n_genes = _int(n_genes, "n_genes", 1)
+    n_genes = _int(n_genes, "n_genes", 6)
     um_per_px = _pos(um_per_px, "um_per_px")
     dataset_id = _name(dataset_id, "dataset_id")
     k_hi = _downsample_factor(hires_downsample, "hires_downsample")
     k_lo = _downsample_factor(lowres_downsample, "lowres_downsample")
-    out = _out_dir(path, overwrite)
-    try:
-        _visium(out, seed, n_cells, n_genes, um_per_px, dataset_id, k_hi, k_lo, bool(fullres_image))
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return out
+    return _write(
+        path, overwrite, _visium, seed, n_cells, n_genes, um_per_px, dataset_id, k_hi, k_lo, bool(fullres_image)
+    )
 
 
 def _visium(out, seed, n_cells, n_genes, mpp, dataset_id, k_hi, k_lo, fullres_image) -> None:
@@ -660,19 +675,15 @@ def synthetic_visium_hd(
     sizes = _bin_sizes(bin_sizes)
     seed = _seed(seed)
     n_cells = _int(n_cells, "n_cells", 10)
-    n_genes = _int(n_genes, "n_genes", 1)
+    n_genes = _int(n_genes, "n_genes", 6)
     um_per_px = _pos(um_per_px, "um_per_px")
     spread_um = _pos(spread_um, "spread_um", allow_zero=True)
     dataset_id = _name(dataset_id, "dataset_id")
     k_hi = _downsample_factor(hires_downsample, "hires_downsample")
     k_lo = _downsample_factor(lowres_downsample, "lowres_downsample")
-    out = _out_dir(path, overwrite)
-    try:
-        _visium_hd(out, sizes, seed, n_cells, n_genes, um_per_px, spread_um, dataset_id, k_hi, k_lo)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return out
+    return _write(
+        path, overwrite, _visium_hd, sizes, seed, n_cells, n_genes, um_per_px, spread_um, dataset_id, k_hi, k_lo
+    )
 
 
 def _visium_hd(out, sizes, seed, n_cells, n_genes, mpp, spread, dataset_id, k_hi, k_lo) -> None:
@@ -954,15 +965,9 @@ def synthetic_xenium(
     """
     seed = _seed(seed)
     n_cells = _int(n_cells, "n_cells", 10)
-    n_genes = _int(n_genes, "n_genes", 1)
+    n_genes = _int(n_genes, "n_genes", 6)
     pixel_size = _pos(pixel_size, "pixel_size")
-    out = _out_dir(path, overwrite)
-    try:
-        _xenium(out, seed, n_cells, n_genes, pixel_size, bool(he_image))
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return out
+    return _write(path, overwrite, _xenium, seed, n_cells, n_genes, pixel_size, bool(he_image))
 
 
 def _xenium(out, seed, n_cells, n_genes, ps, he_image) -> None:
