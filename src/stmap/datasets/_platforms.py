@@ -209,7 +209,7 @@ def _block_mean(rgb: np.ndarray, k: int) -> np.ndarray:
 def _write_png(file: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
-    Image.fromarray(rgb, mode="RGB").save(file, compress_level=1)
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(file, compress_level=1)
 
 
 def _write_tif(file: Path, rgb: np.ndarray, mpp: float) -> None:
@@ -750,9 +750,9 @@ def _visium_hd(out, sizes, seed, n_cells, n_genes, mpp, spread, dataset_id, k_hi
     bins_truth: dict[str, pd.DataFrame] = {}
     counts_truth: dict[str, sparse.csr_matrix] = {}
     for b in sizes:
-        f = b // base
-        nr, nc = n_rows // f, n_cols // f
-        parent = (rr // f) * nc + (cc // f)
+        fold = b // base  # 2 um bins per side of a bin of this size
+        nr, nc = n_rows // fold, n_cols // fold
+        parent = (rr // fold) * nc + (cc // fold)
         P = sparse.csr_matrix(
             (np.ones(parent.size, dtype=np.int64), (parent, np.arange(parent.size))), shape=(nr * nc, parent.size)
         )
