@@ -166,6 +166,26 @@ class TestMapCellsSingleCell:
         assert bool(tab.uns["stmap_mapping"]["single_cell"]) is False
         assert tab.obs["stmap_n_cells"].max() > 1
 
+    def test_labels_layout_detected(self, sim, mapped):
+        """A table annotating a segmentation mask (Xenium's and CosMx's default) holds one cell per row."""
+        from spatialdata.models import Labels2DModel
+
+        ref, held, panel = sim
+        t = _targets(held, panel)
+        n = t.n_obs
+        side = int(np.ceil(np.sqrt(n)))
+        mask = np.zeros((side * 10, side * 10), dtype=np.int32)
+        sizes = np.random.default_rng(3).integers(3, 9, n)
+        for i in range(n):
+            r, c = divmod(i, side)
+            mask[r * 10 : r * 10 + sizes[i], c * 10 : c * 10 + sizes[i]] = i + 1
+        tab = make_table(t.copy(), region="cell_labels", instance_ids=np.arange(1, n + 1))
+        sdata = new_spatialdata(labels={"cell_labels": Labels2DModel.parse(mask, dims=("y", "x"))}, tables={"t": tab})
+        st.tl.map_cells(sdata, ref.copy())
+        obs = sdata.tables["t"].obs
+        assert (obs["stmap_n_cells"] == 1).all()
+        np.testing.assert_array_equal(obs["stmap_cell_type"].to_numpy(), mapped[0].obs["stmap_cell_type"])
+
     def test_coordinate_system(self, sim):
         ref, held, panel = sim
         t = _targets(held, panel)
