@@ -7,6 +7,8 @@ the panel are known.
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -185,6 +187,21 @@ class TestMapCellsSingleCell:
         obs = sdata.tables["t"].obs
         assert (obs["stmap_n_cells"] == 1).all()
         np.testing.assert_array_equal(obs["stmap_cell_type"].to_numpy(), mapped[0].obs["stmap_cell_type"])
+
+    def test_xenium_reader_layout(self, tmp_path):
+        """spatialdata-io's Xenium layout (table on 'cell_labels', every reader default): the plain call works."""
+        sio = pytest.importorskip("spatialdata_io")
+        path = st.datasets.synthetic_xenium(tmp_path / "outs", seed=0, n_cells=150)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reader's own deprecation/zarr warnings
+            sdata = sio.xenium(path)
+        truth = ad.read_h5ad(path / "stmap_truth.h5ad")  # written beside the platform files
+        st.tl.map_cells(sdata, truth.copy())  # reference = the same cells: a layout test, not a quality test
+        obs = sdata.tables["table"].obs
+        assert (obs["stmap_n_cells"] == 1).all()
+        pred = obs["stmap_cell_type"].astype(str).to_numpy()
+        # measured 1.0 (the reference holds the targets' own counts)
+        assert np.mean(pred == truth.obs.loc[obs.index, TYPES].astype(str).to_numpy()) >= 0.9
 
     def test_coordinate_system(self, sim):
         ref, held, panel = sim
