@@ -302,7 +302,11 @@ def _bad_inputs():
         "missing_cell_type": (missing_type, {}, "Cell-type column"),
         "nan_counts": (nan_counts, {}, "NaN"),
         "negative_counts": (neg_counts, {}, "negative"),
-        "zero_count_spot": (zero_spot, {}, "spots have no counts"),
+        "all_spots_empty": (
+            lambda sdata, ref: setattr(sdata.tables["spots"], "X", sdata.tables["spots"].X * 0),
+            {},
+            "No spot has counts",
+        ),
         "zero_count_cell": (zero_cell, {}, "cells have no counts"),
         "duplicated_cells": (dup_cells, {}, "duplicated"),
         "cps_wrong_length": (None, {"cells_per_spot": np.ones(3)}, "one per spot"),
@@ -311,6 +315,41 @@ def _bad_inputs():
         "bad_mode": (None, {"mode": "fast"}, "mode="),
         "bad_genes": (None, {"genes": ["nope"]}, "missing"),
     }
+
+
+class TestEmptySpots:
+    @pytest.mark.parametrize("mode", ["regular", "greedy"])
+    def test_empty_spots_get_no_cells_and_the_rest_is_unchanged(self, tissue, mode):
+        """Spots without counts (e.g. Visium HD bins) are skipped: the others get exactly what they get without them."""
+        sdata = sd.deepcopy(tissue)
+        t = sdata.tables["spots"]
+        empty = np.zeros(t.n_obs, dtype=bool)
+        empty[[3, 10]] = True
+        X = t.X.tolil()
+        X[np.flatnonzero(empty), :] = 0
+        t.X = X.tocsr()
+        kept = sd.deepcopy(tissue)
+        kt = kept.tables["spots"]
+        sub = kt[~empty].copy()
+        from spatialdata.models import TableModel
+
+        del sub.uns["spatialdata_attrs"]
+        kept.tables["spots"] = TableModel.parse(
+            sub, region=kt.uns["spatialdata_attrs"]["region"], region_key=kt.uns["spatialdata_attrs"]["region_key"],
+            instance_key=kt.uns["spatialdata_attrs"]["instance_key"],
+        )  # fmt: skip
+        ref_a, ref_b = sdata.tables["cells"].copy(), kept.tables["cells"].copy()
+        st.tl.map_cells(sdata, ref_a, table_key="spots", mode=mode)
+        st.tl.map_cells(kept, ref_b, table_key="spots", mode=mode)
+        Fa, Fb = t.obsm["stmap_cell_type_fractions"], kept.tables["spots"].obsm["stmap_cell_type_fractions"]
+        assert Fa.loc[t.obs_names[empty]].isna().all().all()
+        assert (t.obs["stmap_n_cells"].to_numpy()[empty] == 0).all()
+        np.testing.assert_allclose(Fa.loc[Fb.index].to_numpy(), Fb.to_numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(
+            t.obs["stmap_n_cells"].loc[Fb.index].to_numpy(), kept.tables["spots"].obs["stmap_n_cells"].to_numpy()
+        )
+        A = ref_a.obsm["stmap_mapping_assignment"]
+        assert A.shape[1] == t.n_obs and A[:, np.flatnonzero(empty)].nnz == 0
 
 
 class TestBadInput:

@@ -289,8 +289,10 @@ def map_cells(
     Raises
     ------
     StmapInputError
-        No or too few shared genes, missing cell types, NaN/negative counts, spots or cells without counts on the
-        mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative. Nothing is written.
+        No or too few shared genes, missing cell types, NaN/negative counts, reference cells (or every spot) without
+        counts on the mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative. Nothing is
+        written. Spots without counts on the mapping genes (empty Visium HD bins, Xenium cells without panel counts)
+        are not an error: they get no cells and NaN fractions, with a warning.
     """
     start = logg.info(f"mapping cells onto spots ({mode} mode)")
     # 1. resolve + validate -------------------------------------------------------------------------------------------
@@ -345,12 +347,23 @@ def map_cells(
     Xg = Xc[:, gi_c].tocsr()
     lib_c = np.asarray(Xg.sum(axis=1)).ravel()
     lib_s = Y.sum(axis=1)
-    if (lib_s <= 0).any():
-        bad = spots.obs_names[lib_s <= 0][:5]
+    empty = lib_s <= 0  # e.g. Visium HD bins or Xenium cells without panel counts: nothing to deconvolve
+    if empty.all():
         raise StmapInputError(
-            f"{int((lib_s <= 0).sum())} spots have no counts on the {len(gl)} mapping genes (e.g. "
-            f"{', '.join(map(repr, bad))}); remove them first (e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
+            f"No spot has counts on the {len(gl)} mapping genes; check that the spot table holds raw counts of the "
+            "reference's genes (`layer=`)."
         )
+    kidx = np.flatnonzero(~empty)  # the spots that are fitted and receive cells; the others get none
+    if empty.any():
+        bad = spots.obs_names[empty][:5]
+        logg.warning(
+            f"{int(empty.sum())} of {spots.n_obs} spots have no counts on the {len(gl)} mapping genes (e.g. "
+            f"{', '.join(map(repr, bad))}): they get no cells and NaN fractions. Remove them first to silence this "
+            "(e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
+        )
+        Y = Y[kidx]
+        if n_given is not None:
+            n_given = n_given[kidx]
     if (lib_c <= 0).any():
         bad = sc_adata.obs_names[lib_c <= 0][:5]
         raise StmapInputError(
@@ -363,6 +376,7 @@ def map_cells(
     gen = seed_everything(seed)
     coords = ctx.coords
     radius = _spot_radius(ctx, coords)
+    m_all = spots.n_obs
 
     # 2. composition --------------------------------------------------------------------------------------------------
     from stmap.models._mapping import fit_poisson_deconvolution
@@ -400,7 +414,7 @@ def map_cells(
     # 4. placement, per type ------------------------------------------------------------------------------------------
     from tqdm.auto import tqdm
 
-    m = spots.n_obs
+    m = Y.shape[0]  # fitted spots (all but the empty ones)
     Ps = (prof * fit.gene_scale[None, :]).astype(np.float32)
     mu0 = np.maximum(W.astype(np.float32) @ Ps, 1e-12)
     Xgd = Xg.astype(np.float32)
@@ -439,13 +453,16 @@ def map_cells(
     cand_rows = [cands[t][0] for t in active]
     cand_cols = [cands[t][1] for t in active]
     cand_vals = [cands[t][2] for t in active]
+    ps = kidx[ps]  # back to rows of the spot table
     order = np.lexsort((pc, ps))
     pc, ps = pc[order], ps[order]
 
     # 5. collect results ----------------------------------------------------------------------------------------------
     keys = _keys(key_added)
-    counts = np.zeros((m, T), dtype=np.int64)
+    counts = np.zeros((m_all, T), dtype=np.int64)
     np.add.at(counts, (ps, codes[pc]), 1)
+    F_all = np.full((m_all, T), np.nan)
+    F_all[kidx] = F
     res = Results(
         ctx,
         key_added,
@@ -469,12 +486,16 @@ def map_cells(
         },
     )
     sid = spots.obs_names
-    res.obsm(keys["fractions"], pd.DataFrame(F, index=sid, columns=cats))
+    res.obsm(keys["fractions"], pd.DataFrame(F_all, index=sid, columns=cats))
     res.obsm(keys["counts"], pd.DataFrame(counts, index=sid, columns=cats))
     res.obs(keys["n_cells"], counts.sum(axis=1))
     if label is not None:
-        res.obs(keys["label"], pd.Categorical.from_codes(label, categories=cats))
-        res.obs(keys["confidence"], F[np.arange(m), label].astype(np.float64))
+        lab_all = np.full(m_all, -1, dtype=np.int64)
+        lab_all[kidx] = label
+        conf_all = np.full(m_all, np.nan)
+        conf_all[kidx] = F[np.arange(m), label]
+        res.obs(keys["label"], pd.Categorical.from_codes(lab_all, categories=cats))
+        res.obs(keys["confidence"], conf_all)
     cells_name = _cells_table_name(tname, key_added)
     res.uns(
         key_added,
@@ -490,13 +511,13 @@ def map_cells(
         },
     )
     cr_all = np.concatenate(cand_rows) if cand_rows else np.zeros(0, np.int64)
-    cc_all = np.concatenate(cand_cols) if cand_cols else np.zeros(0, np.int64)
+    cc_all = kidx[np.concatenate(cand_cols)] if cand_cols else np.zeros(0, np.int64)
     cv_all = np.concatenate(cand_vals) if cand_vals else np.zeros(0)
     ok = np.isfinite(cv_all)
     scores = sparse.csr_matrix(
-        (cv_all[ok].astype(np.float32), (cr_all[ok], cc_all[ok])), shape=(sc_adata.n_obs, m), dtype=np.float32
+        (cv_all[ok].astype(np.float32), (cr_all[ok], cc_all[ok])), shape=(sc_adata.n_obs, m_all), dtype=np.float32
     )
-    assign = sparse.csr_matrix((np.ones(pc.size, np.float32), (pc, ps)), shape=(sc_adata.n_obs, m))
+    assign = sparse.csr_matrix((np.ones(pc.size, np.float32), (pc, ps)), shape=(sc_adata.n_obs, m_all))
     res.obsm(keys["mapping"], scores, adata=sc_adata)
     res.obsm(keys["assignment"], assign, adata=sc_adata)
     res.uns(key_added, {"spot_ids": np.asarray(sid, dtype=str), "spot_table": tname, "mode": mode}, adata=sc_adata)
