@@ -181,3 +181,27 @@ def test_plot_draws_in_the_full_resolution_frame(folders, platform, table):
     assert x0 <= xy[:, 0].min() and x1 >= xy[:, 0].max() and y0 <= xy[:, 1].min() and y1 >= xy[:, 1].max()
     assert (x1 - x0) < 3 * np.ptp(xy[:, 0]) + 200  # not a downscaled or foreign frame
     plt.close("all")
+
+
+def test_two_samples_in_one_object(tmp_path):
+    """Two Visium samples concatenated: per-region tools run per sample; the others say how to select one."""
+    import spatialdata as sd
+
+    samples = []
+    for i in (1, 2):
+        p = st.datasets.synthetic_visium(tmp_path / f"s{i}", seed=i, n_cells=600, dataset_id=f"s{i}")
+        s = _quiet(sio.visium, p, dataset_id=f"s{i}", counts_file="filtered_feature_bc_matrix.h5")
+        s.tables["table"].obs_names = [f"s{i}_{n}" for n in s.tables["table"].obs_names]
+        samples.append(s)
+    both = _quiet(sd.concatenate, samples, concatenate_tables=True)
+    st.pp.histology_features(both, table_key="table", patch_um=30.0)
+    for i, s in enumerate(samples, start=1):  # each sample's rows equal the sample run alone (own frame, own unit)
+        st.pp.histology_features(s, table_key="table", patch_um=30.0)
+        got = both.tables["table"][s.tables["table"].obs_names].obsm["X_histology"]
+        np.testing.assert_array_equal(got, s.tables["table"].obsm["X_histology"])
+    ref = st.datasets.synthetic_tissue(seed=3, n_cells=400, n_genes=120).tables["cells"]
+    with pytest.raises(st.StmapInputError, match=r"filter_by_coordinate_system\('s1'"):
+        st.tl.map_cells(both, ref.copy(), table_key="table")
+    one = both.filter_by_coordinate_system("s1", filter_tables=True)  # what the message says to do
+    _quiet(st.tl.map_cells, one, ref.copy(), table_key="table")
+    assert one.tables["table"].obsm["stmap_cell_type_fractions"].shape[0] == samples[0].tables["table"].n_obs

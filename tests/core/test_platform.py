@@ -195,7 +195,7 @@ class TestOtherLayouts:
         )
         with pytest.raises(StmapInputError, match="several sizes"):
             resolve_regions(sdata, "mixed")
-        with pytest.raises(StmapInputError, match="subset"):
+        with pytest.raises(StmapInputError, match="filter_by_coordinate_system"):
             resolve(sdata, "mixed")  # one sample at a time, and how to select it
 
     def test_xenium_like_global_pixels(self):

@@ -161,9 +161,11 @@ def _visium_pitch_um_per_unit(sdata: SpatialData, name: str, el: Any) -> float |
     """Micrometres per element unit from the array lattice (100 µm pitch), when the table has array coordinates."""
     for t in _annotating_tables(sdata, name):
         attrs = t.uns.get(Key.uns.spatialdata_attrs) or {}
-        ik = attrs.get("instance_key")
+        ik, rk = attrs.get("instance_key"), attrs.get("region_key")
         if not {"array_row", "array_col"} <= set(t.obs.columns) or ik not in t.obs:
             continue
+        if rk in t.obs:  # a table over several samples: this element's rows only
+            t = t[t.obs[rk].astype(str).to_numpy() == str(name)]
         from ._resolve import _get_indexer
 
         pos = _get_indexer(pd.Index(el.index), t.obs[ik].to_numpy())

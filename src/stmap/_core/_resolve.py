@@ -453,12 +453,16 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
         )
     regions = [region] if isinstance(region, str) else list(region)
     if len(regions) != 1:
+        try:
+            el0 = sdata[regions[0]]
+            cs0 = coordinate_system or choose_coordinate_system(sdata, regions[0], _element_coordinate_systems(el0))
+        except Exception:  # noqa: BLE001 - only for the example in the message
+            cs0 = "<coordinate system of one sample>"
         raise StmapInputError(
             f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}), e.g. one per sample; "
-            "this tool works on one element at a time. Select one sample with spatialdata, e.g. "
-            f"`one = sdata.subset([{regions[0]!r}], filter_tables=True)` (or "
-            "`sdata.filter_by_coordinate_system(<sample's coordinate system>, filter_tables=True)`), run the tool on "
-            "it, and loop over the samples."
+            "this tool works on one element at a time. Select one sample (its elements, images and table rows) with "
+            f"spatialdata, e.g. `one = sdata.filter_by_coordinate_system({cs0!r}, filter_tables=True)`, run the tool "
+            "on it, and loop over the samples."
         )
     region = regions[0]
     element_type: ElementType | None = None
