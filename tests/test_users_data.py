@@ -195,7 +195,7 @@ def test_two_samples_in_one_object(tmp_path):
         samples.append(s)
     both = _quiet(sd.concatenate, samples, concatenate_tables=True)
     st.pp.histology_features(both, table_key="table", patch_um=30.0)
-    for i, s in enumerate(samples, start=1):  # each sample's rows equal the sample run alone (own frame, own unit)
+    for s in samples:  # each sample's rows equal the sample run alone (own frame, own unit)
         st.pp.histology_features(s, table_key="table", patch_um=30.0)
         got = both.tables["table"][s.tables["table"].obs_names].obsm["X_histology"]
         np.testing.assert_array_equal(got, s.tables["table"].obsm["X_histology"])
