@@ -164,6 +164,31 @@ def _impute3d(sdata: Any, outdir: Path) -> list[Path]:
     return [path]
 
 
+@_step("your own data: a Visium HD capture read by spatialdata-io (st.tl.map_cells on 16 µm bins)")
+def _visium_hd(sdata: Any, outdir: Path) -> list[Path]:
+    import warnings
+
+    from . import datasets, pl, tl
+
+    try:
+        import spatialdata_io
+    except ImportError:  # optional extra: pip install "stmap[io]"
+        print("[stmap demo] spatialdata-io is not installed (pip install 'stmap[io]'): Visium HD step skipped")
+        return []
+    # a Space Ranger Visium HD output folder (in real life: your `outs/`), read as users read theirs
+    raw = datasets.synthetic_visium_hd(outdir / "visium_hd_outs", bin_sizes=(8, 16), seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the reader's notices about optional files
+        hd = spatialdata_io.visium_hd(raw, dataset_id="sample", load_segmentations_only=False)
+    ref = sdata.tables["cells"].copy()  # the synthetic tissue's cells as the single-cell reference
+    # no coordinate system, image or unit argument: stmap reads them from what Space Ranger recorded
+    tl.map_cells(hd, ref, table_key="square_016um")
+    path = outdir / "visium_hd_mapping.png"
+    pl.mapping(hd, table_key="square_016um", cell_types=["tumor", "fibroblast", "T_cell"], save=path, show=False)
+    hd.write(outdir / "visium_hd.zarr")
+    return [path]
+
+
 def _spot_table(sdata: Any) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 

@@ -23,6 +23,7 @@ def mapping(
     cell_types: Sequence[str] | None = None,
     key_added: str = Key.obsm.mapping,
     image_key: str | bool | None = None,
+    coordinate_system: str | None = None,
     cells: bool = True,
     ncols: int = 4,
     panel_size: float = 3.5,
@@ -43,6 +44,8 @@ def mapping(
         ``key_added`` of the :func:`stmap.tl.map_cells` run.
     image_key
         Image drawn below the spots (see :func:`stmap.pl.spatial`); ``False`` for none.
+    coordinate_system
+        Coordinate system to draw in; default: the one the tools choose (see :func:`stmap.pl.spatial`).
     cells
         Add a panel with the placed cells coloured by type (SpatialData only).
     ncols
@@ -64,7 +67,7 @@ def mapping(
     """
     import matplotlib.pyplot as plt
 
-    ctx = resolve(sdata, table_key)
+    ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
     prefix = "stmap" if key_added == Key.obsm.mapping else key_added
     fkey = f"{prefix}_cell_type_fractions"
     if fkey not in ctx.adata.obsm:
@@ -99,6 +102,7 @@ def mapping(
             points=points | ({ctx.region: sdata[ctx.region]} if ctx.element_type == "points" else {}),
             labels={ctx.region: sdata[ctx.region]} if ctx.element_type == "labels" else {},
             tables=tables,
+            attrs=dict(sdata.attrs),
         )  # fmt: skip
     else:
         tmp = tab
