@@ -205,3 +205,31 @@ def test_two_samples_in_one_object(tmp_path):
     one = both.filter_by_coordinate_system("s1", filter_tables=True)  # what the message says to do
     _quiet(st.tl.map_cells, one, ref.copy(), table_key="table")
     assert one.tables["table"].obsm["stmap_cell_type_fractions"].shape[0] == samples[0].tables["table"].n_obs
+
+
+def test_visium_capture_spot_and_second_call(folders):
+    """Space Ranger circles span 65 µm; tools use the 55 µm capture spot. Tables a tool made do not get in the way."""
+    sdata = read(folders, "visium")
+    ctx = resolve(sdata, "table")
+    np.testing.assert_allclose(ctx.diameters * ctx.um_per_unit, 55.0, rtol=1e-9)
+    ref = st.datasets.synthetic_tissue(seed=3, n_cells=800, n_genes=120).tables["cells"]
+    _quiet(st.tl.map_cells, sdata, ref.copy())
+    assert set(sdata.tables) == {"table", "table_cells"}
+    assert sdata.tables["table_cells"].uns["stmap_derived"] == {"tool": "stmap_mapping", "table": "table"}
+    _quiet(st.tl.map_cells, sdata, ref.copy())  # no table_key: the one table not made by stmap
+    # placed cells lie inside their 55 µm capture spot
+    cells = sdata.tables["table_cells"]
+    centre = resolve(sdata, "table").coords[sdata.tables["table"].obs_names.get_indexer(cells.obs["spot_id"])]
+    dist_um = np.linalg.norm(np.asarray(cells.obsm["spatial"]) - centre, axis=1) * ctx.um_per_unit
+    assert dist_um.max() <= 27.5 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("platform", "table", "um_key"), [("visium", "table", "um_per_px"), ("xenium", "table", "pixel_size")]
+)
+def test_coordinate_units(folders, platform, table, um_key):
+    sdata = read(folders, platform)
+    um = st.pp.coordinate_units(sdata, table)
+    assert um == pytest.approx(float(truth(folders, platform).uns[um_key]), rel=1e-9)
+    cs = resolve(sdata, table).coordinate_system
+    assert sdata.attrs["stmap_coordinate_units"][cs]["um_per_unit"] == pytest.approx(um)

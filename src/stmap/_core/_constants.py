@@ -39,6 +39,8 @@ class Key:
         spatialdata_attrs = "spatialdata_attrs"
         params = "params"
         stmap = "stmap"
+        #: On tables that a tool made (e.g. placed cells): ``{"tool": key_added, "table": source table}``.
+        derived = "stmap_derived"
 
     class layers:
         """Keys in ``.layers``."""

@@ -44,12 +44,16 @@ __all__ = [
     "bin_size_um",
     "VISIUM_SPOT_FULLRES_UM",
     "VISIUM_PITCH_UM",
+    "VISIUM_CAPTURE_UM",
+    "visium_capture_factor",
 ]
 
 #: Space Ranger's ``spot_diameter_fullres`` is the diameter, in full-resolution pixels, of a 65 µm circle.
 VISIUM_SPOT_FULLRES_UM = 65.0
 #: Centre-to-centre distance of neighbouring Visium spots.
 VISIUM_PITCH_UM = 100.0
+#: Diameter of a Visium capture spot (what is measured; Space Ranger's 65 µm includes a margin).
+VISIUM_CAPTURE_UM = 55.0
 #: Largest disagreement tolerated between two records of the same unit.
 UNIT_TOLERANCE = 0.10
 
@@ -325,3 +329,22 @@ def choose_coordinate_system(sdata: SpatialData, name: str, available: list[str]
         f"image; also available: {', '.join(map(repr, others))}); pass `coordinate_system=` to choose another"
     )
     return chosen
+
+
+def visium_capture_factor(sdata: SpatialData, name: str, diameter_um: float) -> float:
+    """Factor from the circles' diameter to the capture spot's: ``55 / 65`` for Space Ranger circles, else 1.
+
+    spatialdata-io draws Visium spots with Space Ranger's ``spot_diameter_fullres``, the span of a theoretical 65 µm
+    spot; the capture area that holds the measured cells is 55 µm across. Tools that need the spot's size (cells per
+    spot, where placed cells go, patch sizes) use the capture spot.
+    """
+    reader = sdata.attrs.get("spatialdata_io_reader")
+    el = sdata.shapes.get(name) if hasattr(sdata.shapes, "get") else None
+    if el is None or len(el) == 0 or not (el.geometry.geom_type == "Point").all() or "radius" not in el.columns:
+        return 1.0
+    has_array = any({"array_row", "array_col"} <= set(t.obs.columns) for t in _annotating_tables(sdata, name))
+    if str(reader).lower() != "visium" and not (reader is None and has_array):
+        return 1.0
+    if bin_size_um(name) is not None or abs(diameter_um / VISIUM_SPOT_FULLRES_UM - 1.0) > 0.01:
+        return 1.0
+    return VISIUM_CAPTURE_UM / VISIUM_SPOT_FULLRES_UM

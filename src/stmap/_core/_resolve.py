@@ -18,7 +18,7 @@ from anndata import AnnData
 from . import _logging as logg
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
-from ._platform import UnitInfo, choose_coordinate_system, infer_units
+from ._platform import UnitInfo, choose_coordinate_system, infer_units, visium_capture_factor
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -232,7 +232,14 @@ class TableContext:
                 d = 2.0 * el["radius"].to_numpy(dtype=float)
             else:
                 d = 2.0 * np.sqrt(el.geometry.area.to_numpy(dtype=float) / np.pi)
-            return d[self._positions(pd.Index(el.index))] * scale
+            d = d[self._positions(pd.Index(el.index))] * scale
+            try:
+                um = self.um_per_unit if geom_type == "Point" and d.size else None
+            except StmapInputError:  # contradicting unit records: raised where the unit is needed, not here
+                um = None
+            if um is not None:  # Space Ranger circles span a theoretical 65 µm spot; the capture spot is 55 µm
+                d = d * visium_capture_factor(self.sdata, self.region, float(np.median(d)) * um)
+            return d
         if self.element_type == "labels":
             import dask.array as da
 
@@ -433,6 +440,10 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
             "instance_key='instance_id')`."
         )
     if table_key is None:
+        own = [t for t in tables if Key.uns.derived not in sdata.tables[t].uns]  # not made by an stmap tool
+        if len(tables) > 1 and len(own) == 1:
+            logg.info(f"using table {own[0]!r} (the others were made by stmap tools); pass `table_key=` to choose")
+            tables = own
         if len(tables) > 1:
             raise StmapInputError(
                 f"The SpatialData object holds several tables ({', '.join(map(repr, tables))}); pass `table_key=`."

@@ -131,6 +131,11 @@ class Results:
         objects outside it (e.g. a single-cell reference), their modified copies follow in a tuple:
         ``(sdata_copy, reference_copy)``.
         """
+        if self.ctx.sdata is not None and self.ctx.region is not None and "unit_info" not in self.ctx.__dict__:
+            try:  # read before anything is written: a unit the platform records is kept for every later tool
+                _ = self.ctx.unit_info
+            except StmapInputError:
+                self.ctx.__dict__["unit_info"] = None  # contradicting records: the tool did not need them
         target = self._copy_target() if copy else self.ctx.data
         tables_map = self._table_map(target, copy)
         external = [tables_map[i] for i, (a, _) in self._tables.items() if copy and not self._in_target(a)]
@@ -159,7 +164,7 @@ class Results:
 
     def _record_units(self, sdata: Any) -> None:
         """Store a unit the tool inferred from the platform's records, so every later tool reads the same number."""
-        info = self.ctx.__dict__.get("unit_info")  # only when the tool needed it (cached_property)
+        info = self.ctx.__dict__.get("unit_info")  # read at the start of commit (cached_property)
         if info is None or info.recorded or not self.ctx.coordinate_system:
             return
         units = dict(sdata.attrs.get(Key.units_attr, {}) or {})
@@ -241,6 +246,7 @@ class Results:
                 _warn_overwrite(f"table {name!r}")
                 del sdata.tables[name]
             table = (tables_map or {}).get(id(table), table)  # the copy that received obs/uns writes
+            table.uns[Key.uns.derived] = {"tool": self.key_added, "table": str(self.ctx.table_key)}
             sdata.tables[name] = make_table(table, region=region, instance_ids=ids)
             self._written.append(f"tables[{name!r}]")
 

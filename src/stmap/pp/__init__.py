@@ -6,9 +6,11 @@ from ._extractors import handcrafted_features, timm_extractor, torch_extractor, 
 from ._histology import histology_features
 from ._register import align_sections, apply_transform, fit_transform, icp, register
 from ._stack import spot_graph_3d, stack_sections
+from ._units import coordinate_units
 
 __all__ = [
     "to_spatialdata",
+    "coordinate_units",
     "histology_features",
     "detect_blobs",
     "register",

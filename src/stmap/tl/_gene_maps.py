@@ -14,6 +14,7 @@ write (image element ``"<image>_gene_maps"``, spot aggregates in ``obsm``, param
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ __all__ = ["gene_maps", "GeneMapModel"]
 
 #: Default working resolution: this many pixels across a spot diameter.
 _PX_PER_SPOT = 16.0
+
+_TORCH_LOCK = threading.Lock()  # see predict_maps
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -646,7 +649,9 @@ def predict_maps(
         _, bh, bw = block.shape
         ph, pw = (-bh) % mult, (-bw) % mult
         x = np.pad(block, ((0, 0), (0, ph), (0, pw)), constant_values=1.0)
-        with torch.no_grad():
+        # one tile at a time through torch (it threads each tile itself): tiles run concurrently from dask's threads
+        # would share the thread pool unpredictably and round differently from run to run
+        with _TORCH_LOCK, torch.no_grad():
             recon, genes = net(torch.as_tensor(x[None]).to(dev))
         out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
         return out[0, :, :bh, :bw].float().cpu().numpy()
