@@ -84,7 +84,7 @@ def ctr(
         panels.append((label_key, f"labels: {label_key}{auc}"))
     own = axs is None
     if own:
-        fig, axs = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.8))
+        fig, axs = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.8), layout="constrained")
     axs = list(np.atleast_1d(axs))
     if len(axs) < len(panels):
         raise StmapInputError(f"Pass {len(panels)} axes (probability, call, labels), got {len(axs)}.")
@@ -93,6 +93,4 @@ def ctr(
         spatial(sdata, color=color, table_key=ctx.table_key, image_key=image_key, size=size, ax=ax, title=title,
                 coordinate_system=None if ctx.sdata is None else ctx.coordinate_system, show=False, **kw)  # fmt: skip
     fig = axs[0].figure
-    if own:
-        fig.tight_layout()
     return finish(fig, axs, own=own, save=save, show=show, return_ax=return_ax)

@@ -259,6 +259,13 @@ def _ensure_palette(table: AnnData, key: str, palette: Any) -> list[str]:
 # drawing
 
 
+class _DropAdvice:
+    """Logging filter: drop spatialdata-plot's performance advice about annotations stored in a table."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.getMessage()).startswith("Annotating points with")
+
+
 def _render_spatialdata(
     sdata: SpatialData,
     table: AnnData,
@@ -308,12 +315,22 @@ def _render_spatialdata(
             pl = pl.render_labels(name, color=color_arg, **kw).pl
         else:  # a table annotating an image is not a plottable layout
             raise StmapInputError(f"Table {table_name!r} annotates image {name!r}; cannot draw spots for it.")
-    pl.show(
-        coordinate_systems=coordinate_system,
-        ax=ax,
-        title=(color or "") if title is None else title,
-        show=False,
-    )
+    import logging
+
+    advice = _DropAdvice()  # spatialdata-plot advises moving annotations into the points' parquet: not the user's job
+    loggers = [logging.getLogger(n) for n in ("spatialdata_plot._logging", "spatialdata_plot")]
+    for lg in loggers:
+        lg.addFilter(advice)
+    try:
+        pl.show(
+            coordinate_systems=coordinate_system,
+            ax=ax,
+            title=(color or "") if title is None else title,
+            show=False,
+        )
+    finally:
+        for lg in loggers:
+            lg.removeFilter(advice)
     unit = (sdata.attrs or {}).get(Key.units_attr, {}).get(coordinate_system)
     if isinstance(unit, str) and unit:
         ax.set_xlabel(f"x ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")

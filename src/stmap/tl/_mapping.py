@@ -224,9 +224,7 @@ def map_cells(
         slots). ``'greedy'``: every reference cell gets exactly one spot; spot capacities are ``n_j`` scaled to the
         number of cells.
     {table_key}
-    coordinate_system
-        Coordinate system of the target coordinates; default: chosen by :func:`stmap._core.resolve` (the frame the
-        table's element and the image share).
+    {coordinate_system}
     cell_type_key
         Column of ``sc_adata.obs`` with cell types.
     cells_per_spot
@@ -670,9 +668,7 @@ def project_genes(
         The reference passed to :func:`~stmap.tl.map_cells` (it holds the placement in
         ``obsm[f'{{mapping_key}}_assignment']``).
     {table_key}
-    coordinate_system
-        Coordinate system of the target coordinates; default: chosen by :func:`stmap._core.resolve` (the frame the
-        table's element and the image share).
+    {coordinate_system}
     genes
         Reference genes to project; default all.
     mapping_key
