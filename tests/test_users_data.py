@@ -233,3 +233,38 @@ def test_coordinate_units(folders, platform, table, um_key):
     assert um == pytest.approx(float(truth(folders, platform).uns[um_key]), rel=1e-9)
     cs = resolve(sdata, table).coordinate_system
     assert sdata.attrs["stmap_coordinate_units"][cs]["um_per_unit"] == pytest.approx(um)
+
+
+def _pixels(fig) -> np.ndarray:
+    """The rendered RGBA pixels of a matplotlib figure (then closed)."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    out = np.asarray(fig.canvas.buffer_rgba()).copy()
+    plt.close(fig)
+    return out
+
+
+@pytest.mark.parametrize(("platform", "table"), [("hd", "square_008um"), ("hd", "square_016um"), ("xenium", "table")])
+def test_plots_default_equal_explicit(folders, platform, table):
+    """pl.mapping and pl.density draw the same figure with and without the frame / image arguments."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ref = st.datasets.synthetic_tissue(seed=3, n_cells=800, n_genes=120).tables["cells"]
+    a = read(folders, platform)
+    ctx = resolve(a, table)
+    cs, img = ctx.coordinate_system, ctx.image().name
+    b = explicit(read(folders, platform), cs, ctx.um_per_unit)
+    figs = []
+    for s, kw in ((a, {}), (b, {"coordinate_system": cs})):
+        _quiet(st.tl.map_cells, s, ref.copy(), table_key=table, **kw)
+        st.tl.density(s, table_key=table, groupby=None, bandwidth=80.0, **kw)
+        pk = {"image_key": img, **kw} if kw else {}
+        f1 = _quiet(
+            st.pl.mapping, s, table_key=table, cell_types=["tumor"], cells=False, return_fig=True, show=False, **pk
+        )
+        f2 = st.pl.density(s, return_fig=True, show=False, **kw)
+        figs.append((_pixels(f1), _pixels(f2)))
+    for x, y in zip(figs[0], figs[1], strict=True):
+        np.testing.assert_array_equal(x, y)
