@@ -162,7 +162,10 @@ def test_gene_maps_on_visium(folders):
     st.tl.gene_maps(a, table_key="table", **kw)
     st.tl.gene_maps(b, table_key="table", coordinate_system=cs, image_key=img, **kw)
     key = f"{img}_gene_maps"
-    np.testing.assert_array_equal(np.asarray(a.images[key].data), np.asarray(b.images[key].data))
+    la, lb = (s.tables["table"].uns["stmap_gene_maps"]["loss"] for s in (a, b))
+    np.testing.assert_allclose(la, lb, rtol=1e-6)  # the same training, step for step
+    # the same maps up to float32 rounding (oneDNN's convolutions may round differently with the memory layout)
+    np.testing.assert_allclose(np.asarray(a.images[key].data), np.asarray(b.images[key].data), rtol=1e-5, atol=1e-5)
     # the maps lie on the full-resolution H&E's frame
     assert a.tables["table"].uns["stmap_gene_maps"]["element"] == key
 

@@ -149,7 +149,16 @@ class TestGeneMaps:
     def test_deterministic(self, tissue):
         a = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, seed=3, **FAST)
         b = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, seed=3, **FAST)
-        np.testing.assert_array_equal(a.images["he_gene_maps"].values, b.images["he_gene_maps"].values)
+        # the same training, step for step; the same maps up to float32 rounding (oneDNN's convolutions may round
+        # differently with the memory layout of a tile, which depends on what ran before in the process)
+        np.testing.assert_allclose(
+            a.tables["spots"].uns["stmap_gene_maps"]["loss"],
+            b.tables["spots"].uns["stmap_gene_maps"]["loss"],
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            a.images["he_gene_maps"].values, b.images["he_gene_maps"].values, rtol=1e-5, atol=1e-5
+        )
 
     def test_saved_model_predicts_identically(self, tissue, tmp_path):
         out, model = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, return_model=True, **FAST)

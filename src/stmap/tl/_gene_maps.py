@@ -568,7 +568,7 @@ def _train(
             batch.append(np.full(inside.size, b))
             pix.append(yy * tile + xx)
             tgt.append(inside)
-        x = torch.as_tensor(np.stack(tiles)).to(dev)
+        x = torch.tensor(np.stack(tiles)).to(dev)  # a copy in torch's own (aligned) memory: same rounding every run
         recon, genes = model(x)
         loss = ssim_loss(recon, x[:, :3])
         if epoch >= warmup and spot_weight > 0:
@@ -652,7 +652,7 @@ def predict_maps(
         # one tile at a time through torch (it threads each tile itself): tiles run concurrently from dask's threads
         # would share the thread pool unpredictably and round differently from run to run
         with _TORCH_LOCK, torch.no_grad():
-            recon, genes = net(torch.as_tensor(x[None]).to(dev))
+            recon, genes = net(torch.tensor(x[None]).to(dev))  # own aligned copy (see _train)
         out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
         return out[0, :, :bh, :bw].float().cpu().numpy()
 
