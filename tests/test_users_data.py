@@ -147,6 +147,12 @@ def test_ctr_on_visium(folders):
         model = st.tl.train_ctr(s, label_key="tumor", table_key="table", **fast, **kw)
         st.tl.detect_ctr(s, model, table_key="table", **kw)
     np.testing.assert_array_equal(a.tables["table"].obs["stmap_ctr_prob"], b.tables["table"].obs["stmap_ctr_prob"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    pa = st.pl.ctr(a, table_key="table", return_ax=True, show=False)
+    pb = st.pl.ctr(b, table_key="table", coordinate_system=cs, image_key=img, return_ax=True, show=False)
+    np.testing.assert_array_equal(_pixels(pa[0].figure), _pixels(pb[0].figure))  # over the full-resolution H&E
 
 
 def test_gene_maps_on_visium(folders):
@@ -271,3 +277,27 @@ def test_plots_default_equal_explicit(folders, platform, table):
         figs.append((_pixels(f1), _pixels(f2)))
     for x, y in zip(figs[0], figs[1], strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_stack_two_reader_made_sections(tmp_path):
+    """Serial Visium sections from Space Ranger folders stack without frame or unit arguments, in micrometres."""
+    secs, secs_explicit = {}, {}
+    for name in ("A", "B"):  # the same tissue twice (seed), as two sections 10 µm apart
+        p = st.datasets.synthetic_visium(tmp_path / name, seed=4, n_cells=600, dataset_id=name)
+        truth_um = float(ad.read_h5ad(p / st.datasets._platforms.TRUTH_FILE).uns["um_per_px"])
+        secs[name] = _quiet(sio.visium, p, dataset_id=name, counts_file="filtered_feature_bc_matrix.h5")
+        secs_explicit[name] = explicit(
+            _quiet(sio.visium, p, dataset_id=name, counts_file="filtered_feature_bc_matrix.h5"), name, truth_um
+        )
+    a = st.pp.stack_sections(secs, z=[0.0, 10.0])
+    b = st.pp.stack_sections(secs_explicit, z=[0.0, 10.0], coordinate_system=None, spot_diameter=55.0)
+    ta, tb = a.tables["stack"], b.tables["stack"]
+    np.testing.assert_allclose(ta.obsm["spatial_3d"], tb.obsm["spatial_3d"], rtol=1e-9)
+    np.testing.assert_allclose(ta.obs["spot_radius_um"], 27.5, rtol=1e-9)  # the 55 µm capture spot
+    xy = ta.obsm["spatial_3d"]
+    # in micrometres: neighbouring spots of one section are 100 µm apart (the Visium pitch)
+    from scipy.spatial import cKDTree
+
+    one = xy[ta.obs["section"].astype(str).to_numpy() == "A", :2]
+    nn = cKDTree(one).query(one, k=2)[0][:, 1]
+    assert np.median(nn) == pytest.approx(100.0, rel=1e-6)
