@@ -7,6 +7,7 @@ object changes before that call, so an error while computing leaves it exactly a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from ._errors import StmapInputError
 from ._resolve import TableContext, is_spatialdata
 
 __all__ = ["Results", "sanitize_params"]
+
+#: In ``uns[key_added]``: what the run wrote under that key (``'obs:<key>'``, ``'element:<name>'``, ...).
+_WRITTEN = "written"
 
 
 def sanitize_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +135,7 @@ class Results:
         objects outside it (e.g. a single-cell reference), their modified copies follow in a tuple:
         ``(sdata_copy, reference_copy)``.
         """
+        self._check_names()  # before anything is written: names spatialdata / zarr would refuse
         if self.ctx.sdata is not None and self.ctx.region is not None and "unit_info" not in self.ctx.__dict__:
             try:  # read before anything is written: a unit the platform records is kept for every later tool
                 _ = self.ctx.unit_info
@@ -139,8 +144,10 @@ class Results:
         target = self._copy_target() if copy else self.ctx.data
         tables_map = self._table_map(target, copy)
         external = [tables_map[i] for i, (a, _) in self._tables.items() if copy and not self._in_target(a)]
+        stale_elements: set[str] = set()
         for adata, w in self._tables.values():
             dst = tables_map.get(id(adata), adata)
+            stale_elements |= self._drop_stale(dst, w, is_main=adata is self.ctx.adata)
             self._apply(dst, w, is_main=adata is self.ctx.adata)
         if self.key_added not in {k for _, w in self._tables.values() for k in w.uns}:
             main = tables_map.get(id(self.ctx.adata), self.ctx.adata)
@@ -154,6 +161,11 @@ class Results:
                 )
             else:
                 self._add_elements(target, tables_map)
+        if stale_elements and is_spatialdata(target):  # made by the previous run under this key, not by this one
+            for name in stale_elements - set(self._new_tables) - set(self._new_elements):
+                if name in target:
+                    del target[name]
+                    self._written.append(f"removed {name!r} (previous run)")
         if self._transformations and is_spatialdata(target):
             self._set_transformations(target, copy)
         if is_spatialdata(target):
@@ -161,6 +173,56 @@ class Results:
         if not copy:
             return None
         return (target, *external) if external else target
+
+    def _check_names(self) -> None:
+        """Every key, table and element name this commit would write, checked before anything is written."""
+        from ._names import check_name, check_nested_names
+
+        to_sdata = self.ctx.sdata is not None
+        for adata, w in self._tables.values():
+            for slot in ("obs", "obsm", "obsp", "layers", "uns"):
+                for k, v in getattr(w, slot).items():
+                    if to_sdata and self._in_target(adata):  # a plain AnnData (h5ad) takes any key
+                        check_name(k, f"The key {slot}[...]" if slot != "uns" else "The key uns[...]")
+                    if slot in ("obsm", "uns"):
+                        check_nested_names(v, f"{slot}[{k!r}]")
+        if to_sdata:
+            for name in (*self._new_tables, *self._new_elements):
+                check_name(name, "The new element")
+            for name, (table, _, _) in self._new_tables.items():
+                for slot in ("obs", "obsm", "layers", "uns"):
+                    for k, v in getattr(table, slot).items():
+                        check_name(k, f"The key {slot}[...] of new table {name!r}")
+                        if slot in ("obsm", "uns"):
+                            check_nested_names(v, f"{slot}[{k!r}] of new table {name!r}")
+
+    def _drop_stale(self, adata: AnnData, w: _TableWrites, *, is_main: bool) -> set[str]:
+        """Remove what the previous run under this key wrote to ``adata`` and this run does not write again.
+
+        Returns the names of new tables/elements the previous run made (from the main table's record).
+        """
+        prev_meta = adata.uns.get(self.key_added)
+        prev = prev_meta.get(_WRITTEN) if isinstance(prev_meta, Mapping) else None
+        if prev is None:
+            return set()
+        now = set(self._record(w, is_main))
+        stale: set[str] = set()
+        for entry in map(str, list(prev)):
+            if entry in now:
+                continue
+            slot, _, key = entry.partition(":")
+            if slot in ("obs", "obsm", "obsp", "layers") and key in getattr(adata, slot):
+                del getattr(adata, slot)[key]
+                self._written.append(f"removed {slot}[{key!r}] (previous run)")
+            elif slot == "element":
+                stale.add(key)
+        return stale
+
+    def _record(self, w: _TableWrites, is_main: bool) -> list[str]:
+        out = [f"{slot}:{k}" for slot in ("obs", "obsm", "obsp", "layers") for k in getattr(w, slot)]
+        if is_main:
+            out += [f"element:{n}" for n in (*self._new_tables, *self._new_elements)]
+        return sorted(out)
 
     def _record_units(self, sdata: Any) -> None:
         """Store a unit the tool inferred from the platform's records, so every later tool reads the same number."""
@@ -222,6 +284,8 @@ class Results:
         for k, v in w.uns.items():
             if is_main and k == self.key_added:
                 v = {**(v or {}), Key.uns.params: sanitize_params(self.params)}
+            if k == self.key_added and isinstance(v, Mapping):  # what this run wrote: a rerun replaces all of it
+                v = {**v, _WRITTEN: self._record(w, is_main)}
             if k in adata.uns:
                 _warn_overwrite(f"uns[{k!r}]")
             adata.uns[k] = v
