@@ -47,7 +47,7 @@ def test_valid_results_write_and_read_back(tissue, tmp_path):
 def test_rerun_replaces_everything_the_previous_run_wrote(tissue):
     s = sd.deepcopy(tissue)
     ref = s.tables["cells"].copy()
-    with pytest.warns(UserWarning):  # noqa: PT031 - the second run overwrites (and says so)
+    with pytest.warns(UserWarning, match="Overwriting"):  # noqa: PT031 - the second run overwrites (and says so)
         st.tl.map_cells(s, ref, table_key="spots", mode="greedy")
         assert "stmap_spot" in ref.obs
         st.tl.map_cells(s, ref, table_key="spots", mode="regular")
