@@ -11,7 +11,11 @@ from scipy import sparse
 
 from ._errors import StmapInputError
 
-__all__ = ["check_counts", "shared_genes", "get_counts"]
+__all__ = ["check_counts", "shared_genes", "get_counts", "read_counts"]
+
+#: Values this close to a whole number (relative to ``max(1, |x|)``) count as integers: float rounding of raw counts
+#: (e.g. a sum of float32 UMIs, a float64 round trip) is not normalisation.
+INTEGER_TOL = 1e-6
 
 
 def _values(X: Any) -> np.ndarray:
@@ -22,7 +26,32 @@ def _values(X: Any) -> np.ndarray:
     return np.asarray(X)
 
 
-def check_counts(X: Any, what: str, *, integer: bool = False) -> None:
+def _rows(X: Any, rows: np.ndarray | None) -> Any:
+    """The rows ``rows`` (boolean mask) of a dense, sparse or dask matrix; ``X`` itself when ``rows`` is None."""
+    if rows is None or X is None:
+        return X
+    return X.tocsr()[rows] if sparse.issparse(X) else X[np.asarray(rows)]
+
+
+def _non_integer(v: np.ndarray, tol: float = 0.0, chunk: int = 1 << 22) -> float | None:
+    """The first finite value of ``v`` farther than ``tol * max(1, |x|)`` from a whole number, else ``None``.
+
+    Scans in chunks (no full-size temporaries) and stops at the first hit: normalised data are rejected at once.
+    """
+    if not np.issubdtype(v.dtype, np.floating):
+        return None
+    flat = v.reshape(-1)
+    for a in range(0, flat.size, chunk):
+        c = flat[a : a + chunk]
+        c = c[np.isfinite(c)]
+        off = np.abs(c - np.rint(c))
+        bad = off > tol * np.maximum(1.0, np.abs(c)) if tol else off > 0
+        if bad.any():
+            return float(c[np.argmax(bad)])
+    return None
+
+
+def check_counts(X: Any, what: str, *, integer: bool = False, arg: str = "layer") -> None:
     """Raise if ``X`` has NaN/infinite or negative values (or non-integers when ``integer=True``).
 
     Parameters
@@ -33,6 +62,8 @@ def check_counts(X: Any, what: str, *, integer: bool = False) -> None:
         How to name the matrix in the message, e.g. ``"table 'spots'"``.
     integer
         Also require whole numbers (raw counts).
+    arg
+        The tool's parameter that names a count layer, for the fix in the message (``'layer'``, ``'sc_layer'``).
 
     Raises
     ------
@@ -54,12 +85,12 @@ def check_counts(X: Any, what: str, *, integer: bool = False) -> None:
     if n_neg:
         raise StmapInputError(
             f"{what} has {n_neg} negative values, but raw or normalised counts are expected. Pass raw counts "
-            "(e.g. `layer='counts'`), not scaled/centred data."
+            f"(e.g. `{arg}='counts'`), not scaled/centred data."
         )
-    if integer and np.issubdtype(v.dtype, np.floating) and not np.all(v == np.round(v)):
+    if integer and _non_integer(v) is not None:
         raise StmapInputError(
             f"{what} holds non-integer values, but raw counts are required here; pass the raw count layer "
-            "(e.g. `layer='counts'`)."
+            f"(e.g. `{arg}='counts'`)."
         )
 
 
@@ -72,6 +103,66 @@ def get_counts(adata, layer: str | None, what: str):
 
         raise unknown_key("Layer", layer, adata.layers.keys(), what)
     return adata.layers[layer]
+
+
+def read_counts(
+    adata, layer: str | None, what: str, *, arg: str = "layer", rows: np.ndarray | None = None
+) -> tuple[Any, str | None]:
+    """The raw count matrix a tool reads, validated, and the layer it came from (``None``: ``X``).
+
+    Every matrix read must be numeric, finite and non-negative. A layer named by ``layer`` is trusted to hold counts
+    (platforms with non-integer "counts" name their layer). ``X`` (``layer=None``) must also hold whole numbers (up
+    to :data:`INTEGER_TOL` of float rounding): non-integers mean normalised data (``sc.pp.normalize_total``,
+    ``sc.pp.log1p``); then ``layers['counts']`` is read instead when present (logged at info level), else the error
+    names the fix.
+
+    Parameters
+    ----------
+    adata
+        The table.
+    layer
+        Layer named by the user, or ``None`` for ``X``.
+    what
+        How to name the table (or the rows read) in messages, e.g. ``"table 'spots'"``, ``"sc_adata"``.
+    arg
+        The tool's parameter naming a count layer (``'layer'``, ``'sc_layer'``), for the fix in messages.
+    rows
+        Boolean mask of the rows the tool reads (e.g. measured spots); only these are checked (the others may hold
+        anything, e.g. NaN for no measurement).
+
+    Returns
+    -------
+    ``(matrix, layer)``: the whole matrix (all rows) as stored, and the layer it is from (``None``: ``X``).
+
+    Raises
+    ------
+    StmapInputError
+        Unknown layer (lists the layers), non-numeric, NaN/infinite or negative values, or normalised ``X`` without a
+        ``'counts'`` layer. Nothing is modified.
+    """
+    X = get_counts(adata, layer, what)
+    Xr = _rows(X, rows)
+    if layer is None:
+        v = _values(Xr)
+        x = _non_integer(v, INTEGER_TOL) if np.issubdtype(v.dtype, np.number) else None
+        if x is not None:
+            desc = f"X of {what} holds non-integer values (e.g. {x:.4g}; max {np.nanmax(v):.4g})"
+            if "counts" in adata.layers:
+                from . import _logging as logg
+
+                logg.info(f"    {desc}: normalised, so its raw counts in layers['counts'] are used")
+                layer, X = "counts", adata.layers["counts"]
+                Xr = _rows(X, rows)
+            else:
+                raise StmapInputError(
+                    f"{desc}: it looks normalised (e.g. `sc.pp.normalize_total` / `sc.pp.log1p`), but raw counts "
+                    f"are needed. Pass `{arg}=` naming a layer of raw counts (keep them before normalising with "
+                    "`adata.layers['counts'] = adata.X.copy()`), or put raw counts in X. A named layer is used as "
+                    "given."
+                )
+    where = "X" if layer is None else f"layers[{layer!r}]"
+    check_counts(Xr, f"{where} of {what}", arg=arg)
+    return X, layer
 
 
 def shared_genes(

@@ -11,6 +11,7 @@ from stmap._core import _logging as logg
 from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError, unknown_key
+from stmap._core._validate import read_counts
 from stmap._core._write import Results
 
 __all__ = ["impute_3d", "Impute3DModel"]
@@ -494,7 +495,9 @@ def impute_3d(
         Further arguments of :func:`stmap.pp.histology_features` for those features (e.g. ``patch_um``,
         ``patch_px``, ``extractor``, ``image_key``).
     layer
-        Layer of raw counts (default: ``layers['counts']`` if present, else ``X``).
+        Layer of raw counts, used as given (default: ``layers['counts']`` if present, else ``X``, which must then
+        hold whole numbers: a normalised ``X`` is an error that names the fix). Only the measured spots' counts are
+        read and checked (numeric, finite, non-negative); the sections to impute may hold anything (e.g. 0 or NaN).
     section_key, spatial_key
         Section column (categorical, in stacking order) and aligned ``(x, y, z)`` coordinates (micrometres).
     graph
@@ -543,7 +546,8 @@ def impute_3d(
     Raises
     ------
     StmapInputError
-        No measured spot, a single section, unknown genes/keys, features of the wrong shape. Nothing is written.
+        No measured spot, a single section, unknown genes/keys, features of the wrong shape, measured counts that are
+        NaN/infinite, negative or non-numeric, a normalised ``X`` without ``layers['counts']``. Nothing is written.
     """
     import pandas as pd
     from scipy import sparse
@@ -584,7 +588,8 @@ def impute_3d(
     lay = layer if layer is not None else ("counts" if "counts" in adata.layers else None)
     if lay is not None and lay not in adata.layers:
         raise unknown_key("Layer", lay, adata.layers.keys(), "layers")
-    counts = adata.layers[lay] if lay is not None else adata.X
+    where = f"the measured spots of {f'table {ctx.table_key!r}' if ctx.table_key else 'adata'}"
+    counts, lay = read_counts(adata, lay, where, rows=meas)
     counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
     gidx = _pick_genes(counts, adata.var_names, meas, genes)
     if model is not None and list(adata.var_names[gidx]) != list(model.genes):

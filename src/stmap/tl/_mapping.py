@@ -34,8 +34,6 @@ from stmap._core import (
     Key,
     Results,
     StmapInputError,
-    check_counts,
-    get_counts,
     inject_docs,
     make_points,
     resolve,
@@ -44,6 +42,7 @@ from stmap._core import (
     unknown_key,
 )
 from stmap._core import _logging as logg
+from stmap._core._validate import read_counts
 
 __all__ = ["map_cells", "project_genes"]
 
@@ -244,7 +243,11 @@ def map_cells(
     n_markers
         Markers per type for ``genes='markers'``.
     layer, sc_layer
-        Layers with raw counts in the spot table and in ``sc_adata``; ``None`` uses ``X``.
+        Layers with raw counts in the spot table and in ``sc_adata``, used as given (non-integer "counts" of some
+        platforms are fine here). ``None`` uses ``X`` when it holds whole numbers (float rounding within 1e-6 is
+        fine); an ``X`` with other non-integers is normalised (``sc.pp.normalize_total``, ``sc.pp.log1p``), and then
+        ``layers['counts']`` is used instead (logged; recorded in ``uns[key_added]['params']``), or, without it, an
+        error names the fix.
     platform_effect
         Also fit a per-gene scaling between reference and spots (RCTD's platform effect). Use it for references
         from another technology (e.g. Drop-seq vs Visium); on same-platform data it can absorb real differences in
@@ -287,10 +290,11 @@ def map_cells(
     Raises
     ------
     StmapInputError
-        No or too few shared genes, missing cell types, NaN/negative counts, reference cells (or every spot) without
-        counts on the mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative. Nothing is
-        written. Spots without counts on the mapping genes (empty Visium HD bins, Xenium cells without panel counts)
-        are not an error: they get no cells and NaN fractions, with a warning.
+        No or too few shared genes, missing cell types, NaN/infinite/negative or non-numeric counts, normalised ``X``
+        without ``layers['counts']``, reference cells (or every spot) without counts on the mapping genes, duplicated
+        names, ``cells_per_spot`` of the wrong length or negative. Nothing is written. Spots without counts on the
+        mapping genes (empty Visium HD bins, Xenium cells without panel counts) are not an error: they get no cells
+        and NaN fractions, with a warning.
     """
     start = logg.info(f"mapping cells onto spots ({mode} mode)")
     # 1. resolve + validate -------------------------------------------------------------------------------------------
@@ -308,10 +312,8 @@ def map_cells(
     _check_unique(sc_adata.obs_names, "sc_adata", "make them unique with `sc_adata.obs_names_make_unique()`")
     _check_unique(sc_adata.var_names, "sc_adata's genes", "make them unique with `sc_adata.var_names_make_unique()`")
     types = _cell_types(sc_adata, cell_type_key)
-    Xs_all = get_counts(spots, layer, f"table {tname!r}")
-    Xc_all = get_counts(sc_adata, sc_layer, "sc_adata")
-    check_counts(Xs_all, f"The spot table {tname!r}" + (f" layer {layer!r}" if layer else ""))
-    check_counts(Xc_all, "sc_adata" + (f" layer {sc_layer!r}" if sc_layer else ""))
+    Xs_all, layer = read_counts(spots, layer, f"table {tname!r}", arg="layer")
+    Xc_all, sc_layer = read_counts(sc_adata, sc_layer, "sc_adata", arg="sc_layer")
     if isinstance(genes, str) and genes != "markers":
         raise StmapInputError(f"genes={genes!r}: pass None, a list of genes, or 'markers'.")
     req = None if genes is None or isinstance(genes, str) else list(genes)
@@ -681,7 +683,8 @@ def project_genes(
         placed reference cell is a noisy stand-in for the target and the mixture of type profiles imputes
         unmeasured genes better (``benchmarks/single_cell_targets.py``).
     layer, sc_layer
-        Count layers of the spot table and the reference; ``None`` uses ``X``.
+        Count layers of the spot table and the reference, as in :func:`~stmap.tl.map_cells`: a named layer is used
+        as given; ``None`` uses ``X`` when it holds whole numbers, else ``layers['counts']`` (or an error).
     {key_added}
     {copy}
 
@@ -690,12 +693,14 @@ def project_genes(
     ``None`` with ``copy=False``, else the updated copy. Written: with a SpatialData, table
     ``'<table>_projected'`` (for another ``key_added``: ``'<table>_<key_added>'``), spots x genes, annotating the
     same element as the spot table (``obsm['spatial']`` copied); with a plain AnnData, ``.obsm[key_added]``
-    (DataFrame spots x genes). ``.uns[key_added]['params']`` on the spot table either way.
+    (DataFrame spots x genes). ``.uns[key_added]['params']`` on the spot table either way (with the layers read).
 
     Raises
     ------
     StmapInputError
-        If :func:`~stmap.tl.map_cells` has not been run with ``mapping_key`` on these spots, or genes are unknown.
+        If :func:`~stmap.tl.map_cells` has not been run with ``mapping_key`` on these spots, genes are unknown, or the
+        counts read are NaN/infinite, negative, non-numeric, or a normalised ``X`` without ``layers['counts']``.
+        Nothing is written.
     """
     start = logg.info("projecting genes onto spots")
     ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
@@ -723,8 +728,9 @@ def project_genes(
         miss = pd.Index(gl).difference(sc_adata.var_names)
         if len(miss):
             raise StmapInputError(f"{len(miss)} genes are not in sc_adata (e.g. {', '.join(map(repr, miss[:5]))}).")
-    Xc = _to_csr(get_counts(sc_adata, sc_layer, "sc_adata"))
-    Xs = _to_csr(get_counts(spots, layer, f"table {ctx.table_key!r}"))
+    Xc_all, sc_layer = read_counts(sc_adata, sc_layer, "sc_adata", arg="sc_layer")
+    Xs_all, layer = read_counts(spots, layer, f"table {ctx.table_key or 'spots'!r}", arg="layer")
+    Xc, Xs = _to_csr(Xc_all), _to_csr(Xs_all)
     A = sparse.csr_matrix(sc_adata.obsm[akey])
     used = spots.uns.get(mapping_key, {}).get("genes")
     ref = [g for g in (list(map(str, used)) if used is not None else gl) if g in spots.var_names]
@@ -750,7 +756,13 @@ def project_genes(
         means = np.asarray((onehot @ Xc).todense()) / np.maximum(np.asarray(onehot.sum(axis=1)), 1)
         P = P + smooth * scaled((F.to_numpy() * n[:, None]) @ means)
     P = sparse.csr_matrix(np.asarray(P, dtype=np.float32))
-    params = {"mapping_key": mapping_key, "genes": "all" if genes is None else gl, "smooth": smooth}
+    params = {
+        "mapping_key": mapping_key,
+        "genes": "all" if genes is None else gl,
+        "smooth": smooth,
+        "layer": layer,
+        "sc_layer": sc_layer,
+    }
     res = Results(ctx, key_added, params=params)
     if ctx.sdata is None:
         res.obsm(key_added, pd.DataFrame(P.toarray(), index=spots.obs_names, columns=gl))
