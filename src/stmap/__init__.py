@@ -12,7 +12,7 @@ Heavy dependencies (torch, torch-geometric, numba kernels) are imported on first
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, metrics, pl, pp, tl
+from . import datasets, io, metrics, pl, pp, tl
 from ._core._errors import StmapInputError, StmapKeyError
 from ._core._settings import settings
 
@@ -21,4 +21,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["StmapInputError", "StmapKeyError", "datasets", "metrics", "pl", "pp", "settings", "tl", "__version__"]
+__all__ = ["StmapInputError", "StmapKeyError", "datasets", "io", "metrics", "pl", "pp", "settings", "tl", "__version__"]
