@@ -6,6 +6,7 @@ regions of ``min_area..max_area`` pixels with circularity ``4 pi area / perimete
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,12 +20,22 @@ __all__ = ["detect_blobs"]
 _COLUMNS = ["x", "y", "area", "circularity", "response", "label"]
 
 
-def _log_response(block: np.ndarray, sigma: float, bright: bool) -> np.ndarray:
-    """Scale-normalised blob response ``-sigma^2 LoG`` (bright blobs positive; ``bright=False``: dark blobs)."""
+def _log_response(block: np.ndarray, sigma: float, bright: bool, fill: float | None = None) -> np.ndarray:
+    """Scale-normalised blob response ``-sigma^2 LoG`` (bright blobs positive; ``bright=False``: dark blobs).
+
+    ``fill``: NaN pixels are filled with this (the image's median: no edge at their border) and their response is NaN.
+    """
     from scipy import ndimage as ndi
 
+    nan = None
+    if fill is not None:
+        nan = np.isnan(block)
+        block = np.where(nan, np.float32(fill), block)
     r = ndi.gaussian_laplace(block.astype(np.float32, copy=False), sigma) * np.float32(-(sigma**2))
-    return r if bright else -r
+    r = r if bright else -r
+    if nan is not None:
+        r[nan] = np.nan
+    return r
 
 
 def _segment(
@@ -115,14 +126,35 @@ def _detect(
     arr = img if isinstance(img, da.Array) else da.from_array(np.asarray(img))
     arr = arr.rechunk((chunk_size, chunk_size))
     ny, nx = arr.shape
+    step = max(1, int(np.ceil(np.sqrt(ny * nx / max_sample))))
+    n_nan = int(da.isnan(arr).sum().compute()) if np.issubdtype(np.dtype(arr.dtype), np.floating) else 0
+    fill = None
+    if n_nan == ny * nx:
+        raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
+    if n_nan:  # NaN pixels: filled with the median for the filter, then ignored (no statistics, no blobs)
+        warnings.warn(
+            f"{n_nan} NaN pixel(s) ({n_nan / (ny * nx):.2%} of the image) are ignored: no blob is detected there and "
+            "they do not count in the threshold's statistics.",
+            UserWarning,
+            stacklevel=4,
+        )
+        fill = float(np.nanmedian(np.asarray(arr[::step, ::step].compute(), dtype=np.float64)))
+        fill = 0.0 if not np.isfinite(fill) else fill
     log_depth = int(4.0 * sigma + 0.5) + 1  # scipy's gaussian_laplace support (truncate=4) + 1
     resp = arr.map_overlap(
-        _log_response, depth=log_depth, boundary="reflect", dtype=np.float32, sigma=sigma, bright=bright
+        _log_response, depth=log_depth, boundary="reflect", dtype=np.float32, sigma=sigma, bright=bright, fill=fill
     )
     if threshold is None:
-        step = max(1, int(np.ceil(np.sqrt(ny * nx / max_sample))))
-        sample, sd_ = dask.compute(resp[::step, ::step], resp.std(dtype=np.float64))
-        threshold = float(np.median(sample) + n_std * float(sd_))
+        if n_nan:
+            sample, sd_ = dask.compute(resp[::step, ::step], da.nanstd(resp, dtype=np.float64))
+            threshold = float(np.nanmedian(sample) + n_std * float(sd_))
+        else:
+            sample, sd_ = dask.compute(resp[::step, ::step], resp.std(dtype=np.float64))
+            threshold = float(np.median(sample) + n_std * float(sd_))
+        if not np.isfinite(threshold):
+            raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
+    if n_nan:
+        resp = da.where(da.isnan(resp), np.float32(-np.inf), resp)
     # a window must hold every region whose centroid is in its core: regions have <= max_area pixels
     halo = int(np.ceil(2.0 * np.sqrt(max_area / np.pi))) + 2 * min_distance + 2
     ys = list(range(0, ny, chunk_size))
@@ -247,7 +279,13 @@ def detect_blobs(
     Raises
     ------
     StmapInputError
-        Unknown image/channel/level, a 3D image, invalid size range or ``sigma``. Nothing is written.
+        Unknown image/channel/level, a 3D image, invalid size range or ``sigma``, an image without a finite pixel.
+        Nothing is written.
+
+    Warns
+    -----
+    UserWarning
+        NaN pixels (their number and fraction): they are ignored, neither detected in nor counted in the threshold.
     """
     import dask.array as da
 

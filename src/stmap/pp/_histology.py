@@ -11,6 +11,7 @@ from stmap._core import _logging as logg
 from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
+from stmap._core._image import intensity_range, nan_count, to_rgb_uint8, warn_nan
 from stmap._core._patches import extract_patches, patch_spec
 from stmap._core._regions import region_image, resolve_regions
 from stmap._core._write import Results
@@ -85,6 +86,13 @@ def histology_features(
     {copy}
     {verbose}
 
+    Notes
+    -----
+    Images are read as intensities by one rule (:mod:`stmap._core._image`): ``uint8`` as is; ``uint16`` and other
+    wider integers rescaled by the dtype's range (``uint8 * 257`` gives the ``uint8`` features exactly), or read as
+    8-bit when the image holds only 0..255; floats in ``[0, 1]`` or ``[0, 255]`` (else by their maximum). Grey
+    (1-channel) images are replicated to RGB; NaN pixels read as white background, with a warning naming how many.
+
     Returns
     -------
     ``None`` (or, with ``copy=True``, the modified copy). Writes to the table:
@@ -100,7 +108,13 @@ def histology_features(
     ------
     StmapInputError
         No image, an image not aligned to the spots (spot centres outside it), a patch larger than the image, a
-        bad extractor or an extractor that returns the wrong shape or non-finite values. Nothing is written.
+        bad extractor or an extractor that returns the wrong shape or non-finite values, an image with 2 channels.
+        Nothing is written.
+
+    Warns
+    -----
+    UserWarning
+        NaN pixels in the patches (their number and fraction; read as white background).
     """
     import dask
 
@@ -147,13 +161,17 @@ def histology_features(
                 f"Patch side {patch_um * max(scales):.1f} um (patch_um={patch_um:.1f} x scale {max(scales)}) is "
                 f"larger than image {img.name!r} ({size_um_image:.1f} um); use a smaller `patch_um` or `scales`."
             )
-        if img.levels[0].shape[0] < 3:
-            raise StmapInputError(f"Image {img.name!r} has {img.levels[0].shape[0]} channel(s); an RGB H&E is needed.")
+        if img.levels[0].shape[0] == 2:
+            raise StmapInputError(
+                f"Image {img.name!r} has 2 channels; an RGB(A) or grey H&E is needed. Pick the channels first "
+                "(e.g. `sdata[image].sel(c=[...])`)."
+            )
         if not specs_by_region:  # native resolution (patch_px=None): that of the first image, for every section
             native = patch_px if patch_px is not None else patch_spec(ctx, img, patch_um, mpp=mpp).size_px
         specs_by_region.append([patch_spec(ctx, img, patch_um * s, out_px=int(native), mpp=mpp) for s in scales])
     specs = specs_by_region[0]
 
+    divisors = [intensity_range(img) for _, img in todo]
     start = logg.info(f"computing histology features ({_name(extractor)}, {len(scales)} scale(s))")
     lazies_by_region = [
         [extract_patches(img, reg.ctx.coords, spec, fill_value=0, chunk_size=batch_size) for spec in sp]
@@ -165,8 +183,8 @@ def histology_features(
         allp = [dask.compute(*lz, scheduler="synchronous") for lz in lazies_by_region]
         fns = [
             train_slide_cnn(
-                np.concatenate([_to_rgb_uint8(np.asarray(p[k])) for p in allp]), seed=seed, device=device,
-                verbose=verbose,
+                np.concatenate([to_rgb_uint8(np.asarray(p[k]), dv) for p, dv in zip(allp, divisors)]), seed=seed,
+                device=device, verbose=verbose,
             )
             for k in range(len(specs))
         ]  # fmt: skip
@@ -176,7 +194,10 @@ def histology_features(
         fns = [handcrafted_features] * len(specs)
     else:
         fns = [extractor] * len(specs)
-    blocks_by_region = [_stream(lz, fns, batch_size, verbose, dask) for lz in lazies_by_region]
+    blocks_by_region = [
+        _stream(lz, fns, batch_size, verbose, dask, divisor=dv, name=img.name)
+        for lz, dv, (_, img) in zip(lazies_by_region, divisors, todo)
+    ]
     d_scale = [b.shape[1] for b in blocks_by_region[0]]
     feats = np.full((whole.adata.n_obs, sum(d_scale)), np.nan, dtype=np.float32)
     for (reg, _), blocks in zip(todo, blocks_by_region):
@@ -250,28 +271,35 @@ def _name(extractor: Any) -> str:
     return extractor if isinstance(extractor, str) else getattr(extractor, "name", None) or repr(extractor)[:80]
 
 
-def _to_rgb_uint8(patches: np.ndarray) -> np.ndarray:
-    """``(n, c, h, w)`` -> ``(n, h, w, 3)`` uint8 (first three channels; floats in [0, 1] are scaled)."""
-    p = np.moveaxis(patches[:, :3], 1, -1)
-    if p.dtype != np.uint8:
-        if np.issubdtype(p.dtype, np.floating) and np.nanmax(p, initial=0) <= 1.0:
-            p = p * 255.0
-        p = np.clip(np.round(p), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(p)
+def _stream(
+    lazies: list,
+    fns: list[Callable],
+    batch_size: int,
+    verbose: bool,
+    dask: Any,
+    *,
+    divisor: float = 255.0,
+    name: str | None = "image",
+) -> list[np.ndarray]:
+    """Featurise patches batch by batch; the patches of all scales of a batch are read in one dask computation.
 
-
-def _stream(lazies: list, fns: list[Callable], batch_size: int, verbose: bool, dask: Any) -> list[np.ndarray]:
-    """Featurise patches batch by batch; the patches of all scales of a batch are read in one dask computation."""
+    ``divisor``: the image's :func:`~stmap._core._image.intensity_range`; NaN pixels read as white, with a warning
+    naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
+    """
     from tqdm.auto import tqdm
 
     n = lazies[0].shape[0]
     if n == 0:
         raise StmapInputError("The table has no spots to featurise.")
     out: list[list[np.ndarray]] = [[] for _ in lazies]
+    n_nan = n_px = 0
     for s in tqdm(range(0, n, batch_size), desc="histology features", disable=not verbose, leave=False):
         batches = dask.compute(*[lz[s : s + batch_size] for lz in lazies], scheduler="synchronous")
         for k, (fn, batch) in enumerate(zip(fns, batches, strict=True)):
-            batch = _to_rgb_uint8(np.asarray(batch))
+            batch = np.asarray(batch)
+            n_nan += nan_count(batch[:, :3])
+            n_px += batch[:, :3].size
+            batch = to_rgb_uint8(batch, divisor, name=name or "image")
             f = np.asarray(fn(batch), dtype=np.float32)
             if f.ndim != 2 or f.shape[0] != len(batch):
                 raise StmapInputError(
@@ -282,4 +310,6 @@ def _stream(lazies: list, fns: list[Callable], batch_size: int, verbose: bool, d
                     "The extractor returned NaN or infinite features; check the extractor (and its weights)."
                 )
             out[k].append(f)
+    if name is not None:
+        warn_nan(name, n_nan, n_px, "patches' pixel values", stacklevel=4)
     return [np.concatenate(o) for o in out]

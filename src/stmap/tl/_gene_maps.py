@@ -36,6 +36,7 @@ from stmap._core import (
     resolve,
 )
 from stmap._core import _logging as logg
+from stmap._core._image import intensity_range, rgb_channels, to_unit, warn_nan
 
 __all__ = ["gene_maps", "GeneMapModel"]
 
@@ -219,32 +220,26 @@ def _markers(adata, groupby: str) -> list[str]:
 
 
 def _working_image(img, scale: float) -> tuple[Any, np.ndarray, int, int]:
-    """Lazy float32 RGB ``(3, y, x)`` in ``[0, 1]`` at ~``scale`` cs units per pixel, its transform, level, factor."""
+    """Lazy float32 RGB ``(3, y, x)`` in ``[0, 1]`` at ~``scale`` cs units per pixel, its transform, level, factor.
+
+    Intensities by :mod:`stmap._core._image`'s rule (uint16 by its range, grey replicated, NaN read as white with a
+    warning).
+    """
     import dask.array as da
 
     level = img.level_for(scale)
     k = max(1, int(round(scale / img.pixel_size(level))))
     arr = img.levels[level]
     c = arr.shape[0]
-    if c == 4:
-        arr = arr[:3]  # alpha dropped
-    elif c == 1:
-        arr = da.concatenate([arr] * 3, axis=0)
-    elif c != 3:
+    if c not in (1, 3, 4):
         raise StmapInputError(
             f"Image {img.name!r} has {c} channels; gene maps need an RGB(A) or grey H&E image. "
             "Pick the channels first (e.g. `sdata[image].sel(c=[...])`)."
         )
-    dt = np.dtype(arr.dtype)
-    if dt == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif np.issubdtype(dt, np.integer):
-        arr = arr.astype(np.float32) / float(np.iinfo(dt).max)
-    elif dt == np.bool_:
-        arr = arr.astype(np.float32)
-    else:
-        hi = float(da.nanmax(arr).compute())
-        arr = arr.astype(np.float32) / (hi if hi > 1.0 else 1.0)
+    arr = rgb_channels(arr, 0, name=img.name)  # alpha dropped, grey replicated
+    if np.issubdtype(np.dtype(arr.dtype), np.floating):
+        warn_nan(img.name, int(da.isnan(arr).sum().compute()), int(np.prod(arr.shape)), "image read", stacklevel=4)
+    arr = to_unit(arr, intensity_range(img))
     if k > 1:
         h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k
         arr = da.coarsen(np.mean, arr[:, :h, :w], {1: k, 2: k})
@@ -405,8 +400,9 @@ def _feature_grid(ctx, img, T: np.ndarray, box: tuple[int, int, int, int], strid
         img, levels=[da.from_array(window, chunks=window.shape)], transforms=[img.transforms[spec.level] @ shift]
     )
     spec0 = dataclasses.replace(spec, level=0, size_px=spec.out_px)
-    lazy = extract_patches(sub, pts, spec0, fill_value=255, chunk_size=512)
-    (f,) = _stream([lazy], [handcrafted_features], 512, verbose, dask)
+    divisor = intensity_range(img)
+    lazy = extract_patches(sub, pts, spec0, fill_value=divisor, chunk_size=512)  # white beyond the image
+    (f,) = _stream([lazy], [handcrafted_features], 512, verbose, dask, divisor=divisor, name=None)
     mu, sd = f.mean(0), f.std(0)
     f = (f - mu) / np.where(sd > 1e-8, sd, 1.0)
     feats = f.T.reshape(-1, len(ys), len(xs)).astype(np.float32)
