@@ -88,7 +88,7 @@ def histology_features(
 
     Notes
     -----
-    Images are read as intensities by one rule (:mod:`stmap._core._image`): ``uint8`` as is; ``uint16`` and other
+    Images are read as intensities by one rule (``stmap._core._image``): ``uint8`` as is; ``uint16`` and other
     wider integers rescaled by the dtype's range (``uint8 * 257`` gives the ``uint8`` features exactly), or read as
     8-bit when the image holds only 0..255; floats in ``[0, 1]`` or ``[0, 255]`` (else by their maximum). Grey
     (1-channel) images are replicated to RGB; NaN pixels read as white background, with a warning naming how many.
@@ -283,8 +283,8 @@ def _stream(
 ) -> list[np.ndarray]:
     """Featurise patches batch by batch; the patches of all scales of a batch are read in one dask computation.
 
-    ``divisor``: the image's :func:`~stmap._core._image.intensity_range`; NaN pixels read as white, with a warning
-    naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
+    ``divisor``: the image's intensity range (``stmap._core._image.intensity_range``); NaN pixels read as white, with a
+    warning naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
     """
     from tqdm.auto import tqdm
 
