@@ -61,6 +61,12 @@ def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _align_columns(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cp, ct = [str(c) for c in pred.columns], [str(c) for c in truth.columns]
+    if set(cp) != set(ct):  # stmap stores a '/' of a data-derived name as '_' (zarr cannot store it): match so too
+        from stmap._core._names import safe_key
+
+        sp, st_ = [safe_key(c) for c in cp], [safe_key(c) for c in ct]
+        if set(sp) == set(st_) and len(set(sp)) == len(sp) == len(st_):
+            cp, ct = sp, st_
     if set(cp) != set(ct):
         raise ValueError(
             f"`pred` and `truth` must have the same columns; only in pred: {sorted(set(cp) - set(ct))}, "

@@ -72,3 +72,29 @@ def test_record_lists_new_tables_and_elements(tissue):
     np.testing.assert_array_equal(
         s.tables["spots"].obsm["stmap_cell_type_counts"].sum(1), s.tables["spots"].obs["stmap_n_cells"]
     )
+
+
+def test_data_derived_names_with_slash_are_stored_and_written(tissue, tmp_path):
+    """A cell type 'T/NK' (data, not a name the user chose) must not make sdata.write fail afterwards."""
+    s = sd.deepcopy(tissue)
+    ref = s.tables["cells"].copy()
+    ref.obs["cell_type"] = ref.obs["cell_type"].cat.rename_categories(lambda c: "T/NK" if c == "T_cell" else c)
+    st.tl.map_cells(s, ref, table_key="spots")
+    F = s.tables["spots"].obsm["stmap_cell_type_fractions"]
+    assert "T_NK" in F.columns and "T/NK" not in F.columns
+    st.tl.project_genes(s, ref, table_key="spots", genes=list(ref.var_names[:4]))  # reads the stored names
+    s.write(tmp_path / "s.zarr")
+    back = sd.read_zarr(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(back.tables["spots"].obsm["stmap_cell_type_fractions"].to_numpy(), F.to_numpy())
+    # the same result as with the category renamed by hand
+    s2 = sd.deepcopy(tissue)
+    ref2 = s2.tables["cells"].copy()
+    ref2.obs["cell_type"] = ref2.obs["cell_type"].cat.rename_categories(lambda c: "T_NK" if c == "T_cell" else c)
+    st.tl.map_cells(s2, ref2, table_key="spots")
+    st.tl.project_genes(s2, ref2, table_key="spots", genes=list(ref.var_names[:4]))
+    np.testing.assert_array_equal(F.to_numpy(), s2.tables["spots"].obsm["stmap_cell_type_fractions"].to_numpy())
+
+    def dense(x):
+        return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+
+    np.testing.assert_allclose(dense(s.tables["spots_projected"].X), dense(s2.tables["spots_projected"].X))

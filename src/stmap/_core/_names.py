@@ -12,7 +12,7 @@ from typing import Any
 
 from ._errors import StmapInputError
 
-__all__ = ["check_name", "check_nested_names", "valid_name"]
+__all__ = ["check_name", "sanitize_nested", "safe_key", "valid_name"]
 
 
 def valid_name(name: Any) -> bool:
@@ -37,29 +37,56 @@ def check_name(name: Any, what: str) -> None:
     )
 
 
-def check_nested_names(value: Any, what: str, _depth: int = 0) -> None:
-    """Warn when a nested key (a dict key, a DataFrame column) holds a ``/``, which zarr and HDF5 cannot store.
+def safe_key(name: Any) -> str:
+    """``name`` as it can be stored as a nested key by zarr and HDF5: every ``/`` becomes ``_``."""
+    return str(name).replace("/", "_")
 
-    Such names come from the data (e.g. a cell type ``"CD4+/CD25 T Reg"``) and are valid in memory, so the tool's
-    result is kept; the warning names the fix before ``sdata.write`` would fail.
+
+def sanitize_nested(value: Any, what: str, _depth: int = 0) -> Any:
+    """``value`` with every ``/`` in nested keys (dict keys, DataFrame columns) replaced by ``_`` (:func:`safe_key`).
+
+    Such names come from the data (e.g. a cell type ``"CD4+/CD25 T Reg"`` as a column of the fractions) and zarr /
+    HDF5 cannot store them, so ``sdata.write`` would fail and leave an unreadable store. A warning lists the renames;
+    stmap's own readers of these results (e.g. :func:`stmap.tl.project_genes`, :func:`stmap.pl.mapping`) apply the
+    same renaming, so they keep working. ``value`` itself is not modified.
     """
     import pandas as pd
 
     from . import _logging as logg
 
     if _depth > 8:
-        return
-    keys: list[Any] = []
+        return value
     if isinstance(value, pd.DataFrame):
-        keys = list(value.columns)
-    elif isinstance(value, Mapping):
-        keys = list(value.keys())
+        bad = [c for c in value.columns if "/" in str(c)]
+        if not bad:
+            return value
+        new = [safe_key(c) if "/" in str(c) else c for c in value.columns]
+        if len(set(map(str, new))) < len(new):
+            raise StmapInputError(
+                f"{what}: the names {bad[:5]} hold a '/', which zarr and HDF5 cannot store, and replacing it by '_' "
+                "would make two names equal. Rename them first, e.g. for categories "
+                "`adata.obs[key] = adata.obs[key].cat.rename_categories(lambda c: c.replace('/', '_'))`."
+            )
+        logg.warning(f"{what}: names {bad[:5]} are stored with '_' for '/' (zarr and HDF5 cannot store a '/')")
+        out = value.copy()
+        out.columns = new
+        out.attrs.update(value.attrs)
+        return out
+    if isinstance(value, Mapping):
+        changed = {}
         for k, v in value.items():
-            check_nested_names(v, f"{what}[{k!r}]", _depth + 1)
-    bad = [k for k in keys if "/" in str(k)]
-    if bad:
-        logg.warning(
-            f"{what} holds the names {bad[:5]}: zarr and HDF5 cannot store a '/' in a name, so `sdata.write` will "
-            "fail. Rename them first, e.g. for categories "
-            "`adata.obs[key] = adata.obs[key].cat.rename_categories(lambda c: c.replace('/', '_'))`."
-        )
+            nv = sanitize_nested(v, f"{what}[{k!r}]", _depth + 1)
+            nk = safe_key(k) if isinstance(k, str) and "/" in k else k
+            if nk in changed:
+                raise StmapInputError(
+                    f"{what}: the key {k!r} holds a '/', which zarr and HDF5 cannot store, and {nk!r} exists already; "
+                    "rename it first."
+                )
+            changed[nk] = nv
+        renamed = [k for k in value if isinstance(k, str) and "/" in k]
+        if renamed:
+            logg.warning(f"{what}: keys {renamed[:5]} are stored with '_' for '/' (zarr and HDF5 cannot store a '/')")
+        if not renamed and all(changed[k] is value[k] for k in value):
+            return value
+        return type(value)(changed) if isinstance(value, dict) else changed
+    return value

@@ -176,7 +176,7 @@ class Results:
 
     def _check_names(self) -> None:
         """Every key, table and element name this commit would write, checked before anything is written."""
-        from ._names import check_name, check_nested_names
+        from ._names import check_name, sanitize_nested
 
         to_sdata = self.ctx.sdata is not None
         for adata, w in self._tables.values():
@@ -184,8 +184,8 @@ class Results:
                 for k, v in getattr(w, slot).items():
                     if to_sdata and self._in_target(adata):  # a plain AnnData (h5ad) takes any key
                         check_name(k, f"The key {slot}[...]" if slot != "uns" else "The key uns[...]")
-                    if slot in ("obsm", "uns"):
-                        check_nested_names(v, f"{slot}[{k!r}]")
+                    if slot in ("obsm", "uns"):  # data-derived names ("T/NK") stored so that sdata.write works
+                        getattr(w, slot)[k] = sanitize_nested(v, f"{slot}[{k!r}]")
         if to_sdata:
             for name in (*self._new_tables, *self._new_elements):
                 check_name(name, "The new element")
@@ -194,7 +194,7 @@ class Results:
                     for k, v in getattr(table, slot).items():
                         check_name(k, f"The key {slot}[...] of new table {name!r}")
                         if slot in ("obsm", "uns"):
-                            check_nested_names(v, f"{slot}[{k!r}] of new table {name!r}")
+                            getattr(table, slot)[k] = sanitize_nested(v, f"{slot}[{k!r}] of new table {name!r}")
 
     def _drop_stale(self, adata: AnnData, w: _TableWrites, *, is_main: bool) -> set[str]:
         """Remove what the previous run under this key wrote to ``adata`` and this run does not write again.

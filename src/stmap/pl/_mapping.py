@@ -76,7 +76,10 @@ def mapping(
             f"key_added={key_added!r})` first."
         )
     F = ctx.adata.obsm[fkey]
-    types = list(F.columns) if cell_types is None else list(cell_types)
+    from stmap._core._names import safe_key
+
+    # names as stored: a '/' in a cell type is stored as '_' (zarr cannot store it)
+    types = list(F.columns) if cell_types is None else [t if t in F.columns else safe_key(t) for t in cell_types]
     for t in types:
         if t not in F.columns:
             raise unknown_key("Cell type", t, F.columns, f"obsm[{fkey!r}]")

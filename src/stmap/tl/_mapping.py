@@ -42,6 +42,7 @@ from stmap._core import (
     unknown_key,
 )
 from stmap._core import _logging as logg
+from stmap._core._names import safe_key
 from stmap._core._validate import read_counts
 
 __all__ = ["map_cells", "project_genes"]
@@ -748,7 +749,8 @@ def project_genes(
     P = (1.0 - smooth) * scaled(np.asarray((A.T @ Xc).todense())) if smooth < 1 else 0.0
     if smooth > 0:
         F, n = _mapped_composition(spots, mapping_key)
-        codes = pd.Categorical(sc_adata.obs[F.attrs["cell_type_key"]].astype(str), categories=list(F.columns)).codes
+        types = sc_adata.obs[F.attrs["cell_type_key"]].astype(str).map(safe_key)  # as stored ('/' -> '_')
+        codes = pd.Categorical(types, categories=list(F.columns)).codes
         onehot = sparse.csr_matrix(
             (np.ones((codes >= 0).sum()), (codes[codes >= 0], np.flatnonzero(codes >= 0))),
             shape=(F.shape[1], sc_adata.n_obs),
