@@ -146,7 +146,9 @@ def resolve_points(
     spatial_key
         ``obsm`` key of coordinates for tables that annotate no element and for plain AnnData.
     columns
-        Annotation columns to return (from the points/shapes element itself or from the table annotating it).
+        Annotation columns to return, from the table (the one given, or the one annotating the element) when it has
+        them (the table's ``obs`` is the user's annotation and wins over a same-named column of the element), else
+        from the points/shapes element itself.
     lazy
         For a multi-partition points element and no ``columns``, return the coordinates as a dask array.
 
@@ -248,9 +250,13 @@ def _from_table_obsm(data, table, host, spatial_key, columns, what) -> PointsCon
 def _element_coords(el, kind, name, cs, columns, table, host, lazy):
     from spatialdata.models import get_axes_names
 
+    # a table aligned to this element holds the user's annotation: its obs columns win over same-named columns of
+    # the element (relabelled, merged or NaN labels in the table are what the user means)
+    aligned = table is not None and host is not None and host.instance_key is not None and host.region == name
+    in_table = set(map(str, table.obs.columns)) if aligned else set()
     if kind == "points":
         axes = tuple(a for a in _AXES if a in get_axes_names(el))
-        own = [c for c in columns if c in el.columns]
+        own = [c for c in columns if c in el.columns and c not in in_table]
         from_table = [c for c in columns if c not in own]
         _columns(el, table, columns, f"points {name!r} or its table")
         m = _affine_nd(el, cs, axes)
@@ -268,7 +274,7 @@ def _element_coords(el, kind, name, cs, columns, table, host, lazy):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*index of the dataframe is not monotonic.*")
             cent = get_centroids(el, coordinate_system=cs).compute()
-        own = [c for c in columns if kind == "shapes" and c in el.columns]
+        own = [c for c in columns if kind == "shapes" and c in el.columns and c not in in_table]
         from_table = [c for c in columns if c not in own]
         _columns(el if kind == "shapes" else None, table, columns, f"{kind} {name!r} or its table")
         coords = cent[["x", "y"]].to_numpy(dtype=float)
@@ -277,7 +283,7 @@ def _element_coords(el, kind, name, cs, columns, table, host, lazy):
     if coords.shape[0] == 0:
         raise StmapInputError(f"Element {name!r} holds no points; nothing to estimate.")
     _finite(coords, f"Element {name!r}")
-    if host is not None and host.instance_key is not None and host.region == name:
+    if aligned:
         # align to the table's rows (the table decides which instances and in which order)
         pos = _get_indexer(pd.Index(df.index), table.obs[host.instance_key].to_numpy())
         if (pos < 0).any():

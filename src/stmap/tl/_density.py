@@ -20,6 +20,7 @@ from .._core import (
     resolve_points,
 )
 from .._core import _logging as logg
+from .._core._names import check_name
 from .._core._points import grid_transformation
 
 __all__ = ["density", "GridSpec"]
@@ -188,6 +189,37 @@ def _check_memory(spec: GridSpec, n_grids: int, dtype: Any, max_memory: float | 
         )
 
 
+def _group_codes(col: pd.Series, groupby: str, source: str) -> tuple[list[Any], np.ndarray]:
+    """Categories of a label column and each point's code (``-1``: no label, left out of every group).
+
+    Categorical columns keep their category order, others are sorted. Missing labels (NaN, None, ``pd.NA``) are
+    counted and reported with a warning; a column without any label is an error.
+    """
+    import warnings
+
+    missing = np.asarray(col.isna(), dtype=bool)
+    n, n_missing = int(missing.size), int(missing.sum())
+    if n_missing == n:
+        raise StmapInputError(
+            f"Every {groupby!r} label of the {n} points is missing (NaN) in {source} (or its table); fill the column "
+            f"(e.g. `table.obs[{groupby!r}]`) or pass `groupby=None` for one density of all points."
+        )
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = list(col.cat.categories)
+        codes = np.asarray(col.cat.codes, dtype=np.int64)
+    else:
+        cats = sorted(col[~missing].unique())
+        codes = np.asarray(pd.Categorical(col, categories=cats).codes, dtype=np.int64)
+    if n_missing:
+        warnings.warn(
+            f"{n_missing} of {n} point(s) have no {groupby!r} label (NaN) and are left out of every group; label "
+            "them (or drop them) to include them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return cats, codes
+
+
 def _mask_array(mask: Any, spec: GridSpec) -> np.ndarray | None:
     if mask is None:
         return None
@@ -241,7 +273,9 @@ def density(
     table_key
         A table: the coordinates of the element it annotates, or its ``obsm[spatial_key]`` when it annotates none.
     groupby
-        Column (of the points element or its table) whose categories each get a density map.
+        Column whose categories each get a density map: of the table (the one given, or the one annotating the
+        element) when it has that column, since its ``obs`` is the user's annotation, else of the points/shapes
+        element. Points without a label (NaN) are left out of every group, with a warning that says how many.
     bandwidth
         Gaussian standard deviation in coordinate units; one value or one per axis (anisotropic).
     grid
@@ -295,11 +329,14 @@ def density(
     ------
     StmapInputError
         No points, NaN coordinates, zero/negative bandwidth, a grid too large for memory (with its size), an unknown
-        column/element, a mask not matching the grid. Nothing is written.
+        column/element, a ``groupby`` column without any label, a mask not matching the grid, an invalid
+        ``key_added``. Nothing is written.
     """
     from ..kernels._kde import kde_grid
 
     array_mode = isinstance(sdata, np.ndarray) or type(sdata).__module__.startswith("dask")
+    if not array_mode:  # refused before any work (Results checks it again at commit time)
+        check_name(key_added, "key_added")
     columns = [c for c in (groupby, weights if isinstance(weights, str) else None) if c is not None]
     pts = resolve_points(
         sdata,
@@ -332,17 +369,18 @@ def density(
     spec = _grid_from_args(sdata, grid, grid_shape, bounds, voxel_size, coords, bw, d, pts.coordinate_system)
     # groups
     if groupby is not None:
-        col = pts.annotations[groupby]
-        cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.dropna().unique())
-        labels = col.astype(object).to_numpy()
+        cats, codes = _group_codes(pts.annotations[groupby], groupby, pts.source)
         if groups is not None:
             missing = [g for g in groups if g not in set(cats)]
             if missing:
                 from .._core import unknown_key
 
                 raise unknown_key("Group", missing[0], map(str, cats), f"column {groupby!r}")
+            pos = {g: i for i, g in enumerate(cats)}
+            idx = {g: np.flatnonzero(codes == pos[g]) for g in groups}
             cats = list(groups)
-        idx = {g: np.flatnonzero(labels == g) for g in cats}
+        else:
+            idx = {g: np.flatnonzero(codes == i) for i, g in enumerate(cats)}
         skipped = [g for g in cats if idx[g].size < min_points]
         cats = [g for g in cats if idx[g].size >= min_points]
         if not cats:

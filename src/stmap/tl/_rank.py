@@ -10,6 +10,8 @@ import pandas as pd
 
 from .._core import Results, StmapInputError, TableContext, image_grid, inject_docs, is_spatialdata, unknown_key
 from .._core import _logging as logg
+from .._core._names import check_name
+from .._core._resolve import _image_levels
 
 __all__ = ["rank_densities", "density_scores", "METHODS"]
 
@@ -80,6 +82,12 @@ def density_scores(
     DataFrame indexed by class with columns ``mse``, ``penalty``, ``cellmap2d`` (``1 / (mse + penalty + 1e-8)``),
     ``pearson``, ``cosine``, ``js``, ``kl`` (``KL(query || class)``), ``emd`` (sum of axis-marginal W1 distances)
     and ``mixture`` (EM mixture weight; sums to 1).
+
+    Raises
+    ------
+    StmapInputError
+        A query map that is empty, negative or not finite; reference maps with NaN or infinite values (naming
+        their classes).
     """
     return _scores_many(
         [query], reference, classes=classes, step=step, threshold=threshold, query_floor=query_floor,
@@ -147,6 +155,7 @@ def _scores_many(
     v = float(np.prod(shape))
     floor_u = eps / v
     shape3 = _as3d(shape)
+    bad: list[str] = []
     for k in range(n_cls):
         s3 = np.ascontiguousarray(reference[k])
         if s3.shape != shape:
@@ -154,6 +163,11 @@ def _scores_many(
         if s3.dtype.kind != "f":
             s3 = s3.astype(np.float64)
         s_tot, s_max, margs = grid_stats(s3.reshape(shape3))
+        if not (np.isfinite(s_tot) and np.isfinite(s_max)):  # NaN/inf anywhere propagates to the sum and the max
+            bad.append(classes[k])
+            continue
+        if bad:  # the error names every bad class; no need to score the rest
+            continue
         s = s3.ravel()
         s_cdf = [np.cumsum(m) / s_tot for m in margs[: len(shape)]] if s_tot > 0 else None
         for qd in qs:
@@ -183,6 +197,13 @@ def _scores_many(
                 }
             )
             qd.p_support.append(np.take(s, qd.keep).astype(np.float64) / s_tot if s_tot > 0 else np.zeros(qd.keep.size))
+    if bad:
+        raise StmapInputError(
+            f"The reference map(s) of class(es) {bad} hold NaN or infinite values, which no score can rank (they "
+            "would silently come last). Density maps have no NaN: recompute them with `st.tl.density` (use "
+            "`mask=` to zero the grid outside the tissue), or replace NaN by 0 where there is no tissue "
+            "(`np.nan_to_num`) before ranking."
+        )
     out = []
     for qd in qs:
         df = pd.DataFrame(qd.rows, index=pd.Index(classes, name="class"))
@@ -203,7 +224,7 @@ def _maps_of(sdata: Any, x: Any, what: str, cs: str | None) -> tuple[Any, list[s
         cs_ = cs or next(iter(get_transformation(el, get_all=True)))
         lo, step, shape, ch = image_grid(el, cs_)
         d = len(shape)
-        arr = el.data  # (c, [z,] y, x) dask
+        arr = _image_levels(el)[0].data  # (c, [z,] y, x) dask; a multiscale image: its finest level (as image_grid)
         perm = (0, *range(d, 0, -1))  # -> (c, x, y[, z])
         maps = arr.transpose(perm)
         return maps, [str(c) for c in ch], (tuple(np.round(lo, 9)), tuple(np.round(step, 9)), shape)
@@ -255,7 +276,9 @@ def rank_densities(
         Density image (from :func:`stmap.tl.density`; each channel is one query population) or an array on the
         reference's grid (``(*grid)`` or ``(n_queries, *grid)``).
     reference
-        Density image whose channels are the classes, or a ``(n_classes, *grid)`` array.
+        Density image whose channels are the classes (a multiscale image: its finest level), or a
+        ``(n_classes, *grid)`` array. Every map must be finite: a class map with NaN anywhere (also outside the
+        tissue) is refused, since no score could rank it.
     method
         Score that orders the result, one of ``'cellmap2d'``, ``'pearson'``, ``'cosine'``, ``'js'``, ``'kl'``,
         ``'emd'``, ``'mixture'``.
@@ -281,8 +304,12 @@ def rank_densities(
     Raises
     ------
     StmapInputError
-        Unknown method/images/channels, query and reference on different grids, an empty query map.
+        Unknown method/images/channels, query and reference on different grids, an empty query map, NaN or
+        infinite values in a query or reference map (naming the classes), an invalid ``key_added``. Nothing is
+        written.
     """
+    if sdata is not None:  # refused before any work (Results checks it again at commit time)
+        check_name(key_added, "key_added")
     if method not in METHODS:
         raise StmapInputError(f"method must be one of {METHODS}, got {method!r}.")
     if sdata is not None and not is_spatialdata(sdata):
