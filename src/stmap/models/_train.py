@@ -156,7 +156,12 @@ def fit(
 
 
 def save_checkpoint(
-    path: str | Path, model: Any, *, config: dict[str, Any], extra: dict[str, Any] | None = None
+    path: str | Path,
+    model: Any,
+    *,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    kind: str | None = None,
 ) -> Path:
     """Save a model's weights with what is needed to rebuild it.
 
@@ -170,6 +175,9 @@ def save_checkpoint(
         Keyword arguments that rebuild the architecture (``cls(**config)``).
     extra
         Anything else to keep (gene lists, scaling rules, thresholds): plain Python objects and numpy arrays.
+    kind
+        Name of the model class whose ``load`` reads the file (e.g. ``'CTRModel'``); recorded so that
+        :func:`load_checkpoint` can tell a file of another model class.
 
     Returns
     -------
@@ -181,12 +189,35 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in (extra or {}).items()}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": "stmap-model/1", "config": config, "state_dict": state, "extra": extra}, path)
+    ckpt = {"format": _FORMAT, "config": config, "state_dict": state, "extra": extra}
+    if kind is not None:
+        ckpt["kind"] = kind
+    torch.save(ckpt, path)
     return path
 
 
-def load_checkpoint(path: str | Path, cls: Any, *, device: Any = "cpu") -> tuple[Any, dict[str, Any], dict[str, Any]]:
+_FORMAT = "stmap-model/1"
+
+
+def _short(err: BaseException) -> str:
+    msg = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {msg[0][:160]}" if msg else type(err).__name__
+
+
+def load_checkpoint(
+    path: str | Path,
+    cls: Any,
+    *,
+    device: Any = "cpu",
+    kind: str | None = None,
+    required: tuple[str, ...] = (),
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Load a model saved with :func:`save_checkpoint`.
+
+    Every way a file can be something else is a :class:`~stmap.StmapInputError` ``"<path> is not a stmap <kind>
+    file (saved by <kind>.save): <why>"``, raised before a model is built: not a torch file (random bytes, text),
+    a torch file without stmap's model record, a file of another model class (recorded ``kind``, or for files
+    written before it was recorded: a configuration, weights or ``extra`` record that does not fit ``cls``).
 
     Parameters
     ----------
@@ -196,22 +227,60 @@ def load_checkpoint(path: str | Path, cls: Any, *, device: Any = "cpu") -> tuple
         The module class; rebuilt as ``cls(**config)``.
     device
         Torch device the model is moved to.
+    kind
+        Name of the model class the file must hold (as given to :func:`save_checkpoint`); used in the messages.
+    required
+        Keys the file's ``extra`` record must have.
 
     Returns
     -------
     ``(model, config, extra)``; the model is in eval mode.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    StmapInputError
+        The file is not a model of this kind saved by stmap.
     """
     import torch
 
     from stmap._core._device import resolve_device
+    from stmap._core._errors import StmapInputError
 
     path = Path(path)
+    what = kind or "model"
     if not path.is_file():
-        raise FileNotFoundError(f"No saved model at {str(path)!r}.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "stmap-model/1":
-        raise ValueError(f"{str(path)!r} is not a model saved by stmap (save_checkpoint).")
-    model = cls(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
+        hint = "a folder" if path.is_dir() else "no such file"
+        raise FileNotFoundError(f"No saved model at {str(path)!r} ({hint}); save one with {kind or 'the model'}.save.")
+
+    def _not_ours(why: str) -> StmapInputError:
+        by = f"{kind}.save" if kind else "save_checkpoint"
+        return StmapInputError(f"{str(path)!r} is not a stmap {what} file (saved by {by}): {why}")
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any reader error means: not a torch file we can read safely
+        raise _not_ours(f"torch cannot read it as a weights file ({_short(err)}).") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+        got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        raise _not_ours(f"it is a torch file but not a model saved by stmap (it holds {got}).")
+    other = ckpt.get("kind")
+    if kind is not None and other is not None and other != kind:
+        raise _not_ours(f"it holds a {other}; load it with st.tl.{other}.load.")
+    config, state, extra = ckpt.get("config"), ckpt.get("state_dict"), ckpt.get("extra")
+    if not (isinstance(config, dict) and isinstance(state, dict) and isinstance(extra, dict)):
+        raise _not_ours("its model record is incomplete (config, state_dict and extra are needed).")
+    missing = [k for k in required if k not in extra]
+    if missing:
+        raise _not_ours(f"its record lacks {missing} (a file of another stmap model class?).")
+    try:
+        model = cls(**config)
+    except Exception as err:  # a configuration for another architecture
+        raise _not_ours(f"its configuration does not build the {cls.__name__} network ({_short(err)}).") from err
+    try:
+        model.load_state_dict(state)
+    except Exception as err:  # weights of another architecture
+        raise _not_ours(f"its weights do not fit the {cls.__name__} network ({_short(err)}).") from err
     model.to(resolve_device(device)).eval()
-    return model, ckpt["config"], ckpt["extra"]
+    return model, config, extra

@@ -14,10 +14,39 @@ import pandas as pd
 
 from .._core import Results, StmapInputError, TableContext, inject_docs, is_spatialdata, unknown_key
 from .._core import _logging as logg
+from .._core._names import check_name
 
 __all__ = ["detect_blobs"]
 
 _COLUMNS = ["x", "y", "area", "circularity", "response", "label"]
+
+
+def _log_depth(sigma: float) -> int:
+    """Pixels the LoG filter reads around a pixel: scipy's ``gaussian_laplace`` support (truncate=4) + 1."""
+    return int(4.0 * sigma + 0.5) + 1
+
+
+def _check_size(shape: tuple[int, ...], sigma: float, sigma_given: bool) -> None:
+    """Raise when the image is smaller than the filter's reach (dask cannot overlap its chunks by more)."""
+    ny, nx = shape
+    depth = _log_depth(sigma)
+    if min(ny, nx) >= depth:
+        return
+    if min(ny, nx) < 1:
+        raise StmapInputError(f"The image is {ny}x{nx} pixels: empty, no blob can be detected.")
+    # the largest sigma whose reach fits the shorter side: int(4 sigma + 0.5) + 1 <= side, rounded down to 0.01
+    limit = np.floor(((min(ny, nx) - 0.5) / 4.0 - 1e-9) * 100.0) / 100.0
+    origin = "" if sigma_given else " (the default from min_area and max_area)"
+    fix = (
+        f"Pass `sigma=` of at most {limit:.2f} (with `min_area=`/`max_area=` for blobs that small, e.g. min_area=1), "
+        "or use a larger image."
+        if limit > 0
+        else "Use a larger image."
+    )
+    raise StmapInputError(
+        f"The image is {ny}x{nx} pixels, smaller than the blob filter's reach of {depth} pixels (about 4 * sigma + 1 "
+        f"with sigma={sigma:.3g}{origin}): the image must be at least {depth} pixels on each side. {fix}"
+    )
 
 
 def _log_response(block: np.ndarray, sigma: float, bright: bool, fill: float | None = None) -> np.ndarray:
@@ -140,7 +169,7 @@ def _detect(
         )
         fill = float(np.nanmedian(np.asarray(arr[::step, ::step].compute(), dtype=np.float64)))
         fill = 0.0 if not np.isfinite(fill) else fill
-    log_depth = int(4.0 * sigma + 0.5) + 1  # scipy's gaussian_laplace support (truncate=4) + 1
+    log_depth = _log_depth(sigma)
     resp = arr.map_overlap(
         _log_response, depth=log_depth, boundary="reflect", dtype=np.float32, sigma=sigma, bright=bright, fill=fill
     )
@@ -187,6 +216,22 @@ def _detect(
                 lab[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]] = core
                 i += 1
     return df.sort_values(["y", "x"], ignore_index=True), lab, threshold
+
+
+def _unmodified_copy(sdata: Any) -> Any:
+    """A new SpatialData holding the same elements and tables (as ``copy=True`` shares unmodified ones)."""
+    import copy as _copy
+
+    from spatialdata import SpatialData
+
+    return SpatialData(
+        images=dict(sdata.images),
+        labels=dict(sdata.labels),
+        points=dict(sdata.points),
+        shapes=dict(sdata.shapes),
+        tables=dict(sdata.tables),
+        attrs=_copy.deepcopy(dict(sdata.attrs)),
+    )
 
 
 @inject_docs()
@@ -265,7 +310,8 @@ def detect_blobs(
     For an array: a DataFrame with columns ``x``, ``y`` (column / row of the centroid), ``area``, ``circularity``,
     ``response`` (mean LoG response), ``label``; with ``labels=True`` the tuple ``(DataFrame, label image)``.
 
-    Otherwise ``None`` (``copy=False``) or the updated copy; written:
+    Otherwise ``None`` (``copy=False``) or the updated copy (always a new object: when no blob passes the
+    filters, a warning is logged, nothing is written and ``copy=True`` returns an unmodified copy); written:
 
     ``sdata.points[key_added]``
         Blob centroids (``x``, ``y`` in the image's pixel space with the image level's transformations, so they
@@ -279,7 +325,8 @@ def detect_blobs(
     Raises
     ------
     StmapInputError
-        Unknown image/channel/level, a 3D image, invalid size range or ``sigma``, an image without a finite pixel.
+        Unknown image/channel/level, a 3D image, invalid size range or ``sigma``, an image without a finite pixel,
+        an image smaller than the filter's reach (``4 * sigma + 1`` pixels a side), an invalid ``key_added``.
         Nothing is written.
 
     Warns
@@ -289,10 +336,12 @@ def detect_blobs(
     """
     import dask.array as da
 
+    check_name(key_added, "key_added")
     if min_area < 1 or max_area < min_area:
         raise StmapInputError(f"Need 1 <= min_area <= max_area, got min_area={min_area}, max_area={max_area}.")
     if not 0 <= min_circularity <= 1.5:
         raise StmapInputError(f"min_circularity must be in [0, 1.5], got {min_circularity}.")
+    sigma_given = sigma is not None
     if sigma is None:
         sigma = float(np.sqrt(np.sqrt(min_area * max_area) / np.pi) / np.sqrt(2.0))
     if not (np.isfinite(sigma) and sigma > 0):
@@ -317,6 +366,7 @@ def detect_blobs(
     if isinstance(sdata, (np.ndarray, da.Array)):
         if sdata.ndim != 2:
             raise StmapInputError(f"Pass a 2D (y, x) array, got shape {sdata.shape}.")
+        _check_size(sdata.shape, sigma, sigma_given)
         df, lab, _ = _detect(sdata, **opts)
         return (df, lab) if labels else df
     if not is_spatialdata(sdata):
@@ -354,13 +404,14 @@ def detect_blobs(
     if coordinate_system is not None:
         transforms = {coordinate_system: transforms[coordinate_system]}
     data = lv.transpose("c", "y", "x").data[ci]
+    _check_size(data.shape, sigma, sigma_given)
 
     start = logg.info(f"detecting blobs in {image_key!r} (level {level}, {data.shape[0]}x{data.shape[1]} px)")
     df, lab, thr = _detect(data, **opts)
     logg.info(f"    {len(df)} blob(s) kept (threshold {thr:.4g})")
     if not len(df):
         logg.warning(f"No blob passed the filters in {image_key!r}; nothing written. Lower `n_std` or check `bright`.")
-        return sdata if copy else None
+        return _unmodified_copy(sdata) if copy else None
 
     import anndata as ad
     from spatialdata.models import Labels2DModel, PointsModel

@@ -47,7 +47,20 @@ def to_spatialdata(
     -------
     :class:`spatialdata.SpatialData` with shapes ``region``, table ``table_key`` and images ``'<library_id>_hires'``
     / ``'<library_id>_lowres'`` when present.
+
+    Raises
+    ------
+    StmapInputError
+        Duplicated obs names (fix: ``adata.obs_names_make_unique()``), no spot diameter, an invalid ``mpp``;
+        ``adata`` is untouched.
     """
+    if isinstance(adata, AnnData) and not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()].unique()
+        raise StmapInputError(
+            f"adata has {int(adata.obs_names.duplicated().sum())} duplicated obs name(s) (e.g. "
+            f"{', '.join(repr(str(d)) for d in dup[:5])}); each spot becomes one shape keyed by its obs name, so "
+            "they must be unique: call `adata.obs_names_make_unique()` first."
+        )
     ctx = resolve(adata, spatial_key=spatial_key)
     lib = _legacy_library(adata, library_id)
     meta = lib[1] if lib is not None else {}

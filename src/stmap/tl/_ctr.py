@@ -176,7 +176,7 @@ class CTRModel:
             "scaling": "per-sample min-max of log1p(1e4-normalised) expression and of features",
             "info": {k: v for k, v in self.info.items() if isinstance(v, str | int | float | bool | list | dict)},
         }
-        return save_checkpoint(path, self.net, config=self.config, extra=extra)
+        return save_checkpoint(path, self.net, config=self.config, extra=extra, kind="CTRModel")
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> CTRModel:
@@ -192,11 +192,25 @@ class CTRModel:
         Returns
         -------
         The :class:`~stmap.tl.CTRModel`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at ``path``.
+        StmapInputError
+            The file is not a CTRModel saved by :meth:`save` (not a torch file, another kind of torch file, a
+            file of another stmap model).
         """
         from stmap.models._spacrd import SpaCRDNet
         from stmap.models._train import load_checkpoint
 
-        net, config, extra = load_checkpoint(path, SpaCRDNet, device=device)
+        net, config, extra = load_checkpoint(
+            path,
+            SpaCRDNet,
+            device=device,
+            kind="CTRModel",
+            required=("genes", "features_key", "n_features", "modality", "n_neighbors"),
+        )
         return cls(
             net=net,
             genes=list(extra["genes"]),

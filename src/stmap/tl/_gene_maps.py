@@ -113,15 +113,23 @@ class GeneMapModel:
                 "ridge_coef": None if self.ridge_coef is None else np.asarray(self.ridge_coef, dtype=float),
                 "ridge_intercept": None if self.ridge_intercept is None else np.asarray(self.ridge_intercept, float),
             },
+            kind="GeneMapModel",
         )
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> GeneMapModel:
-        """Load a model written by :meth:`save`."""
+        """Load a model written by :meth:`save`.
+
+        A file that is not a GeneMapModel saved by :meth:`save` (not a torch file, another kind of torch file, a
+        file of another stmap model) raises :class:`~stmap.StmapInputError` naming it; a missing file
+        :class:`FileNotFoundError`.
+        """
         from stmap.models._genemap import GeneMapNet
         from stmap.models._train import load_checkpoint
 
-        net, _, extra = load_checkpoint(path, GeneMapNet, device=device)
+        net, _, extra = load_checkpoint(
+            path, GeneMapNet, device=device, kind="GeneMapModel", required=("genes", "mean", "std", "pixel_size")
+        )
         return cls(
             net=net,
             genes=list(extra["genes"]),

@@ -183,15 +183,22 @@ class Impute3DModel:
         extra = {"genes": list(self.genes), "mean": self.mean, "std": self.std, "params": self.params}
         extra["history"] = list(self.history)
         extra["prior"] = None if self.prior is None else {k: np.asarray(v).tolist() for k, v in self.prior.items()}
-        return save_checkpoint(path, self.net, config=self.config, extra=extra)
+        return save_checkpoint(path, self.net, config=self.config, extra=extra, kind="Impute3DModel")
 
     @classmethod
     def load(cls, path: Any, *, device: str = "cpu") -> Impute3DModel:
-        """Load a model written by :meth:`stmap.tl.Impute3DModel.save`."""
+        """Load a model written by :meth:`stmap.tl.Impute3DModel.save`.
+
+        A file that is not an Impute3DModel saved by :meth:`save` (not a torch file, another kind of torch file, a
+        file of another stmap model) raises :class:`~stmap.StmapInputError` naming it; a missing file
+        :class:`FileNotFoundError`.
+        """
         from stmap.models._asign import ASIGNNet
         from stmap.models._train import load_checkpoint
 
-        net, config, extra = load_checkpoint(path, ASIGNNet, device=device)
+        net, config, extra = load_checkpoint(
+            path, ASIGNNet, device=device, kind="Impute3DModel", required=("genes", "mean", "std")
+        )
         return cls(
             net=net,
             genes=list(extra["genes"]),
