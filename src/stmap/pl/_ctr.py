@@ -84,7 +84,9 @@ def ctr(
         panels.append((label_key, f"labels: {label_key}{auc}"))
     own = axs is None
     if own:
-        fig, axs = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.8), layout="constrained")
+        # room between panels for each panel's colour bar / legend and the next one's tick labels (spatialdata-plot
+        # attaches colour bars beside the axes, which layout engines do not see)
+        fig, axs = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.8), gridspec_kw={"wspace": 0.6})
     axs = list(np.atleast_1d(axs))
     if len(axs) < len(panels):
         raise StmapInputError(f"Pass {len(panels)} axes (probability, call, labels), got {len(axs)}.")
