@@ -301,3 +301,19 @@ def test_stack_two_reader_made_sections(tmp_path):
     one = xy[ta.obs["section"].astype(str).to_numpy() == "A", :2]
     nn = cKDTree(one).query(one, k=2)[0][:, 1]
     assert np.median(nn) == pytest.approx(100.0, rel=1e-6)
+
+
+def test_register_array_onto_reader_frame(folders):
+    """An array of coordinates registered onto a reader-made element: the element's own frame, no 'global' needed."""
+    from spatialdata.transformations import get_transformation
+
+    sdata = read(folders, "visium")
+    xy = resolve(sdata, "table").coords
+    th = np.deg2rad(10.0)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    moved = (xy - xy.mean(0)) @ rot.T + xy.mean(0) + 40.0
+    st.pp.register(sdata, moved, xy, kind="rigid", elements=["sample"], table_key="table")
+    m = get_transformation(sdata["sample"], to_coordinate_system="aligned").to_affine_matrix(("x", "y"), ("x", "y"))
+    back = xy @ np.asarray(m)[:2, :2].T + np.asarray(m)[:2, 2]  # the element's points mapped like `moved` onto `xy`
+    want = (xy - xy.mean(0)) @ np.linalg.inv(rot).T
+    np.testing.assert_allclose(back - back.mean(0), want - want.mean(0), atol=1e-6 * np.abs(xy).max())

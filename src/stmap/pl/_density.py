@@ -84,7 +84,11 @@ def density(
         raise unknown_key("Density image", image_key, sdata.images.keys(), "sdata.images", hint="Run st.tl.density.")
     el = sdata.images[image_key]
     css = list(get_transformation(el, get_all=True))
-    cs = coordinate_system or ("global" if "global" in css or len(css) != 1 else css[0])
+    if coordinate_system is None:  # the grid's own frame (a density image has one), else the tools' choice
+        from stmap._core._platform import choose_coordinate_system
+
+        coordinate_system = css[0] if len(css) == 1 else choose_coordinate_system(sdata, image_key, css, what="Image")
+    cs = coordinate_system
     if cs not in css:
         raise unknown_key("Coordinate system", cs, css, f"the transformations of {image_key!r}")
     lo, step, shape, chans = image_grid(el, cs)

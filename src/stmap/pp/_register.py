@@ -15,6 +15,7 @@ import numpy as np
 
 from .._core import Results, StmapInputError, TableContext, inject_docs, is_spatialdata, resolve_points, unknown_key
 from .._core import _logging as logg
+from .._core._constants import Key
 
 __all__ = ["fit_transform", "icp", "apply_transform", "register", "align_sections"]
 
@@ -366,15 +367,16 @@ def _landmark_arrays(sdata: Any, landmarks: Any, cs_m: str | None, cs_f: str | N
     return a, b
 
 
-def _host(sdata: Any, table_key: str | None, key_added: str) -> tuple[TableContext, Any]:
+def _host(sdata: Any, table_key: str | None, key_added: str, cs: str) -> tuple[TableContext, Any]:
+    """The table receiving ``.uns`` results (given, or a new one), in coordinate system ``cs``."""
     import anndata as ad
 
     if table_key is not None:
         if table_key not in sdata.tables:
             raise unknown_key("Table", table_key, sdata.tables.keys(), "sdata.tables")
-        return TableContext(sdata, sdata.tables[table_key], table_key, None, None, None, None, "global"), None
+        return TableContext(sdata, sdata.tables[table_key], table_key, None, None, None, None, cs), None
     new = ad.AnnData(np.zeros((1, 0), dtype=np.float32))
-    return TableContext(sdata, new, key_added, None, None, None, None, "global"), new
+    return TableContext(sdata, new, key_added, None, None, None, None, cs), new
 
 
 @inject_docs()
@@ -487,15 +489,20 @@ def register(
         raise StmapInputError("With an array `moving`, pass `elements=` to receive the transformation.")
     from .._core._resolve import _element_coordinate_systems
 
-    cs_m = cs_m or coordinate_system or "global"
     if elements is None:
         elements = [moving]
     elements = list(elements)
+    if cs_m is None and coordinate_system is None:  # an array `moving`: the frame the tools choose for the element
+        from .._core._points import _pick_cs
+
+        _element_kind(sdata, elements[0])
+        cs_m = _pick_cs(sdata, sdata[elements[0]], elements[0], None)
+    cs_m = cs_m or coordinate_system
     for n in elements:
         _element_kind(sdata, n)
         if cs_m not in _element_coordinate_systems(sdata[n]):
             raise StmapInputError(f"Element {n!r} has no transformation to {cs_m!r}, the moving coordinate system.")
-    ctx, new_table = _host(sdata, table_key, key_added)
+    ctx, new_table = _host(sdata, table_key, key_added, cs_m)
     t_add = _to_spatialdata_transform(matrix)
     res = Results(ctx, key_added, {"kind": kind, "method": method, "icp_kwargs": icp_kwargs or {}})
     for n in elements:
@@ -599,7 +606,7 @@ def align_sections(
         fixed_pts = apply_transform(mats[tgt], coords[tgt])
         m, info = icp(coords[s], fixed_pts, kind=kind, **(icp_kwargs or {}))
         mats[s], rmse[s] = m, info["rmse"]
-    ctx, new_table = _host(sdata, None, key_added)
+    ctx, new_table = _host(sdata, None, key_added, css[reference] or Key.cs)
     res = Results(ctx, key_added, {"kind": kind, "chain": chain, "icp_kwargs": icp_kwargs or {}})
     for s in sections:
         res.transformation(

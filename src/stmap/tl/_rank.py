@@ -10,6 +10,7 @@ import pandas as pd
 
 from .._core import Results, StmapInputError, TableContext, image_grid, inject_docs, is_spatialdata, unknown_key
 from .._core import _logging as logg
+from .._core._constants import Key
 from .._core._names import check_name
 from .._core._resolve import _image_levels
 
@@ -365,7 +366,12 @@ def rank_densities(
         logg.info("    finished", time=start)
         return ranking
 
-    ctx = _host(sdata, query if isinstance(query, str) else None, table_key, key_added)
+    host_cs = coordinate_system or Key.cs
+    if coordinate_system is None and isinstance(query, str):  # the query grid's own frame
+        from spatialdata.transformations import get_transformation
+
+        host_cs = next(iter(get_transformation(sdata.images[query], get_all=True)))
+    ctx = _host(sdata, query if isinstance(query, str) else None, table_key, key_added, host_cs)
     params = {
         "method": method,
         "threshold": threshold,
@@ -398,7 +404,7 @@ class _ChannelReader:
         return np.asarray(m.compute() if hasattr(m, "compute") else m)
 
 
-def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str) -> TableContext:
+def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str, cs: str) -> TableContext:
     import anndata as ad
 
     if table_key is not None:
@@ -412,6 +418,6 @@ def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str) 
                 name = tname
                 break
     if name is not None:
-        return TableContext(sdata, sdata.tables[name], name, None, None, None, None, "global")
+        return TableContext(sdata, sdata.tables[name], name, None, None, None, None, cs)
     new = ad.AnnData(np.zeros((1, 0), dtype=np.float32))
-    return TableContext(sdata, new, f"{key_added}_table", None, None, None, None, "global")
+    return TableContext(sdata, new, f"{key_added}_table", None, None, None, None, cs)
