@@ -30,6 +30,9 @@ import numpy as np
 import pandas as pd
 
 from . import _logging as logg
+from ._affine import affine_of as _affine
+from ._affine import element_coordinate_systems as _systems
+from ._affine import linear_scale as _scale
 from ._constants import Key
 from ._errors import StmapInputError
 
@@ -96,23 +99,6 @@ class UnitInfo:
         return {"um_per_unit": float(self.um_per_unit), "source": self.source}
 
 
-def _affine(element: Any, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=cs)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-
-
-def _scale(m: np.ndarray) -> float:
-    return float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-
-
-def _systems(element: Any) -> list[str]:
-    from spatialdata.transformations import get_transformation
-
-    return list(get_transformation(element, get_all=True).keys())
-
-
 def _unit_value(entry: Any) -> float | None:
     """Micrometres per unit from one ``attrs['stmap_coordinate_units']`` entry (a unit name, a number, a dict)."""
     if isinstance(entry, dict):
@@ -142,28 +128,25 @@ def bin_size_um(name: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _annotating_tables(sdata: SpatialData, element_name: str) -> list[Any]:
+def _annotating_tables(sdata: SpatialData, element_name: str) -> list[tuple[str, Any]]:
+    """``(name, table)`` of every table that annotates ``element_name`` (alone or among other elements)."""
     out = []
-    for t in sdata.tables.values():
-        region = (t.uns.get(Key.uns.spatialdata_attrs) or {}).get("region")
-        regions = [region] if isinstance(region, str) else list(region or [])
-        if element_name in regions:
-            out.append(t)
-    return out
-
-
-def _table_name_of(sdata: SpatialData, element_name: str) -> str | None:
     for name, t in sdata.tables.items():
         region = (t.uns.get(Key.uns.spatialdata_attrs) or {}).get("region")
         regions = [region] if isinstance(region, str) else list(region or [])
         if element_name in regions:
-            return name
-    return None
+            out.append((name, t))
+    return out
+
+
+def _has_array_coords(sdata: SpatialData, element_name: str) -> bool:
+    """Whether a table of the element has Visium's array coordinates (``array_row``, ``array_col``)."""
+    return any({"array_row", "array_col"} <= set(t.obs.columns) for _, t in _annotating_tables(sdata, element_name))
 
 
 def _visium_pitch_um_per_unit(sdata: SpatialData, name: str, el: Any) -> float | None:
     """Micrometres per element unit from the array lattice (100 µm pitch), when the table has array coordinates."""
-    for t in _annotating_tables(sdata, name):
+    for _, t in _annotating_tables(sdata, name):
         attrs = t.uns.get(Key.uns.spatialdata_attrs) or {}
         ik, rk = attrs.get("instance_key"), attrs.get("region_key")
         if not {"array_row", "array_col"} <= set(t.obs.columns) or ik not in t.obs:
@@ -195,7 +178,7 @@ def _shapes_rule(sdata: SpatialData, name: str, el: Any, reader: str | None) -> 
     if len(el) == 0:
         return None
     geom = el.geometry
-    bin_um = bin_size_um(name) or bin_size_um(_table_name_of(sdata, name))
+    bin_um = bin_size_um(name) or next((bin_size_um(n) for n, _ in _annotating_tables(sdata, name)), None)
     if bin_um is not None:  # Visium HD bins: squares (or circles) spanning bin_um
         if (geom.geom_type == "Point").all() and "radius" in el.columns:
             side = float(np.median(2.0 * el["radius"].to_numpy(dtype=float)))
@@ -205,10 +188,7 @@ def _shapes_rule(sdata: SpatialData, name: str, el: Any, reader: str | None) -> 
         if side > 0:
             return bin_um / side, f"visium_hd bin size {bin_um} µm ({name!r})"
         return None
-    is_visium = reader == "visium" or (
-        reader is None
-        and any({"array_row", "array_col"} <= set(t.obs.columns) for t in _annotating_tables(sdata, name))
-    )
+    is_visium = reader == "visium" or (reader is None and _has_array_coords(sdata, name))
     if is_visium and (geom.geom_type == "Point").all() and "radius" in el.columns:
         radius = el["radius"].to_numpy(dtype=float)
         if not np.allclose(radius, radius[0], rtol=1e-6):
@@ -343,8 +323,7 @@ def visium_capture_factor(sdata: SpatialData, name: str, diameter_um: float) -> 
     el = sdata.shapes.get(name) if hasattr(sdata.shapes, "get") else None
     if el is None or len(el) == 0 or not (el.geometry.geom_type == "Point").all() or "radius" not in el.columns:
         return 1.0
-    has_array = any({"array_row", "array_col"} <= set(t.obs.columns) for t in _annotating_tables(sdata, name))
-    if str(reader).lower() != "visium" and not (reader is None and has_array):
+    if str(reader).lower() != "visium" and not (reader is None and _has_array_coords(sdata, name)):
         return 1.0
     if bin_size_um(name) is not None or abs(diameter_um / VISIUM_SPOT_FULLRES_UM - 1.0) > 0.01:
         return 1.0

@@ -16,6 +16,9 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _logging as logg
+from ._affine import affine_of as _affine_of
+from ._affine import element_coordinate_systems as _element_coordinate_systems
+from ._affine import linear_scale as _linear_scale
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
 from ._platform import UnitInfo, choose_coordinate_system, infer_units, visium_capture_factor
@@ -46,24 +49,6 @@ def transform_points(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """Apply a 3x3 ``(x, y, 1)`` affine matrix to ``(n, 2)`` points."""
     xy = np.asarray(xy, dtype=float)
     return xy @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def _linear_scale(matrix: np.ndarray) -> float:
-    """Isotropic scale of an affine matrix (square root of the absolute determinant of its linear part)."""
-    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
-
-
-def _affine_of(element: Any, coordinate_system: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=coordinate_system)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
-
-
-def _element_coordinate_systems(element: Any) -> list[str]:
-    from spatialdata.transformations import get_transformation
-
-    return list(get_transformation(element, get_all=True).keys())
 
 
 def _check_nonempty(adata: AnnData, what: str) -> None:

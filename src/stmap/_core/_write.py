@@ -183,7 +183,7 @@ class Results:
             for slot in ("obs", "obsm", "obsp", "layers", "uns"):
                 for k, v in getattr(w, slot).items():
                     if to_sdata and self._in_target(adata):  # a plain AnnData (h5ad) takes any key
-                        check_name(k, f"The key {slot}[...]" if slot != "uns" else "The key uns[...]")
+                        check_name(k, f"The key {slot}[...]")
                     if slot in ("obsm", "uns"):  # data-derived names ("T/NK") stored so that sdata.write works
                         getattr(w, slot)[k] = sanitize_nested(v, f"{slot}[{k!r}]")
         if to_sdata:
