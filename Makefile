@@ -51,9 +51,10 @@ docs: $(VENV)/.installed-docs
 bench: $(VENV)/.installed-bench
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
 
-lint:
+lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) docs/_build stmap_demo .pytest_cache

@@ -2,7 +2,37 @@
 
 from __future__ import annotations
 
-__all__ = ["Key"]
+from dataclasses import dataclass
+
+__all__ = ["Key", "MappingKeys"]
+
+_MAPPING = "stmap_mapping"
+_PROJECTED = "stmap_projected"
+
+
+@dataclass(frozen=True)
+class MappingKeys:
+    """Every name that one ``st.tl.map_cells(..., key_added=...)`` run writes (read back by ``st.pl.mapping``).
+
+    The default ``key_added='stmap_mapping'`` gives the ``stmap_*`` names; another key prefixes them with itself.
+    """
+
+    #: ``.obsm`` of the spot table: cell-type fractions per spot.
+    fractions: str
+    #: ``.obsm`` of the spot table: cells of each type per spot.
+    counts: str
+    #: ``.obs`` of the spot table: cells per spot.
+    n_cells: str
+    #: ``.obs`` of the reference cells: the spot each cell was placed in.
+    spot: str
+    #: ``.uns`` / ``.obsm`` key of the run itself (parameters, the cells x spots mapping).
+    mapping: str
+    #: ``.uns`` of the reference: the assignment of cells to spots.
+    assignment: str
+    #: ``.obs`` of single-cell targets: the most likely cell type.
+    label: str
+    #: ``.obs`` of single-cell targets: its probability.
+    confidence: str
 
 
 class Key:
@@ -17,7 +47,7 @@ class Key:
         histology = "X_histology"
         cell_type_fractions = "stmap_cell_type_fractions"
         cell_type_counts = "stmap_cell_type_counts"
-        mapping = "stmap_mapping"
+        mapping = _MAPPING
 
     class obs:
         """Keys in ``.obs``."""
@@ -31,6 +61,8 @@ class Key:
         section = "section"
         measured = "measured"
         cell_type = "cell_type"
+        #: Spot radius in micrometres, per spot, of a stacked table (``st.pp.stack_sections``).
+        spot_radius_um = "spot_radius_um"
 
     class uns:
         """Keys in ``.uns``."""
@@ -41,6 +73,8 @@ class Key:
         stmap = "stmap"
         #: On tables that a tool made (e.g. placed cells): ``{"tool": key_added, "table": source table}``.
         derived = "stmap_derived"
+        #: Stacking metadata of a table made by ``st.pp.stack_sections``.
+        stack = "stmap_stack"
 
     class layers:
         """Keys in ``.layers``."""
@@ -53,6 +87,47 @@ class Key:
     #: Default coordinate system name.
     cs = "global"
 
+    class table:
+        """Names of the tables that tools add to a SpatialData object."""
+
+        #: The stacked-sections table of ``st.pp.stack_sections`` (its default ``key_added``).
+        stack = "stack"
+
+        @staticmethod
+        def cells(spot_table: str, key_added: str = _MAPPING) -> str:
+            """Table of placed cells made by ``st.tl.map_cells`` from ``spot_table``."""
+            return f"{spot_table}_cells" if key_added == _MAPPING else f"{spot_table}_{key_added}_cells"
+
+        @staticmethod
+        def projected(spot_table: str, key_added: str = _PROJECTED) -> str:
+            """Table of projected genes made by ``st.tl.project_genes`` for ``spot_table``."""
+            return f"{spot_table}_projected" if key_added == _PROJECTED else f"{spot_table}_{key_added}"
+
+        @staticmethod
+        def groups(key_added: str) -> str:
+            """Table with one row per group of points (``st.tl.density(groupby=...)``)."""
+            return f"{key_added}_groups"
+
+        @staticmethod
+        def of(key_added: str) -> str:
+            """Table that holds a points-level result keyed ``key_added`` (rankings, blobs)."""
+            return f"{key_added}_table"
+
+    @staticmethod
+    def mapping(key_added: str = _MAPPING) -> MappingKeys:
+        """All names written by one ``st.tl.map_cells`` run with this ``key_added``."""
+        prefix = "stmap" if key_added == _MAPPING else key_added
+        return MappingKeys(
+            fractions=f"{prefix}_cell_type_fractions",
+            counts=f"{prefix}_cell_type_counts",
+            n_cells=f"{prefix}_n_cells",
+            spot=f"{prefix}_spot",
+            mapping=key_added,
+            assignment=f"{key_added}_assignment",
+            label=f"{prefix}_cell_type",
+            confidence=f"{prefix}_cell_type_confidence",
+        )
+
     @staticmethod
     def colors(key: str) -> str:
         """Return the ``.uns`` key that holds the palette of a categorical key (scanpy convention)."""
@@ -60,8 +135,8 @@ class Key:
 
     @staticmethod
     def cells_table(spot_table: str) -> str:
-        """Name of the table of placed cells made from a spot table."""
-        return f"{spot_table}_cells"
+        """Name of the table of placed cells made from a spot table (default ``key_added``)."""
+        return Key.table.cells(spot_table)
 
     @staticmethod
     def gene_maps(image: str) -> str:

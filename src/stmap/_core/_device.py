@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-__all__ = ["resolve_device", "seed_everything", "rng"]
+__all__ = ["resolve_device", "resolve_verbose", "torch_threads", "seed_everything", "rng"]
 
 
 def resolve_device(device: Any = None):
@@ -84,3 +86,34 @@ def rng(seed: int | np.random.Generator | None) -> np.random.Generator:
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
+
+
+def resolve_verbose(verbose: bool | None) -> bool:
+    """``verbose`` as given, or :attr:`stmap.settings.verbose` when ``None``."""
+    from ._settings import settings
+
+    return bool(settings.verbose if verbose is None else verbose)
+
+
+@contextmanager
+def torch_threads(n_threads: int | None = None) -> Iterator[None]:
+    """Run the block with ``n_threads`` torch CPU threads (default :attr:`stmap.settings.n_threads`), then restore.
+
+    ``None`` in both places leaves torch's thread count alone.
+    """
+    from ._settings import settings
+
+    n = settings.n_threads if n_threads is None else n_threads
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_threads must be a positive integer or None; got {n!r}.")
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -24,11 +24,19 @@ class _Settings:
         Where :mod:`stmap.datasets` looks for (and downloads) public data. Defaults to ``$STMAP_DATA_DIR`` or
         ``~/.cache/stmap``.
     device
-        Default torch device for models (``"cpu"``, ``"cuda"``, ``"auto"``). Tools take ``device=`` too.
+        Torch device of every model when a tool is called with ``device=None`` (the default): ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available).
+    n_threads
+        Torch CPU threads while a tool runs (``torch.set_num_threads``), restored afterwards. ``None`` leaves torch's
+        default (one per core). On small machines 1-2 threads are often fastest.
+    verbose
+        Progress bars and step logs when a tool is called with ``verbose=None`` (the default).
     """
 
     datasetdir: Path = field(default_factory=_default_data_dir)
     device: str = "cpu"
+    n_threads: int | None = None
+    verbose: bool = True
 
 
 settings = _Settings()
