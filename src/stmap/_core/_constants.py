@@ -129,6 +129,15 @@ class Key:
         )
 
     @staticmethod
+    def imputed_layer(key_added: str = "stmap_impute3d") -> str:
+        """``.layers`` name of the values predicted by ``st.tl.impute_3d(..., key_added=...)``.
+
+        The default key gives ``'imputed'``; another key gives ``'<key_added>_imputed'``, so that two runs with
+        different keys do not overwrite each other.
+        """
+        return Key.layers.imputed if key_added == "stmap_impute3d" else f"{key_added}_imputed"
+
+    @staticmethod
     def colors(key: str) -> str:
         """Return the ``.uns`` key that holds the palette of a categorical key (scanpy convention)."""
         return f"{key}_colors"
