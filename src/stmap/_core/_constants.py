@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Key", "MappingKeys"]
+__all__ = ["Key", "MappingKeys", "CTRKeys", "BlobKeys"]
 
 _MAPPING = "stmap_mapping"
 _PROJECTED = "stmap_projected"
@@ -35,8 +35,50 @@ class MappingKeys:
     confidence: str
 
 
+@dataclass(frozen=True)
+class CTRKeys:
+    """Every name that one ``st.tl.detect_ctr(..., key_added=...)`` run writes (read back by ``st.pl.ctr``)."""
+
+    #: ``.obs``: the categorical call ``'CTR'`` / ``'non-CTR'``; also the ``.uns`` key of the run.
+    call: str
+    #: ``.obs``: the cancer probability.
+    prob: str
+    #: ``.obsm``: the VAE posterior ``(mu, log var)`` per spot.
+    latent: str
+    #: ``.uns``: the palette of the call.
+    colors: str
+
+
+@dataclass(frozen=True)
+class BlobKeys:
+    """Every name that one ``st.pp.detect_blobs(..., key_added=...)`` run writes."""
+
+    #: Points element of the blob centroids.
+    points: str
+    #: Table annotating the points (one row per blob).
+    table: str
+    #: Labels element of the regions (``labels=True``).
+    labels: str
+
+
 class Key:
     """Default names of the keys that stmap reads and writes."""
+
+    class default:
+        """Default ``key_added`` of the tools that write under one key."""
+
+        #: ``st.tl.density``: the density image and ``.uns`` key.
+        density = "stmap_density"
+        #: ``st.tl.rank_densities``: the ``.uns`` key of the ranking.
+        density_ranking = "stmap_density_ranking"
+        #: ``st.pp.detect_blobs``: the points element and ``.uns`` key.
+        blobs = "stmap_blobs"
+        #: ``st.pp.register``: the ``.uns`` key (and the name of its one-row table when none is given).
+        registration = "stmap_registration"
+        #: ``st.pp.align_sections``: the ``.uns`` key and the name of its one-row table.
+        alignment = "stmap_alignment"
+        #: ``st.tl.detect_ctr``: the call column and ``.uns`` key.
+        ctr = "stmap_ctr"
 
     class obsm:
         """Keys in ``.obsm``."""
@@ -127,6 +169,18 @@ class Key:
             label=f"{prefix}_cell_type",
             confidence=f"{prefix}_cell_type_confidence",
         )
+
+    @staticmethod
+    def ctr(key_added: str = "stmap_ctr") -> CTRKeys:
+        """All names written by one ``st.tl.detect_ctr`` run with this ``key_added``."""
+        return CTRKeys(
+            call=key_added, prob=f"{key_added}_prob", latent=f"{key_added}_latent", colors=Key.colors(key_added)
+        )
+
+    @staticmethod
+    def blobs(key_added: str = "stmap_blobs") -> BlobKeys:
+        """All names written by one ``st.pp.detect_blobs`` run with this ``key_added``."""
+        return BlobKeys(points=key_added, table=Key.table.of(key_added), labels=f"{key_added}_labels")
 
     @staticmethod
     def imputed_layer(key_added: str = "stmap_impute3d") -> str:
