@@ -11,6 +11,7 @@ from ._readers import (
     visium_dentate_gyrus,
     vizgen_brain,
 )
+from ._scale import large_reference, large_visium_hd, large_xenium
 from ._simulate import simulate_spots, simulate_tissue, synthetic_tissue
 from ._stack import simulate_stack
 
@@ -18,6 +19,9 @@ __all__ = [
     "bdtnp_atlas",
     "cosmx_lung",
     "her2st",
+    "large_reference",
+    "large_visium_hd",
+    "large_xenium",
     "simulate_spots",
     "simulate_stack",
     "simulate_tissue",
