@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Key", "MappingKeys", "CTRKeys", "BlobKeys"]
+__all__ = ["Key", "MappingKeys", "CTRKeys", "BlobKeys", "GeneMapKeys"]
 
 _MAPPING = "stmap_mapping"
 _PROJECTED = "stmap_projected"
@@ -61,6 +61,24 @@ class BlobKeys:
     labels: str
 
 
+@dataclass(frozen=True)
+class GeneMapKeys:
+    """Every name that one ``st.tl.gene_maps(..., key_added=...)`` run writes (read back by ``st.pl.gene_maps``).
+
+    The default ``key_added=None`` gives the element ``'<image>_gene_maps'`` and the table keys ``'stmap_gene_maps'``;
+    another key names both.
+    """
+
+    #: Image element of the maps (one channel per gene).
+    element: str
+    #: Image element of the reconstructed H&E (``reconstruct=True``).
+    reconstruction: str
+    #: ``.obsm`` (maps averaged over each spot's disc) and ``.uns`` (the run's record) key of the spot table.
+    key: str
+    #: ``.obs`` of the spot table: whether the spot was used for training.
+    train: str
+
+
 class Key:
     """Default names of the keys that stmap reads and writes."""
 
@@ -79,6 +97,8 @@ class Key:
         alignment = "stmap_alignment"
         #: ``st.tl.detect_ctr``: the call column and ``.uns`` key.
         ctr = "stmap_ctr"
+        #: ``st.tl.gene_maps``: the spot table's ``.obsm``/``.uns`` key (the element is ``'<image>_gene_maps'``).
+        gene_maps = "stmap_gene_maps"
 
     class obsm:
         """Keys in ``.obsm``."""
@@ -205,3 +225,10 @@ class Key:
     def gene_maps(image: str) -> str:
         """Name of the image element of per-pixel gene maps made from an H&E image."""
         return f"{image}_gene_maps"
+
+    @staticmethod
+    def gene_map_keys(image: str, key_added: str | None = None) -> GeneMapKeys:
+        """All names written by one ``st.tl.gene_maps`` run on ``image`` with this ``key_added``."""
+        element = Key.gene_maps(image) if key_added is None else key_added
+        key = Key.default.gene_maps if key_added is None else key_added
+        return GeneMapKeys(element=element, reconstruction=f"{element}_reconstruction", key=key, train=f"{key}_train")

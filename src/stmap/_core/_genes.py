@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-__all__ = ["log_normalize"]
+__all__ = ["log_normalize", "dispersion_genes"]
 
 #: Counts per cell/spot after library-size normalisation (scanpy's ``normalize_total(target_sum=1e4)``).
 TARGET_SUM = 1e4
@@ -43,3 +43,34 @@ def log_normalize(X: Any, *, totals: np.ndarray | None = None, target: float = T
     tot = X.sum(axis=1) if totals is None else np.asarray(totals, dtype=np.float64).ravel()
     scale = target / np.where(tot > 0, tot, 1.0)
     return np.log1p(X * scale[:, None])
+
+
+def dispersion_genes(Y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` genes of highest normalised dispersion (scanpy's ``'seurat'`` flavour), best first.
+
+    The dispersion ``log(var / mean)`` of each gene is z-scored among the genes of similar mean (20 bins between the
+    quantiles of the means); genes never expressed rank last. Ties keep the genes' order.
+
+    Parameters
+    ----------
+    Y
+        Log-normalised expression (e.g. :func:`log_normalize`), dense, observations x genes.
+    n
+        Number of genes (at most the number of columns).
+
+    Returns
+    -------
+    Integer column indices, ``min(n, Y.shape[1])`` of them.
+    """
+    Y = np.asarray(Y)
+    mean, var = Y.mean(0), Y.var(0)
+    bins = np.quantile(mean, np.linspace(0, 1, 21))
+    which = np.clip(np.searchsorted(bins, mean, side="right") - 1, 0, 19)
+    disp = np.log(np.maximum(var, 1e-12) / np.maximum(mean, 1e-12))
+    z = np.zeros_like(disp)
+    for b in np.unique(which):
+        m = which == b
+        sd = disp[m].std()
+        z[m] = (disp[m] - disp[m].mean()) / (sd if sd > 0 else 1.0)
+    z[(mean <= 0) | (var <= 0)] = -np.inf
+    return np.argsort(-z, kind="stable")[: min(int(n), Y.shape[1])]
