@@ -81,8 +81,8 @@ def synth_large():
 # methods
 # --------------------------------------------------------------------------------------------------------------------
 def run_stmap(sdata, ref, mode="regular", **kw):
-    out, r = st.tl.map_cells(sdata, ref.copy(), table_key="spots", mode=mode, copy=True, **kw)
-    return {"sdata": out, "ref": r}
+    out = st.tl.map_cells(sdata, ref, table_key="spots", mode=mode, copy=True, **kw)  # ref untouched
+    return {"sdata": out, "ref": ref}
 
 
 def run_nnls(sdata, ref, genes=None):
@@ -160,9 +160,10 @@ def score_stmap(truth, spots, ref_truth=None, held=None):
         sp, r = o["sdata"].tables["spots"], o["ref"]
         m = _comp(sp.obsm["stmap_cell_type_fractions"], truth)
         m["n_cells_mae"] = float(np.mean(np.abs(sp.obs["stmap_n_cells"].to_numpy() - spots.obs["n_cells"].to_numpy())))
-        if ref_truth is not None and "stmap_spot" in r.obs:
-            m["place_acc"] = metrics.assignment_accuracy(r.obs["stmap_spot"], ref_truth)
-            m["place_ring"] = _ring_acc(r.obs["stmap_spot"].astype(object).to_numpy(), ref_truth, spots)
+        placed = sp.uns["stmap_mapping"]["reference"]  # the reference's results of a copy=True run
+        if ref_truth is not None and "spot" in placed:
+            m["place_acc"] = metrics.assignment_accuracy(placed["spot"], ref_truth)
+            m["place_ring"] = _ring_acc(np.asarray(placed["spot"], dtype=object), ref_truth, spots)
         if held:  # default smooth=0.5, and both ends (placed cells only / type profiles only)
             for w, name in ((0.5, "heldout_r"), (0.0, "heldout_r_cells"), (1.0, "heldout_r_types")):
                 o2 = st.tl.project_genes(o["sdata"], r, table_key="spots", smooth=w, copy=True)

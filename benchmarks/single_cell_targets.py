@@ -134,9 +134,9 @@ def as_sdata(held, panel, seed: int):
 # methods
 # --------------------------------------------------------------------------------------------------------------------
 def run_stmap(sdata, ref, seed: int):
-    out, r = st.tl.map_cells(sdata, ref.copy(), seed=seed, copy=True)
-    out = st.tl.project_genes(out, r, table_key="table", copy=True)
-    return {"sdata": out, "ref": r}
+    out = st.tl.map_cells(sdata, ref, seed=seed, copy=True)  # ref untouched; the placement is recorded in `out`
+    out = st.tl.project_genes(out, ref, table_key="table", copy=True)
+    return {"sdata": out, "ref": ref}
 
 
 def run_tangram(sdata, ref, panel, seed: int, prior: str):

@@ -82,7 +82,8 @@ def sim():
 @pytest.fixture(scope="module")
 def mapped(sim):
     ref, held, panel = sim
-    return st.tl.map_cells(_targets(held, panel), ref.copy(), cells_per_spot=1, copy=True)
+    r = ref.copy()
+    return st.tl.map_cells(_targets(held, panel), r, cells_per_spot=1, copy=True), r  # r untouched
 
 
 def _snapshot(adata: ad.AnnData, ref: ad.AnnData):
@@ -130,7 +131,8 @@ class TestMapCellsSingleCell:
         assert (C.columns[C.to_numpy().argmax(axis=1)] == label.astype(str)).all()
         np.testing.assert_allclose(conf, F.to_numpy()[np.arange(n), label.cat.codes.to_numpy()])
         assert bool(out.uns["stmap_mapping"]["single_cell"]) is True
-        A = ref_out.obsm["stmap_mapping_assignment"]
+        assert "stmap_mapping_assignment" not in ref_out.obsm  # copy=True: the results are in `out`
+        A = out.uns["stmap_mapping"]["reference"]["assignment"]
         assert A.shape == (ref.n_obs, n)
         np.testing.assert_array_equal(np.asarray(A.sum(axis=0)).ravel(), 1.0)
         placed_type = ref.obs[TYPES].astype(str).to_numpy()[np.asarray(A.argmax(axis=0)).ravel()]
@@ -138,13 +140,13 @@ class TestMapCellsSingleCell:
 
     def test_key_added(self, sim):
         ref, held, panel = sim
-        out, _ = st.tl.map_cells(_targets(held, panel), ref.copy(), cells_per_spot=1, key_added="xfer", copy=True)
+        out = st.tl.map_cells(_targets(held, panel), ref.copy(), cells_per_spot=1, key_added="xfer", copy=True)
         assert {"xfer_cell_type", "xfer_cell_type_confidence"} <= set(out.obs.columns)
         assert "stmap_cell_type" not in out.obs
 
     def test_reproducible(self, sim, mapped):
         ref, held, panel = sim
-        out, _ = st.tl.map_cells(_targets(held, panel), ref.copy(), cells_per_spot=1, copy=True)
+        out = st.tl.map_cells(_targets(held, panel), ref.copy(), cells_per_spot=1, copy=True)
         pd.testing.assert_series_equal(out.obs["stmap_cell_type"], mapped[0].obs["stmap_cell_type"])
         pd.testing.assert_series_equal(
             out.obs["stmap_cell_type_confidence"], mapped[0].obs["stmap_cell_type_confidence"]
@@ -155,14 +157,14 @@ class TestMapCellsSingleCell:
         ref, held, panel = sim
         t = _targets(held, panel)
         radii = np.random.default_rng(2).uniform(4.0, 9.0, t.n_obs)
-        out, _ = st.tl.map_cells(_as_sdata(t, radii), ref.copy(), copy=True)
+        out = st.tl.map_cells(_as_sdata(t, radii), ref.copy(), copy=True)
         tab = out.tables["table"]
         assert (tab.obs["stmap_n_cells"] == 1).all()
         assert bool(tab.uns["stmap_mapping"]["single_cell"]) is True
         np.testing.assert_array_equal(tab.obs["stmap_cell_type"].to_numpy(), mapped[0].obs["stmap_cell_type"])
         assert "table_cells" in out.tables and out.tables["table_cells"].n_obs == t.n_obs
 
-        spots, _ = st.tl.map_cells(_as_sdata(t, 27.5), ref.copy(), copy=True)  # one radius: estimated n_j
+        spots = st.tl.map_cells(_as_sdata(t, 27.5), ref.copy(), copy=True)  # one radius: estimated n_j
         tab = spots.tables["table"]
         assert "stmap_cell_type" not in tab.obs and "stmap_cell_type_confidence" not in tab.obs
         assert bool(tab.uns["stmap_mapping"]["single_cell"]) is False
@@ -210,7 +212,7 @@ class TestMapCellsSingleCell:
         el = sdata.shapes["cell_circles"]
         set_transformation(el, get_transformation(el, "global"), to_coordinate_system="global")
         set_transformation(el, Scale([2.0, 2.0], axes=("x", "y")), to_coordinate_system="aligned")
-        out, _ = st.tl.map_cells(sdata, ref.copy(), coordinate_system="aligned", copy=True)
+        out = st.tl.map_cells(sdata, ref.copy(), coordinate_system="aligned", copy=True)
         assert out.tables["table"].uns["stmap_mapping"]["params"]["coordinate_system"] == "aligned"
         xy = np.asarray(out.tables["table_cells"].obsm["spatial"])
         ids = out.tables["table_cells"].obs["spot_id"].astype(str).to_numpy()

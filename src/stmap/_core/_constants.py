@@ -33,6 +33,9 @@ class MappingKeys:
     label: str
     #: ``.obs`` of single-cell targets: its probability.
     confidence: str
+    #: ``.uns[mapping]`` entry of the spot table with ``copy=True``: what the run writes on the reference otherwise
+    #: (``cell_ids``, ``spot_ids``, ``scores``, ``assignment``, greedy mode ``spot``).
+    reference: str = "reference"
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class Key:
         ctr = "stmap_ctr"
         #: ``st.tl.gene_maps``: the spot table's ``.obsm``/``.uns`` key (the element is ``'<image>_gene_maps'``).
         gene_maps = "stmap_gene_maps"
+        #: ``st.tl.map_cells``: the ``.uns`` key of the run and ``.obsm`` key of the reference's scores.
+        mapping = _MAPPING
+        #: ``st.tl.project_genes``: the ``.uns`` key (and ``.obsm`` key of the projection in a plain AnnData).
+        projected = _PROJECTED
 
     class obsm:
         """Keys in ``.obsm``."""
@@ -159,6 +166,11 @@ class Key:
         def cells(spot_table: str, key_added: str = _MAPPING) -> str:
             """Table of placed cells made by ``st.tl.map_cells`` from ``spot_table``."""
             return f"{spot_table}_cells" if key_added == _MAPPING else f"{spot_table}_{key_added}_cells"
+
+        @staticmethod
+        def cells_points(spot_table: str, key_added: str = _MAPPING) -> str:
+            """Points element of the placed cells, annotated by :meth:`cells`."""
+            return f"{Key.table.cells(spot_table, key_added)}_points"
 
         @staticmethod
         def projected(spot_table: str, key_added: str = _PROJECTED) -> str:

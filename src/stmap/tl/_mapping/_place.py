@@ -1,0 +1,139 @@
+"""Placement of reference cells into the slots, type by type, under capacities (:mod:`stmap.kernels._assign`).
+
+Within each type, cells go to slots by a linearised Poisson likelihood gain: the cell's departure from its type's
+mean, ``(x_i - L_i p_t) / sqrt(L_i)``, against the spot's relative residual ``y_j / mu_j - 1`` (a matrix product,
+computed for one block of cells at a time): exact assignment for small problems, greedy on top-k candidates
+otherwise. ``mu_j`` first comes from the composition fit; refinement rounds replace the other types' share by the
+cells actually placed there (Gauss-Seidel over types).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from stmap.kernels._assign import capacity_assign
+
+if TYPE_CHECKING:
+    from ._composition import Composition
+    from ._prepare import MappingInputs
+
+__all__ = ["Placement", "place_cells"]
+
+
+@dataclass
+class Placement:
+    """Where the reference cells went."""
+
+    #: Reference row of each placement, sorted by spot then cell.
+    cells: np.ndarray
+    #: Spot-table row of each placement.
+    spots: np.ndarray
+    #: Candidate edges: reference rows, spot-table rows and scores (top ``n_candidates`` per cell).
+    cand_cells: np.ndarray
+    cand_spots: np.ndarray
+    cand_scores: np.ndarray
+
+
+def _cell_features(Xt: sparse.csr_matrix, lib: np.ndarray) -> np.ndarray:
+    """Cells' departure from their type's mean profile, ``(x_i - L_i p_t) / sqrt(L_i)`` (Pearson-like residuals)."""
+    X = np.asarray(Xt.todense(), dtype=np.float32)
+    pbar = (X / lib[:, None].astype(np.float32)).mean(axis=0)
+    X -= lib[:, None].astype(np.float32) * pbar[None, :]
+    X /= np.sqrt(lib[:, None]).astype(np.float32)
+    return X
+
+
+def _pseudobulk(X: sparse.csr_matrix, cells: np.ndarray, spots: np.ndarray, m: int) -> np.ndarray:
+    """Dense ``(m, genes)`` sums of the rows ``cells`` of ``X`` into ``spots``."""
+    A = sparse.csr_matrix((np.ones(cells.size, np.float32), (spots, cells)), shape=(m, X.shape[0]))
+    return np.asarray((A @ X).todense(), dtype=np.float32)
+
+
+def _refined_mu(
+    inp: MappingInputs, comp: Composition, yhat: np.ndarray, demand: np.ndarray, t: int, spots_t: np.ndarray
+) -> np.ndarray:
+    """Expected counts of the spots ``spots_t``: the other types' placed cells plus type ``t``'s mean x its slots."""
+    ref_mu = yhat[spots_t] + (demand[spots_t, None] * comp.lib_t[t]) * comp.prof[t][None, :].astype(np.float32)
+    ref_mu *= comp.gene_scale[None, :].astype(np.float32)
+    kappa = inp.Y[spots_t].sum(axis=1) / np.maximum(ref_mu.sum(axis=1), 1e-12)
+    return np.maximum(ref_mu * kappa[:, None], 1e-12)
+
+
+def _assign_type(
+    inp: MappingInputs,
+    cells_t: np.ndarray,
+    spots_t: np.ndarray,
+    mu: np.ndarray,
+    demand: np.ndarray,
+    row_cap: int,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Cells of one type into its slots ``demand`` (rows of ``cells_t``, fitted-spot columns, candidates)."""
+    zc = _cell_features(inp.Xg[cells_t], inp.lib_c[cells_t])
+    zs = np.zeros((inp.Y.shape[0], zc.shape[1]), dtype=np.float32)
+    zs[spots_t] = inp.Y[spots_t] / mu - 1.0
+
+    def score(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return zc[r] @ zs[c].T
+
+    return capacity_assign(score, np.full(cells_t.size, row_cap, dtype=np.int64), demand, k=k)
+
+
+def place_cells(
+    inp: MappingInputs,
+    comp: Composition,
+    slots: np.ndarray,
+    row_cap: list[int],
+    *,
+    n_candidates: int,
+    n_refine: int,
+    verbose: bool,
+) -> Placement:
+    """Fill the slots ``(n_fitted, n_types)``; a reference cell of type ``t`` fills at most ``row_cap[t]`` of them."""
+    from tqdm.auto import tqdm
+
+    m = inp.Y.shape[0]  # fitted spots (all but the empty ones)
+    Ps = (comp.prof * comp.gene_scale[None, :]).astype(np.float32)
+    mu0 = np.maximum(comp.weights.astype(np.float32) @ Ps, 1e-12)
+    Xgd = inp.Xg.astype(np.float32)
+    yhat = np.zeros((m, len(inp.genes)), dtype=np.float32)  # reference counts of the cells placed so far, per spot
+    placed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    cands: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    active = [t for t in range(inp.n_types) if slots[:, t].sum() > 0]
+    for rnd in tqdm(range(n_refine + 1), desc="placing cells", disable=not verbose):
+        for t in active:
+            demand = slots[:, t]
+            cells_t = np.flatnonzero(inp.codes == t)
+            spots_t = np.flatnonzero(demand > 0)
+            if t in placed:  # take this type's cells out of the running sum
+                yhat -= _pseudobulk(Xgd, cells_t[placed[t][0]], placed[t][1], m)
+            mu = mu0[spots_t] if rnd == 0 else _refined_mu(inp, comp, yhat, demand, t, spots_t)
+            r, c, cand = _assign_type(inp, cells_t, spots_t, mu, demand, row_cap[t], n_candidates)
+            placed[t] = (r, c)
+            cands[t] = (cells_t[cand[0]], cand[1], cand[2])
+            yhat += _pseudobulk(Xgd, cells_t[r], c, m)
+    return _collect(inp, placed, cands, active)
+
+
+def _collect(
+    inp: MappingInputs,
+    placed: dict[int, tuple[np.ndarray, np.ndarray]],
+    cands: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    active: list[int],
+) -> Placement:
+    """Placements of all types in spot-table rows, sorted by spot then cell, and the candidate edges."""
+    if active:
+        pc = np.concatenate([np.flatnonzero(inp.codes == t)[placed[t][0]] for t in active])
+        ps = inp.fitted[np.concatenate([placed[t][1] for t in active])]  # back to rows of the spot table
+    else:
+        pc = ps = np.zeros(0, int)
+    order = np.lexsort((pc, ps))
+    e = np.zeros(0, np.int64)
+    cr = np.concatenate([cands[t][0] for t in active]) if active else e
+    cc = inp.fitted[np.concatenate([cands[t][1] for t in active])] if active else e
+    cv = np.concatenate([cands[t][2] for t in active]) if active else np.zeros(0)
+    return Placement(pc[order], ps[order], cr, cc, cv)
