@@ -2,7 +2,7 @@
 
 from ._ctr import CTRModel, detect_ctr, train_ctr
 from ._density import GridSpec, density
-from ._gene_maps import GeneMapModel, gene_maps
+from ._gene_maps import GeneMapModel, disc_means, gene_maps, predict_maps, prior_raster, train_gene_maps
 from ._impute3d import Impute3DModel, impute_3d
 from ._mapping import map_cells, project_genes
 from ._rank import rank_densities
@@ -16,8 +16,12 @@ __all__ = [
     "density",
     "GridSpec",
     "rank_densities",
+    "train_gene_maps",
     "gene_maps",
     "GeneMapModel",
+    "predict_maps",
+    "prior_raster",
+    "disc_means",
     "impute_3d",
     "Impute3DModel",
 ]

@@ -1,0 +1,255 @@
+"""Inference: the network input over the whole image (H&E and priors, lazily), tiled prediction, spot averages."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stmap._core import StmapInputError
+
+from ._prepare import disc_stencil
+from ._priors import histology_values, lazy_idw, lazy_window, spot_spacing, uses_histology, uses_idw
+from ._train import section_grid
+
+if TYPE_CHECKING:
+    from ._features import FeatureGrid
+    from ._model import GeneMapModel
+    from ._prepare import Section
+
+__all__ = ["predict_maps", "disc_means"]
+
+_TORCH_LOCK = threading.Lock()  # see predict_maps
+#: Maps larger than this are kept lazy by default (``lazy=None``).
+_LAZY_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Maps:
+    """What inference produced for one section."""
+
+    #: ``(G, y, x)`` maps in the targets' units and the storage dtype (dask; persisted unless ``lazy``).
+    genes: Any
+    #: ``(3, y, x)`` uint8 reconstructed H&E, or ``None``.
+    reconstruction: Any
+    #: ``(n, G)`` maps averaged over each spot's disc (NaN for spots off the image).
+    spots: np.ndarray
+
+
+def predict_maps(
+    net: Any,
+    image: Any,
+    *,
+    chunk: int = 512,
+    halo: int | None = None,
+    device: Any = None,
+    reconstruct: bool = False,
+) -> Any:
+    """Run a gene-map network over a whole image in overlapping tiles (lazy dask in, lazy dask out).
+
+    Each chunk is extended by ``halo`` pixels (a multiple of the network's size multiple, at least its receptive
+    radius), padded at the image's bottom/right edge to the size multiple exactly as a whole-image pass would be,
+    run, and trimmed: the result equals a whole-image pass up to floating-point rounding, with one chunk (plus halo)
+    in memory per worker.
+
+    Parameters
+    ----------
+    net
+        A :class:`~stmap.models._genemap.GeneMapNet` (e.g. :attr:`stmap.tl.GeneMapModel.net`).
+    image
+        ``(C, y, x)`` float image (NumPy or dask): RGB in ``[0, 1]``, then the network's prior channels, if any.
+    chunk
+        Side of the tiles in pixels (rounded up to the network's size multiple).
+    halo
+        Overlap in pixels on each side; default the network's receptive radius.
+    device
+        Torch device; default :attr:`stmap.settings.device`.
+    reconstruct
+        Also return the reconstructed RGB.
+
+    Returns
+    -------
+    Lazy ``(n_genes [+3], y, x)`` float32 array (gene channels in standardised units, then the reconstruction).
+    """
+    import dask.array as da
+
+    from stmap._core import resolve_device
+
+    mult = net.multiple
+    halo = int(math.ceil((net.receptive_radius if halo is None else halo) / mult) * mult)
+    chunk = max(mult, int(math.ceil(chunk / mult) * mult), halo)
+    img = da.asarray(image).astype(np.float32)
+    img = img.rechunk(((img.shape[0],), _split(img.shape[1], chunk, halo), _split(img.shape[2], chunk, halo)))
+    n_out = net.n_genes + (3 if reconstruct else 0)
+    dev = resolve_device(device)
+    net = net.to(dev).eval()
+    ny, nx = len(img.chunks[1]), len(img.chunks[2])
+
+    def block_fn(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+        # `block` carries `halo` extra pixels on each side that is not an image edge (boundary="none"): the padding
+        # to the size multiple then happens at the image's bottom/right edge only, as in a whole-image pass
+        iy, ix = block_info[0]["chunk-location"][1:]
+        out = _run(net, block, mult, dev, reconstruct)
+        top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
+        bottom = out.shape[1] - (halo if iy < ny - 1 else 0)
+        right = out.shape[2] - (halo if ix < nx - 1 else 0)
+        return out[:, top:bottom, left:right]
+
+    ov = da.overlap.overlap(img, depth={0: 0, 1: halo, 2: halo}, boundary="none")
+    return ov.map_blocks(
+        block_fn, dtype=np.float32, chunks=((n_out,), *img.chunks[1:]), meta=np.empty((0, 0, 0), np.float32)
+    )
+
+
+def _split(n: int, chunk: int, halo: int) -> tuple[int, ...]:
+    """Chunks of ``chunk`` pixels; a remainder shorter than ``halo`` joins the last chunk.
+
+    Every chunk must be at least ``halo`` long, and chunk starts stay multiples of the size multiple so that pooling
+    windows line up with a whole-image pass.
+    """
+    parts = [chunk] * (n // chunk)
+    rest = n - sum(parts)
+    if rest and parts and rest < halo:
+        parts[-1] += rest
+    elif rest:
+        parts.append(rest)
+    return tuple(parts)
+
+
+def _run(net: Any, block: np.ndarray, mult: int, dev: Any, reconstruct: bool) -> np.ndarray:
+    """One block through the network, padded with white at its bottom/right to the size multiple, then trimmed."""
+    import torch
+
+    _, bh, bw = block.shape
+    x = np.pad(block, ((0, 0), (0, (-bh) % mult), (0, (-bw) % mult)), constant_values=1.0)
+    # one tile at a time through torch (it threads each tile itself): tiles run concurrently from dask's threads
+    # would share the thread pool unpredictably and round differently from run to run
+    with _TORCH_LOCK, torch.no_grad():
+        recon, genes = net(torch.tensor(x[None]).to(dev))  # own aligned copy (as in training)
+    out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
+    return out[0, :, :bh, :bw].float().cpu().numpy()
+
+
+def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
+    """Mean of an image over discs around points, streamed block by block (bounded memory on huge images).
+
+    Each block adds its pixels' values to the sums of the discs it holds, so only one block (per worker) is in
+    memory. A disc holds the pixels within ``radius`` of the pixel nearest its centre; pixels off the image are left
+    out of the mean.
+
+    Parameters
+    ----------
+    maps
+        ``(C, y, x)`` image (dask or NumPy), e.g. gene maps.
+    centers
+        ``(n, 2)`` disc centres in pixels, ``(x, y)``.
+    radius
+        Disc radius in pixels.
+
+    Returns
+    -------
+    ``(n, C)`` float64 means (NaN for a disc entirely off the image).
+    """
+    import dask
+    import dask.array as da
+
+    maps = da.asarray(maps)
+    g, h, w = maps.shape
+    dy, dx = disc_stencil(radius)
+    yy = (np.rint(centers[:, 1])[:, None] + dy[None, :]).astype(np.int64).ravel()
+    xx = (np.rint(centers[:, 0])[:, None] + dx[None, :]).astype(np.int64).ravel()
+    spot = np.repeat(np.arange(len(centers)), dy.size)
+    ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    yy, xx, spot = yy[ok], xx[ok], spot[ok]
+    ybounds, xbounds = np.cumsum((0, *maps.chunks[1])), np.cumsum((0, *maps.chunks[2]))
+    by, bx = np.searchsorted(ybounds, yy, side="right") - 1, np.searchsorted(xbounds, xx, side="right") - 1
+    blocks = maps.to_delayed()[0]
+    tasks = []
+    key = by * len(xbounds) + bx
+    order = np.argsort(key, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+    for s0, s1 in zip(starts, np.r_[starts[1:], order.size], strict=True):
+        sel = order[s0:s1]
+        iy, ix = int(by[sel[0]]), int(bx[sel[0]])
+        ly, lx = yy[sel] - ybounds[iy], xx[sel] - xbounds[ix]
+        tasks.append(dask.delayed(_block_sums)(blocks[iy, ix], ly, lx, spot[sel]))
+    sums = np.zeros((len(centers), g), dtype=np.float64)
+    for u, part in dask.compute(*tasks):
+        sums[u] += part
+    n = np.bincount(spot, minlength=len(centers)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / n[:, None]
+
+
+def _block_sums(block: np.ndarray, ly: np.ndarray, lx: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The spots ``u`` with pixels in this block and the sums of their pixels' values ``(len(u), C)``."""
+    u, inv = np.unique(sp, return_inverse=True)
+    sums = np.zeros((u.size, block.shape[0]), dtype=np.float64)
+    np.add.at(sums, inv, np.asarray(block[:, ly, lx], dtype=np.float64).T)
+    return u, sums
+
+
+def _col(v: np.ndarray) -> np.ndarray:
+    """A ``(c, 1, 1)`` float32 array for broadcasting over ``(c, y, x)``."""
+    return np.asarray(v, dtype=np.float32)[:, None, None]
+
+
+def network_input(sec: Section, model: GeneMapModel, grid: FeatureGrid | None, verbose: bool) -> Any:
+    """The whole working image and the model's priors, lazily: ``(3 [+ priors], H, W)``.
+
+    The spot prior comes from the section's training spots (with a trained model: every spot of the table on the
+    image); the histology prior from the model's ridge on this image's features (``grid``, computed when ``None``).
+    """
+    import dask.array as da
+
+    m_idw, m_hist = uses_idw(model.prior), uses_histology(model.prior)
+    if not (m_idw or m_hist):
+        return sec.work
+    wk = sec.work.rechunk((3, 512, 512))
+    parts, chunks = [wk], wk.chunks[1:]
+    src = np.flatnonzero(sec.train & sec.inside)
+    Z = ((sec.Y - model.mean[None, :]) / model.std[None, :]).astype(np.float32)
+    if sec.missing:
+        Z[:, [sec.genes.index(g) for g in sec.missing]] = 0.0
+    spacing = spot_spacing(sec.centers[src])
+    prior = lazy_idw(sec.centers[src], Z[src] if m_idw else Z[src, :0], sec.shape, chunks, spacing)
+    if m_idw:
+        parts.append(prior[:-1])
+    if m_hist:
+        if model.ridge_coef is None or model.ridge_intercept is None:
+            raise StmapInputError(f"The model was trained with prior={model.prior!r} but holds no ridge weights.")
+        grid = section_grid(sec, verbose) if grid is None else grid
+        hv = histology_values(grid, model.ridge_coef, model.ridge_intercept)
+        parts.append(lazy_window(grid.shifted(sec.box[0], sec.box[1]), hv, sec.shape, chunks))
+    parts.append(prior[-1:])
+    return da.concatenate(parts)
+
+
+def infer(
+    sec: Section,
+    model: GeneMapModel,
+    grid: FeatureGrid | None,
+    *,
+    device: Any,
+    reconstruct: bool,
+    dtype: str,
+    lazy: bool | None,
+    verbose: bool,
+) -> Maps:
+    """Maps of ``model``'s genes over the whole section, in ``dtype``, and their average over every spot disc."""
+    maps = predict_maps(model.net, network_input(sec, model, grid, verbose), device=device, reconstruct=reconstruct)
+    n_genes = len(sec.genes)
+    genes = (maps[:n_genes] * _col(model.std) + _col(model.mean)).astype(dtype)
+    keep_lazy = (int(np.prod(genes.shape)) * np.dtype(dtype).itemsize > _LAZY_BYTES) if lazy is None else bool(lazy)
+    if not keep_lazy:
+        genes = genes.persist()
+    spots = disc_means(genes, sec.centers, sec.radius)  # in the stored units
+    spots[sec.outside] = np.nan
+    rec = None
+    if reconstruct:
+        rec = (maps[n_genes:].clip(0, 1) * 255).round().astype(np.uint8)
+        rec = rec if keep_lazy else rec.persist()
+    return Maps(genes=genes, reconstruction=rec, spots=spots)
