@@ -82,6 +82,21 @@ class GeneMapKeys:
     train: str
 
 
+@dataclass(frozen=True)
+class Impute3DKeys:
+    """Every name that one ``st.tl.impute_3d(..., key_added=...)`` run writes (read back by ``st.pl.sections_3d``).
+
+    The graph parts are ``.obsp`` entries named by :meth:`Key.graph_3d`.
+    """
+
+    #: ``.obsm`` (the imputed genes, a DataFrame) and ``.uns`` (the run's record) key.
+    key: str
+    #: ``.layers``: the imputed values over every gene, NaN outside the imputed ones (:meth:`Key.imputed_layer`).
+    layer: str
+    #: ``.obs``: which spots were measured.
+    measured: str
+
+
 class Key:
     """Default names of the keys that stmap reads and writes."""
 
@@ -98,6 +113,10 @@ class Key:
         registration = "stmap_registration"
         #: ``st.pp.align_sections``: the ``.uns`` key and the name of its one-row table.
         alignment = "stmap_alignment"
+        #: ``st.pp.spot_graph_3d``: the ``.uns`` key and the prefix of the ``.obsp`` graph parts.
+        spot_graph_3d = "stmap_graph"
+        #: ``st.tl.impute_3d``: the ``.obsm``/``.uns`` key and the prefix of the names it writes.
+        impute_3d = "stmap_impute3d"
         #: ``st.tl.detect_ctr``: the call column and ``.uns`` key.
         ctr = "stmap_ctr"
         #: ``st.tl.gene_maps``: the spot table's ``.obsm``/``.uns`` key (the element is ``'<image>_gene_maps'``).
@@ -155,6 +174,10 @@ class Key:
     units_attr = "stmap_coordinate_units"
     #: Default coordinate system name.
     cs = "global"
+    #: Aligned frame (micrometres) of stacked sections (``st.pp.stack_sections``).
+    cs_aligned = "aligned"
+    #: The aligned frame with each section's position as ``z`` (``st.pp.stack_sections``).
+    cs_aligned_3d = "aligned_3d"
 
     class table:
         """Names of the tables that tools add to a SpatialData object."""
@@ -222,6 +245,19 @@ class Key:
         different keys do not overwrite each other.
         """
         return Key.layers.imputed if key_added == "stmap_impute3d" else f"{key_added}_imputed"
+
+    @staticmethod
+    def impute_3d(key_added: str = "stmap_impute3d") -> Impute3DKeys:
+        """All names written by one ``st.tl.impute_3d`` run with this ``key_added`` (graph parts: :meth:`graph_3d`)."""
+        return Impute3DKeys(key=key_added, layer=Key.imputed_layer(key_added), measured=f"{key_added}_measured")
+
+    @staticmethod
+    def graph_3d(key_added: str, part: str) -> str:
+        """``.obsp`` name of one part (``'overlap'``, ``'similarity'``, ``'spatial'``) of a 3D spot graph.
+
+        Written under ``key_added`` by ``st.pp.spot_graph_3d`` and ``st.tl.impute_3d``.
+        """
+        return f"{key_added}_{part}"
 
     @staticmethod
     def colors(key: str) -> str:
