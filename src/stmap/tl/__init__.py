@@ -5,7 +5,7 @@ from ._density import GridSpec, density
 from ._gene_maps import GeneMapModel, disc_means, gene_maps, predict_maps, prior_raster, train_gene_maps
 from ._impute3d import Impute3DModel, impute_3d
 from ._mapping import map_cells, project_genes
-from ._rank import rank_densities
+from ._rank import density_scores, rank_densities
 
 __all__ = [
     "map_cells",
@@ -16,6 +16,7 @@ __all__ = [
     "density",
     "GridSpec",
     "rank_densities",
+    "density_scores",
     "train_gene_maps",
     "gene_maps",
     "GeneMapModel",

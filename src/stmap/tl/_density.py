@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,18 @@ from .._core import (
     is_spatialdata,
     make_image,
     resolve_points,
+    unknown_key,
 )
 from .._core import _logging as logg
+from .._core._constants import Key
 from .._core._names import check_name
-from .._core._points import grid_transformation
+from .._core._params import Instance, Interval, Options, validate_params
+from .._core._points import PointsContext, grid_transformation
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["density", "GridSpec"]
 
@@ -115,6 +124,30 @@ def _check_bandwidth(bandwidth: Any, d: int) -> tuple[float, ...]:
     return bw
 
 
+def _check_dtype(dtype: Any, array_mode: bool) -> np.dtype:
+    """``float32`` (default for SpatialData output) or ``float64`` (default for arrays)."""
+    out = np.dtype(dtype if dtype is not None else (np.float64 if array_mode else np.float32))
+    if out not in (np.float32, np.float64):
+        raise StmapInputError(f"dtype must be float32 or float64, got {out}.")
+    return out
+
+
+def _point_weights(weights: Any, pts: PointsContext) -> np.ndarray | None:
+    """Per-point weights from an annotation column or an array (finite, non-negative, one per point)."""
+    n = int(pts.coords.shape[0])
+    if isinstance(weights, str):
+        w = pts.annotations[weights].to_numpy(dtype=float)
+    elif weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (n,):
+            raise StmapInputError(f"weights has shape {w.shape}; expected ({n},), one per point.")
+    else:
+        return None
+    if (~np.isfinite(w) | (w < 0)).any():
+        raise StmapInputError("weights must be finite and non-negative.")
+    return w
+
+
 def _grid_from_args(
     data: Any,
     grid: Any,
@@ -126,6 +159,7 @@ def _grid_from_args(
     d: int,
     cs: str,
 ) -> GridSpec:
+    """The grid: reused (a GridSpec, its dict, a density image's name) or built from bounds and shape/voxel size."""
     if isinstance(grid, GridSpec):
         spec = grid
     elif isinstance(grid, dict):
@@ -133,41 +167,45 @@ def _grid_from_args(
     elif isinstance(grid, str):
         if not is_spatialdata(data) or grid not in data.images:
             avail = list(data.images) if is_spatialdata(data) else []
-            from .._core import unknown_key
-
             raise unknown_key("Grid image", grid, avail, "sdata.images", hint="Pass the name of a density image.")
         lo, step, shape, _ = image_grid(data.images[grid], cs)
         spec = GridSpec(tuple(lo), tuple(step), tuple(shape), cs)
-    elif grid is not None:
-        raise StmapInputError(f"grid must be a GridSpec, a dict or an image name, got {type(grid).__name__}.")
     else:
-        if bounds is None:
-            lo_c, hi_c = coords.min(axis=0), coords.max(axis=0)
-            if not isinstance(lo_c, np.ndarray):  # dask
-                lo_c, hi_c = np.asarray(lo_c.compute()), np.asarray(hi_c.compute())
-            pad = 3.0 * np.asarray(bw)
-            bounds = list(zip(lo_c - pad, hi_c + pad, strict=True))
-        b = np.asarray(bounds, dtype=float)
-        if b.shape != (d, 2) or not np.isfinite(b).all() or (b[:, 1] <= b[:, 0]).any():
-            raise StmapInputError(f"bounds must be {d} pairs (lo, hi) with lo < hi, got {bounds!r}.")
-        if grid_shape is not None:
-            shape = tuple(int(n) for n in np.atleast_1d(grid_shape))
-            if len(shape) != d or min(shape) < 2:
-                raise StmapInputError(f"grid_shape must give {d} axis lengths >= 2, got {grid_shape!r}.")
-            step = tuple((b[:, 1] - b[:, 0]) / (np.asarray(shape) - 1))
-        else:
-            vs = _as_tuple(min(bw) / 3.0 if voxel_size is None else voxel_size, d, "voxel_size")
-            if min(vs) <= 0:
-                raise StmapInputError(f"voxel_size must be positive, got {vs}.")
-            shape = tuple(int(np.floor((hi - lo) / v + 1e-9)) + 1 for (lo, hi), v in zip(b, vs, strict=True))
-            shape = tuple(max(n, 2) for n in shape)
-            step = vs
-        spec = GridSpec(tuple(b[:, 0]), tuple(float(s) for s in step), shape, cs)
+        spec = _new_grid(grid_shape, bounds, voxel_size, coords, bw, d, cs)
     if spec.ndim != d:
         raise StmapInputError(f"The grid is {spec.ndim}D but the points are {d}D.")
     if min(spec.shape) < 2 or min(spec.step) <= 0:
         raise StmapInputError(f"Invalid grid {spec}: every axis needs >= 2 nodes and a positive step.")
     return spec
+
+
+def _new_grid(
+    grid_shape: Any, bounds: Any, voxel_size: Any, coords: Any, bw: tuple[float, ...], d: int, cs: str
+) -> GridSpec:
+    """Nodes at ``np.linspace(lo, hi, n)`` per axis; bounds default to the points' extent padded by 3 bandwidths."""
+    if bounds is None:
+        lo_c, hi_c = coords.min(axis=0), coords.max(axis=0)
+        if not isinstance(lo_c, np.ndarray):  # dask
+            lo_c, hi_c = np.asarray(lo_c.compute()), np.asarray(hi_c.compute())
+        pad = 3.0 * np.asarray(bw)
+        bounds = list(zip(lo_c - pad, hi_c + pad, strict=True))
+    b = np.asarray(bounds, dtype=float)
+    if b.shape != (d, 2) or not np.isfinite(b).all() or (b[:, 1] <= b[:, 0]).any():
+        raise StmapInputError(f"bounds must be {d} pairs (lo, hi) with lo < hi, got {bounds!r}.")
+    step: tuple[float, ...]
+    if grid_shape is not None:
+        shape = tuple(int(n) for n in np.atleast_1d(grid_shape))
+        if len(shape) != d or min(shape) < 2:
+            raise StmapInputError(f"grid_shape must give {d} axis lengths >= 2, got {grid_shape!r}.")
+        step = tuple((b[:, 1] - b[:, 0]) / (np.asarray(shape) - 1))
+    else:
+        vs = _as_tuple(min(bw) / 3.0 if voxel_size is None else voxel_size, d, "voxel_size")
+        if min(vs) <= 0:
+            raise StmapInputError(f"voxel_size must be positive, got {vs}.")
+        shape = tuple(int(np.floor((hi - lo) / v + 1e-9)) + 1 for (lo, hi), v in zip(b, vs, strict=True))
+        shape = tuple(max(n, 2) for n in shape)
+        step = vs
+    return GridSpec(tuple(b[:, 0]), tuple(float(s) for s in step), shape, cs)
 
 
 def _check_memory(spec: GridSpec, n_grids: int, dtype: Any, max_memory: float | None) -> None:
@@ -215,9 +253,32 @@ def _group_codes(col: pd.Series, groupby: str, source: str) -> tuple[list[Any], 
             f"{n_missing} of {n} point(s) have no {groupby!r} label (NaN) and are left out of every group; label "
             "them (or drop them) to include them.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
     return cats, codes
+
+
+def _groups(
+    pts: PointsContext, groupby: str | None, groups: Sequence[str] | None, min_points: int
+) -> tuple[list[Any], Mapping[Any, np.ndarray | None], list[Any]]:
+    """The groups to estimate (in order), the points of each (``None``: all) and the groups skipped as too small."""
+    if groupby is None:
+        return ["all"], {"all": None}, []
+    cats, codes = _group_codes(pts.annotations[groupby], groupby, pts.source)
+    if groups is not None:
+        missing = [g for g in groups if g not in set(cats)]
+        if missing:
+            raise unknown_key("Group", missing[0], map(str, cats), f"column {groupby!r}")
+        pos = {g: i for i, g in enumerate(cats)}
+        idx = {g: np.flatnonzero(codes == pos[g]) for g in groups}
+        cats = list(groups)
+    else:
+        idx = {g: np.flatnonzero(codes == i) for i, g in enumerate(cats)}
+    skipped = [g for g in cats if idx[g].size < min_points]
+    cats = [g for g in cats if idx[g].size >= min_points]
+    if not cats:
+        raise StmapInputError(f"No group of {groupby!r} has at least {min_points} points.")
+    return cats, idx, skipped
 
 
 def _mask_array(mask: Any, spec: GridSpec) -> np.ndarray | None:
@@ -231,9 +292,185 @@ def _mask_array(mask: Any, spec: GridSpec) -> np.ndarray | None:
     return m.astype(bool)
 
 
+def _estimate(
+    coords: Any,
+    weights: np.ndarray | None,
+    cats: list[Any],
+    idx: Mapping[Any, np.ndarray | None],
+    spec: GridSpec,
+    bw: tuple[float, ...],
+    *,
+    norm: Literal["density", "counts", "cells_per_voxel"],
+    dtype: np.dtype,
+    truncate: float,
+    mask: np.ndarray | None,
+) -> tuple[np.ndarray, list[int], list[float], int]:
+    """The KDE of every group on the grid: ``(maps (groups, *grid), points used, total weights, points dropped)``."""
+    from ..kernels._kde import kde_grid
+
+    out = np.empty((len(cats), *spec.shape), dtype=dtype)
+    n_points, totals, n_dropped = [], [], 0
+    for gi, g in enumerate(cats):
+        sel = idx[g]
+        c = coords if sel is None else coords[sel]
+        w = weights if sel is None or weights is None else weights[sel]
+        grid_g, dropped, total = kde_grid(
+            c, bw, spec.lo, spec.step, spec.shape, weights=w, norm=norm, dtype=dtype, truncate=truncate
+        )
+        if mask is not None:
+            grid_g[~mask] = 0
+        out[gi] = grid_g
+        n_points.append(int(c.shape[0]) - dropped)
+        totals.append(total)
+        n_dropped += dropped
+    if n_dropped:
+        logg.warning(f"{n_dropped} point(s) outside the grid were dropped.")
+    return out, n_points, totals, n_dropped
+
+
+def _write(
+    pts: PointsContext, out: np.ndarray, spec: GridSpec, info: dict[str, Any], params: dict[str, Any], key_added: str
+) -> Results:
+    """Queue the density image (SpatialData) or array (AnnData) and the record, on the host table or a new one."""
+    import anndata as ad
+
+    names = info["groups"]
+    data, host = pts.data, pts.host
+    new_table = None
+    if host is None:  # no table in the input: our own one-row-per-group table receives .uns
+        new_table = ad.AnnData(
+            X=np.zeros((len(names), 0), dtype=np.float32),
+            obs=pd.DataFrame(
+                {"n_points": list(info["n_points"]), "total_weight": list(info["total_weight"])},
+                index=pd.Index(names),
+            ),
+        )
+        host = TableContext(data, new_table, Key.table.groups(key_added), None, None, None, None, pts.coordinate_system)
+    res = Results(host, key_added, params)
+    if is_spatialdata(data):
+        d = spec.ndim
+        axes = _AXES[:d]
+        img = np.ascontiguousarray(out.transpose(0, *range(d, 0, -1)))  # [g, ix, iy, iz] -> (c, z, y, x)
+        el = make_image(
+            img,
+            transform=grid_transformation(spec.lo, spec.step),
+            coordinate_system=pts.coordinate_system,
+            c_coords=names,
+            dims=("c", *reversed(axes)),
+        )
+        res.element(key_added, el)
+        if new_table is not None:
+            res.table(Key.table.groups(key_added), new_table)
+    else:
+        info["density"] = out
+    res.uns(key_added, info)
+    return res
+
+
+_NORMS = ("density", "counts", "cells_per_voxel")
+_ARRAYS = (list, tuple, np.ndarray)
+
+
+@overload
+def density(
+    sdata: np.ndarray | da.Array,
+    *,
+    points_key: str | None = ...,
+    table_key: str | None = ...,
+    groupby: str | None = ...,
+    bandwidth: float | Sequence[float] | None = ...,
+    grid: GridSpec | dict | str | None = ...,
+    grid_shape: Sequence[int] | None = ...,
+    bounds: Sequence[Sequence[float]] | None = ...,
+    voxel_size: float | Sequence[float] | None = ...,
+    weights: str | np.ndarray | None = ...,
+    mask: np.ndarray | None = ...,
+    norm: Literal["density", "counts", "cells_per_voxel"] = ...,
+    dtype: Any = ...,
+    truncate: float = ...,
+    groups: Sequence[str] | None = ...,
+    min_points: int = ...,
+    coordinate_system: str | None = ...,
+    spatial_key: str = ...,
+    max_memory: float | None = ...,
+    key_added: str = ...,
+    copy: bool = ...,
+) -> np.ndarray: ...
+@overload
+def density(
+    sdata: SpatialData | AnnData,
+    *,
+    points_key: str | None = ...,
+    table_key: str | None = ...,
+    groupby: str | None = ...,
+    bandwidth: float | Sequence[float] | None = ...,
+    grid: GridSpec | dict | str | None = ...,
+    grid_shape: Sequence[int] | None = ...,
+    bounds: Sequence[Sequence[float]] | None = ...,
+    voxel_size: float | Sequence[float] | None = ...,
+    weights: str | np.ndarray | None = ...,
+    mask: np.ndarray | None = ...,
+    norm: Literal["density", "counts", "cells_per_voxel"] = ...,
+    dtype: Any = ...,
+    truncate: float = ...,
+    groups: Sequence[str] | None = ...,
+    min_points: int = ...,
+    coordinate_system: str | None = ...,
+    spatial_key: str = ...,
+    max_memory: float | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+) -> None: ...
+@overload
+def density(
+    sdata: SpatialData | AnnData,
+    *,
+    points_key: str | None = ...,
+    table_key: str | None = ...,
+    groupby: str | None = ...,
+    bandwidth: float | Sequence[float] | None = ...,
+    grid: GridSpec | dict | str | None = ...,
+    grid_shape: Sequence[int] | None = ...,
+    bounds: Sequence[Sequence[float]] | None = ...,
+    voxel_size: float | Sequence[float] | None = ...,
+    weights: str | np.ndarray | None = ...,
+    mask: np.ndarray | None = ...,
+    norm: Literal["density", "counts", "cells_per_voxel"] = ...,
+    dtype: Any = ...,
+    truncate: float = ...,
+    groups: Sequence[str] | None = ...,
+    min_points: int = ...,
+    coordinate_system: str | None = ...,
+    spatial_key: str = ...,
+    max_memory: float | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+) -> SpatialData | AnnData: ...
+@validate_params(
+    points_key=[Instance((str,)), None],
+    table_key=[Instance((str,)), None],
+    groupby=[Instance((str,)), None],
+    bandwidth=[Instance((numbers.Real, *_ARRAYS)), None],
+    grid=[Instance((GridSpec, dict, str)), None],
+    grid_shape=[Instance(_ARRAYS), None],
+    bounds=[Instance(_ARRAYS), None],
+    voxel_size=[Interval(float, 0, None, "neither"), Instance(_ARRAYS), None],
+    weights=[Instance((str, pd.Series, *_ARRAYS)), None],
+    mask=[Instance((np.ndarray,)), None],
+    norm=Options(_NORMS),
+    dtype=[Options({"float32", "float64"}), Instance((type, np.dtype)), None],
+    truncate=Interval(float, 0, None, "neither"),
+    groups=[Instance((list, tuple)), None],
+    min_points=Interval(int, 0, None),
+    coordinate_system=[Instance((str,)), None],
+    spatial_key=Instance((str,)),
+    max_memory=[Interval(float, 0, None, "neither"), None],
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+)
 @inject_docs()
 def density(
-    sdata: Any,
+    sdata: SpatialData | AnnData | np.ndarray | da.Array,
     *,
     points_key: str | None = None,
     table_key: str | None = None,
@@ -253,9 +490,9 @@ def density(
     coordinate_system: str | None = None,
     spatial_key: str = "spatial",
     max_memory: float | None = None,
-    key_added: str = "stmap_density",
+    key_added: str = Key.default.density,
     copy: bool = False,
-) -> Any:
+) -> SpatialData | AnnData | np.ndarray | None:
     """Gaussian kernel density maps of points on a regular 2D or 3D grid, one per group (e.g. per cell class).
 
     Points are binned linearly onto the grid nodes (second-order accurate) and smoothed with a separable Gaussian
@@ -332,8 +569,6 @@ def density(
         column/element, a ``groupby`` column without any label, a mask not matching the grid, an invalid
         ``key_added``. Nothing is written.
     """
-    from ..kernels._kde import kde_grid
-
     array_mode = isinstance(sdata, np.ndarray) or type(sdata).__module__.startswith("dask")
     if not array_mode:  # refused before any work (Results checks it again at commit time)
         check_name(key_added, "key_added")
@@ -347,79 +582,29 @@ def density(
         columns=columns,
         lazy=groupby is None and weights is None,
     )
-    coords = pts.coords
-    d = coords.shape[1]
+    d = pts.coords.shape[1]
     bw = _check_bandwidth(bandwidth, d)
-    if norm not in ("density", "counts", "cells_per_voxel"):
-        raise StmapInputError(f"norm must be 'density', 'counts' or 'cells_per_voxel', got {norm!r}.")
-    dtype = np.dtype(dtype if dtype is not None else (np.float64 if array_mode else np.float32))
-    if dtype not in (np.float32, np.float64):
-        raise StmapInputError(f"dtype must be float32 or float64, got {dtype}.")
-    n = int(coords.shape[0])
-    if isinstance(weights, str):
-        w_all = pts.annotations[weights].to_numpy(dtype=float)
-    elif weights is not None:
-        w_all = np.asarray(weights, dtype=float)
-        if w_all.shape != (n,):
-            raise StmapInputError(f"weights has shape {w_all.shape}; expected ({n},), one per point.")
-    else:
-        w_all = None
-    if w_all is not None and (~np.isfinite(w_all) | (w_all < 0)).any():
-        raise StmapInputError("weights must be finite and non-negative.")
-    spec = _grid_from_args(sdata, grid, grid_shape, bounds, voxel_size, coords, bw, d, pts.coordinate_system)
-    # groups
-    if groupby is not None:
-        cats, codes = _group_codes(pts.annotations[groupby], groupby, pts.source)
-        if groups is not None:
-            missing = [g for g in groups if g not in set(cats)]
-            if missing:
-                from .._core import unknown_key
-
-                raise unknown_key("Group", missing[0], map(str, cats), f"column {groupby!r}")
-            pos = {g: i for i, g in enumerate(cats)}
-            idx = {g: np.flatnonzero(codes == pos[g]) for g in groups}
-            cats = list(groups)
-        else:
-            idx = {g: np.flatnonzero(codes == i) for i, g in enumerate(cats)}
-        skipped = [g for g in cats if idx[g].size < min_points]
-        cats = [g for g in cats if idx[g].size >= min_points]
-        if not cats:
-            raise StmapInputError(f"No group of {groupby!r} has at least {min_points} points.")
-    else:
-        cats, idx, skipped = ["all"], {"all": None}, []
-    _check_memory(spec, len(cats), dtype, max_memory)
+    dt = _check_dtype(dtype, array_mode)
+    w_all = _point_weights(weights, pts)
+    spec = _grid_from_args(sdata, grid, grid_shape, bounds, voxel_size, pts.coords, bw, d, pts.coordinate_system)
+    cats, idx, skipped = _groups(pts, groupby, groups, min_points)
+    _check_memory(spec, len(cats), dt, max_memory)
     mask_arr = _mask_array(mask, spec)
 
     start = logg.info(f"computing densities of {len(cats)} group(s) on a {'x'.join(map(str, spec.shape))} grid")
     if skipped:
         logg.info(f"    skipped {len(skipped)} group(s) with < {min_points} points: {skipped[:10]}")
-    out = np.empty((len(cats), *spec.shape), dtype=dtype)
-    n_points, totals, n_dropped = [], [], 0
-    for gi, g in enumerate(cats):
-        sel = idx[g]
-        c = coords if sel is None else coords[sel]
-        w = w_all if sel is None or w_all is None else w_all[sel]
-        grid_g, dropped, total = kde_grid(
-            c, bw, spec.lo, spec.step, spec.shape, weights=w, norm=norm, dtype=dtype, truncate=truncate
-        )
-        if mask_arr is not None:
-            grid_g[~mask_arr] = 0
-        out[gi] = grid_g
-        n_points.append(int(c.shape[0]) - dropped)
-        totals.append(total)
-        n_dropped += dropped
-    if n_dropped:
-        logg.warning(f"{n_dropped} point(s) outside the grid were dropped.")
+    out, n_points, totals, n_dropped = _estimate(
+        pts.coords, w_all, cats, idx, spec, bw, norm=norm, dtype=dt, truncate=truncate, mask=mask_arr
+    )
     if array_mode:
         logg.info("    finished", time=start)
         return out[0] if groupby is None else out
 
-    names = [str(g) for g in cats]
-    spec_d = spec.to_dict()
     info: dict[str, Any] = {
-        "grid": spec_d,
+        "grid": spec.to_dict(),
         "element": key_added,
-        "groups": names,
+        "groups": [str(g) for g in cats],
         "n_points": np.asarray(n_points, dtype=np.int64),
         "total_weight": np.asarray(totals, dtype=float),
         "n_dropped": int(n_dropped),
@@ -433,37 +618,10 @@ def density(
         "bandwidth": list(bw),
         "norm": norm,
         "truncate": truncate,
-        "dtype": str(dtype),
+        "dtype": str(dt),
         "source": pts.source,
     }
-    data = pts.data
-    host = pts.host
-    new_table = None
-    if host is None:  # no table in the input: our own one-row-per-group table receives .uns
-        import anndata as ad
-
-        new_table = ad.AnnData(
-            X=np.zeros((len(names), 0), dtype=np.float32),
-            obs=pd.DataFrame({"n_points": n_points, "total_weight": totals}, index=pd.Index(names)),
-        )
-        host = TableContext(data, new_table, f"{key_added}_groups", None, None, None, None, pts.coordinate_system)
-    res = Results(host, key_added, params)
-    if is_spatialdata(data):
-        axes = _AXES[:d]
-        img = np.ascontiguousarray(out.transpose(0, *range(d, 0, -1)))  # [g, ix, iy, iz] -> (c, z, y, x)
-        el = make_image(
-            img,
-            transform=grid_transformation(spec.lo, spec.step),
-            coordinate_system=pts.coordinate_system,
-            c_coords=names,
-            dims=("c", *reversed(axes)),
-        )
-        res.element(key_added, el)
-        if new_table is not None:
-            res.table(f"{key_added}_groups", new_table)
-    else:
-        info["density"] = out
-    res.uns(key_added, info)
+    res = _write(pts, out, spec, info, params, key_added)
     result = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added {res.written}")
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,11 @@ from .._core import Results, StmapInputError, TableContext, image_grid, inject_d
 from .._core import _logging as logg
 from .._core._constants import Key
 from .._core._names import check_name
+from .._core._params import Instance, Interval, Options, validate_params
 from .._core._resolve import _image_levels
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["rank_densities", "density_scores", "METHODS"]
 
@@ -46,6 +50,18 @@ def _mixture_em_loop(p: np.ndarray, q: np.ndarray, n_iter: int, tol: float) -> n
     return w
 
 
+_NAMES = (list, tuple, np.ndarray, pd.Index)
+
+
+@validate_params(
+    classes=[Instance(_NAMES), None],
+    step=[Instance((list, tuple, np.ndarray)), None],
+    threshold=Interval(float, 0, 1),
+    query_floor=Interval(float, 0, 1),
+    support=Interval(float, 0, 1),
+    eps=Interval(float, 0, None),
+    max_voxels=Interval(int, 1, None),
+)
 def density_scores(
     query: np.ndarray,
     reference: Any,
@@ -90,10 +106,8 @@ def density_scores(
         A query map that is empty, negative or not finite; reference maps with NaN or infinite values (naming
         their classes).
     """
-    return _scores_many(
-        [query], reference, classes=classes, step=step, threshold=threshold, query_floor=query_floor,
-        support=support, eps=eps, max_voxels=max_voxels,
-    )[0]  # fmt: skip
+    opts = {"threshold": threshold, "query_floor": query_floor, "support": support, "eps": eps}
+    return _scores_many([query], reference, classes=classes, step=step, max_voxels=max_voxels, **opts)[0]
 
 
 class _Query:
@@ -144,59 +158,29 @@ def _scores_many(
     max_voxels: int = 20_000,
 ) -> list[pd.DataFrame]:
     """:func:`density_scores` of several queries: each class map is read and summarised once."""
-    from ..kernels._kde import grid_stats, map_scores
+    from ..kernels._kde import grid_stats
 
     n_cls = len(reference)
-    classes = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
-    if len(classes) != n_cls:
-        raise StmapInputError(f"{len(classes)} class names for {n_cls} reference maps.")
+    names = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
+    if len(names) != n_cls:
+        raise StmapInputError(f"{len(names)} class names for {n_cls} reference maps.")
     shape = tuple(np.asarray(queries[0]).shape)
     qs = [_Query(q, shape, support, max_voxels) for q in queries]
-    step = [1.0] * len(shape) if step is None else list(step)
-    v = float(np.prod(shape))
-    floor_u = eps / v
-    shape3 = _as3d(shape)
+    steps = [1.0] * len(shape) if step is None else list(step)
+    floor_u = eps / float(np.prod(shape))
     bad: list[str] = []
     for k in range(n_cls):
-        s3 = np.ascontiguousarray(reference[k])
-        if s3.shape != shape:
-            raise StmapInputError(f"Reference map {classes[k]!r} has shape {s3.shape}, the query {shape}.")
-        if s3.dtype.kind != "f":
-            s3 = s3.astype(np.float64)
-        s_tot, s_max, margs = grid_stats(s3.reshape(shape3))
+        s3 = _class_map(reference[k], names[k], shape)
+        s_tot, s_max, margs = grid_stats(s3.reshape(_as3d(shape)))
         if not (np.isfinite(s_tot) and np.isfinite(s_max)):  # NaN/inf anywhere propagates to the sum and the max
-            bad.append(classes[k])
+            bad.append(names[k])
             continue
         if bad:  # the error names every bad class; no need to score the rest
             continue
         s = s3.ravel()
         s_cdf = [np.cumsum(m) / s_tot for m in margs[: len(shape)]] if s_tot > 0 else None
         for qd in qs:
-            nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
-                s, qd.flat, threshold * s_max, query_floor * qd.max, s_tot, qd.tot, floor_u, qd.plogp
-            )
-            ok = nr > 0 and s_max > 0
-            mse = sse / nr if ok else np.nan
-            pen = s_miss / (s_reg + 1e-8) if ok else np.nan
-            cov = ssq - ss * sq / v
-            den = np.sqrt(max(sss - ss * ss / v, 0.0) * max(sqq - sq * sq / v, 0.0))
-            emd = (
-                sum(float(np.abs(a - b).sum() * step[i]) for i, (a, b) in enumerate(zip(s_cdf, qd.cdf, strict=True)))
-                if s_cdf is not None
-                else np.nan
-            )
-            qd.rows.append(
-                {
-                    "mse": mse,
-                    "penalty": pen,
-                    "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
-                    "pearson": cov / den if den > 0 else np.nan,
-                    "cosine": ssq / np.sqrt(sss * sqq) if sss > 0 else np.nan,
-                    "js": 0.5 * js2 if s_tot > 0 else np.nan,
-                    "kl": kl if s_tot > 0 else np.nan,
-                    "emd": emd,
-                }
-            )
+            qd.rows.append(_row(s, s_tot, s_max, s_cdf, qd, threshold, query_floor, floor_u, steps))
             qd.p_support.append(np.take(s, qd.keep).astype(np.float64) / s_tot if s_tot > 0 else np.zeros(qd.keep.size))
     if bad:
         raise StmapInputError(
@@ -207,10 +191,60 @@ def _scores_many(
         )
     out = []
     for qd in qs:
-        df = pd.DataFrame(qd.rows, index=pd.Index(classes, name="class"))
+        df = pd.DataFrame(qd.rows, index=pd.Index(names, name="class"))
         df["mixture"] = _mixture_em(np.asarray(qd.p_support, dtype=np.float64), qd.flat[qd.keep].astype(np.float64))
         out.append(df)
     return out
+
+
+def _class_map(m: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One reference map as a contiguous float array of the query's shape."""
+    s3 = np.ascontiguousarray(m)
+    if s3.shape != shape:
+        raise StmapInputError(f"Reference map {name!r} has shape {s3.shape}, the query {shape}.")
+    if s3.dtype.kind != "f":
+        s3 = s3.astype(np.float64)
+    return s3
+
+
+def _row(
+    s: np.ndarray,
+    s_tot: float,
+    s_max: float,
+    s_cdf: list[np.ndarray] | None,
+    qd: _Query,
+    threshold: float,
+    query_floor: float,
+    floor_u: float,
+    step: list[float],
+) -> dict[str, float]:
+    """Every score (except the mixture weight) of one class map against one query, from one fused pass."""
+    from ..kernels._kde import map_scores
+
+    v = float(qd.flat.size)
+    nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
+        s, qd.flat, threshold * s_max, query_floor * qd.max, s_tot, qd.tot, floor_u, qd.plogp
+    )
+    ok = nr > 0 and s_max > 0
+    mse = sse / nr if ok else np.nan
+    pen = s_miss / (s_reg + 1e-8) if ok else np.nan
+    cov = ssq - ss * sq / v
+    den = np.sqrt(max(sss - ss * ss / v, 0.0) * max(sqq - sq * sq / v, 0.0))
+    emd = (
+        sum(float(np.abs(a - b).sum() * step[i]) for i, (a, b) in enumerate(zip(s_cdf, qd.cdf, strict=True)))
+        if s_cdf is not None
+        else np.nan
+    )
+    return {
+        "mse": mse,
+        "penalty": pen,
+        "cellmap2d": 1.0 / (mse + pen + 1e-8) if np.isfinite(mse) else np.nan,
+        "pearson": cov / den if den > 0 else np.nan,
+        "cosine": ssq / np.sqrt(sss * sqq) if sss > 0 else np.nan,
+        "js": 0.5 * js2 if s_tot > 0 else np.nan,
+        "kl": kl if s_tot > 0 else np.nan,
+        "emd": emd,
+    }
 
 
 def _maps_of(sdata: Any, x: Any, what: str, cs: str | None) -> tuple[Any, list[str], Any]:
@@ -233,9 +267,68 @@ def _maps_of(sdata: Any, x: Any, what: str, cs: str | None) -> tuple[Any, list[s
     return arr, [], None
 
 
+@overload
+def rank_densities(
+    sdata: None,
+    query: str | np.ndarray,
+    reference: str | np.ndarray,
+    *,
+    method: Method = ...,
+    query_channels: Sequence[str] | None = ...,
+    classes: Sequence[str] | None = ...,
+    threshold: float = ...,
+    query_floor: float = ...,
+    coordinate_system: str | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: bool = ...,
+) -> pd.DataFrame: ...
+@overload
+def rank_densities(
+    sdata: SpatialData,
+    query: str | np.ndarray,
+    reference: str | np.ndarray,
+    *,
+    method: Method = ...,
+    query_channels: Sequence[str] | None = ...,
+    classes: Sequence[str] | None = ...,
+    threshold: float = ...,
+    query_floor: float = ...,
+    coordinate_system: str | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+) -> None: ...
+@overload
+def rank_densities(
+    sdata: SpatialData,
+    query: str | np.ndarray,
+    reference: str | np.ndarray,
+    *,
+    method: Method = ...,
+    query_channels: Sequence[str] | None = ...,
+    classes: Sequence[str] | None = ...,
+    threshold: float = ...,
+    query_floor: float = ...,
+    coordinate_system: str | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+) -> SpatialData: ...
+@validate_params(
+    method=Options(METHODS),
+    query_channels=[Instance((list, tuple)), None],
+    classes=[Instance(_NAMES), None],
+    threshold=Interval(float, 0, 1),
+    query_floor=Interval(float, 0, 1),
+    coordinate_system=[Instance((str,)), None],
+    table_key=[Instance((str,)), None],
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+)
 @inject_docs()
 def rank_densities(
-    sdata: Any,
+    sdata: SpatialData | None,
     query: str | np.ndarray,
     reference: str | np.ndarray,
     *,
@@ -246,9 +339,9 @@ def rank_densities(
     query_floor: float = 0.01,
     coordinate_system: str | None = None,
     table_key: str | None = None,
-    key_added: str = "stmap_density_ranking",
+    key_added: str = Key.default.density_ranking,
     copy: bool = False,
-) -> Any:
+) -> pd.DataFrame | SpatialData | None:
     """Rank the classes of a reference atlas by how well their density maps match a query population's map.
 
     Every score is computed for every class in one pass over the reference maps (one channel in memory at a
@@ -311,8 +404,6 @@ def rank_densities(
     """
     if sdata is not None:  # refused before any work (Results checks it again at commit time)
         check_name(key_added, "key_added")
-    if method not in METHODS:
-        raise StmapInputError(f"method must be one of {METHODS}, got {method!r}.")
     if sdata is not None and not is_spatialdata(sdata):
         raise TypeError(f"sdata must be a SpatialData or None (arrays), got {type(sdata).__name__}.")
     qmaps, qnames, qgrid = _maps_of(sdata, query, "Query", coordinate_system)
@@ -325,53 +416,19 @@ def rank_densities(
         rnames = [str(c) for c in classes] if classes is not None else [str(i) for i in range(rmaps.shape[0])]
     if len(rnames) != rmaps.shape[0]:
         raise StmapInputError(f"{len(rnames)} class names for {rmaps.shape[0]} reference maps.")
-    if tuple(qmaps.shape[1:]) != tuple(rmaps.shape[1:]) or (
-        qgrid is not None
-        and rgrid is not None
-        and not (qgrid[2] == rgrid[2] and np.allclose(qgrid[0], rgrid[0]) and np.allclose(qgrid[1], rgrid[1]))
-    ):
-        raise StmapInputError(
-            f"Query and reference maps are on different grids ({tuple(qmaps.shape[1:])} vs {tuple(rmaps.shape[1:])}"
-            + (
-                ""
-                if qgrid is None or rgrid is None
-                else f"; origin {qgrid[0]} vs {rgrid[0]}, step {qgrid[1]} vs {rgrid[1]}"
-            )
-            + "). Compute the query with `st.tl.density(..., grid=<reference image name>)`."
-        )
-    if query_channels is not None:
-        missing = [c for c in query_channels if str(c) not in qnames]
-        if missing:
-            raise unknown_key("Query channel", str(missing[0]), qnames, "the query image")
-        sel = [qnames.index(str(c)) for c in query_channels]
-    else:
-        sel = list(range(len(qnames)))
-    step = rgrid[1] if rgrid is not None else None
+    _check_same_grid(qmaps, rmaps, qgrid, rgrid)
+    sel = _query_channels(qnames, query_channels)
 
     start = logg.info(f"ranking {len(rnames)} classes for {len(sel)} query population(s) ({method})")
-    ref_list = _ChannelReader(rmaps)
     qarrs = [np.asarray(qmaps[i].compute() if hasattr(qmaps[i], "compute") else qmaps[i]) for i in sel]
-    dfs = _scores_many(qarrs, ref_list, classes=rnames, step=step, threshold=threshold, query_floor=query_floor)
-    frames = []
-    for i, df in zip(sel, dfs, strict=True):
-        score = df[method]
-        asc = not (_HIGHER_BETTER.get(method, True))
-        df.insert(0, "score", score)
-        df.insert(0, "rank", score.rank(ascending=asc, method="first", na_option="bottom").astype(int))
-        df = df.reset_index().rename(columns={"index": "class"})
-        df.insert(0, "query", qnames[i])
-        frames.append(df.sort_values("rank"))
-    ranking = pd.concat(frames, ignore_index=True)
+    step = rgrid[1] if rgrid is not None else None
+    refs = _ChannelReader(rmaps)
+    dfs = _scores_many(qarrs, refs, classes=rnames, step=step, threshold=threshold, query_floor=query_floor)
+    ranking = _ranking([qnames[i] for i in sel], dfs, method)
     if sdata is None:
         logg.info("    finished", time=start)
         return ranking
 
-    host_cs = coordinate_system or Key.cs
-    if coordinate_system is None and isinstance(query, str):  # the query grid's own frame
-        from spatialdata.transformations import get_transformation
-
-        host_cs = next(iter(get_transformation(sdata.images[query], get_all=True)))
-    ctx = _host(sdata, query if isinstance(query, str) else None, table_key, key_added, host_cs)
     params = {
         "method": method,
         "threshold": threshold,
@@ -379,15 +436,79 @@ def rank_densities(
         "query": str(query)[:100],
         "reference": str(reference)[:100],
     }
-    res = Results(ctx, key_added, params)
-    if ctx.table_key not in sdata.tables:
-        res.table(ctx.table_key, ctx.adata)
-    ranking_store = ranking.copy()
-    ranking_store.index = ranking_store.index.astype(str)
-    res.uns(key_added, {"ranking": ranking_store, "method": method, "query": str(query), "reference": str(reference)})
+    res = _write(sdata, query, reference, ranking, params, coordinate_system, table_key, key_added)
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added {res.written}")
     return out
+
+
+def _check_same_grid(qmaps: Any, rmaps: Any, qgrid: Any, rgrid: Any) -> None:
+    """Refuse query and reference maps on different grids (shape, and origin/step for images)."""
+    same_nodes = (
+        qgrid is None
+        or rgrid is None
+        or (qgrid[2] == rgrid[2] and np.allclose(qgrid[0], rgrid[0]) and np.allclose(qgrid[1], rgrid[1]))
+    )
+    if tuple(qmaps.shape[1:]) == tuple(rmaps.shape[1:]) and same_nodes:
+        return
+    where = (
+        "" if qgrid is None or rgrid is None else f"; origin {qgrid[0]} vs {rgrid[0]}, step {qgrid[1]} vs {rgrid[1]}"
+    )
+    raise StmapInputError(
+        f"Query and reference maps are on different grids ({tuple(qmaps.shape[1:])} vs {tuple(rmaps.shape[1:])}"
+        f"{where}). Compute the query with `st.tl.density(..., grid=<reference image name>)`."
+    )
+
+
+def _query_channels(qnames: list[str], query_channels: Sequence[str] | None) -> list[int]:
+    """Indices of the query channels to rank (default all)."""
+    if query_channels is None:
+        return list(range(len(qnames)))
+    missing = [c for c in query_channels if str(c) not in qnames]
+    if missing:
+        raise unknown_key("Query channel", str(missing[0]), qnames, "the query image")
+    return [qnames.index(str(c)) for c in query_channels]
+
+
+def _ranking(queries: list[str], dfs: list[pd.DataFrame], method: str) -> pd.DataFrame:
+    """One table of every query's classes, ranked by ``method`` (1 = best; NaN scores last)."""
+    frames = []
+    asc = not _HIGHER_BETTER.get(method, True)
+    for name, df in zip(queries, dfs, strict=True):
+        score = df[method]
+        df.insert(0, "score", score)
+        df.insert(0, "rank", score.rank(ascending=asc, method="first", na_option="bottom").astype(int))
+        df = df.reset_index().rename(columns={"index": "class"})
+        df.insert(0, "query", name)
+        frames.append(df.sort_values("rank"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write(
+    sdata: Any,
+    query: Any,
+    reference: Any,
+    ranking: pd.DataFrame,
+    params: dict[str, Any],
+    coordinate_system: str | None,
+    table_key: str | None,
+    key_added: str,
+) -> Results:
+    """Queue the ranking in ``.uns`` of the table holding the query's metadata (or a new one-row table)."""
+    host_cs = coordinate_system or Key.cs
+    if coordinate_system is None and isinstance(query, str):  # the query grid's own frame
+        from spatialdata.transformations import get_transformation
+
+        host_cs = next(iter(get_transformation(sdata.images[query], get_all=True)))
+    ctx, name = _host(sdata, query if isinstance(query, str) else None, table_key, key_added, host_cs)
+    res = Results(ctx, key_added, params)
+    if name not in sdata.tables:
+        res.table(name, ctx.adata)
+    ranking_store = ranking.copy()
+    ranking_store.index = ranking_store.index.astype(str)
+    meta = {"ranking": ranking_store, "method": params["method"], "query": str(query), "reference": str(reference)}
+    res.uns(key_added, meta)
+    return res
 
 
 class _ChannelReader:
@@ -404,7 +525,8 @@ class _ChannelReader:
         return np.asarray(m.compute() if hasattr(m, "compute") else m)
 
 
-def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str, cs: str) -> TableContext:
+def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str, cs: str) -> tuple[TableContext, str]:
+    """The table receiving the ranking (given, holding the query's density metadata, or new) and its name."""
     import anndata as ad
 
     if table_key is not None:
@@ -418,6 +540,7 @@ def _host(sdata: Any, query: str | None, table_key: str | None, key_added: str, 
                 name = tname
                 break
     if name is not None:
-        return TableContext(sdata, sdata.tables[name], name, None, None, None, None, cs)
+        return TableContext(sdata, sdata.tables[name], name, None, None, None, None, cs), name
     new = ad.AnnData(np.zeros((1, 0), dtype=np.float32))
-    return TableContext(sdata, new, f"{key_added}_table", None, None, None, None, cs)
+    name = Key.table.of(key_added)
+    return TableContext(sdata, new, name, None, None, None, None, cs), name
