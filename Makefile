@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: demo test docs bench lint clean install
+.PHONY: demo test docs docs-check bench lint clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,17 @@ test: $(VENV)/.installed
 
 # Offline build: no intersphinx inventories (external references are not checked; Read the Docs checks them).
 # Tutorials read data from $STMAP_DATA_DIR (default: ../shared/data next to this checkout).
+# Then every page is checked in headless Chromium (docs-check); `make docs DOCS_CHECK=0` skips that.
+DOCS_CHECK ?= 1
 docs: $(VENV)/.installed-docs
 	STMAP_DOCS_OFFLINE=$${STMAP_DOCS_OFFLINE-1} STMAP_DATA_DIR=$${STMAP_DATA_DIR:-$(CURDIR)/../shared/data} \
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+	@if [ "$(DOCS_CHECK)" != "0" ]; then $(MAKE) --no-print-directory docs-check; fi
+
+# Loads every built page in headless Chromium: fails on console errors, broken links/images, warnings in cell
+# outputs; one screenshot per page in docs/_build/screenshots (needs `apt-get install -y chromium`).
+docs-check:
+	$(PY) docs/_ext/browser_check.py docs/_build/html --screenshots docs/_build/screenshots
 
 bench: $(VENV)/.installed-bench
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

@@ -39,6 +39,7 @@ extensions = [
     # docs/_ext
     "api_completeness",  # every name in a submodule's __all__ must be listed in api.md
     "typed_returns",  # prose `Returns` sections (scanpy / cookiecutter-scverse)
+    "tutorial_gallery",  # tutorials index with thumbnails of their figures; executed notebooks downloadable
 ]
 
 templates_path = ["_templates"]
@@ -139,11 +140,16 @@ html_theme = "sphinx_book_theme"
 html_title = project
 html_static_path = ["_static"]
 html_show_sphinx = False
+html_css_files = ["gallery.css"]
 html_theme_options = {
     "repository_url": repository_url,
+    "repository_branch": "main",
     "use_repository_button": True,
+    "use_download_button": True,  # the source and, for tutorials, the executed notebook (docs/_ext/tutorial_gallery.py)
     "path_to_docs": "docs/",
     "navigation_with_keys": False,
     "show_toc_level": 2,
 }
+# Which figure of each executed tutorial becomes its thumbnail in tutorials/index (0: the first; default 0).
+tutorial_thumbnails: dict[str, int] = {}
 html_context = {"default_mode": "light"}
