@@ -10,18 +10,20 @@ import stmap as st
 
 torch = pytest.importorskip("torch")
 
+from stmap._core import invalid_values  # noqa: E402
 from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss  # noqa: E402
-from stmap.tl._gene_maps import (  # noqa: E402
-    _disc_means,
-    _disc_stencil,
-    _lazy_prior,
-    gene_maps,
-    predict_maps,
-    prior_raster,
-)
+from stmap.tl import disc_means, gene_maps, predict_maps, prior_raster, train_gene_maps  # noqa: E402
 
 GENES = ["tumor_r01", "stroma_r01", "immune_r01", "epithelium_r01"]
 FAST = {"epochs": 2, "width": 4, "depth": 2, "tile_px": 64, "batch_size": 2, "scale": 4.0, "verbose": False}
+
+
+def _disc_stencil(radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reference disc: the pixel offsets within ``radius`` of the centre pixel."""
+    r = int(np.floor(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    inside = dx**2 + dy**2 <= radius**2
+    return dy[inside], dx[inside]
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +74,27 @@ class TestNetwork:
         gen = np.random.default_rng(2)
         pts = gen.uniform(0, 60, size=(30, 2))
         vals = gen.normal(size=(30, 2))
-        whole = prior_raster(pts, vals, 0, 0, 50, 70, spacing=10.0)
+        whole = prior_raster(pts, vals, (50, 70), spacing=10.0)
         # reference: the 8 nearest spots, weights 1 / d^2, at one pixel (y=17, x=33)
         d = np.hypot(pts[:, 0] - 33, pts[:, 1] - 17)
         nn = np.argsort(d)[:8]
         w = 1 / np.maximum(d[nn], 0.5) ** 2
         np.testing.assert_allclose(whole[:2, 17, 33], (w[:, None] * vals[nn]).sum(0) / w.sum(), rtol=1e-5)
         assert whole[2, 17, 33] == pytest.approx(min(d.min() / 50.0, 1.0), rel=1e-5)  # distance / (5 spacings)
-        lazy = _lazy_prior(pts, vals, (50, 70), ((16, 16, 18), (40, 30)), spacing=10.0).compute()
+        lazy = prior_raster(pts, vals, (50, 70), spacing=10.0, chunks=((16, 16, 18), (40, 30))).compute()
         np.testing.assert_array_equal(lazy, whole)  # a per-pixel function: chunks change nothing
+        # and windows: a window at an origin is the same pixels of the whole raster, eager or lazy
+        win = prior_raster(pts, vals, (20, 30), spacing=10.0, origin=(10, 25))
+        np.testing.assert_array_equal(win, whole[:, 10:30, 25:55])
+        lazy_win = prior_raster(pts, vals, (20, 30), spacing=10.0, origin=(10, 25), chunks=((7, 13), (30,)))
+        np.testing.assert_array_equal(lazy_win.compute(), win)
 
     def test_tiled_equals_whole_image_with_prior(self):
         torch.manual_seed(0)
         net = GeneMapNet(2, width=4, depth=2, n_priors=2).eval()
         gen = np.random.default_rng(3)
         img = gen.random((3, 100, 120)).astype(np.float32)
-        idw = prior_raster(gen.uniform(0, 100, (12, 2)), gen.normal(size=(12, 2)), 0, 0, 100, 120, 20.0)
+        idw = prior_raster(gen.uniform(0, 100, (12, 2)), gen.normal(size=(12, 2)), (100, 120), spacing=20.0)
         hist = gen.normal(size=(2, 100, 120)).astype(np.float32)
         x = np.concatenate([img, idw[:2], hist, idw[2:]])  # RGB, 2 prior blocks of 2 genes, distance
         tiled = predict_maps(net, x, chunk=48).compute()
@@ -100,7 +107,7 @@ class TestNetwork:
         gen = np.random.default_rng(4)
         maps = gen.normal(size=(3, 70, 90))
         centers = np.array([[10.2, 10.0], [31.0, 29.6], [0.0, 35.0], [89.0, 69.0], [45.0, 64.0]])  # (x, y)
-        got = _disc_means(da.from_array(maps, chunks=(3, 32, 32)), centers, 4.0)
+        got = disc_means(da.from_array(maps, chunks=(3, 32, 32)), centers, 4.0)
         dy, dx = _disc_stencil(4.0)
         for i, (cx, cy) in enumerate(centers):
             y, x = int(round(cy)) + dy, int(round(cx)) + dx
@@ -161,12 +168,16 @@ class TestGeneMaps:
         )
 
     def test_saved_model_predicts_identically(self, tissue, tmp_path):
-        out, model = gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, return_model=True, **FAST)
+        model = train_gene_maps(tissue, genes=GENES[:2], table_key="spots", **FAST)
+        out = gene_maps(tissue, table_key="spots", model=model, copy=True, verbose=False)
         model.save(tmp_path / "m.pt")
-        again = gene_maps(
-            tissue, table_key="spots", model=st.tl.GeneMapModel.load(tmp_path / "m.pt"), copy=True, verbose=False
-        )
+        back = st.tl.GeneMapModel.load(tmp_path / "m.pt")
+        again = gene_maps(tissue, table_key="spots", model=back, copy=True, verbose=False)
         np.testing.assert_allclose(again.images["he_gene_maps"].values, out.images["he_gene_maps"].values, atol=1e-6)
+        # what inference needs travels with the file
+        assert (back.genes, back.prior, back.tile_px, back.normalize) == (model.genes, model.prior, 64, True)
+        assert back.params == model.params and back.params["epochs"] == 2
+        np.testing.assert_array_equal(back.ridge_coef, model.ridge_coef)
         with pytest.raises(st.StmapInputError, match="trained model"):  # nothing is trained, so a mask is a mistake
             gene_maps(tissue, table_key="spots", model=model, train_mask=[True] * tissue.tables["spots"].n_obs)
 
@@ -201,3 +212,67 @@ class TestGeneMaps:
         t.tables["spots"].layers["counts"] = t.tables["spots"].X.copy()
         with pytest.warns(UserWarning, match="constant"):
             gene_maps(t, genes=[str(t.tables["spots"].var_names[0]), GENES[0]], table_key="spots", **FAST)
+
+
+def _unchanged(tissue, before) -> None:
+    assert set(tissue.images) == {"he"}
+    assert set(tissue.tables["spots"].obsm) == set(before.obsm)
+    assert set(tissue.tables["spots"].obs) == set(before.obs)
+    assert set(tissue.tables["spots"].uns) == set(before.uns)
+
+
+class TestFitApply:
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"genes": GENES[:2], "seed": 3}, {"genes": GENES[2:], "prior": "idw", "normalize": False, "layer": "counts"}],
+    )
+    def test_train_then_apply_equals_one_call(self, tissue, kwargs):
+        before = tissue.tables["spots"].copy()
+        one = gene_maps(tissue, table_key="spots", copy=True, **FAST, **kwargs)
+        model = train_gene_maps(tissue, table_key="spots", **FAST, **kwargs)
+        _unchanged(tissue, before)  # training writes nothing
+        two = gene_maps(tissue, table_key="spots", model=model, layer=kwargs.get("layer"), copy=True, verbose=False)
+        a, b = one.tables["spots"], two.tables["spots"]
+        # the same training step for step (the same losses) and the same inference: the maps agree up to float32
+        # rounding of the convolutions (oneDNN's may differ with a tile's memory layout), as in test_deterministic
+        np.testing.assert_allclose(a.uns["stmap_gene_maps"]["loss"], b.uns["stmap_gene_maps"]["loss"], rtol=1e-6)
+        np.testing.assert_allclose(
+            one.images["he_gene_maps"].values, two.images["he_gene_maps"].values, rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(a.obsm["stmap_gene_maps"].values, b.obsm["stmap_gene_maps"].values, atol=1e-5)
+        for k in ("mean", "std", "spot_pearson_train"):
+            np.testing.assert_allclose(a.uns["stmap_gene_maps"][k], b.uns["stmap_gene_maps"][k], atol=1e-5)
+        assert dict(a.uns["stmap_gene_maps"]["params"]) == dict(b.uns["stmap_gene_maps"]["params"])
+
+    def test_model_applies_to_another_section(self, tissue):
+        model = train_gene_maps(tissue, genes=GENES[:2], table_key="spots", **FAST)
+        other = st.datasets.synthetic_tissue(1)
+        out = gene_maps(other, table_key="spots", model=model, copy=True, verbose=False)
+        assert isinstance(out, sd.SpatialData)  # copy=True returns one object
+        assert list(out.images["he_gene_maps"].coords["c"].values) == GENES[:2]
+        # the model's working pixel size (4 um) carried to the new section
+        from spatialdata.transformations import get_transformation
+
+        T = get_transformation(out.images["he_gene_maps"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+        assert abs(np.sqrt(abs(np.linalg.det(T[:2, :2]))) - model.pixel_size) < 1e-9
+        # its priors come from the new section's spots, so the maps follow that section's measured spots: measured
+        # r = 0.91/0.92 here after 2 epochs, whereas the same network without priors (prior=None) gives 0.71/-0.61
+        r = np.asarray(out.tables["spots"].uns["stmap_gene_maps"]["spot_pearson_train"])
+        assert np.all(r > 0.8), r
+
+
+@pytest.mark.parametrize(
+    ("func", "name", "value"),
+    [
+        (func, name, value)
+        for func in (train_gene_maps, gene_maps)
+        for name, spec in func.__stmap_params__.items()
+        for value in invalid_values(spec)
+    ],
+    ids=lambda v: getattr(v, "__name__", repr(v))[:30],
+)
+def test_invalid_parameter_is_refused_and_nothing_changes(tissue, func, name, value):
+    before = tissue.tables["spots"].copy()
+    with pytest.raises(st.StmapInputError, match=name):
+        func(tissue, **{"table_key": "spots", **FAST, name: value})
+    _unchanged(tissue, before)
