@@ -108,8 +108,9 @@ class GeneMapNet(nn.Module):
             h = dec(torch.cat([up(h), skips.pop()], dim=1))
         genes = self.gene_head(h)
         g = self.n_genes
-        for k in range(self.n_priors):
-            genes = genes + self.prior_gain[k][None, :, None, None] * x[:, 3 + k * g : 3 + (k + 1) * g]
+        if self.prior_gain is not None:
+            for k in range(self.n_priors):
+                genes = genes + self.prior_gain[k][None, :, None, None] * x[:, 3 + k * g : 3 + (k + 1) * g]
         return torch.sigmoid(self.image_head(h)), genes
 
 
@@ -126,7 +127,7 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, *, size: int = 11, sigma: float 
     w = _gaussian_window(size, sigma, c, a.device, a.dtype)
     pad = size // 2
 
-    def blur(t):
+    def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(t, (pad,) * 4, mode="reflect"), w, groups=c)
 
     mu_a, mu_b = blur(a), blur(b)

@@ -123,11 +123,14 @@ def _run(net: Any, block: np.ndarray, mult: int, dev: Any, reconstruct: bool) ->
     """One block through the network, padded with white at its bottom/right to the size multiple, then trimmed."""
     import torch
 
+    from stmap._core import torch_threads
+
     _, bh, bw = block.shape
     x = np.pad(block, ((0, 0), (0, (-bh) % mult), (0, (-bw) % mult)), constant_values=1.0)
     # one tile at a time through torch (it threads each tile itself): tiles run concurrently from dask's threads
-    # would share the thread pool unpredictably and round differently from run to run
-    with _TORCH_LOCK, torch.no_grad():
+    # would share the thread pool unpredictably and round differently from run to run; st.settings.n_threads also
+    # holds when lazy maps are computed later (e.g. by sdata.write)
+    with _TORCH_LOCK, torch_threads(), torch.no_grad():
         recon, genes = net(torch.tensor(x[None]).to(dev))  # own aligned copy (as in training)
     out = genes if not reconstruct else torch.cat([genes, recon], dim=1)
     return out[0, :, :bh, :bw].float().cpu().numpy()

@@ -165,9 +165,18 @@ def _train_section(
         raise StmapInputError("Fewer than 2 training spots; train_mask must select spots with expression.")
     px = float(np.median(diam)) / PX_PER_SPOT if scale is None else float(scale)
     sec = prepare(ctx, img, diam, genes=gene_list, train=train, layer=layer, normalize=normalize, px=px, tile=tile)
-    fit = {"epochs": epochs, "warmup_epochs": warmup_epochs, "spot_weight": spot_weight, "batch_size": batch_size}
+    fit: dict[str, Any] = {
+        "epochs": epochs,
+        "warmup_epochs": warmup_epochs,
+        "spot_weight": spot_weight,
+        "batch_size": batch_size,
+    }
     fit |= {"width": width, "depth": depth, "lr": lr, "prior": prior, "seed": seed}
-    record = {"genes": gene_list if isinstance(genes, int | str) else "list", "groupby": groupby, "layer": layer}
+    record: dict[str, Any] = {
+        "genes": gene_list if isinstance(genes, int | str) else "list",
+        "groupby": groupby,
+        "layer": layer,
+    }
     record |= {"normalize": normalize, "tile_px": tile, **fit}
     with torch_threads():
         model, grid = fit_model(sec, **fit, device=device, verbose=verbose, params=record)

@@ -53,8 +53,8 @@ def _pearson(sec: Section, spots: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def write(
     sec: Section, model: GeneMapModel, maps: Maps, keys: GeneMapKeys, params: dict[str, Any], copy: bool
-) -> tuple[Any, list[str]]:
-    """Queue every write and commit them together; returns the commit's result and what was written."""
+) -> tuple[Any, str]:
+    """Queue every write and commit them together; returns the commit's result and what was written (for the log)."""
     res = Results(sec.ctx, keys.key, params)
     cs = sec.img.coordinate_system
     image = make_image(maps.genes, transform=sec.T, coordinate_system=cs, c_coords=sec.genes, chunks=(1, 512, 512))
