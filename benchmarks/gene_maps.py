@@ -30,7 +30,8 @@ from _harness import Run, measure, report
 
 import stmap as st
 from stmap import metrics
-from stmap.tl._gene_maps import _log_norm, _variable_genes
+from stmap._core import log_normalize
+from stmap._core._genes import dispersion_genes
 
 warnings.filterwarnings("ignore")
 
@@ -42,6 +43,26 @@ def blocked_holdout(xy: np.ndarray, n_blocks: int = 10, n_out: int = 2, seed: in
     lab = KMeans(n_blocks, n_init=4, random_state=seed).fit_predict(xy)
     out = np.random.default_rng(seed).choice(n_blocks, size=n_out, replace=False)
     return ~np.isin(lab, out)
+
+
+def _dense(X) -> np.ndarray:
+    return np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+
+
+def working_he(sdata, section: str) -> np.ndarray:
+    """The H&E at the gene maps' working resolution (the pyramid level and integer coarsening they recorded), in [0, 1].
+
+    HER2ST's H&E is uint8 RGB: intensities / 255, then block means (as ``st.tl.gene_maps`` reads it).
+    """
+    import dask.array as da
+
+    params = sdata.tables[section].uns["stmap_gene_maps"]["params"]
+    level, k = int(params["level"]), int(params["coarsen"])
+    arr = st._core.resolve(sdata, section).image(f"{section}_he").levels[level][:3].astype(np.float32) / 255.0
+    if k > 1:
+        h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k
+        arr = da.coarsen(np.mean, arr[:, :h, :w], {1: k, 2: k})
+    return np.asarray(arr)
 
 
 def idw(xy_train, y_train, xy_test, k: int = 8, power: float = 2.0) -> np.ndarray:
@@ -72,10 +93,10 @@ def main(argv=None) -> None:
         train = blocked_holdout(xy, seed=args.seed)
         counts = st._core.get_counts(ad, None, "spots")
         if args.gene_set == "hvg":
-            genes = _variable_genes(ad, args.genes)
+            genes = list(ad.var_names[dispersion_genes(_dense(log_normalize(counts)), args.genes)])
         else:
             genes = list(ad.var_names[np.argsort(-np.asarray(counts.mean(0)).ravel(), kind="stable")[: args.genes]])
-        Y = _log_norm(counts)[:, ad.var_names.get_indexer(genes)]
+        Y = _dense(log_normalize(counts)[:, ad.var_names.get_indexer(genes)])
         test = ~train
         name = f"HER2ST {section} ({int(test.sum())} held-out / {ad.n_obs} spots, {len(genes)} genes)"
 
@@ -84,23 +105,28 @@ def main(argv=None) -> None:
             return {"pearson_mean": float(np.nanmean(r)), "pearson_median": float(np.nanmedian(r))}
 
         def run_maps(sdata=sdata, section=section, genes=genes, train=train, prior="idw+histology"):
-            out, _ = st.tl.gene_maps(
-                sdata, genes=genes, table_key=section, train_mask=train, epochs=args.epochs, width=args.width,
-                reconstruct=True, prior=prior, seed=args.seed, copy=True, return_model=True, verbose=False,
-            )  # fmt: skip
-            return out
+            # one call: the priors of the held-out spots come from the training spots only
+            return st.tl.gene_maps(
+                sdata,
+                genes=genes,
+                table_key=section,
+                train_mask=train,
+                epochs=args.epochs,
+                width=args.width,
+                reconstruct=True,
+                prior=prior,
+                seed=args.seed,
+                copy=True,
+                verbose=False,
+            )
 
         def score_maps(out, section=section, test=test, Y=Y):
             s = score_pred(out.tables[section].obsm["stmap_gene_maps"].to_numpy()[test])
             el = out.tables[section].uns["stmap_gene_maps"]["element"]
             rec = out.images[f"{el}_reconstruction"].values.astype(np.float32) / 255
-            # the working-resolution H&E the network saw, for the reconstruction SSIM
-            from stmap.tl._gene_maps import _working_image
-
-            img = st._core.resolve(out, section).image(f"{section}_he")
-            work = _working_image(img, out.tables[section].uns["stmap_gene_maps"]["pixel_size"])[0]
+            work = working_he(out, section)  # the working-resolution H&E the network saw, for the reconstruction SSIM
             h, w = rec.shape[1:]
-            s["ssim"] = metrics.ssim(rec, np.asarray(work[:, :h, :w]), data_range=1.0, channel_axis=0)
+            s["ssim"] = metrics.ssim(rec, work[:, :h, :w], data_range=1.0, channel_axis=0)
             return s
 
         runs.append(measure(name, "stmap", run_maps, score_maps))
@@ -128,11 +154,9 @@ def main(argv=None) -> None:
         for method in dict.fromkeys(r.method for r in runs):
             mine = [r for r in runs if r.method == method]
             keys = set.intersection(*(set(r.metrics) for r in mine))
-            runs.append(
-                Run(f"mean of {len(mine)} sections", method, float(np.mean([r.seconds for r in mine])),
-                    float(np.max([r.peak_mb for r in mine])), {k: float(np.mean([r.metrics[k] for r in mine]))
-                                                               for k in keys})
-            )  # fmt: skip
+            seconds, peak = float(np.mean([r.seconds for r in mine])), float(np.max([r.peak_mb for r in mine]))
+            means = {k: float(np.mean([r.metrics[k] for r in mine])) for k in keys}
+            runs.append(Run(f"mean of {len(mine)} sections", method, seconds, peak, means))
     report("gene_maps", runs, higher_is_better={"pearson_mean": True, "pearson_median": True, "ssim": True})
 
 

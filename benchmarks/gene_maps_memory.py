@@ -33,10 +33,8 @@ def train() -> None:
     import stmap as st
 
     t = st.datasets.synthetic_tissue(0)
-    _, m = st.tl.gene_maps(
-        t, genes=GENES, table_key="spots", epochs=2, width=4, depth=2, tile_px=64, scale=4.0, copy=True,
-        return_model=True, verbose=False, image_key="he",
-    )  # fmt: skip
+    fast = {"epochs": 2, "width": 4, "depth": 2, "tile_px": 64, "scale": 4.0}
+    m = st.tl.train_gene_maps(t, genes=GENES, table_key="spots", image_key="he", verbose=False, **fast)
     m.save(MODEL)
 
 
@@ -63,10 +61,14 @@ def infer(size: int) -> dict:
         sd.SpatialData(images={"maps": t.images["he_gene_maps"]}).write(Path(d) / "m.zarr")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "size": size, "seconds": time.time() - t0, "rss_before_mb": base, "peak_mb": peak,
-        "peak_above_mb": peak - base, "image_float32_mb": 3 * size**2 * 4 / 2**20,
+        "size": size,
+        "seconds": time.time() - t0,
+        "rss_before_mb": base,
+        "peak_mb": peak,
+        "peak_above_mb": peak - base,
+        "image_float32_mb": 3 * size**2 * 4 / 2**20,
         "maps_shape": list(t.images["he_gene_maps"].shape),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str]) -> None:

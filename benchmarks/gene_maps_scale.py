@@ -7,7 +7,7 @@ epochs, U-Net width and depth), with 1 and with 2 torch threads. Bar: < 5 min on
 same spots on the same working grid is the reference row (the time of the method the maps are measured against).
 
 (b) Inference memory. A lazy ``(3, S, S)`` uint8 H&E (the image of (a) tiled with :func:`dask.array.tile`, so nothing
-of size S^2 is ever built) carries the spots of (a) in its top-left tile. The model of (a) (``return_model=True``) is
+of size S^2 is ever built) carries the spots of (a) in its top-left tile. The model of (a) (from ``train_gene_maps``) is
 applied with ``gene_maps(..., model=m, lazy=True, dtype='float16')``, and the result is streamed to zarr with
 ``SpatialData.write``. Each size runs in a fresh subprocess; peak memory is its resident set size
 (``resource.getrusage(...).ru_maxrss``) minus the RSS after the imports and model load, and, as a check, the harness's
@@ -70,6 +70,20 @@ def _idw_grid(sdata, genes: list[str], pixel: float) -> np.ndarray:
     return out
 
 
+def _working_he(img, pixel: float) -> np.ndarray:
+    """The uint8 RGB H&E at ~``pixel`` units per pixel as ``st.tl.gene_maps`` reads it: a pyramid level, / 255, block
+    means over an integer factor."""
+    import dask.array as da
+
+    level = img.level_for(pixel)
+    k = max(1, int(round(pixel / img.pixel_size(level))))
+    arr = img.levels[level][:3].astype(np.float32) / 255.0
+    if k > 1:
+        h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k
+        arr = da.coarsen(np.mean, arr[:, :h, :w], {1: k, 2: k})
+    return np.asarray(arr.compute(), dtype=np.float32)
+
+
 def train(n_genes: int, threads: list[int]) -> list[Run]:
     import shutil
 
@@ -92,7 +106,9 @@ def train(n_genes: int, threads: list[int]) -> list[Run]:
         torch.set_num_threads(t)
 
         def run():
-            return st.tl.gene_maps(sdata, genes=n_genes, table_key="spots", copy=True, return_model=True, verbose=False)
+            # fit then apply, as the one call does (the apply step reads the histology features again)
+            model = st.tl.train_gene_maps(sdata, genes=n_genes, table_key="spots", verbose=False)
+            return st.tl.gene_maps(sdata, table_key="spots", model=model, copy=True, verbose=False), model
 
         def score(res, t=t):
             out, model = res
@@ -157,10 +173,8 @@ def _child(size: int, mode: str) -> None:
             # eager reference: the whole working image in memory, one forward pass (the prior channels, if the
             # network takes them, are zeros: this row measures memory, not quality)
             from stmap._core import resolve
-            from stmap.tl._gene_maps import _working_image
 
-            work, *_ = _working_image(resolve(sdata, "spots").image("he"), model.pixel_size)
-            x = np.asarray(work.compute())
+            x = _working_he(resolve(sdata, "spots").image("he"), model.pixel_size)
             m, net = model.net.multiple, model.net
             x = np.pad(x, ((0, 0), (0, (-x.shape[1]) % m), (0, (-x.shape[2]) % m)), constant_values=1.0)
             extra = np.zeros((net.in_channels - 3, *x.shape[1:]), dtype=np.float32)
@@ -197,8 +211,8 @@ def infer(sizes: list[int], eager_max: int) -> list[Run]:
             if line is None:
                 print(p.stdout[-2000:], p.stderr[-4000:])
                 name = "stmap" if mode == "tiled" else "eager_whole_image"
-                runs.append(Run(f"infer_{size}x{size}px", name, time.perf_counter() - t0, float("nan"),
-                                note=f"failed (rc {p.returncode})"))  # fmt: skip
+                seconds, note = time.perf_counter() - t0, f"failed (rc {p.returncode})"
+                runs.append(Run(f"infer_{size}x{size}px", name, seconds, float("nan"), note=note))
                 continue
             d = json.loads(line[len("RESULT ") :])
             runs.append(Run(d["dataset"], d["method"], d["seconds"], d["peak_mb"], d["metrics"]))
