@@ -135,8 +135,8 @@ def _gene_maps(sdata: Any, outdir: Path) -> list[Path]:
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a small U-Net trains fastest on one thread (no OpenMP contention)
     try:  # a short run at a coarse working resolution (4 um px): the demo shows the pipeline, not the best maps
-        tl.gene_maps(sdata, genes=genes, table_key=spots, image_key="he", epochs=5, width=8, depth=2, tile_px=64,
-                     scale=4.0, verbose=False)  # fmt: skip
+        fast = {"epochs": 5, "width": 8, "depth": 2, "tile_px": 64, "scale": 4.0}
+        tl.gene_maps(sdata, genes=genes, table_key=spots, image_key="he", verbose=False, **fast)
     finally:
         torch.set_num_threads(n_threads)
     path = outdir / "gene_maps.png"
