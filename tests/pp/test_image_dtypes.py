@@ -141,9 +141,8 @@ class TestGeneMapsDtypes:
         t = get_transformation(he, "global").to_affine_matrix(("x", "y"), ("x", "y"))
         sdata = st.datasets.synthetic_tissue(0)
         sdata.images["he"] = make_image(img, transform=t)
-        out, model = st.tl.gene_maps(
-            sdata, genes=self.GENES, table_key="spots", copy=True, return_model=True, **self.FAST
-        )
+        model = st.tl.train_gene_maps(sdata, genes=self.GENES, table_key="spots", **self.FAST)
+        out = st.tl.gene_maps(sdata, model=model, table_key="spots", copy=True, verbose=False)
         el = out.images["he_gene_maps"]
         el = el["scale0"]["image"] if "scale0" in getattr(el, "children", {}) else el
         return np.asarray(el.values), model

@@ -6,15 +6,23 @@ regions of ``min_area..max_area`` pixels with circularity ``4 pi area / perimete
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
 
 from .._core import Results, StmapInputError, TableContext, inject_docs, is_spatialdata, unknown_key
 from .._core import _logging as logg
+from .._core._constants import Key
 from .._core._names import check_name
+from .._core._params import Instance, Interval, validate_params
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from spatialdata import SpatialData
 
 __all__ = ["detect_blobs"]
 
@@ -70,48 +78,32 @@ def _log_response(block: np.ndarray, sigma: float, bright: bool, fill: float | N
 def _segment(
     resp: np.ndarray,
     threshold: float,
-    h: float,
-    min_distance: int,
-    min_area: int,
-    max_area: int,
-    min_circularity: float,
+    p: _BlobParams,
     offset: tuple[int, int],
     core: tuple[int, int, int, int],
     width: int,
-    want_labels: bool,
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Segment one window; keep the regions whose centroid lies in ``core`` (global ``y0, y1, x0, x1``).
 
     Region ids are ``row * width + col + 1`` of the (rounded) global centroid, so windows that overlap agree on them.
     """
-    from scipy import ndimage as ndi
     from skimage.measure import regionprops
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     oy, ox = offset
     cy0, cy1, cx0, cx1 = core
     mask = resp > threshold
     empty = pd.DataFrame({c: np.zeros(0) for c in _COLUMNS})
-    lab_core = np.zeros((cy1 - cy0, cx1 - cx0), dtype=np.int64) if want_labels else None
+    lab_core = np.zeros((cy1 - cy0, cx1 - cx0), dtype=np.int64) if p.labels else None
     if not mask.any():
         return empty, lab_core
-    dist = ndi.distance_transform_edt(mask)
-    # seeds: the maxima of the distance transform with a dynamic >= h (a flat top is one seed), at least
-    # min_distance apart (closer maxima merge into one seed)
-    peaks = h_maxima(dist, h) & mask
-    if min_distance > 1:
-        peaks = ndi.binary_dilation(peaks, structure=np.ones((min_distance, min_distance), bool)) & mask
-    markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
-    seg = watershed(-dist, markers, mask=mask)
     rows = []
-    for rp in regionprops(seg, intensity_image=resp):
+    for rp in regionprops(_watershed(mask, p.h, p.min_distance), intensity_image=resp):
         area = float(rp.area)
-        if area < min_area or area > max_area:
+        if area < p.min_area or area > p.max_area:
             continue
         per = float(rp.perimeter)
         circ = 4.0 * np.pi * area / per**2 if per > 0 else 0.0
-        if circ < min_circularity:
+        if circ < p.min_circularity:
             continue
         r, c = rp.centroid
         gr, gc = r + oy, c + ox
@@ -120,102 +112,151 @@ def _segment(
         if cy0 <= ir < cy1 and cx0 <= ic < cx1:  # else another window owns (reports) it
             rows.append((gc, gr, area, circ, float(rp.intensity_mean), gid))
         if lab_core is not None:  # paint every kept region's pixels in the core, whoever owns it
-            sl = rp.slice
-            sub = rp.image
-            ys = np.arange(sl[0].start, sl[0].stop) + oy - cy0
-            xs = np.arange(sl[1].start, sl[1].stop) + ox - cx0
-            yy, xx = np.meshgrid(ys, xs, indexing="ij")
-            ok = sub & (yy >= 0) & (yy < cy1 - cy0) & (xx >= 0) & (xx < cx1 - cx0)
-            lab_core[yy[ok], xx[ok]] = gid
+            _paint(lab_core, rp, gid, oy - cy0, ox - cx0)
     if not rows:
         return empty, lab_core
     return pd.DataFrame(rows, columns=_COLUMNS), lab_core
 
 
-def _detect(
-    img: Any,
-    *,
-    sigma: float,
-    n_std: float,
-    threshold: float | None,
-    bright: bool,
-    min_area: int,
-    max_area: int,
-    min_circularity: float,
-    h: float,
-    min_distance: int,
-    chunk_size: int,
-    labels: bool,
-    max_sample: int = 1 << 22,
-) -> tuple[pd.DataFrame, np.ndarray | None, float]:
+def _watershed(mask: np.ndarray, h: float, min_distance: int) -> np.ndarray:
+    """Split the foreground by a watershed of its distance transform seeded at the distance peaks.
+
+    Seeds: the maxima of the distance transform with a dynamic >= ``h`` (a flat top is one seed), at least
+    ``min_distance`` apart (closer maxima merge into one seed).
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    dist = ndi.distance_transform_edt(mask)
+    peaks = h_maxima(dist, h) & mask
+    if min_distance > 1:
+        peaks = ndi.binary_dilation(peaks, structure=np.ones((min_distance, min_distance), bool)) & mask
+    markers, _ = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    return watershed(-dist, markers, mask=mask)
+
+
+def _paint(lab_core: np.ndarray, rp: Any, gid: int, dy: int, dx: int) -> None:
+    """Write region ``rp`` (window coordinates shifted by ``dy, dx`` into the core) with id ``gid``, clipped."""
+    sl = rp.slice
+    ys = np.arange(sl[0].start, sl[0].stop) + dy
+    xs = np.arange(sl[1].start, sl[1].stop) + dx
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    h, w = lab_core.shape
+    ok = rp.image & (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    lab_core[yy[ok], xx[ok]] = gid
+
+
+@dataclass(frozen=True)
+class _BlobParams:
+    """The validated filter and segmentation settings of one run (also its recorded parameters)."""
+
+    sigma: float
+    n_std: float
+    threshold: float | None
+    bright: bool
+    min_area: int
+    max_area: int
+    min_circularity: float
+    h: float
+    min_distance: int
+    chunk_size: int
+    labels: bool
+
+
+def _detect(img: Any, p: _BlobParams, max_sample: int = 1 << 22) -> tuple[pd.DataFrame, np.ndarray | None, float]:
     """Blobs of a 2D ``(y, x)`` array (numpy or dask): centroids in pixel index units, optional label image."""
     import dask
     import dask.array as da
 
     arr = img if isinstance(img, da.Array) else da.from_array(np.asarray(img))
-    arr = arr.rechunk((chunk_size, chunk_size))
+    arr = arr.rechunk((p.chunk_size, p.chunk_size))
     ny, nx = arr.shape
     step = max(1, int(np.ceil(np.sqrt(ny * nx / max_sample))))
-    n_nan = int(da.isnan(arr).sum().compute()) if np.issubdtype(np.dtype(arr.dtype), np.floating) else 0
-    fill = None
-    if n_nan == ny * nx:
-        raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
-    if n_nan:  # NaN pixels: filled with the median for the filter, then ignored (no statistics, no blobs)
-        warnings.warn(
-            f"{n_nan} NaN pixel(s) ({n_nan / (ny * nx):.2%} of the image) are ignored: no blob is detected there and "
-            "they do not count in the threshold's statistics.",
-            UserWarning,
-            stacklevel=4,
-        )
-        fill = float(np.nanmedian(np.asarray(arr[::step, ::step].compute(), dtype=np.float64)))
-        fill = 0.0 if not np.isfinite(fill) else fill
-    log_depth = _log_depth(sigma)
+    n_nan, fill = _nan_fill(arr, step)
     resp = arr.map_overlap(
-        _log_response, depth=log_depth, boundary="reflect", dtype=np.float32, sigma=sigma, bright=bright, fill=fill
+        _log_response,
+        depth=_log_depth(p.sigma),
+        boundary="reflect",
+        dtype=np.float32,
+        sigma=p.sigma,
+        bright=p.bright,
+        fill=fill,
     )
-    if threshold is None:
-        if n_nan:
-            sample, sd_ = dask.compute(resp[::step, ::step], da.nanstd(resp, dtype=np.float64))
-            threshold = float(np.nanmedian(sample) + n_std * float(sd_))
-        else:
-            sample, sd_ = dask.compute(resp[::step, ::step], resp.std(dtype=np.float64))
-            threshold = float(np.median(sample) + n_std * float(sd_))
-        if not np.isfinite(threshold):
-            raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
+    threshold = p.threshold if p.threshold is not None else _auto_threshold(resp, step, p.n_std, bool(n_nan))
     if n_nan:
         resp = da.where(da.isnan(resp), np.float32(-np.inf), resp)
     # a window must hold every region whose centroid is in its core: regions have <= max_area pixels
-    halo = int(np.ceil(2.0 * np.sqrt(max_area / np.pi))) + 2 * min_distance + 2
-    ys = list(range(0, ny, chunk_size))
-    xs = list(range(0, nx, chunk_size))
-    tasks = []
-    for y0 in ys:
-        for x0 in xs:
-            y1, x1 = min(y0 + chunk_size, ny), min(x0 + chunk_size, nx)
-            wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
-            wy1, wx1 = min(ny, y1 + halo), min(nx, x1 + halo)
-            win = resp[wy0:wy1, wx0:wx1]
-            tasks.append(
-                dask.delayed(_segment)(
-                    win, threshold, h, min_distance, min_area, max_area, min_circularity, (wy0, wx0),
-                    (y0, y1, x0, x1), nx, labels,
-                )
-            )  # fmt: skip
+    halo = int(np.ceil(2.0 * np.sqrt(p.max_area / np.pi))) + 2 * p.min_distance + 2
+    windows = _windows(ny, nx, p.chunk_size, halo)
+    tasks = [
+        dask.delayed(_segment)(resp[wy0:wy1, wx0:wx1], threshold, p, (wy0, wx0), core, nx)
+        for core, (wy0, wy1, wx0, wx1) in windows
+    ]
     out = dask.compute(*tasks)
     frames = [f for f, _ in out if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: np.zeros(0) for c in _COLUMNS})
     df["label"] = df["label"].astype(np.int64)
     df["area"] = df["area"].astype(np.int64)
     lab = None
-    if labels:
+    if p.labels:
         lab = np.zeros((ny, nx), dtype=np.int64)
-        i = 0
-        for y0 in ys:
-            for x0 in xs:
-                core = out[i][1]
-                lab[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]] = core
-                i += 1
+        for ((y0, _, x0, _), _), (_, core) in zip(windows, out, strict=True):
+            lab[y0 : y0 + core.shape[0], x0 : x0 + core.shape[1]] = core
     return df.sort_values(["y", "x"], ignore_index=True), lab, threshold
+
+
+def _nan_fill(arr: Any, step: int) -> tuple[int, float | None]:
+    """The number of NaN pixels and the value that fills them for the filter (the image's median; ``None``: no NaN).
+
+    NaN pixels are filled for the filter, then ignored (no statistics, no blobs); an image without a finite pixel is
+    refused.
+    """
+    import dask.array as da
+
+    ny, nx = arr.shape
+    n_nan = int(da.isnan(arr).sum().compute()) if np.issubdtype(np.dtype(arr.dtype), np.floating) else 0
+    if n_nan == ny * nx:
+        raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
+    if not n_nan:
+        return 0, None
+    warnings.warn(
+        f"{n_nan} NaN pixel(s) ({n_nan / (ny * nx):.2%} of the image) are ignored: no blob is detected there and "
+        "they do not count in the threshold's statistics.",
+        UserWarning,
+        stacklevel=5,
+    )
+    fill = float(np.nanmedian(np.asarray(arr[::step, ::step].compute(), dtype=np.float64)))
+    return n_nan, 0.0 if not np.isfinite(fill) else fill
+
+
+def _auto_threshold(resp: Any, step: int, n_std: float, has_nan: bool) -> float:
+    """``median + n_std * std`` of the response: median over an evenly strided sample, std over all pixels."""
+    import dask
+    import dask.array as da
+
+    if has_nan:
+        sample, sd_ = dask.compute(resp[::step, ::step], da.nanstd(resp, dtype=np.float64))
+        threshold = float(np.nanmedian(sample) + n_std * float(sd_))
+    else:
+        sample, sd_ = dask.compute(resp[::step, ::step], resp.std(dtype=np.float64))
+        threshold = float(np.median(sample) + n_std * float(sd_))
+    if not np.isfinite(threshold):
+        raise StmapInputError("The image has no finite pixel values: no blob threshold can be set.")
+    return threshold
+
+
+def _windows(
+    ny: int, nx: int, chunk: int, halo: int
+) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Every ``chunk`` core ``(y0, y1, x0, x1)`` and its window ``(wy0, wy1, wx0, wx1)`` grown by ``halo``."""
+    out = []
+    for y0 in range(0, ny, chunk):
+        for x0 in range(0, nx, chunk):
+            y1, x1 = min(y0 + chunk, ny), min(x0 + chunk, nx)
+            win = (max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo))
+            out.append(((y0, y1, x0, x1), win))
+    return out
 
 
 def _unmodified_copy(sdata: Any) -> Any:
@@ -234,9 +275,94 @@ def _unmodified_copy(sdata: Any) -> Any:
     )
 
 
+@overload
+def detect_blobs(
+    sdata: np.ndarray | da.Array,
+    image_key: str | None = ...,
+    *,
+    channel: int | str = ...,
+    level: int = ...,
+    sigma: float | None = ...,
+    n_std: float = ...,
+    threshold: float | None = ...,
+    bright: bool = ...,
+    min_area: int = ...,
+    max_area: int = ...,
+    min_circularity: float = ...,
+    h: float = ...,
+    min_distance: int = ...,
+    chunk_size: int = ...,
+    labels: bool = ...,
+    coordinate_system: str | None = ...,
+    key_added: str = ...,
+    copy: bool = ...,
+) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]: ...
+@overload
+def detect_blobs(
+    sdata: SpatialData,
+    image_key: str | None = ...,
+    *,
+    channel: int | str = ...,
+    level: int = ...,
+    sigma: float | None = ...,
+    n_std: float = ...,
+    threshold: float | None = ...,
+    bright: bool = ...,
+    min_area: int = ...,
+    max_area: int = ...,
+    min_circularity: float = ...,
+    h: float = ...,
+    min_distance: int = ...,
+    chunk_size: int = ...,
+    labels: bool = ...,
+    coordinate_system: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+) -> None: ...
+@overload
+def detect_blobs(
+    sdata: SpatialData,
+    image_key: str | None = ...,
+    *,
+    channel: int | str = ...,
+    level: int = ...,
+    sigma: float | None = ...,
+    n_std: float = ...,
+    threshold: float | None = ...,
+    bright: bool = ...,
+    min_area: int = ...,
+    max_area: int = ...,
+    min_circularity: float = ...,
+    h: float = ...,
+    min_distance: int = ...,
+    chunk_size: int = ...,
+    labels: bool = ...,
+    coordinate_system: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+) -> SpatialData: ...
+@validate_params(
+    image_key=[Instance((str,)), None],
+    channel=Instance((numbers.Integral, str)),
+    level=Interval(int, 0, None),
+    sigma=[Interval(float, 0, None, "neither"), None],
+    n_std=Interval(float, None, None),
+    threshold=[Interval(float, None, None), None],
+    bright=Instance((bool,)),
+    min_area=Interval(int, 1, None),
+    max_area=Interval(int, 1, None),
+    min_circularity=Interval(float, 0, 1.5),
+    h=Interval(float, 0, None, "neither"),
+    min_distance=Interval(int, 1, None),
+    chunk_size=Interval(int, 16, None),
+    labels=Instance((bool,)),
+    coordinate_system=[Instance((str,)), None],
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+)
 @inject_docs()
 def detect_blobs(
-    sdata: Any,
+    sdata: SpatialData | np.ndarray | da.Array,
     image_key: str | None = None,
     *,
     channel: int | str = 0,
@@ -253,9 +379,9 @@ def detect_blobs(
     chunk_size: int = 2048,
     labels: bool = False,
     coordinate_system: str | None = None,
-    key_added: str = "stmap_blobs",
+    key_added: str = Key.default.blobs,
     copy: bool = False,
-) -> Any:
+) -> SpatialData | pd.DataFrame | tuple[pd.DataFrame, np.ndarray] | None:
     """Detect labelled cells (round blobs) in an image: the CellMap2D segmentation, chunked with overlap.
 
     The image channel is filtered with a scale-normalised Laplacian of Gaussian (``-sigma^2 LoG``, lazily through
@@ -337,40 +463,54 @@ def detect_blobs(
     import dask.array as da
 
     check_name(key_added, "key_added")
-    if min_area < 1 or max_area < min_area:
+    if max_area < min_area:
         raise StmapInputError(f"Need 1 <= min_area <= max_area, got min_area={min_area}, max_area={max_area}.")
-    if not 0 <= min_circularity <= 1.5:
-        raise StmapInputError(f"min_circularity must be in [0, 1.5], got {min_circularity}.")
     sigma_given = sigma is not None
-    if sigma is None:
+    if sigma is None:  # the disk of sqrt(min_area * max_area) pixels: r / sqrt(2)
         sigma = float(np.sqrt(np.sqrt(min_area * max_area) / np.pi) / np.sqrt(2.0))
-    if not (np.isfinite(sigma) and sigma > 0):
-        raise StmapInputError(f"sigma must be positive, got {sigma}.")
-    if h <= 0 or min_distance < 1:
-        raise StmapInputError(f"Need h > 0 and min_distance >= 1, got h={h}, min_distance={min_distance}.")
-    if chunk_size < 16:
-        raise StmapInputError(f"chunk_size must be >= 16 pixels, got {chunk_size}.")
-    opts = {
-        "sigma": float(sigma),
-        "n_std": float(n_std),
-        "threshold": threshold,
-        "bright": bright,
-        "min_area": int(min_area),
-        "max_area": int(max_area),
-        "min_circularity": float(min_circularity),
-        "h": float(h),
-        "min_distance": int(min_distance),
-        "chunk_size": int(chunk_size),
-        "labels": labels,
-    }
-    if isinstance(sdata, (np.ndarray, da.Array)):
+    opts = _BlobParams(
+        sigma=float(sigma),
+        n_std=float(n_std),
+        threshold=threshold,
+        bright=bright,
+        min_area=int(min_area),
+        max_area=int(max_area),
+        min_circularity=float(min_circularity),
+        h=float(h),
+        min_distance=int(min_distance),
+        chunk_size=int(chunk_size),
+        labels=labels,
+    )
+    if isinstance(sdata, np.ndarray | da.Array):
         if sdata.ndim != 2:
             raise StmapInputError(f"Pass a 2D (y, x) array, got shape {sdata.shape}.")
-        _check_size(sdata.shape, sigma, sigma_given)
-        df, lab, _ = _detect(sdata, **opts)
-        return (df, lab) if labels else df
+        _check_size(sdata.shape, opts.sigma, sigma_given)
+        df, lab, _ = _detect(sdata, opts)
+        return (df, lab) if labels and lab is not None else df
     if not is_spatialdata(sdata):
         raise TypeError(f"Expected a SpatialData or a 2D array, got {type(sdata).__name__}.")
+    image_key, data, transforms = _image_channel(sdata, image_key, channel, level, coordinate_system)
+    _check_size(data.shape, opts.sigma, sigma_given)
+
+    start = logg.info(f"detecting blobs in {image_key!r} (level {level}, {data.shape[0]}x{data.shape[1]} px)")
+    df, lab, thr = _detect(data, opts)
+    logg.info(f"    {len(df)} blob(s) kept (threshold {thr:.4g})")
+    if not len(df):
+        logg.warning(f"No blob passed the filters in {image_key!r}; nothing written. Lower `n_std` or check `bright`.")
+        return _unmodified_copy(sdata) if copy else None
+    params = {k: v for k, v in asdict(opts).items() if k != "labels"}
+    params |= {"image_key": image_key, "channel": channel, "level": level, "labels": labels}
+    res = _write(sdata, df, lab, transforms, params, key_added)
+    res.uns(key_added, {"threshold": thr, "n_blobs": len(df), "image_key": image_key, "level": level})
+    out = res.commit(copy)
+    logg.info("    finished", time=start, deep=f"added {res.written}")
+    return out
+
+
+def _image_channel(
+    sdata: Any, image_key: str | None, channel: int | str, level: int, coordinate_system: str | None
+) -> tuple[str, Any, dict[str, Any]]:
+    """The image's name, the ``(y, x)`` array of one channel at one level, and the level's transformations."""
     from spatialdata.transformations import get_transformation
 
     from .._core._resolve import _element_coordinate_systems, _image_levels
@@ -403,19 +543,22 @@ def detect_blobs(
     transforms = get_transformation(lv, get_all=True)
     if coordinate_system is not None:
         transforms = {coordinate_system: transforms[coordinate_system]}
-    data = lv.transpose("c", "y", "x").data[ci]
-    _check_size(data.shape, sigma, sigma_given)
+    return image_key, lv.transpose("c", "y", "x").data[ci], dict(transforms)
 
-    start = logg.info(f"detecting blobs in {image_key!r} (level {level}, {data.shape[0]}x{data.shape[1]} px)")
-    df, lab, thr = _detect(data, **opts)
-    logg.info(f"    {len(df)} blob(s) kept (threshold {thr:.4g})")
-    if not len(df):
-        logg.warning(f"No blob passed the filters in {image_key!r}; nothing written. Lower `n_std` or check `bright`.")
-        return _unmodified_copy(sdata) if copy else None
 
+def _write(
+    sdata: Any,
+    df: pd.DataFrame,
+    lab: np.ndarray | None,
+    transforms: dict[str, Any],
+    params: dict[str, Any],
+    key_added: str,
+) -> Results:
+    """Queue the centroids (points), their table and, optionally, the label image."""
     import anndata as ad
     from spatialdata.models import Labels2DModel, PointsModel
 
+    keys = Key.blobs(key_added)
     pts_df = df.copy()
     pts_df["x"] += 0.5  # pixel (row, col) is centred at intrinsic (col + 0.5, row + 0.5)
     pts_df["y"] += 0.5
@@ -423,24 +566,12 @@ def detect_blobs(
     obs = df[["area", "circularity", "response", "label"]].copy()
     obs.index = obs.index.astype(str)
     table = ad.AnnData(X=np.zeros((len(df), 0), dtype=np.float32), obs=obs)
-    tname = f"{key_added}_table"
-    host = TableContext(sdata, table, tname, key_added, None, None, "points", next(iter(transforms)))
-    params = {k: v for k, v in opts.items() if k != "labels"} | {
-        "image_key": image_key,
-        "channel": channel,
-        "level": level,
-        "labels": labels,
-    }
+    host = TableContext(sdata, table, keys.table, keys.points, None, None, "points", next(iter(transforms)))
     res = Results(host, key_added, params)
-    res.element(key_added, points)
+    res.element(keys.points, points)
     if lab is not None:
         dt = np.int32 if lab.max() < np.iinfo(np.int32).max else np.int64
-        res.element(
-            f"{key_added}_labels",
-            Labels2DModel.parse(lab.astype(dt), dims=("y", "x"), transformations=dict(transforms)),
-        )
-    res.table(tname, table, region=key_added, instance_ids=np.arange(len(df)))
-    res.uns(key_added, {"threshold": thr, "n_blobs": len(df), "image_key": image_key, "level": level})
-    out = res.commit(copy)
-    logg.info("    finished", time=start, deep=f"added {res.written}")
-    return out
+        labels = Labels2DModel.parse(lab.astype(dt), dims=("y", "x"), transformations=dict(transforms))
+        res.element(keys.labels, labels)
+    res.table(keys.table, table, region=keys.points, instance_ids=np.arange(len(df)))
+    return res
