@@ -228,8 +228,6 @@ class TestHer2st:
         np.testing.assert_allclose(px * 3.477, a1.tables["A1"].obsm["spatial"], rtol=1e-6)
 
     def test_c1_clusters_and_cancer(self, c1, root):
-        from stmap.datasets._her2st import read_motivation
-
         t = c1.tables["C1"]
         assert c1.images == {} or len(c1.images) == 0  # C1 has no image in the repository
         _assert_common_table(t, 176, 15557)
@@ -238,9 +236,10 @@ class TestHer2st:
         common = t.obs_names.intersection(ann.index)
         assert len(common) == 174
         np.testing.assert_array_equal(t.obs.loc[common, "cluster"].astype(int), ann.loc[common, "label"])
-        # motivation.csv: patient C clusters 2, 3, 4 are cancer
-        mot = read_motivation(root / "her2st/cluster_labels/motivation.csv")["C"]
-        assert {k for k, v in mot.items() if v.startswith("cancer")} == {2, 3, 4}
+        # motivation.csv: patient C clusters 2, 3, 4 are cancer (its annotations carry unquoted commas)
+        annot = t.obs.dropna(subset=["cluster"]).groupby("cluster", observed=True)["cluster_annotation"].first()
+        assert {int(k) for k, v in annot.items() if str(v).startswith("cancer")} == {2, 3, 4}
+        assert "immune : APC, B-cell, T-cell" in set(annot.astype(str))
         expect = t.obs["cluster"].astype(float).isin([2, 3, 4]).to_numpy()
         np.testing.assert_array_equal(t.obs["cancer"].to_numpy(), expect)
         assert t.obs["cancer"].dtype == bool
@@ -291,9 +290,7 @@ class TestHer2st:
             st.datasets.her2st("Z9", path=root)
 
     def test_deconvolution(self, c1, root):
-        from stmap.datasets._her2st import her2st_deconvolution
-
-        df = her2st_deconvolution("C1", path=root)
+        df = st.datasets.her2st_deconvolution("C1", path=root)
         assert df.shape[1] == 8
         assert "Epithelial" in df.columns
         np.testing.assert_allclose(df.sum(1), 1, atol=1e-4)

@@ -241,24 +241,30 @@ class TestSimulateTissue:
         d, _ = cKDTree(cells.obsm["spatial"]).query(cells.obsm["spatial"], k=2)
         assert 7.0 < np.median(d[:, 1]) < 15.0
 
-    def test_pbmc_counts_are_the_raw_counts(self):
+    def test_pbmc_counts_are_the_raw_counts(self, cells):
         import scanpy as sc
 
-        from stmap.datasets._simulate import _pbmc_counts
-
-        pb, counts = sc.datasets.pbmc68k_reduced(), _pbmc_counts()
-        # re-normalising the recovered counts as scanpy did gives back .raw (log1p of counts per 10k)
-        relog = np.log1p(_dense(counts.X) / pb.obs["n_counts"].to_numpy()[:, None] * 1e4)
-        np.testing.assert_allclose(relog, _dense(pb.raw.X), atol=0.02)
-        assert counts.X.sum(axis=1).min() > 100
+        pb = sc.datasets.pbmc68k_reduced()
+        rows = pb.obs_names.get_indexer(cells.obs["reference_cell"])
+        X = _dense(cells.X)
+        assert (rows >= 0).all()
+        np.testing.assert_array_equal(X, np.round(X))  # counts, recovered from the log-normalised .raw
+        # re-normalising the copied counts as scanpy did gives back .raw (log1p of counts per 10k)
+        relog = np.log1p(X / pb.obs["n_counts"].to_numpy()[rows, None] * 1e4)
+        np.testing.assert_allclose(relog, _dense(pb.raw.X)[rows], atol=0.02)
+        assert X.sum(axis=1).min() > 100
 
     def test_cells_are_reference_cells(self, cells):
-        from stmap.datasets._simulate import _pbmc_counts
+        import scanpy as sc
 
-        ref = _pbmc_counts()
-        rows = ref.obs_names.get_indexer(cells.obs["reference_cell"])
-        np.testing.assert_array_equal(_dense(cells.X[:100]), _dense(ref.X[rows[:100]]))
-        np.testing.assert_array_equal(cells.obs["cell_type"].astype(str), ref.obs["cell_type"].astype(str).iloc[rows])
+        pb = sc.datasets.pbmc68k_reduced()
+        rows = pb.obs_names.get_indexer(cells.obs["reference_cell"])[:100]
+        # the reference cells' counts, recovered independently: round(expm1(raw.X) * n_counts / 1e4)
+        raw = _dense(pb.raw.X[rows]).astype(np.float64)
+        ref = np.round(np.expm1(raw) * (pb.obs["n_counts"].to_numpy()[rows, None] / 1e4))
+        np.testing.assert_array_equal(_dense(cells.X[:100]), ref.astype(np.float32))
+        types = pb.obs["bulk_labels"].astype(str).iloc[rows].to_numpy()
+        np.testing.assert_array_equal(cells.obs["cell_type"].astype(str).to_numpy()[:100], types)
 
     def test_domains_are_coherent_and_distinct(self, cells):
         from scipy.spatial import cKDTree

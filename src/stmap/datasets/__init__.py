@@ -1,6 +1,6 @@
 """Real public data as SpatialData, and simulators with known ground truth."""
 
-from ._her2st import her2st
+from ._her2st import her2st, her2st_deconvolution
 from ._platforms import synthetic_visium, synthetic_visium_hd, synthetic_xenium
 from ._readers import (
     bdtnp_atlas,
@@ -19,6 +19,7 @@ __all__ = [
     "bdtnp_atlas",
     "cosmx_lung",
     "her2st",
+    "her2st_deconvolution",
     "large_reference",
     "large_visium_hd",
     "large_xenium",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,12 @@ from stmap._core._constants import Key
 from stmap._core._elements import affine_matrix, make_circles, make_image, make_table, new_spatialdata
 from stmap._core._errors import StmapInputError
 from stmap._core._io import counts_adata, data_root, lazy_image, require_files
+from stmap._core._params import Instance, validate_params
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+FLAG = Instance((bool,))
 
 __all__ = ["her2st", "her2st_deconvolution"]
 
@@ -149,13 +156,14 @@ def _read_counts(path: Path) -> pd.DataFrame:
     return counts
 
 
+@validate_params(section=Instance((str,)), path=[Instance((str, Path)), None], load_image=FLAG, download=FLAG)
 def her2st(
     section: str = "C1",
     *,
     path: str | Path | None = None,
     load_image: bool = True,
     download: bool = False,
-):
+) -> SpatialData:
     """HER2-positive breast tumour, legacy Spatial Transcriptomics (HER2ST, :cite:`andersson2021`).
 
     One section of the HER2ST data of Andersson et al. (2021, Nat Commun 12:6012), as published in the
@@ -216,24 +224,57 @@ def her2st(
           ``spot_spacing_um`` (200), ``source``, ``section``, ``patient``, ``cancer_source``, ``image_scale``
           (full-resolution pixels per image pixel) when an image is present.
     """
-    section = str(section).upper()
+    section = section.upper()
     if section not in SECTIONS:
         raise StmapInputError(f"Unknown HER2ST section {section!r}. Available: {', '.join(SECTIONS)}.")
+    files = _section_files(section, path, load_image, download)
+    counts, xy, pix, mpp = _read_spots(files, section)
+    keys = _array_key(xy[:, 0], xy[:, 1])
+    obs = pd.DataFrame(index=counts.index)
+    obs[Key.obs.section] = pd.Categorical([section] * len(obs))
+    obs["array_row"] = np.rint(xy[:, 1]).astype(int)
+    obs["array_col"] = np.rint(xy[:, 0]).astype(int)
+    obsm: dict[str, np.ndarray] = {Key.obsm.spatial: pix}
+    cancer_source = None
+    if "clusters" in files:  # patient C: expression clusters, their annotation, registered coordinates
+        cancer_source = _add_clusters(obs, obsm, files, keys, section)
+    if "pathologist" in files:  # A1, C1
+        cancer_source = _add_pathologist(obs, files["pathologist"], keys) or cancer_source
+    adata = counts_adata(counts.to_numpy(), obs.index, counts.columns, obs=obs)
+    for k, v in obsm.items():
+        adata.obsm[k] = v
+    shapes_name, image_name = f"{section}_spots", f"{section}_he"
+    info: dict[str, Any] = {
+        "mpp": mpp,
+        "spot_diameter_um": SPOT_DIAMETER_UM,
+        "spot_spacing_um": SPOT_SPACING_UM,
+        "source": "HER2ST, Andersson et al. 2021 Nat Commun 12:6012; github.com/almaan/her2st",
+        "section": section,
+        "patient": section[0],
+        "cancer_source": cancer_source or "none",
+    }
+    images = {}
+    if "image" in files:
+        images[image_name], info["image_scale"] = _section_image(files["image"], section, mpp)
+        info["image"] = image_name
+    adata.uns[Key.uns.stmap] = info
+    shapes = make_circles(pix * mpp, SPOT_DIAMETER_UM / 2, index=np.arange(adata.n_obs))
+    table = make_table(adata, region=shapes_name, instance_ids=np.arange(adata.n_obs))
+    return new_spatialdata(images=images, shapes={shapes_name: shapes}, tables={section: table}, units={Key.cs: "um"})
+
+
+def _section_files(section: str, path: str | Path | None, load_image: bool, download: bool) -> dict[str, Path]:
+    """The section's files under the data root (downloaded first when asked), by role."""
     root = data_root(path)
     rel = _relpaths(section, load_image)
     if download:
         _download(root, section, rel)
-    files = dict(
-        zip(
-            rel,
-            require_files(
-                root, list(rel.values()), "HER2ST", hint="Or call `her2st(..., download=True)` (needs internet)."
-            ),
-            strict=True,
-        )
-    )
+    hint = "Or call `her2st(..., download=True)` (needs internet)."
+    return dict(zip(rel, require_files(root, list(rel.values()), "HER2ST", hint=hint), strict=True))
 
-    # counts and spot positions ------------------------------------------------------------------------------------
+
+def _read_spots(files: dict[str, Path], section: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, float]:
+    """Counts of the spots with a pixel position, their array ``(x, y)``, pixel centres and µm per pixel."""
     counts = _read_counts(files["counts"])
     xy = counts.index.str.split("x", expand=True).to_frame(index=False).astype(float).to_numpy()
     keys = _array_key(xy[:, 0], xy[:, 1])
@@ -246,86 +287,67 @@ def her2st(
             f"HER2ST {section}: {int((~has_pos).sum())} spots with counts have no pixel position in the spot file; "
             "they are dropped.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
         counts, keys, xy = counts.loc[has_pos], keys[has_pos], xy[has_pos]
     pix = spots.loc[keys, ["pixel_x", "pixel_y"]].to_numpy(dtype=float)
     sel = spots[["x", "y"]].to_numpy(dtype=float)
     mpp = estimate_mpp(sel, spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float))
-
-    obs = pd.DataFrame(index=counts.index)
-    obs[Key.obs.section] = pd.Categorical([section] * len(obs))
-    obs["array_row"] = np.rint(xy[:, 1]).astype(int)
-    obs["array_col"] = np.rint(xy[:, 0]).astype(int)
-    obsm: dict[str, np.ndarray] = {Key.obsm.spatial: pix}
-    cancer_source = None
-
-    # patient C: expression clusters, their annotation, registered coordinates ------------------------------------
-    if "clusters" in files:
-        cl = pd.read_csv(files["clusters"], sep="\t", index_col=0)
-        cl.index = _array_key(cl["x"], cl["y"])
-        cl = cl[~cl.index.duplicated()].reindex(keys)
-        annot = read_motivation(files["motivation"]).get(section[0], {})
-        lab = cl["label"].to_numpy(dtype=float)
-        cats = [str(c) for c in sorted(set(annot) | {int(v) for v in lab[~np.isnan(lab)]})]
-        cluster = [None if np.isnan(v) else str(int(v)) for v in lab]
-        obs["cluster"] = pd.Categorical(cluster, categories=cats)
-        text = [None if c is None else annot.get(int(c), "unknown") for c in cluster]
-        obs["cluster_annotation"] = pd.Categorical(text)
-        obs["cancer"] = np.array([t is not None and t.startswith("cancer") for t in text], dtype=bool)
-        obsm[Key.obsm.spatial_warped] = cl[["warped_x", "warped_y"]].to_numpy(dtype=float)
-        cancer_source = "motivation.csv cluster annotation"
-
-    # pathologist labels (A1, C1) ----------------------------------------------------------------------------------
-    if "pathologist" in files:
-        pl = pd.read_csv(files["pathologist"], sep="\t")
-        pl.index = _array_key(pl["x"], pl["y"])
-        pl = pl[~pl.index.duplicated()]
-        labels = pl["label"].reindex(keys)
-        obs["pathologist_label"] = pd.Categorical(labels.to_numpy(), categories=sorted(pl["label"].dropna().unique()))
-        if "cancer" not in obs:
-            obs["cancer"] = labels.isin(_CANCER_PATHOLOGIST).to_numpy()
-            cancer_source = "pathologist_label in ('invasive cancer', 'cancer in situ')"
-
-    adata = counts_adata(counts.to_numpy(), obs.index, counts.columns, obs=obs)
-    for k, v in obsm.items():
-        adata.obsm[k] = v
-
-    # elements -----------------------------------------------------------------------------------------------------
-    shapes_name, image_name = f"{section}_spots", f"{section}_he"
-    shapes = make_circles(pix * mpp, SPOT_DIAMETER_UM / 2, index=np.arange(adata.n_obs))
-    images = {}
-    info = {
-        "mpp": mpp,
-        "spot_diameter_um": SPOT_DIAMETER_UM,
-        "spot_spacing_um": SPOT_SPACING_UM,
-        "source": "HER2ST, Andersson et al. 2021 Nat Commun 12:6012; github.com/almaan/her2st",
-        "section": section,
-        "patient": section[0],
-        "cancer_source": cancer_source or "none",
-    }
-    if "image" in files:
-        if section == "A1":
-            arr = lazy_image(files["image"], "RGB", mask=_A1_INSET, fill=0)
-            scale = _A1_FULLRES_WIDTH / arr.shape[1]
-        else:
-            arr = lazy_image(files["image"], "RGB")
-            scale = 1.0
-        images[image_name] = make_image(
-            arr,
-            dims=("y", "x", "c"),
-            transform=affine_matrix(scale * mpp),
-            c_coords=["r", "g", "b"],
-            scale_factors=[2, 2, 2] if max(arr.shape) > 4096 else [2, 2],
-            chunks=(3, 1024, 1024),
-        )
-        info["image_scale"] = scale
-        info["image"] = image_name
-    adata.uns[Key.uns.stmap] = info
-    table = make_table(adata, region=shapes_name, instance_ids=np.arange(adata.n_obs))
-    return new_spatialdata(images=images, shapes={shapes_name: shapes}, tables={section: table}, units={Key.cs: "um"})
+    return counts, xy, pix, mpp
 
 
+def _add_clusters(
+    obs: pd.DataFrame, obsm: dict[str, np.ndarray], files: dict[str, Path], keys: pd.Index, section: str
+) -> str:
+    """Patient C: expression cluster, its annotation in ``motivation.csv``, cancer flag, registered coordinates."""
+    cl = pd.read_csv(files["clusters"], sep="\t", index_col=0)
+    cl.index = _array_key(cl["x"], cl["y"])
+    cl = cl[~cl.index.duplicated()].reindex(keys)
+    annot = read_motivation(files["motivation"]).get(section[0], {})
+    lab = cl["label"].to_numpy(dtype=float)
+    cats = [str(c) for c in sorted(set(annot) | {int(v) for v in lab[~np.isnan(lab)]})]
+    cluster = [None if np.isnan(v) else str(int(v)) for v in lab]
+    obs["cluster"] = pd.Categorical(cluster, categories=cats)
+    text = [None if c is None else annot.get(int(c), "unknown") for c in cluster]
+    obs["cluster_annotation"] = pd.Categorical(text)
+    obs["cancer"] = np.array([t is not None and t.startswith("cancer") for t in text], dtype=bool)
+    obsm[Key.obsm.spatial_warped] = cl[["warped_x", "warped_y"]].to_numpy(dtype=float)
+    return "motivation.csv cluster annotation"
+
+
+def _add_pathologist(obs: pd.DataFrame, file: Path, keys: pd.Index) -> str | None:
+    """A1, C1: the pathologist's region label; the cancer flag from it when no cluster annotation set one."""
+    pl = pd.read_csv(file, sep="\t")
+    pl.index = _array_key(pl["x"], pl["y"])
+    pl = pl[~pl.index.duplicated()]
+    labels = pl["label"].reindex(keys)
+    obs["pathologist_label"] = pd.Categorical(labels.to_numpy(), categories=sorted(pl["label"].dropna().unique()))
+    if "cancer" in obs:
+        return None
+    obs["cancer"] = labels.isin(_CANCER_PATHOLOGIST).to_numpy()
+    return "pathologist_label in ('invasive cancer', 'cancer in situ')"
+
+
+def _section_image(file: Path, section: str, mpp: float) -> tuple[Any, float]:
+    """The lazy H&E element (pixels -> µm) and its full-resolution pixels per image pixel."""
+    if section == "A1":
+        arr = lazy_image(file, "RGB", mask=_A1_INSET, fill=0)
+        scale = _A1_FULLRES_WIDTH / arr.shape[1]
+    else:
+        arr = lazy_image(file, "RGB")
+        scale = 1.0
+    image = make_image(
+        arr,
+        dims=("y", "x", "c"),
+        transform=affine_matrix(scale * mpp),
+        c_coords=["r", "g", "b"],
+        scale_factors=[2, 2, 2] if max(arr.shape) > 4096 else [2, 2],
+        chunks=(3, 1024, 1024),
+    )
+    return image, scale
+
+
+@validate_params(section=Instance((str,)), path=[Instance((str, Path)), None])
 def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None) -> pd.DataFrame:
     """Published per-spot proportions of 8 major cell types (stereoscope) for one HER2ST section.
 
@@ -344,7 +366,7 @@ def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None)
     """
     import zipfile
 
-    section = str(section).upper()
+    section = section.upper()
     (zpath,) = require_files(data_root(path), ["her2st/deconv/major_proportions.zip"], "HER2ST deconvolution")
     with zipfile.ZipFile(zpath) as z:
         names = [n for n in z.namelist() if Path(n).name == f"{section}-proportion.tsv"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,11 @@ from stmap._core._elements import (
 )
 from stmap._core._errors import StmapInputError
 from stmap._core._io import counts_adata, data_root, lazy_image, read_image, require_files
+from stmap._core._params import Instance, Options, validate_params
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = [
     "bdtnp_atlas",
@@ -43,6 +49,9 @@ _UNITS = {Key.cs: "um"}
 #: Even small rasters are written as (2-level) pyramids: spatialdata 0.7.2 + ome-zarr 0.18 cannot write a
 #: single-scale image (ome-zarr now builds a pyramid when ``scaler=None`` and the chunks no longer match).
 _PYRAMID = [2]
+#: Declared parameters of the readers: the data root and the image switches.
+PATH = [Instance((str, Path)), None]
+FLAG = Instance((bool,))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -75,7 +84,7 @@ def _rgb(a: np.ndarray) -> np.ndarray:
     return a[..., :3]
 
 
-def _spot_table(adata, region: str, info: dict):
+def _spot_table(adata: AnnData, region: str, info: dict[str, Any]) -> AnnData:
     adata.uns[Key.uns.stmap] = info
     return make_table(adata, region=region, instance_ids=np.arange(adata.n_obs))
 
@@ -83,7 +92,8 @@ def _spot_table(adata, region: str, info: dict):
 # --------------------------------------------------------------------------------------------------------------------
 # Visium (Space Ranger layout): squidpy's test fixture
 # --------------------------------------------------------------------------------------------------------------------
-def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True):
+@validate_params(path=PATH, load_images=FLAG)
+def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True) -> SpatialData:
     """Minimal Space Ranger output (squidpy's Visium test fixture) read as SpatialData.
 
     ``<path>/squidpy_tests/visium_fixture/``: ``filtered_feature_bc_matrix.h5`` and ``spatial/``
@@ -181,7 +191,8 @@ _DG_EXTENTS = {
 }
 
 
-def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = True):
+@validate_params(path=PATH, load_image=FLAG)
+def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = True) -> SpatialData:
     """10x Visium mouse brain crop around the dentate gyrus (GiottoData mini data set), 624 spots x 634 genes.
 
     Parameters
@@ -254,8 +265,8 @@ def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = T
 # --------------------------------------------------------------------------------------------------------------------
 # spacexr (RCTD) example data
 # --------------------------------------------------------------------------------------------------------------------
-#: name -> (kind, coordinate unit in um, spot/cell diameter in um, description)
-_SPACEXR = {
+#: name -> (kind, coordinate unit in um or 'visium' (from the spot grid), spot/cell diameter in um, description)
+_SPACEXR: dict[str, tuple[str, Any, Any, str]] = {
     "cerebellum_snrnaseq_ref": ("reference", None, None, "mouse cerebellum snRNA-seq reference, 19 types"),
     "hippocampus_dropseq_ref": ("reference", None, None, "mouse hippocampus Drop-seq reference, 17 types"),
     "hypothalamus_scrnaseq_ref": ("reference", None, None, "mouse hypothalamus scRNA-seq reference, 14 types"),
@@ -265,7 +276,8 @@ _SPACEXR = {
 }
 
 
-def spacexr(name: str, *, path: str | Path | None = None):
+@validate_params(name=Options(_SPACEXR), path=PATH)
+def spacexr(name: str, *, path: str | Path | None = None) -> AnnData | SpatialData:
     """Example data of spacexr (RCTD): single-cell references and matching spatial sets.
 
     Parameters
@@ -290,8 +302,6 @@ def spacexr(name: str, *, path: str | Path | None = None):
     """
     import anndata as ad
 
-    if name not in _SPACEXR:
-        raise StmapInputError(f"Unknown spacexr data set {name!r}. Available: {', '.join(sorted(_SPACEXR))}.")
     kind, unit, diam, desc = _SPACEXR[name]
     (f,) = require_files(data_root(path), [f"spacexr/h5ad/{name}.h5ad"], "spacexr")
     src = ad.read_h5ad(f)
@@ -315,7 +325,8 @@ def spacexr(name: str, *, path: str | Path | None = None):
 # --------------------------------------------------------------------------------------------------------------------
 # STARmap PLUS cell table
 # --------------------------------------------------------------------------------------------------------------------
-def starmap_cells(path: str | Path | None = None):
+@validate_params(path=PATH)
+def starmap_cells(path: str | Path | None = None) -> SpatialData:
     """STARmap PLUS mouse brain cells (well 11, Shi et al. 2023; via STalign): 43341 cells with region and type.
 
     Parameters
@@ -367,7 +378,8 @@ def starmap_cells(path: str | Path | None = None):
 # --------------------------------------------------------------------------------------------------------------------
 # BDTNP Drosophila atlas
 # --------------------------------------------------------------------------------------------------------------------
-def bdtnp_atlas(path: str | Path | None = None):
+@validate_params(path=PATH)
+def bdtnp_atlas(path: str | Path | None = None) -> AnnData:
     """BDTNP Drosophila stage-6 embryo in situ atlas (via novoSpaRc): 3039 locations x 84 genes, 3D.
 
     Parameters
@@ -410,6 +422,7 @@ def bdtnp_atlas(path: str | Path | None = None):
 # CosMx NSCLC (Lung12) crop
 # --------------------------------------------------------------------------------------------------------------------
 COSMX_MPP = 0.18  # um per pixel of the CosMx SMI camera (NanoString; x_global_px * 0.18 = um)
+_COSMX_FOVS = (2, 3)
 
 
 def _gdal_origin(aux_xml: Path) -> tuple[float, float] | None:
@@ -423,7 +436,8 @@ def _gdal_origin(aux_xml: Path) -> tuple[float, float] | None:
     return v[0], v[3]
 
 
-def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
+@validate_params(path=PATH, load_images=FLAG)
+def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True) -> SpatialData:
     """NanoString CosMx NSCLC (Lung12) crop of two FOVs (GiottoData mini data set): transcripts, cells, images.
 
     Parameters
@@ -456,56 +470,71 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
         centroids in global pixels as in the source (``x_global_px, y_global_px``, ``y`` up); ``uns['stmap']`` with
         ``mpp`` (0.18), ``source``, ``section``. Cells of the label images without transcripts have zero rows.
     """
-    import tifffile
-    from scipy import ndimage, sparse
-    from spatialdata.models import Labels2DModel, TableModel
-
     base = "giotto_cosmx_lung/"
-    fovs = (2, 3)
     rel = [base + "Lung12_tx_file.csv", base + "Lung12_fov_positions_file.csv"]
-    rel += [base + f"CellLabels/CellLabels_F{f:03d}.tif" for f in fovs]
+    rel += [base + f"CellLabels/CellLabels_F{f:03d}.tif" for f in _COSMX_FOVS]
     if load_images:
-        rel += [base + f"CellComposite/CellComposite_F{f:03d}.jpg" for f in fovs]
+        rel += [base + f"CellComposite/CellComposite_F{f:03d}.jpg" for f in _COSMX_FOVS]
     files = require_files(data_root(path), rel, "CosMx lung (GiottoData)")
     tx = pd.read_csv(files[0])
     fovpos = pd.read_csv(files[1]).set_index("fov")
-
-    labels, images, tables_obs, ids_all = {}, {}, [], []
-    for i, f in enumerate(fovs):
-        lab = tifffile.imread(files[2 + i])
-        h, w = lab.shape
-        t = tx[tx["fov"] == f]
-        origin = _gdal_origin(files[0].parent / f"CellComposite/CellComposite_F{f:03d}.jpg.aux.xml")
-        if origin is None:  # crop corner from the transcripts: 672 x 648 px tiles at multiples of the tile size
-            origin = (float(np.floor(t["x_local_px"].min() / w) * w), float(np.floor(t["y_local_px"].min()) + h))
-        x0, ytop = origin
-        fx, fy = float(fovpos.loc[f, "x_global_px"]), float(fovpos.loc[f, "y_global_px"])
-        # GDAL geotransform (1, -1): source pixel (col, row) <-> x_local = x0 + col, y_local = ytop - row, and
-        # y_um = -0.18 * (y_local + fy) grows with the row: no flip needed, just scale + translation.
-        m = affine_matrix(COSMX_MPP, (COSMX_MPP * (x0 + fx), -COSMX_MPP * (ytop + fy)))
-        lab = lab.astype(np.int32)
-        labels[f"fov{f}_labels"] = Labels2DModel.parse(
-            lab, dims=("y", "x"), transformations={Key.cs: to_transformation(m)}, scale_factors=_PYRAMID
-        )
-        if load_images:
-            img = _rgb(read_image(files[4 + i], mode="RGB"))
-            images[f"fov{f}_composite"] = make_image(
-                img, dims=("y", "x", "c"), transform=m, c_coords=["r", "g", "b"], scale_factors=_PYRAMID
-            )
-        ids = np.unique(lab)
-        ids = ids[ids > 0]
-        cy, cx = (np.array(v) for v in zip(*ndimage.center_of_mass(np.ones_like(lab), lab, ids), strict=True))
-        gx, gy = x0 + fx + cx, ytop + fy - cy  # centroid (row, col) -> global px (y up, as in the source)
-        tables_obs.append(
-            pd.DataFrame(
-                {"fov": f, "cell_ID": ids.astype(int), "region": f"fov{f}_labels", "gx": gx, "gy": gy},
-            )
-        )
-        ids_all.append(ids)
-    obs = pd.concat(tables_obs, ignore_index=True)
+    labels, images, cells = {}, {}, []
+    for i, f in enumerate(_COSMX_FOVS):
+        composite = files[4 + i] if load_images else None
+        labels[f"fov{f}_labels"], image, obs = _cosmx_fov(f, files[2 + i], composite, tx, fovpos, files[0].parent)
+        if image is not None:
+            images[f"fov{f}_composite"] = image
+        cells.append(obs)
+    obs = pd.concat(cells, ignore_index=True)
     obs.index = pd.Index([f"fov{f}_cell{c}" for f, c in zip(obs["fov"], obs["cell_ID"], strict=True)])
-
     genes = pd.Index(sorted(tx["target"].astype(str).unique()))
+    table = _cosmx_table(tx, obs, genes, sorted(labels))
+    points = _cosmx_points(tx, genes)
+    return new_spatialdata(
+        images=images, labels=labels, points={"transcripts": points}, tables={"cells": table}, units=_UNITS
+    )
+
+
+def _cosmx_fov(
+    f: int, label_file: Path, composite: Path | None, tx: pd.DataFrame, fovpos: pd.DataFrame, base: Path
+) -> tuple[Any, Any, pd.DataFrame]:
+    """One FOV: its labels (and composite image) placed in µm, and its cells' ids and centroids in global pixels."""
+    import tifffile
+    from scipy import ndimage
+    from spatialdata.models import Labels2DModel
+
+    lab = tifffile.imread(label_file)
+    h, w = lab.shape
+    t = tx[tx["fov"] == f]
+    origin = _gdal_origin(base / f"CellComposite/CellComposite_F{f:03d}.jpg.aux.xml")
+    if origin is None:  # crop corner from the transcripts: 672 x 648 px tiles at multiples of the tile size
+        origin = (float(np.floor(t["x_local_px"].min() / w) * w), float(np.floor(t["y_local_px"].min()) + h))
+    x0, ytop = origin
+    fx, fy = float(fovpos.loc[f, "x_global_px"]), float(fovpos.loc[f, "y_global_px"])
+    # GDAL geotransform (1, -1): source pixel (col, row) <-> x_local = x0 + col, y_local = ytop - row, and
+    # y_um = -0.18 * (y_local + fy) grows with the row: no flip needed, just scale + translation.
+    m = affine_matrix(COSMX_MPP, (COSMX_MPP * (x0 + fx), -COSMX_MPP * (ytop + fy)))
+    lab = lab.astype(np.int32)
+    labels = Labels2DModel.parse(
+        lab, dims=("y", "x"), transformations={Key.cs: to_transformation(m)}, scale_factors=_PYRAMID
+    )
+    image = None
+    if composite is not None:
+        img = _rgb(read_image(composite, mode="RGB"))
+        image = make_image(img, dims=("y", "x", "c"), transform=m, c_coords=["r", "g", "b"], scale_factors=_PYRAMID)
+    ids = np.unique(lab)
+    ids = ids[ids > 0]
+    cy, cx = (np.array(v) for v in zip(*ndimage.center_of_mass(np.ones_like(lab), lab, ids), strict=True))
+    gx, gy = x0 + fx + cx, ytop + fy - cy  # centroid (row, col) -> global px (y up, as in the source)
+    obs = pd.DataFrame({"fov": f, "cell_ID": ids.astype(int), "region": f"fov{f}_labels", "gx": gx, "gy": gy})
+    return labels, image, obs
+
+
+def _cosmx_table(tx: pd.DataFrame, obs: pd.DataFrame, genes: pd.Index, regions: list[str]) -> AnnData:
+    """Cells x targets of the assigned transcripts, annotating the label elements."""
+    from scipy import sparse
+    from spatialdata.models import TableModel
+
     assigned = tx[tx["cell_ID"] > 0]
     row = pd.Series(np.arange(len(obs)), index=obs.index)
     keys = "fov" + assigned["fov"].astype(str) + "_cell" + assigned["cell_ID"].astype(str)
@@ -526,8 +555,11 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
     }
     adata.obs[Key.obs.region] = pd.Categorical(obs["region"].to_numpy())
     adata.obs[Key.obs.instance] = obs["cell_ID"].to_numpy()
-    table = TableModel.parse(adata, region=sorted(labels), region_key=Key.obs.region, instance_key=Key.obs.instance)
+    return TableModel.parse(adata, region=regions, region_key=Key.obs.region, instance_key=Key.obs.instance)
 
+
+def _cosmx_points(tx: pd.DataFrame, genes: pd.Index) -> Any:
+    """Every transcript in µm (``y`` down) with its source columns."""
     pts = pd.DataFrame(
         {
             "target": pd.Categorical(tx["target"].astype(str), categories=genes),
@@ -540,10 +572,7 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
         }
     )
     xy = np.column_stack([tx["x_global_px"] * COSMX_MPP, -tx["y_global_px"] * COSMX_MPP])
-    points = make_points(xy, annotations=pts, feature_key="target")
-    return new_spatialdata(
-        images=images, labels=labels, points={"transcripts": points}, tables={"cells": table}, units=_UNITS
-    )
+    return make_points(xy, annotations=pts, feature_key="target")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -551,9 +580,11 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True):
 # --------------------------------------------------------------------------------------------------------------------
 #: Image extent in um (x0, x1, y0, y1; y pointing down), from GiottoData's mini Vizgen script.
 _VIZGEN_EXTENT = (6400.029, 6900.037, 4699.967, 5150.007)
+_VIZGEN_IMAGES = [(z, s) for z in (0, 1) for s in ("dapi", "polyT")]
 
 
-def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
+@validate_params(path=PATH, load_images=FLAG)
+def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True) -> SpatialData:
     """Vizgen MERFISH mouse brain crop (GiottoData mini data set): transcripts, cell polygons, DAPI/polyT, counts.
 
     Parameters
@@ -583,23 +614,40 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
         cells are left out); ``obsm['spatial']`` z0 polygon centroids in um; ``uns['stmap']`` with ``mpp`` (1,
         coordinates are um), ``source``, ``section``, ``n_unassigned`` transcripts.
     """
+    base = "giotto_vizgen_brain/"
+    rel = [base + "vizgen_transcripts.gz"] + [base + f"cell_boundaries/z{z}_polygons.gz" for z in (0, 1)]
+    if load_images:
+        rel += [base + f"images/mini_dataset_{s}_z{z}.jpg" for z, s in _VIZGEN_IMAGES]
+    files = require_files(data_root(path), rel, "Vizgen brain (GiottoData)")
+    tx = pd.read_csv(files[0])
+    shapes, cell_id = _vizgen_cells(tx, files[1:3])
+    genes = pd.Index(sorted(tx["gene"].astype(str).unique()))
+    table = _vizgen_table(tx, shapes["cells_z0"], cell_id, genes)
+    ann = pd.DataFrame(
+        {
+            "gene": pd.Categorical(tx["gene"].astype(str), categories=genes),
+            "z_plane": tx["global_z"].to_numpy(),
+            "cell_id": cell_id.astype(str),
+        }
+    )
+    points = make_points(tx[["global_x", "global_y"]].to_numpy(), annotations=ann, feature_key="gene")
+    images = _vizgen_images(files[3:]) if load_images else {}
+    return new_spatialdata(
+        images=images, points={"transcripts": points}, shapes=shapes, tables={"cells": table}, units=_UNITS
+    )
+
+
+def _vizgen_cells(tx: pd.DataFrame, polygon_files: list[Path]) -> tuple[dict[str, Any], np.ndarray]:
+    """Cell polygons per z plane (``y`` negated back), and the polygon of the same plane holding each transcript."""
     import geopandas as gpd
-    from scipy import sparse
     from shapely import Polygon
     from shapely import points as shp_points
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    base = "giotto_vizgen_brain/"
-    rel = [base + "vizgen_transcripts.gz"] + [base + f"cell_boundaries/z{z}_polygons.gz" for z in (0, 1)]
-    img_keys = [(z, s) for z in (0, 1) for s in ("dapi", "polyT")]
-    if load_images:
-        rel += [base + f"images/mini_dataset_{s}_z{z}.jpg" for z, s in img_keys]
-    files = require_files(data_root(path), rel, "Vizgen brain (GiottoData)")
-    tx = pd.read_csv(files[0])
     shapes, cell_id = {}, np.full(len(tx), "", dtype=object)
-    for z in (0, 1):
-        poly = pd.read_csv(files[1 + z], dtype={"poly_ID": str})
+    for z, file in enumerate(polygon_files):
+        poly = pd.read_csv(file, dtype={"poly_ID": str})
         geoms, ids = [], []
         for pid, g in poly.groupby("poly_ID", sort=True):
             geoms.append(Polygon(np.column_stack([g["x"].to_numpy(), -g["y"].to_numpy()])).buffer(0))
@@ -611,9 +659,13 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
         ip, ig = gdf.sindex.query(pts, predicate="within")
         first = pd.Series(ig, index=ip).groupby(level=0).first()  # overlapping polygons: take one
         cell_id[sel[first.index.to_numpy()]] = np.asarray(ids, dtype=object)[first.to_numpy()]
+    return shapes, cell_id
 
-    cells = shapes["cells_z0"]
-    genes = pd.Index(sorted(tx["gene"].astype(str).unique()))
+
+def _vizgen_table(tx: pd.DataFrame, cells: Any, cell_id: np.ndarray, genes: pd.Index) -> AnnData:
+    """Cells (z0 polygons) x genes: transcripts of both planes counted per polygon id."""
+    from scipy import sparse
+
     ok = pd.Index(cells.index).get_indexer(cell_id)
     has = ok >= 0
     X = sparse.csr_matrix(
@@ -630,25 +682,17 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True):
         "section": "vizgen_brain",
         "n_unassigned": int((cell_id == "").sum()),
     }
-    table = make_table(adata, region="cells_z0", instance_ids=cells.index.to_numpy())
+    return make_table(adata, region="cells_z0", instance_ids=cells.index.to_numpy())
 
-    ann = pd.DataFrame(
-        {
-            "gene": pd.Categorical(tx["gene"].astype(str), categories=genes),
-            "z_plane": tx["global_z"].to_numpy(),
-            "cell_id": cell_id.astype(str),
-        }
-    )
-    points = make_points(tx[["global_x", "global_y"]].to_numpy(), annotations=ann, feature_key="gene")
+
+def _vizgen_images(files: list[Path]) -> dict[str, Any]:
+    """The four grey stain crops, lazy, placed at their published extent."""
+    x0, x1, y0, y1 = _VIZGEN_EXTENT
     images = {}
-    if load_images:
-        x0, x1, y0, y1 = _VIZGEN_EXTENT
-        for (z, s), f in zip(img_keys, files[3:], strict=True):
-            a = lazy_image(f, mode="L")
-            m = affine_matrix(((x1 - x0) / a.shape[1], (y1 - y0) / a.shape[0]), (x0, y0))
-            images[f"z{z}_{s}"] = make_image(
-                a, dims=("y", "x", "c"), transform=m, c_coords=[s], scale_factors=[2, 2], chunks=(1, 1024, 1024)
-            )
-    return new_spatialdata(
-        images=images, points={"transcripts": points}, shapes=shapes, tables={"cells": table}, units=_UNITS
-    )
+    for (z, s), f in zip(_VIZGEN_IMAGES, files, strict=True):
+        a = lazy_image(f, mode="L")
+        m = affine_matrix(((x1 - x0) / a.shape[1], (y1 - y0) / a.shape[0]), (x0, y0))
+        images[f"z{z}_{s}"] = make_image(
+            a, dims=("y", "x", "c"), transform=m, c_coords=[s], scale_factors=[2, 2], chunks=(1, 1024, 1024)
+        )
+    return images
