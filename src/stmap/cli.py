@@ -8,17 +8,21 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["main", "run_demo", "DEMO_STEPS"]
 
-#: Demo steps, in order: ``(name, function(sdata, outdir) -> list of written figure paths)``.
-#: Each capability adds its own step here.
-DEMO_STEPS: list[tuple[str, Callable[[Any, Path], list[Path]]]] = []
+#: A demo step: ``function(sdata, outdir) -> list of written figure paths``.
+Step = Callable[["SpatialData", Path], list[Path]]
+#: Demo steps, in order: ``(name, step)``. Each capability adds its own step here.
+DEMO_STEPS: list[tuple[str, Step]] = []
 
 
-def _step(name: str):
-    def deco(func):
+def _step(name: str) -> Callable[[Step], Step]:
+    def deco(func: Step) -> Step:
         DEMO_STEPS.append((name, func))
         return func
 
@@ -26,7 +30,7 @@ def _step(name: str):
 
 
 @_step("look at the tissue")
-def _overview(sdata: Any, outdir: Path) -> list[Path]:
+def _overview(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import pl
 
     spots = _spot_table(sdata)
@@ -39,7 +43,7 @@ def _overview(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("spatial statistics on the spots (scanpy + squidpy)")
-def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
+def _squidpy(sdata: SpatialData, outdir: Path) -> list[Path]:
     import numpy as np
     import scanpy as sc
     import squidpy as sq
@@ -68,7 +72,7 @@ def _squidpy(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("map cells onto spots (st.tl.map_cells)")
-def _mapping(sdata: Any, outdir: Path) -> list[Path]:
+def _mapping(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import pl, tl
 
     spots = _spot_table(sdata)
@@ -81,22 +85,26 @@ def _mapping(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("cancer tissue regions (st.pp.histology_features, st.tl.train_ctr / detect_ctr)")
-def _ctr(sdata: Any, outdir: Path) -> list[Path]:
+def _ctr(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import datasets, pl, pp, tl
 
     spots = _spot_table(sdata)
     source = datasets.synthetic_tissue(seed=101)  # another slide with its own planted tumour: the labelled source
     for s in (source, sdata):
         pp.histology_features(s, table_key=spots)
-    import torch
+    from ._core._device import torch_threads
 
-    fast = {"pretrain_epochs": 3, "warmup_epochs": 3, "epochs": 20, "batch_size": 64, "verbose": False}
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains fastest on one thread (no OpenMP contention)
-    try:
-        model = tl.train_ctr(source, label_key="tumor", table_key=spots, **fast)
-    finally:
-        torch.set_num_threads(n_threads)
+    with torch_threads(1):  # a model this small trains fastest on one thread (no OpenMP contention)
+        model = tl.train_ctr(
+            source,
+            label_key="tumor",
+            table_key=spots,
+            pretrain_epochs=3,
+            warmup_epochs=3,
+            epochs=20,
+            batch_size=64,
+            verbose=False,
+        )
     tl.detect_ctr(sdata, model, table_key=spots, label_key="tumor")
     path = outdir / "ctr.png"
     pl.ctr(sdata, table_key=spots, save=path, show=False)
@@ -104,19 +112,32 @@ def _ctr(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("density identity (st.tl.density, st.tl.rank_densities)")
-def _density(sdata: Any, outdir: Path) -> list[Path]:
+def _density(sdata: SpatialData, outdir: Path) -> list[Path]:
     import numpy as np
 
     from . import pl, tl
 
     # half of the cells build the per-type reference maps; the other half's tumour cells are the query population
     half = np.random.default_rng(0).uniform(size=sdata.tables["cells"].n_obs) < 0.5
-    common = {"points_key": "cell_points", "groupby": "cell_type", "bandwidth": 25.0, "voxel_size": 8.0}
-    tl.density(sdata, weights=half.astype(float), key_added="cell_type_density", **common)
     tl.density(
-        sdata, weights=(~half).astype(float), groups=["tumor"], grid="cell_type_density", key_added="query_density",
-        **{k: v for k, v in common.items() if k != "voxel_size"},
-    )  # fmt: skip
+        sdata,
+        points_key="cell_points",
+        groupby="cell_type",
+        bandwidth=25.0,
+        voxel_size=8.0,
+        weights=half.astype(float),
+        key_added="cell_type_density",
+    )
+    tl.density(
+        sdata,
+        points_key="cell_points",
+        groupby="cell_type",
+        bandwidth=25.0,
+        weights=(~half).astype(float),
+        groups=["tumor"],
+        grid="cell_type_density",
+        key_added="query_density",
+    )
     tl.rank_densities(sdata, "query_density", "cell_type_density", method="cellmap2d")
     paths = [outdir / "densities.png", outdir / "density_ranking.png"]
     pl.density(sdata, "cell_type_density", save=paths[0], show=False)
@@ -125,39 +146,40 @@ def _density(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("gene maps on histology (st.tl.gene_maps)")
-def _gene_maps(sdata: Any, outdir: Path) -> list[Path]:
-    import torch
-
+def _gene_maps(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import pl, tl
+    from ._core._device import torch_threads
 
     spots = _spot_table(sdata)
     genes = ["tumor_r01", "immune_r01", "stroma_r01"]  # genes planted in the tumour, immune and stroma regions
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small U-Net trains fastest on one thread (no OpenMP contention)
-    try:  # a short run at a coarse working resolution (4 um px): the demo shows the pipeline, not the best maps
-        fast = {"epochs": 5, "width": 8, "depth": 2, "tile_px": 64, "scale": 4.0}
-        tl.gene_maps(sdata, genes=genes, table_key=spots, image_key="he", verbose=False, **fast)
-    finally:
-        torch.set_num_threads(n_threads)
+    with torch_threads(1):  # a small U-Net trains fastest on one thread (no OpenMP contention)
+        # a short run at a coarse working resolution (4 um px): the demo shows the pipeline, not the best maps
+        tl.gene_maps(
+            sdata,
+            genes=genes,
+            table_key=spots,
+            image_key="he",
+            epochs=5,
+            width=8,
+            depth=2,
+            tile_px=64,
+            scale=4.0,
+            verbose=False,
+        )
     path = outdir / "gene_maps.png"
     pl.gene_maps(sdata, genes, table_key=spots, save=path, show=False)
     return [path]
 
 
 @_step("3D imputation across serial sections (st.pp.stack_sections, st.tl.impute_3d)")
-def _impute3d(sdata: Any, outdir: Path) -> list[Path]:
-    import torch
-
+def _impute3d(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import datasets, pl, pp, tl
+    from ._core._device import torch_threads
 
     secs = datasets.simulate_stack(4, n_genes=20, seed=0)  # its own small stack (the tissue has one section)
     stack = pp.stack_sections(secs, transforms="warped")
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:  # measure one section, impute the three others from it and their own histology (features computed here)
+    with torch_threads(1):  # measure one section, impute the three others from it and their own histology
         tl.impute_3d(stack, measured=["S1"], genes=20, epochs=30, hidden=16, feature_kwargs={"patch_px": 16})
-    finally:
-        torch.set_num_threads(n_threads)
     gene = stack.tables["stack"].uns["stmap_impute3d"]["genes"][0]
     path = outdir / "impute3d.png"
     pl.sections_3d(stack, gene, show_measured=True, save=path, show=False)  # measured row on the imputed scale
@@ -165,7 +187,7 @@ def _impute3d(sdata: Any, outdir: Path) -> list[Path]:
 
 
 @_step("your own data: a Visium HD capture read by spatialdata-io (st.tl.map_cells on 16 µm bins)")
-def _visium_hd(sdata: Any, outdir: Path) -> list[Path]:
+def _visium_hd(sdata: SpatialData, outdir: Path) -> list[Path]:
     import warnings
 
     from . import datasets, pl, tl
@@ -189,7 +211,7 @@ def _visium_hd(sdata: Any, outdir: Path) -> list[Path]:
     return [path]
 
 
-def _spot_table(sdata: Any) -> str:
+def _spot_table(sdata: SpatialData) -> str:
     return "spots" if "spots" in sdata.tables else next(iter(sdata.tables))
 
 
