@@ -13,7 +13,6 @@ from scipy import sparse
 
 import stmap as st
 from stmap import metrics
-from stmap.kernels._assign import capacity_assign, largest_remainder
 
 TYPES_KEY = "cell_type"
 
@@ -403,42 +402,3 @@ class TestBadInput:
                 copy=True,
             )
         np.testing.assert_allclose(out.tables["spots"].obsm["stmap_cell_type_fractions"].sum(1), 1.0)  # still valid
-
-
-class TestAssignKernel:
-    def test_largest_remainder(self):
-        x = np.random.default_rng(0).random((50, 7))
-        tot = np.random.default_rng(1).integers(0, 30, 50)
-        r = largest_remainder(x, tot)
-        np.testing.assert_array_equal(r.sum(1), tot)
-        assert (np.abs(r - x / x.sum(1, keepdims=True) * tot[:, None]) < 1.0).all()  # within one of the exact share
-
-    @pytest.mark.parametrize("exact_limit", [0, 1e9])
-    def test_capacities_and_optimality(self, exact_limit):
-        g = np.random.default_rng(3)
-        S = g.normal(size=(40, 15))
-        col = g.integers(0, 4, 15)
-        row = np.ones(40, dtype=np.int64)
-        r, c, _ = capacity_assign(lambda a, b: S[np.ix_(a, b)], row, col, k=5, exact_limit=exact_limit)
-        np.testing.assert_array_equal(np.bincount(c, minlength=15), col)  # every slot filled exactly
-        assert np.bincount(r, minlength=40).max() <= 1
-        from scipy.optimize import linear_sum_assignment
-
-        slot = np.repeat(np.arange(15), col)
-        rr, cc = linear_sum_assignment(S[:, slot], maximize=True)
-        best = S[rr, slot[cc]].sum()
-        got = S[r, c].sum()
-        if exact_limit:
-            assert got == pytest.approx(best)
-        else:  # greedy on top-k: feasible, and within 25% of the optimum (it reaches the optimum on this problem)
-            assert got >= best - 0.25 * abs(best)
-
-    def test_fair_share_and_no_repeated_pairs(self):
-        g = np.random.default_rng(4)
-        S = g.normal(size=(10, 30))
-        col = g.integers(1, 4, 30)
-        cap = int(np.ceil(col.sum() / 10))
-        r, c, _ = capacity_assign(lambda a, b: S[np.ix_(a, b)], np.full(10, cap), col, k=4)
-        np.testing.assert_array_equal(np.bincount(c, minlength=30), col)
-        assert np.bincount(r, minlength=10).max() <= cap
-        assert len(set(zip(r.tolist(), c.tolist(), strict=True))) == r.size

@@ -84,6 +84,31 @@ def _topk(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(S, idx, axis=1)
 
 
+class _Edges:
+    """(row, column[, score]) pairs collected block by block."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray | None = None) -> None:
+        self.rows.append(rows)
+        self.cols.append(cols)
+        if scores is not None:
+            self.scores.append(scores)
+
+    def add_topk(self, rows: np.ndarray, cols: np.ndarray, idx: np.ndarray, val: np.ndarray) -> None:
+        """Add the block ``rows`` x ``cols[idx]`` (``idx``: column positions per row) with scores ``val``."""
+        self.add(np.repeat(rows, idx.shape[1]), cols[idx.ravel()], val.ravel())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.rows:
+            e = np.zeros(0, dtype=np.int64)
+            return e, e, np.zeros(0)
+        return np.concatenate(self.rows), np.concatenate(self.cols), np.concatenate(self.scores)
+
+
 def capacity_assign(
     score: ScoreFn,
     row_cap: np.ndarray,
@@ -96,6 +121,10 @@ def capacity_assign(
     fill: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Assign rows to columns maximising the total score under capacities.
+
+    Small problems with unit row capacities are solved exactly (:func:`scipy.optimize.linear_sum_assignment` on
+    the slot-expanded score matrix); larger ones greedily on sparse top-``k`` candidate edges (best edges first),
+    then by repair rounds on the residual problem, then (``fill``) by filling what is left with free rows.
 
     Parameters
     ----------
@@ -119,138 +148,171 @@ def capacity_assign(
 
     Returns
     -------
-    ``(rows, cols)`` of the assigned pairs (each pair at most once, unless a column needs more distinct rows than
-    exist), and the candidate edges ``(rows, cols, scores)`` (top-``k`` per row).
+    ``(rows, cols)`` of the assigned pairs, and the candidate edges ``(rows, cols, scores)`` (top-``k`` per row).
+    A pair is assigned at most once, except in the last-resort fill: when a column needs a free row that already
+    sits in it and no 2-exchange with another column frees one, the pair repeats (always when a column needs more
+    distinct rows than exist).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap.kernels import capacity_assign
+    >>> S = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    >>> rows, cols, _ = capacity_assign(lambda r, c: S[np.ix_(r, c)], np.ones(3), np.array([1, 1]), k=2)
+    >>> sorted(zip(rows.tolist(), cols.tolist()))
+    [(0, 0), (1, 1)]
     """
     row_cap = np.asarray(row_cap, dtype=np.int64).copy()
     col_cap = np.asarray(col_cap, dtype=np.int64).copy()
-    n_rows, n_cols = row_cap.size, col_cap.size
     all_cols = np.flatnonzero(col_cap > 0)
-    cand_r, cand_c, cand_s = [], [], []
-    if n_rows == 0 or all_cols.size == 0:
+    if row_cap.size == 0 or all_cols.size == 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e, (e, e, np.zeros(0))
-    slots = int(col_cap.sum())
-
-    # exact: unit capacities, small -----------------------------------------------------------------------------
-    if row_cap.max() <= 1 and float(n_rows) * slots <= exact_limit:
-        from scipy.optimize import linear_sum_assignment
-
-        rows_ok = np.flatnonzero(row_cap > 0)
-        S = score(rows_ok, all_cols)
-        idx, val = _topk(S, k)
-        cand_r.append(np.repeat(rows_ok, idx.shape[1]))
-        cand_c.append(all_cols[idx.ravel()])
-        cand_s.append(val.ravel())
-        slot_col = np.repeat(np.arange(all_cols.size), col_cap[all_cols])
-        r, c = linear_sum_assignment(S[:, slot_col], maximize=True)
-        ar, ac = rows_ok[r], all_cols[slot_col[c]]
-        row_cap[ar] -= 1
-        np.subtract.at(col_cap, ac, 1)
-        assigned_r, assigned_c = [ar], [ac]
+    cands = _Edges()
+    if row_cap.max() <= 1 and float(row_cap.size) * int(col_cap.sum()) <= exact_limit:
+        assigned = _exact(score, row_cap, col_cap, all_cols, k, cands)
     else:
-        # candidates: top-k columns per row ------------------------------------------------------------------------
-        for start in range(0, n_rows, batch_size):
-            rows_b = np.arange(start, min(start + batch_size, n_rows))
-            rows_b = rows_b[row_cap[rows_b] > 0]
-            if rows_b.size == 0:
-                continue
-            S = score(rows_b, all_cols)
-            idx, val = _topk(S, k)
-            cand_r.append(np.repeat(rows_b, idx.shape[1]))
-            cand_c.append(all_cols[idx.ravel()])
-            cand_s.append(val.ravel())
-        er, ec, es = np.concatenate(cand_r), np.concatenate(cand_c), np.concatenate(cand_s)
-        take = _greedy(er, ec, es, row_cap, col_cap)
-        assigned_r, assigned_c = [er[take]], [ec[take]]
+        assigned = _greedy_topk(score, row_cap, col_cap, all_cols, k, batch_size, cands)
+    _repair(score, row_cap, col_cap, assigned, k=k, batch_size=batch_size, max_rounds=max_rounds)
+    if fill and col_cap.sum() > 0:
+        assigned = _fill(row_cap, col_cap, assigned)
+    rows, cols = np.concatenate(assigned.rows).astype(np.int64), np.concatenate(assigned.cols).astype(np.int64)
+    return rows, cols, cands.arrays()
 
-    # repair rounds on the residual problem ------------------------------------------------------------------------
+
+def _exact(
+    score: ScoreFn, row_cap: np.ndarray, col_cap: np.ndarray, all_cols: np.ndarray, k: int, cands: _Edges
+) -> _Edges:
+    """Unit capacities, small: optimal assignment on the slot-expanded matrix (capacities decremented)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows_ok = np.flatnonzero(row_cap > 0)
+    S = score(rows_ok, all_cols)
+    idx, val = _topk(S, k)
+    cands.add_topk(rows_ok, all_cols, idx, val)
+    slot_col = np.repeat(np.arange(all_cols.size), col_cap[all_cols])
+    r, c = linear_sum_assignment(S[:, slot_col], maximize=True)
+    ar, ac = rows_ok[r], all_cols[slot_col[c]]
+    row_cap[ar] -= 1
+    np.subtract.at(col_cap, ac, 1)
+    assigned = _Edges()
+    assigned.add(ar, ac)
+    return assigned
+
+
+def _greedy_topk(
+    score: ScoreFn,
+    row_cap: np.ndarray,
+    col_cap: np.ndarray,
+    all_cols: np.ndarray,
+    k: int,
+    batch_size: int,
+    cands: _Edges,
+) -> _Edges:
+    """Top-``k`` columns per row (one block of rows at a time), then best edges first (capacities decremented)."""
+    n_rows = row_cap.size
+    for start in range(0, n_rows, batch_size):
+        rows_b = np.arange(start, min(start + batch_size, n_rows))
+        rows_b = rows_b[row_cap[rows_b] > 0]
+        if rows_b.size == 0:
+            continue
+        idx, val = _topk(score(rows_b, all_cols), k)
+        cands.add_topk(rows_b, all_cols, idx, val)
+    er, ec, es = (np.concatenate(x) for x in (cands.rows, cands.cols, cands.scores))
+    take = _greedy(er, ec, es, row_cap, col_cap)
+    assigned = _Edges()
+    assigned.add(er[take], ec[take])
+    return assigned
+
+
+def _repair(
+    score: ScoreFn,
+    row_cap: np.ndarray,
+    col_cap: np.ndarray,
+    assigned: _Edges,
+    *,
+    k: int,
+    batch_size: int,
+    max_rounds: int,
+) -> None:
+    """Greedy rounds on the residual problem (rows and columns with capacity left, unused pairs only)."""
+    n_cols = col_cap.size
     for _ in range(max_rounds):
         res_c = np.flatnonzero(col_cap > 0)
         res_r = np.flatnonzero(row_cap > 0)
         if res_c.size == 0 or res_r.size == 0:
             break
-        used = _pair_codes(assigned_r, assigned_c, n_cols)
-        er_l, ec_l, es_l = [], [], []
+        used = _pair_codes(assigned.rows, assigned.cols, n_cols)
+        edges = _Edges()
         kk = max(k, int(col_cap[res_c].max()) * 2)
         for start in range(0, res_r.size, batch_size):
             rows_b = res_r[start : start + batch_size]
             S = score(rows_b, res_c).astype(np.float64)
-            bad = np.isin(rows_b[:, None] * n_cols + res_c[None, :], used)
-            S[bad] = -np.inf
+            S[np.isin(rows_b[:, None] * n_cols + res_c[None, :], used)] = -np.inf
             if S.shape[1] > kk and S.size > 2e7:
                 idx, val = _topk(S, kk)
             else:
-                idx = np.broadcast_to(np.arange(S.shape[1]), S.shape)
-                val = S
-            er_l.append(np.repeat(rows_b, idx.shape[1]))
-            ec_l.append(res_c[idx.ravel()])
-            es_l.append(val.ravel())
-        er, ec, es = np.concatenate(er_l), np.concatenate(ec_l), np.concatenate(es_l)
+                idx, val = np.broadcast_to(np.arange(S.shape[1]), S.shape), S
+            edges.add_topk(rows_b, res_c, idx, val)
+        er, ec, es = edges.arrays()
         ok = np.isfinite(es)
         er, ec, es = er[ok], ec[ok], es[ok]
         if er.size == 0:
             break
         before = int(col_cap.sum())
         take = _greedy(er, ec, es, row_cap, col_cap)
-        assigned_r.append(er[take])
-        assigned_c.append(ec[take])
+        assigned.add(er[take], ec[take])
         if int(col_cap.sum()) == before:
             break
 
-    # last resort: fill remaining slots with free rows; when a free row already sits in that column, swap it with a
-    # row of another column (2-exchange) so that pairs stay distinct and capacities hold ------------------------------
-    if fill and col_cap.sum() > 0:
-        ar = list(np.concatenate(assigned_r).tolist())
-        ac = list(np.concatenate(assigned_c).tolist())
-        used = {r * n_cols + c for r, c in zip(ar, ac, strict=True)}
-        for c in np.flatnonzero(col_cap > 0).tolist():
-            while col_cap[c] > 0:
-                free = np.flatnonzero(row_cap > 0)
-                if free.size == 0:  # demand above total capacity: reuse the row with the most spare history
-                    free = np.arange(n_rows)
-                direct = [r for r in free.tolist() if r * n_cols + c not in used]
-                if direct:
-                    r = direct[0]
-                    ar.append(r)
-                    ac.append(c)
-                else:
-                    r = int(free[0])
-                    swap = next(
-                        (
-                            e
-                            for e in range(len(ar))
-                            if ar[e] != r
-                            and ac[e] != c
-                            and r * n_cols + ac[e] not in used
-                            and ar[e] * n_cols + c not in used
-                        ),
-                        None,
-                    )
-                    if swap is None:  # more distinct rows needed than exist: allow a repeated pair
-                        ar.append(r)
-                        ac.append(c)
-                    else:
-                        r2, c2 = ar[swap], ac[swap]
-                        used.discard(r2 * n_cols + c2)
-                        ac[swap] = c  # r2 moves to c, r takes its place in c2
-                        used.add(r2 * n_cols + c)
-                        ar.append(r)
-                        ac.append(c2)
-                        used.add(r * n_cols + c2)
-                        row_cap[r] -= 1
-                        col_cap[c] -= 1
-                        continue
-                used.add(r * n_cols + c)
-                row_cap[r] -= 1
-                col_cap[c] -= 1
-        assigned_r, assigned_c = [np.asarray(ar, dtype=np.int64)], [np.asarray(ac, dtype=np.int64)]
 
-    cands = (np.concatenate(cand_r), np.concatenate(cand_c), np.concatenate(cand_s)) if cand_r else None
-    if cands is None:
-        e = np.zeros(0, dtype=np.int64)
-        cands = (e, e, np.zeros(0))
-    return np.concatenate(assigned_r).astype(np.int64), np.concatenate(assigned_c).astype(np.int64), cands
+def _fill(row_cap: np.ndarray, col_cap: np.ndarray, assigned: _Edges) -> _Edges:
+    """Last resort: remaining slots filled with free rows.
+
+    When every free row already sits in that column, it is swapped with a row of another column (2-exchange) so
+    that pairs stay distinct and capacities hold.
+    """
+    n_rows, n_cols = row_cap.size, col_cap.size
+    ar: list[int] = np.concatenate(assigned.rows).tolist()
+    ac: list[int] = np.concatenate(assigned.cols).tolist()
+    used: set[int] = {r * n_cols + c for r, c in zip(ar, ac, strict=True)}
+    for c in np.flatnonzero(col_cap > 0).tolist():
+        while col_cap[c] > 0:
+            free = np.flatnonzero(row_cap > 0)
+            if free.size == 0:  # demand above total capacity: reuse the row with the most spare history
+                free = np.arange(n_rows)
+            direct = [r for r in free.tolist() if r * n_cols + c not in used]
+            r = direct[0] if direct else int(free[0])
+            swap = None if direct else _swap_partner(ar, ac, used, r, c, n_cols)
+            if swap is None:  # a direct pair (or, when none exists, a repeated pair)
+                ar.append(r)
+                ac.append(c)
+                used.add(r * n_cols + c)
+            else:
+                r2, c2 = ar[swap], ac[swap]
+                used.discard(r2 * n_cols + c2)
+                ac[swap] = c  # r2 moves to c, r takes its place in c2
+                used.add(r2 * n_cols + c)
+                ar.append(r)
+                ac.append(c2)
+                used.add(r * n_cols + c2)
+            row_cap[r] -= 1
+            col_cap[c] -= 1
+    out = _Edges()
+    out.add(np.asarray(ar, dtype=np.int64), np.asarray(ac, dtype=np.int64))
+    return out
+
+
+def _swap_partner(ar: list[int], ac: list[int], used: set[int], r: int, c: int, n_cols: int) -> int | None:
+    """An assigned pair ``(ar[e], ac[e])`` that ``r`` can replace while ``ar[e]`` moves to column ``c``."""
+    return next(
+        (
+            e
+            for e in range(len(ar))
+            if ar[e] != r and ac[e] != c and r * n_cols + ac[e] not in used and ar[e] * n_cols + c not in used
+        ),
+        None,
+    )
 
 
 def _pair_codes(rows: list[np.ndarray], cols: list[np.ndarray], n_cols: int) -> np.ndarray:
