@@ -157,18 +157,36 @@ def histology_ridge(F, has, Y, meas):
     return pred
 
 
-def run_stmap(*, xyz, codes, Y, levels, has, meas, epochs=None, seed=0, histology=True, **kw):
-    """stmap's imputation on the arrays (the code path of :func:`stmap.tl.impute_3d` after layout handling)."""
-    import torch
+def _as_table(xyz, codes, counts, genes, features, meas):
+    """The arrays as a stacked table (what :func:`stmap.pp.stack_sections` makes): sections, positions, counts."""
+    import anndata as ad
+    import pandas as pd
 
-    from stmap.tl._impute3d import impute_arrays
+    sections = pd.Categorical.from_codes(codes, categories=[f"L{i}" for i in range(int(codes.max()) + 1)])
+    obs = pd.DataFrame({"section": sections, "measured": meas, "spot_radius_um": 50.0})
+    obs.index = obs.index.astype(str)
+    t = ad.AnnData(X=np.asarray(counts, dtype=np.float64), obs=obs, var=pd.DataFrame(index=list(genes)))
+    t.obsm["spatial_3d"] = np.asarray(xyz, dtype=float)
+    if features is not None:
+        t.obsm["X_histology"] = np.asarray(features)
+    return t
+
+
+def run_stmap(*, xyz, codes, counts, genes, features, meas, epochs=None, seed=0, histology=True, n_scales=3, **kw):
+    """stmap's imputation, :func:`stmap.tl.impute_3d` on the arrays as a table (features: NaN rows without an image).
+
+    Its time includes building the graph.
+    """
+    import torch
 
     torch.set_num_threads(1)
     if epochs is not None:
         kw["epochs"] = epochs
-    lv, hs = (levels, has) if histology else (None, None)
-    pred, _, _ = impute_arrays(Y, meas, xyz, codes, 50.0, lv, hs, seed=seed, **kw)
-    return pred[~meas]
+    t = _as_table(xyz, codes, counts, genes, features if histology else None, meas)
+    st.tl.impute_3d(
+        t, genes=list(genes), features_key="X_histology" if histology else None, n_scales=n_scales, seed=seed, **kw
+    )
+    return t.obsm["stmap_impute3d"].to_numpy(dtype=np.float64)[~meas]
 
 
 def run_public(*, path, sections_measured, genes, obs_names, meas, epochs=None, seed=0):
@@ -183,9 +201,13 @@ def run_public(*, path, sections_measured, genes, obs_names, meas, epochs=None, 
     stack = st.pp.stack_sections([st.datasets.her2st(s, path=path) for s in SECTIONS], transforms="warped")
     kw = {} if epochs is None else {"epochs": epochs}
     st.tl.impute_3d(
-        stack, measured=list(sections_measured), genes=list(genes), feature_kwargs={"patch_um": PATCH_UM},
-        seed=seed, **kw,
-    )  # fmt: skip
+        stack,
+        measured=list(sections_measured),
+        genes=list(genes),
+        feature_kwargs={"patch_um": PATCH_UM},
+        seed=seed,
+        **kw,
+    )
     t = stack.tables["stack"]
     pred = t.obsm["stmap_impute3d"].loc[[f"{s}:{n}" for s, n in obs_names], list(genes)].to_numpy()
     return pred[~meas]
@@ -218,8 +240,6 @@ def main(argv=None) -> None:
     Y, codes = data["Y"], data["codes"]
     F, has = stack_features(data)
     Fsec = per_section_standardize(F, has, codes)
-    d = F.shape[1] // len(SCALES)
-    levels = [F[:, i * d : (i + 1) * d] for i in range(len(SCALES))]
     runs = []
     for sec in args.measured:
         meas = codes == SECTIONS.index(sec)
@@ -238,21 +258,39 @@ def main(argv=None) -> None:
         }
         if sec == args.measured[0]:  # the public API end to end (its own stack and features) on the same spots
             methods["stmap_public_api"] = lambda meas=meas, sec=sec: run_public(
-                path=args.path, sections_measured=[sec], genes=data["genes"], obs_names=data["obs_names"],
-                meas=meas, epochs=args.epochs, seed=args.seed,
-            )  # fmt: skip
+                path=args.path,
+                sections_measured=[sec],
+                genes=data["genes"],
+                obs_names=data["obs_names"],
+                meas=meas,
+                epochs=args.epochs,
+                seed=args.seed,
+            )
         if not args.no_ablations and sec == args.measured[0]:
-            methods.update({
-                "stmap_full_graph": {"graph": ("overlap", "similarity", "spatial")},
-                "stmap_overlap_spatial": {"graph": ("overlap", "spatial")},
-                "stmap_similarity_only": {"graph": ("similarity",)},
-                "stmap_no_propagation": {"propagate": False},
-                "stmap_no_histology": {"histology": False},
-            })  # fmt: skip
+            methods.update(
+                {
+                    "stmap_full_graph": {"graph": ("overlap", "similarity", "spatial")},
+                    "stmap_overlap_spatial": {"graph": ("overlap", "spatial")},
+                    "stmap_similarity_only": {"graph": ("similarity",)},
+                    "stmap_no_propagation": {"propagate": False},
+                    "stmap_no_histology": {"histology": False},
+                }
+            )
         for m, fn in methods.items():
             if isinstance(fn, dict):
-                fn = partial(run_stmap, xyz=xyz, codes=codes, Y=Y, levels=levels, has=has, meas=meas,
-                             epochs=args.epochs, seed=args.seed, **fn)  # fmt: skip
+                fn = partial(
+                    run_stmap,
+                    xyz=xyz,
+                    codes=codes,
+                    counts=data["counts"],
+                    genes=data["genes"],
+                    features=data["features"],
+                    meas=meas,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    n_scales=len(SCALES),
+                    **fn,
+                )
             runs.append(measure(name, m, fn, score))
             print(f"{sec} {m}: {runs[-1].seconds:.1f} s {runs[-1].metrics}", flush=True)
     report("impute3d", runs, higher_is_better={"gene_pearson": True, "gene_spearman": True, "spot_pearson": True})

@@ -7,7 +7,8 @@ import pytest
 from scipy import sparse
 
 from stmap._core import StmapInputError
-from stmap.pp._stack import disc_iou, graph_arrays
+from stmap._core._params import invalid_values
+from stmap.pp import disc_iou, graph_arrays
 
 
 class TestDiscIou:
@@ -128,6 +129,15 @@ class TestGraphArrays:
             graph_arrays(bad, codes, 50.0)
         with pytest.raises(StmapInputError, match="features"):
             graph_arrays(xyz, codes, 50.0, np.ones((3, 2)))
+
+    @pytest.mark.parametrize("name", sorted(graph_arrays.__stmap_params__))
+    def test_declared_parameters_reject_invalid_values(self, name):
+        xyz, codes, _ = _two_grids()
+        bad = invalid_values(graph_arrays.__stmap_params__[name])
+        assert bad
+        for v in bad:
+            with pytest.raises(StmapInputError, match=rf"graph_arrays: {name} must be"):
+                graph_arrays(xyz, codes, 50.0, **{name: v})
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -290,6 +300,18 @@ class TestStackSections:
         r = s.tables["stack"].obs["spot_radius_um"]
         assert set(np.unique(r)) == {30.0, 50.0}
 
+    def test_declared_parameters_reject_invalid_values(self, sim):
+        spec = st.pp.stack_sections.__stmap_params__
+        assert {"transforms", "z", "kind", "genes", "min_overlap", "key_added"} <= set(spec)
+        before = _snapshot(sim[:2])
+        for name, rules in spec.items():
+            bad = invalid_values(rules)
+            assert bad, name
+            for v in bad:
+                with pytest.raises(StmapInputError, match=rf"stack_sections: {name} must be"):
+                    st.pp.stack_sections(sim[:2], **{name: v})
+        assert _snapshot(sim[:2]) == before
+
     def test_missing_warped(self, sim):
         other = sd.deepcopy(sim[1])
         del other.tables["S1"].obsm["spatial_warped"]
@@ -312,6 +334,17 @@ class TestSpotGraph3d:
         u = out.tables["stack"].uns["stmap_graph"]
         assert u["params"]["k_similar"] == 12
         assert u["nnz_per_spot"]["overlap"] == pytest.approx(ref["overlap"].nnz / tab.n_obs)
+
+    def test_declared_parameters_reject_invalid_values(self, sim):
+        s = st.pp.stack_sections(sim[:2], transforms="warped")
+        tab = s.tables["stack"]
+        spec = st.pp.spot_graph_3d.__stmap_params__
+        assert {"k_similar", "k_spatial", "layers_apart", "min_iou", "spatial_weights", "radius", "copy"} <= set(spec)
+        for name, rules in spec.items():
+            for v in invalid_values(rules):
+                with pytest.raises(StmapInputError, match=rf"spot_graph_3d: {name} must be"):
+                    st.pp.spot_graph_3d(s, **{name: v})
+        assert not tab.obsp and "stmap_graph" not in tab.uns  # nothing written
 
     def test_unknown_features(self, sim):
         s = st.pp.stack_sections(sim, transforms="warped")

@@ -1,4 +1,5 @@
-"""st.tl.impute_3d: beats nearest-spot copy on a smooth known 3D field, determinism, round trip, bad inputs."""
+"""st.tl.train_impute_3d / impute_3d: beats nearest-spot copy on a smooth known 3D field, fit + apply == one call,
+determinism, round trip, key_added, declared parameters, bad inputs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import spatialdata
 
 import stmap as st
 from stmap import metrics
+from stmap._core import _logging as logg
+from stmap._core._constants import Key
 from stmap._core._errors import StmapInputError
-from stmap.tl._impute3d import asign_target
+from stmap._core._params import invalid_values
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,23 +39,25 @@ def stack():
     return sd, truth
 
 
+FIT = {"measured": ["S1"], "genes": 24, "epochs": 40, "hidden": 16, "n_scales": 2}
+
+
 def _fit(sd, **kw):
-    kw = {"measured": ["S1"], "genes": 24, "epochs": 40, "hidden": 16, "n_scales": 2, **kw}
-    return st.tl.impute_3d(sd, copy=True, return_model=True, **kw)
+    return st.tl.impute_3d(sd, copy=True, **{**FIT, **kw})
 
 
 def test_beats_nearest_spot_on_known_field(stack):
     from scipy.spatial import cKDTree
 
     sd, truth = stack
-    out, _ = _fit(sd)
+    out = _fit(sd)
     ad = out.tables["stack"]
     meas = ad.obs["stmap_impute3d_measured"].to_numpy()
     genes = ad.uns["stmap_impute3d"]["genes"]
     T = np.stack([truth[n] for n in ad.obs_names])[:, ad.var_names.get_indexer(genes)]
     target = np.log((T + 1) / (T + 1).sum(1, keepdims=True))  # noise-free mean on the ASIGN scale
     pred = ad.obsm["stmap_impute3d"].to_numpy()
-    Y = asign_target(ad.layers["counts"][:, ad.var_names.get_indexer(genes)])
+    Y = st.tl.asign_target(ad.layers["counts"][:, ad.var_names.get_indexer(genes)])
     xyz = ad.obsm["spatial_3d"]
     _, i = cKDTree(xyz[meas, :2]).query(xyz[~meas, :2])
     near = Y[meas][i]
@@ -74,10 +79,11 @@ def test_beats_nearest_spot_on_known_field(stack):
 
 def test_deterministic_and_save_load(stack, tmp_path):
     sd, _ = stack
-    a, model = _fit(sd, epochs=8, seed=3)
-    b, _ = _fit(sd, epochs=8, seed=3)
+    a = _fit(sd, epochs=8, seed=3)
+    b = _fit(sd, epochs=8, seed=3)
     pa, pb = a.tables["stack"].obsm["stmap_impute3d"], b.tables["stack"].obsm["stmap_impute3d"]
     np.testing.assert_array_equal(pa.to_numpy(), pb.to_numpy())  # same seed, CPU: bit-identical
+    model = st.tl.train_impute_3d(sd, **{**FIT, "epochs": 8, "seed": 3})
     path = model.save(tmp_path / "m.pt")
     loaded = st.tl.Impute3DModel.load(path)
     c = st.tl.impute_3d(sd, measured=["S1"], n_scales=2, model=loaded, copy=True)
@@ -87,7 +93,7 @@ def test_deterministic_and_save_load(stack, tmp_path):
 
 def test_zarr_round_trip(stack, tmp_path):
     sd, _ = stack
-    out, _ = _fit(sd, epochs=2)
+    out = _fit(sd, epochs=2)
     out.write(tmp_path / "s.zarr")
     back = spatialdata.read_zarr(tmp_path / "s.zarr").tables["stack"]
     ad = out.tables["stack"]
@@ -120,10 +126,8 @@ def test_bad_inputs_leave_object_untouched(stack):
 
 
 def test_missing_features_warns_and_runs_graph_only(stack, monkeypatch):
-    from stmap.tl import _impute3d
-
     said = []
-    monkeypatch.setattr(_impute3d.logg, "warning", lambda msg, **kw: said.append(msg))
+    monkeypatch.setattr(logg, "warning", lambda msg, **kw: said.append(msg))
     sd, _ = stack
     ad = sd.tables["stack"].copy()
     del ad.obsm["X_histology"]
@@ -168,10 +172,8 @@ def test_features_computed_when_absent_equal_hand_computed(bare_stack):
 def test_features_fall_back_without_any_image(monkeypatch):
     import warnings
 
-    from stmap.tl import _impute3d
-
     said = []
-    monkeypatch.setattr(_impute3d.logg, "warning", lambda msg, **kw: said.append(msg))
+    monkeypatch.setattr(logg, "warning", lambda msg, **kw: said.append(msg))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         secs = st.datasets.simulate_stack(2, n_genes=6, seed=0, grid=5, image=False)
@@ -183,3 +185,93 @@ def test_features_fall_back_without_any_image(monkeypatch):
     assert np.isfinite(t.obsm["stmap_impute3d"].to_numpy()).all()
     with pytest.raises(StmapInputError, match="may not set 'copy'"):
         st.tl.impute_3d(sd, measured=["S0"], genes=6, epochs=1, feature_kwargs={"copy": True}, key_added="x")
+
+
+def _written(t, key="stmap_impute3d"):
+    """Every array one run wrote under ``key`` (its parameters apart)."""
+    keys = Key.impute_3d(key)
+    out = {
+        "layer": np.asarray(t.layers[keys.layer]),
+        "obsm": t.obsm[keys.key].to_numpy(),
+        "columns": np.asarray(t.obsm[keys.key].columns),
+        "measured": t.obs[keys.measured].to_numpy(),
+        **{f"uns/{k}": np.asarray(v) for k, v in t.uns[keys.key].items() if k != "params"},
+    }
+    for part in ("overlap", "similarity", "spatial"):
+        g = t.obsp[Key.graph_3d(key, part)].tocsr()
+        out[f"obsp/{part}"] = np.concatenate([g.indptr, g.indices, g.data.view(np.int32)])
+    return out
+
+
+class TestFitApply:
+    KW = {**FIT, "epochs": 6, "graph": ("overlap", "similarity"), "seed": 5}
+
+    def test_train_then_apply_equals_one_call(self, stack):
+        sd, _ = stack
+        one = st.tl.impute_3d(sd, copy=True, **self.KW).tables["stack"]
+        model = st.tl.train_impute_3d(sd, **self.KW)
+        assert "stmap_impute3d" not in sd.tables["stack"].uns  # training writes nothing
+        two = st.tl.impute_3d(sd, model=model, measured=["S1"], n_scales=2, copy=True).tables["stack"]
+        a, b = _written(one), _written(two)
+        assert a.keys() == b.keys()
+        for k in a:  # the same model applied to the same table: the same numbers, bit for bit
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        pa, pb = dict(one.uns["stmap_impute3d"]["params"]), dict(two.uns["stmap_impute3d"]["params"])
+        assert (pa.pop("pretrained"), pb.pop("pretrained")) == (False, True)
+        # the graph and training parameters recorded are the model's, not impute_3d's defaults
+        assert pb["graph"] == ["overlap", "similarity"] and pb["epochs"] == 6 and pb["seed"] == 5
+        assert pa.keys() == pb.keys() and all(np.array_equal(pa[k], pb[k]) for k in pa)
+
+    def test_model_graph_parameters_are_used(self, stack):
+        """With a model, graph= given to impute_3d is not used: the model's graph is rebuilt."""
+        sd, _ = stack
+        model = st.tl.train_impute_3d(sd, **{**self.KW, "epochs": 2})
+        t = st.tl.impute_3d(sd, model=model, measured=["S1"], n_scales=2, graph=("spatial",), copy=True)
+        g = t.tables["stack"].obsp
+        assert g["stmap_impute3d_similarity"].nnz > 0 and g["stmap_impute3d_spatial"].nnz == 0
+
+    def test_key_added_runs_do_not_overwrite(self, stack):
+        sd, _ = stack
+        t = sd.tables["stack"].copy()
+        st.tl.impute_3d(t, **{**FIT, "epochs": 2, "genes": 12})
+        first = np.asarray(t.layers["imputed"]).copy()
+        st.tl.impute_3d(t, **{**FIT, "epochs": 2, "genes": 6, "measured": ["S2"]}, key_added="run2")
+        # the default key writes layers['imputed']; another key '<key>_imputed' next to it, the first one untouched
+        assert {"imputed", "run2_imputed"} <= set(t.layers)
+        np.testing.assert_array_equal(t.layers["imputed"], first)
+        second = t.obsm["run2"]
+        cols = t.var_names.get_indexer(second.columns)
+        np.testing.assert_array_equal(np.asarray(t.layers["run2_imputed"])[:, cols], second.to_numpy())
+        assert np.isfinite(first).sum(1).max() == 12 and np.isfinite(t.layers["run2_imputed"]).sum(1).max() == 6
+        assert t.obs["run2_measured"].to_numpy().sum() == (t.obs["section"] == "S2").sum()
+
+
+def _table_state(t):
+    return (
+        set(t.obs.columns),
+        set(t.obsm),
+        set(t.layers),
+        set(t.obsp),
+        set(t.uns),
+        float(np.asarray(t.layers["counts"].sum())),
+    )
+
+
+@pytest.mark.parametrize("tool", ["train_impute_3d", "impute_3d"])
+def test_declared_parameters_reject_invalid_values(stack, tool):
+    sd, _ = stack
+    fn = getattr(st.tl, tool)
+    spec = fn.__stmap_params__
+    assert {"graph", "epochs", "hidden", "seed", "device", "verbose"} <= set(spec)
+    t = sd.tables["stack"].copy()
+    before = _table_state(t)
+    n = 0
+    for name, rules in spec.items():
+        bad = invalid_values(rules)
+        assert bad, name
+        for v in bad:
+            with pytest.raises(StmapInputError, match=rf"{tool}: {name} must be"):
+                fn(t, **{**FIT, "epochs": 1, name: v})
+            n += 1
+    assert _table_state(t) == before  # checked before anything is read or written
+    assert n > 2 * len(spec)

@@ -5,7 +5,7 @@ from ._convert import to_spatialdata
 from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
 from ._histology import histology_features
 from ._register import align_sections, apply_transform, fit_transform, icp, register
-from ._stack import spot_graph_3d, stack_sections
+from ._stack import disc_iou, graph_arrays, spot_graph_3d, stack_sections
 from ._units import coordinate_units
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "apply_transform",
     "stack_sections",
     "spot_graph_3d",
+    "graph_arrays",
+    "disc_iou",
     "handcrafted_features",
     "torch_extractor",
     "timm_extractor",

@@ -3,7 +3,7 @@
 from ._ctr import CTRModel, detect_ctr, train_ctr
 from ._density import GridSpec, density
 from ._gene_maps import GeneMapModel, disc_means, gene_maps, predict_maps, prior_raster, train_gene_maps
-from ._impute3d import Impute3DModel, impute_3d
+from ._impute3d import Impute3DModel, asign_target, impute_3d, train_impute_3d
 from ._mapping import map_cells, project_genes
 from ._rank import density_scores, rank_densities
 
@@ -23,6 +23,8 @@ __all__ = [
     "predict_maps",
     "prior_raster",
     "disc_means",
+    "train_impute_3d",
     "impute_3d",
     "Impute3DModel",
+    "asign_target",
 ]

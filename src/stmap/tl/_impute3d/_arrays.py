@@ -1,0 +1,137 @@
+"""The imputation on arrays, as training and prediction share it: standardised features, graph, target, tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from ._config import GraphParams
+from ._graph import build_graph, edges
+from ._prior import apply_prior
+from ._propagate import propagate_labels
+
+
+@dataclass
+class Problem:
+    """Target ``Y`` on every spot (rows of unmeasured spots are not read), standardised features, the graph."""
+
+    Y: np.ndarray
+    measured: np.ndarray
+    levels: list[np.ndarray]
+    has: np.ndarray
+    feat_cat: np.ndarray | None
+    graphs: dict[str, sparse.csr_matrix]
+
+
+def standardize_levels(levels: list[np.ndarray], has: np.ndarray, codes: np.ndarray, per_section: bool) -> list:
+    """Centre/scale every feature column over spots with an image (per section when ``per_section``)."""
+    out = []
+    for f in levels:
+        f = np.where(has[:, None], np.asarray(f, dtype=np.float64), 0.0)
+        z = np.zeros_like(f)
+        groups = np.unique(codes[has]) if per_section else [None]
+        for g in groups:
+            m = has & (codes == g) if g is not None else has
+            if m.sum() < 2:
+                continue
+            mu, sd = f[m].mean(0), f[m].std(0)
+            z[m] = (f[m] - mu) / np.where(sd > 1e-8, sd, 1.0)
+        out.append(np.clip(z, -6, 6).astype(np.float32))
+    return out
+
+
+def problem(
+    Y: np.ndarray,
+    measured: np.ndarray,
+    xyz: np.ndarray,
+    codes: np.ndarray,
+    radius: float | np.ndarray,
+    levels: list[np.ndarray] | None,
+    has_image: np.ndarray | None,
+    gp: GraphParams,
+) -> Problem:
+    """The problem on arrays: ``levels`` one feature block per patch scale (``None``/``[]``: no histology)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    measured = np.asarray(measured, dtype=bool)
+    codes = np.asarray(codes)
+    lv = [] if levels is None else list(levels)
+    has = np.zeros(len(Y), bool) if has_image is None or not lv else np.asarray(has_image, bool)
+    lv = standardize_levels(lv, has, codes, gp.per_section_features) if lv else []
+    feat_cat = np.concatenate(lv, 1) if lv else None
+    graphs = build_graph(
+        xyz,
+        codes,
+        radius,
+        feat_cat,
+        has,
+        graph=gp.graph,
+        k_similar=gp.k_similar,
+        k_spatial=gp.k_spatial,
+        layers_apart=gp.layers_apart,
+        disc_scale=gp.disc_scale,
+    )
+    return Problem(Y, measured, lv, has, feat_cat, graphs)
+
+
+def scaling(pb: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (1 where constant) of the target over the measured spots."""
+    mean = pb.Y[pb.measured].mean(0)
+    std = pb.Y[pb.measured].std(0)
+    return mean, np.where(std > 1e-8, std, 1.0)
+
+
+@dataclass
+class Tensors:
+    """The problem on the device: standardised target ``Z``, features, graph edges, prior and available sources."""
+
+    Z: np.ndarray
+    feats: list[Any]
+    has: Any
+    ei: Any
+    ea: Any
+    A: sparse.csr_matrix
+    Y: Any
+    measured: Any
+    prior: Any
+    avail: Any
+    dev: Any
+
+
+def standardized(pb: Problem, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The target standardised per gene on the measured spots, 0 (the mean) elsewhere."""
+    return np.where(pb.measured[:, None], (pb.Y - mean) / std, 0.0)
+
+
+def tensors(pb: Problem, Z: np.ndarray, prior_fit: dict | None, propagate: bool, dev: Any) -> Tensors:
+    """Everything the network reads, on ``dev``; the prior (``prior_fit``) is available where a spot has an image."""
+    import torch
+
+    ei, ea, A = edges(pb.graphs, torch)
+    prior = apply_prior(prior_fit, pb.feat_cat, pb.has, Z.shape)
+    avail = np.c_[np.full(len(Z), propagate), pb.has & (prior_fit is not None), np.ones(len(Z), bool)]
+    return Tensors(
+        Z=Z,
+        feats=[torch.as_tensor(f, device=dev) for f in pb.levels],
+        has=torch.as_tensor(pb.has, device=dev),
+        ei=ei.to(dev),
+        ea=ea.to(dev),
+        A=A,
+        Y=torch.as_tensor(Z, dtype=torch.float32, device=dev),
+        measured=torch.as_tensor(pb.measured, device=dev),
+        prior=torch.as_tensor(prior, dtype=torch.float32, device=dev),
+        avail=torch.as_tensor(avail, device=dev),
+        dev=dev,
+    )
+
+
+def propagated(T: Tensors, known: np.ndarray, gp: GraphParams) -> Any:
+    """The standardised expression of the ``known`` spots propagated over the graph (zeros without propagation)."""
+    import torch
+
+    if not gp.propagate:
+        return torch.zeros_like(T.Y)
+    p = propagate_labels(T.A, T.Z, known, iterations=gp.iterations)
+    return torch.as_tensor(p, dtype=torch.float32, device=T.dev)

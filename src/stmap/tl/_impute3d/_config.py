@@ -1,0 +1,56 @@
+"""The parameters of one imputation model: its graph and propagation, and its training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: Edge types of the 3D spot graph, in the order of the network's edge-type code.
+EDGE_TYPES = ("overlap", "similarity", "spatial")
+
+
+@dataclass(frozen=True)
+class GraphParams:
+    """How the graph is built and expression propagated over it (the same when training and applying)."""
+
+    graph: tuple[str, ...] = ("overlap",)
+    propagate: bool = True
+    iterations: int = 20
+    k_similar: int = 12
+    k_spatial: int = 6
+    layers_apart: int | None = None
+    disc_scale: float = 3.0
+    per_section_features: bool = True
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """How the network is trained."""
+
+    epochs: int = 100
+    hidden: int = 32
+    heads: int = 4
+    dropout: float = 0.1
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    mask_fraction: float = 0.3
+    n_masks: int = 20
+    use_histology_prior: bool = True
+    holdout_fraction: float = 0.25
+    mix_shrink: float = 10.0
+    expression_token: bool = True
+    mix_lr_factor: float = 25.0
+    aux_weight: float = 0.25
+
+
+def model_params(gp: GraphParams, tp: TrainParams, seed: int) -> dict[str, Any]:
+    """The parameters a model records (``Impute3DModel.params``)."""
+    return {**asdict(gp), "graph": list(gp.graph), **asdict(tp), "seed": seed}
+
+
+def graph_params(params: dict[str, Any]) -> GraphParams:
+    """The graph parameters a model was trained with (defaults for those a file does not record)."""
+    kw = {f.name: params[f.name] for f in fields(GraphParams) if f.name in params}
+    if "graph" in kw:
+        kw["graph"] = tuple(kw["graph"])
+    return GraphParams(**kw)

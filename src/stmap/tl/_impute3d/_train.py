@@ -1,0 +1,135 @@
+"""Train the imputation network on the measured spots (a held-out part for the mix, masks for the network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._arrays import Problem, Tensors, propagated, scaling, standardized, tensors
+from ._config import EDGE_TYPES, GraphParams, TrainParams, model_params
+from ._model import Impute3DModel
+from ._prior import apply_prior, ridge_prior
+
+
+def _holdout(measured: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Measured spots split into a held-out part (the mix is learnt on it) and the rest (``fraction`` held out)."""
+    meas = rng.permutation(np.flatnonzero(measured))
+    n_hold = int(round(fraction * len(meas))) if len(meas) >= 10 else 0
+    return meas[:n_hold], meas[n_hold:]
+
+
+def _honest_prior(
+    pb: Problem, Z: np.ndarray, prior_fit: dict | None, T: Tensors, hold: np.ndarray, rest_mask: np.ndarray
+) -> Any:
+    """The prior the mix sees on the held-out spots: refitted without them (when there are enough other spots)."""
+    import torch
+
+    if prior_fit is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
+        return T.prior
+    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)  # type: ignore[arg-type]
+    return torch.as_tensor(p, dtype=torch.float32, device=T.dev)
+
+
+def _masks(
+    T: Tensors, rest: np.ndarray, rest_mask: np.ndarray, gp: GraphParams, tp: TrainParams, rng: np.random.Generator
+) -> list[tuple[Any, Any]]:
+    """A fixed set of masks (spots hidden from the propagation) and their propagations, cycled through the epochs."""
+    import torch
+
+    n_mask = max(1, int(round(tp.mask_fraction * len(rest))))
+    masks = []
+    for _ in range(max(1, min(int(tp.n_masks), int(tp.epochs)))):
+        masked = rng.choice(rest, size=min(n_mask, len(rest)), replace=False)
+        known = rest_mask.copy()
+        known[masked] = False
+        masks.append((torch.as_tensor(np.sort(masked), device=T.dev), propagated(T, known, gp)))
+    return masks
+
+
+def _step(T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams) -> Callable[[Any, Any, int], Any]:
+    """The loss of one epoch: the network on its mask (plus each level's head), the mix on the held-out spots."""
+    import torch
+
+    from stmap.models._asign import impute_loss
+
+    hold_t = torch.as_tensor(np.sort(hold), device=T.dev)
+
+    def step(net: Any, idx: Any, epoch: int) -> Any:
+        masked, p = masks[epoch % len(masks)]
+        _, out, per_level = net(T.feats, T.has, p, T.ei, T.ea)
+        tgt = T.Y[masked]
+        loss = impute_loss(out[masked], tgt)
+        for pl in per_level:
+            loss = loss + tp.aux_weight / len(per_level) * impute_loss(pl[masked], tgt)
+        if len(hold):  # the mix, on spots the network never trained on (network output detached)
+            mixed = net.mix(p[hold_t], prior_tr[hold_t], out[hold_t].detach(), T.avail[hold_t])
+            loss = loss + impute_loss(mixed, T.Y[hold_t])
+            ml = net.mix_logit  # shrink per-gene weights towards the per-source mean (few held-out spots)
+            loss = loss + tp.mix_shrink * (ml - ml.mean(1, keepdim=True)).pow(2).mean()
+        return loss
+
+    return step
+
+
+def _optimizer(net: Any, tp: TrainParams) -> Any:
+    """Adam; the per-gene mix (one scalar per gene and source) learns faster than the network."""
+    import torch
+
+    others = [p for n_, p in net.named_parameters() if n_ != "mix_logit" and p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": others}]
+    if net.mix_logit.requires_grad:
+        groups.append({"params": [net.mix_logit], "lr": tp.lr * tp.mix_lr_factor, "weight_decay": 0.0})
+    return torch.optim.Adam(groups, lr=tp.lr, weight_decay=tp.weight_decay)
+
+
+def train_arrays(
+    pb: Problem, gp: GraphParams, tp: TrainParams, *, genes: list[str], seed: int, dev: Any, verbose: bool
+) -> Impute3DModel:
+    """Train on the measured spots of ``pb``.
+
+    A held-out part (labels never seen by the network nor the propagation; the per-gene mix is learnt on it) and the
+    rest, of which a random ``mask_fraction`` is hidden from the propagation each epoch and predicted by the network.
+    """
+    import torch
+
+    from stmap.models._asign import ASIGNNet
+    from stmap.models._train import fit
+
+    mean, std = scaling(pb)
+    Z = standardized(pb, mean, std)
+    use_prior = bool(pb.levels) and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10
+    prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured) if use_prior else None  # type: ignore[arg-type]
+    T = tensors(pb, Z, prior_fit, gp.propagate, dev)
+    config = {
+        "level_dims": [int(f.shape[1]) for f in pb.levels],
+        "n_genes": int(Z.shape[1]),
+        "hidden": int(tp.hidden),
+        "heads": int(tp.heads),
+        "n_edge_types": len(EDGE_TYPES),
+        "dropout": float(tp.dropout),
+        "use_expression": bool(tp.expression_token),
+    }
+    torch.manual_seed(int(seed))
+    net = ASIGNNet(**config)
+    rng = np.random.default_rng(seed)
+    hold, rest = _holdout(pb.measured, tp.holdout_fraction, rng)
+    rest_mask = np.zeros(len(Z), bool)
+    rest_mask[rest] = True
+    prior_tr = _honest_prior(pb, Z, prior_fit, T, hold, rest_mask)
+    step = _step(T, _masks(T, rest, rest_mask, gp, tp, rng), hold, prior_tr, tp)
+    hist = fit(
+        net,
+        step,
+        1,
+        epochs=tp.epochs,
+        batch_size=1,
+        lr=tp.lr,
+        optimizer=_optimizer(net, tp),
+        seed=seed,
+        device=dev,
+        verbose=verbose,
+        desc="impute_3d",
+    )
+    return Impute3DModel(net, list(genes), mean, std, config, model_params(gp, tp, seed), list(hist.loss), prior_fit)
