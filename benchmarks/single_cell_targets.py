@@ -149,8 +149,9 @@ def run_tangram(sdata, ref, panel, seed: int, prior: str):
     sp = ad.AnnData(sparse.csr_matrix(t.X), obs=pd.DataFrame(index=t.obs_names))
     sp.var_names = t.var_names
     tg.pp_adatas(sc, sp, genes=panel)
-    amap = tg.map_cells_to_space(sc, sp, mode="cells", density_prior=prior, device="cpu", verbose=False,
-                                 random_state=seed)  # fmt: skip
+    amap = tg.map_cells_to_space(
+        sc, sp, mode="cells", density_prior=prior, device="cpu", verbose=False, random_state=seed
+    )
     tg.project_cell_annotations(amap, sp, annotation=TK)
     genes = tg.project_genes(amap, sc)
     pred = sp.obsm["tangram_ct_pred"]

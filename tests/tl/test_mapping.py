@@ -343,10 +343,10 @@ class TestEmptySpots:
         from spatialdata.models import TableModel
 
         del sub.uns["spatialdata_attrs"]
+        attrs = kt.uns["spatialdata_attrs"]
         kept.tables["spots"] = TableModel.parse(
-            sub, region=kt.uns["spatialdata_attrs"]["region"], region_key=kt.uns["spatialdata_attrs"]["region_key"],
-            instance_key=kt.uns["spatialdata_attrs"]["instance_key"],
-        )  # fmt: skip
+            sub, region=attrs["region"], region_key=attrs["region_key"], instance_key=attrs["instance_key"]
+        )
         ref_a, ref_b = sdata.tables["cells"].copy(), kept.tables["cells"].copy()
         st.tl.map_cells(sdata, ref_a, table_key="spots", mode=mode)
         st.tl.map_cells(kept, ref_b, table_key="spots", mode=mode)

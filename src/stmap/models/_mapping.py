@@ -9,8 +9,12 @@ non-negative and never increase the Poisson loss; vectorised over all spots, on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PoissonDeconvolution", "fit_poisson_deconvolution", "split_counts"]
 
@@ -37,7 +41,7 @@ class PoissonDeconvolution:
     n_iter: int = 0
 
 
-def _loss(Y, mu) -> float:
+def _loss(Y: torch.Tensor, mu: torch.Tensor) -> float:
     import torch
 
     return float((mu - torch.xlogy(Y, mu)).sum(dim=1).mean())
@@ -91,7 +95,16 @@ def fit_poisson_deconvolution(
         torch.set_num_threads(n_threads)
 
 
-def _fit(Y, profiles, platform_effect, max_iter, tol, record_every, dev, batch_size) -> PoissonDeconvolution:
+def _fit(
+    Y: np.ndarray,
+    profiles: np.ndarray,
+    platform_effect: bool,
+    max_iter: int,
+    tol: float,
+    record_every: int,
+    dev: torch.device,
+    batch_size: int,
+) -> PoissonDeconvolution:
     import torch
 
     Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32), device=dev)
