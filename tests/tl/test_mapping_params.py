@@ -72,6 +72,16 @@ class TestParameters:
             st.tl.project_genes(*args, **({"table_key": "spots"} | kw))
         assert _state(sdata, ref) == before
 
+    def test_key_added_checked_before_computing(self, mapped):
+        """A key that zarr cannot store fails up front, naming key_added (not after the fit, naming a derived key)."""
+        sdata, ref = mapped
+        before = _state(sdata, ref)
+        with pytest.raises(st.StmapInputError, match="key_added 'a/b' is not a valid name"):
+            st.tl.map_cells(sdata, ref, table_key="spots", key_added="a/b")
+        with pytest.raises(st.StmapInputError, match="key_added 'spots_a/b' is not a valid name"):
+            st.tl.project_genes(sdata, ref, table_key="spots", key_added="a/b")
+        assert _state(sdata, ref) == before
+
     @pytest.mark.parametrize("func", [st.tl.map_cells, st.tl.project_genes], ids=lambda f: f.__name__)
     def test_every_parameter_but_the_data_is_declared(self, func):
         import inspect

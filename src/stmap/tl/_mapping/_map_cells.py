@@ -25,6 +25,7 @@ from stmap._core import (
     validate_params,
 )
 from stmap._core import _logging as logg
+from stmap._core._names import check_name
 
 from ._composition import fit_composition
 from ._place import place_cells
@@ -243,6 +244,8 @@ def map_cells(
     start = logg.info(f"mapping cells onto spots ({mode} mode)")
     check_reference(sc_adata)
     ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
+    if ctx.sdata is not None:  # every name written derives from it (a plain AnnData takes any key)
+        check_name(key_added, "key_added")
     inp = prepare_inputs(
         ctx,
         sc_adata,

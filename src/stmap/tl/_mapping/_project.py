@@ -21,7 +21,7 @@ from stmap._core import (
     validate_params,
 )
 from stmap._core import _logging as logg
-from stmap._core._names import safe_key
+from stmap._core._names import check_name, safe_key
 from stmap._core._validate import read_counts
 
 from ._validate import to_csr
@@ -205,7 +205,7 @@ def project_genes(
     {sdata}
     sc_adata
         The reference passed to :func:`~stmap.tl.map_cells`. The placement is read from
-        ``sc_adata.obsm[f'{{mapping_key}}_assignment']`` (a ``copy=False`` run), else from the spot table's
+        ``sc_adata.obsm[f'{mapping_key}_assignment']`` (a ``copy=False`` run), else from the spot table's
         ``.uns[mapping_key]['reference']`` (a ``copy=True`` run, whose cells must be ``sc_adata``'s).
     {table_key}
     {coordinate_system}
@@ -242,6 +242,8 @@ def project_genes(
     """
     start = logg.info("projecting genes onto spots")
     ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
+    if ctx.sdata is not None:  # the new table's name derives from it
+        check_name(Key.table.projected(ctx.table_key or "spots", key_added), "The table named by key_added")
     spots = ctx.adata
     A = mapped_assignment(sc_adata, ctx, mapping_key)
     if smooth is None:
