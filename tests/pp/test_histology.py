@@ -7,9 +7,8 @@ from _helpers import make_small_sdata
 
 import stmap as st
 from stmap._core import StmapInputError, affine_matrix, make_image
-from stmap.pp._extractors import handcrafted_feature_names
 
-D = len(handcrafted_feature_names())
+D = len(st.pp.handcrafted_feature_names())
 
 
 def _tissue_image(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
@@ -94,7 +93,7 @@ class TestHistologyFeatures:
         t = sdata.tables["table"]
         pos = [int(i.split("_")[1]) for i in t.obs["instance_id"]]
         x = info["xy"][pos, 0]
-        nuc = t.obsm["X_histology"][:, handcrafted_feature_names().index("nuclei_fraction")]
+        nuc = t.obsm["X_histology"][:, st.pp.handcrafted_feature_names().index("nuclei_fraction")]
         # a density growing ~linearly over 0..160 px and 30 spots: rank correlation well above chance (> 0.5)
         from scipy.stats import spearmanr
 

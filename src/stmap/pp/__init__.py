@@ -2,7 +2,13 @@
 
 from ._blobs import detect_blobs
 from ._convert import to_spatialdata
-from ._extractors import handcrafted_features, timm_extractor, torch_extractor, torchvision_extractor
+from ._extractors import (
+    handcrafted_feature_names,
+    handcrafted_features,
+    timm_extractor,
+    torch_extractor,
+    torchvision_extractor,
+)
 from ._histology import histology_features
 from ._register import align_sections, apply_transform, fit_transform, icp, register
 from ._stack import disc_iou, graph_arrays, spot_graph_3d, stack_sections
@@ -23,6 +29,7 @@ __all__ = [
     "graph_arrays",
     "disc_iou",
     "handcrafted_features",
+    "handcrafted_feature_names",
     "torch_extractor",
     "timm_extractor",
     "torchvision_extractor",

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from stmap._core._device import resolve_verbose, torch_threads
 from stmap._core._errors import StmapInputError
+from stmap._core._params import Instance, Interval, validate_params
 
 __all__ = [
     "handcrafted_features",
@@ -38,7 +40,15 @@ def _tissue_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def handcrafted_feature_names() -> list[str]:
-    """Names of the columns returned by :func:`handcrafted_features` (one scale)."""
+    """Names of the columns returned by :func:`~stmap.pp.handcrafted_features` (one scale).
+
+    :func:`~stmap.pp.histology_features` stores them per scale, prefixed ``s<scale>_``, in
+    ``.uns[key_added]['feature_names']``.
+
+    Returns
+    -------
+    The column names, in order.
+    """
     names = ["tissue_fraction"]
     names += [f"rgb_{c}_{s}" for c in "rgb" for s in ("mean", "std")]
     names += [f"od_{c}_{q}" for c in "hed" for q in ("mean", "std", *(f"q{int(100 * q)}" for q in _QUANTILES))]
@@ -70,7 +80,7 @@ def handcrafted_features(patches: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ``(N, D)`` float32 features, columns named by ``handcrafted_feature_names``.
+    ``(N, D)`` float32 features, columns named by :func:`~stmap.pp.handcrafted_feature_names`.
     """
     from scipy import ndimage
     from skimage.color import rgb2hed
@@ -140,7 +150,7 @@ class TorchExtractor:
         input_px: int | None = 224,
         mean: tuple[float, ...] = _IMAGENET_MEAN,
         std: tuple[float, ...] = _IMAGENET_STD,
-        device: Any = "cpu",
+        device: Any = None,
         batch_size: int = 64,
         name: str | None = None,
     ) -> None:
@@ -162,7 +172,7 @@ class TorchExtractor:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         outs = []
-        with torch.no_grad():
+        with torch_threads(), torch.no_grad():
             for s in range(0, len(patches), self.batch_size):
                 x = torch.from_numpy(patches[s : s + self.batch_size]).to(self.device)
                 x = x.permute(0, 3, 1, 2).float() / 255.0
@@ -200,6 +210,15 @@ def _load_state_dict(module: Any, weights: str | Path | dict, strict: bool) -> N
         logg.warning(f"loaded weights with {len(missing)} missing and {len(unexpected)} unexpected keys")
 
 
+@validate_params(
+    weights=[Instance((str, Path, dict)), None],
+    input_px=[Interval(int, 1, None), None],
+    mean=Instance((tuple, list)),
+    std=Instance((tuple, list)),
+    strict=Instance((bool,)),
+    device=[Instance((str,)), None],
+    batch_size=Interval(int, 1, None),
+)
 def torch_extractor(
     module: Any,
     weights: str | Path | dict | None = None,
@@ -208,7 +227,7 @@ def torch_extractor(
     mean: tuple[float, ...] = _IMAGENET_MEAN,
     std: tuple[float, ...] = _IMAGENET_STD,
     strict: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     batch_size: int = 64,
 ) -> TorchExtractor:
     """Wrap any :class:`torch.nn.Module` (patch -> embedding) with a LOCAL state dict as a feature extractor.
@@ -228,7 +247,7 @@ def torch_extractor(
     strict
         Require the state dict to match the module's keys exactly.
     device
-        Torch device.
+        Torch device; ``None`` uses :attr:`stmap.settings.device`.
     batch_size
         Patches per forward pass.
 
@@ -241,13 +260,21 @@ def torch_extractor(
     return TorchExtractor(module, input_px=input_px, mean=mean, std=std, device=device, batch_size=batch_size)
 
 
+@validate_params(
+    arch=Instance((str,)),
+    weights=[Instance((str, Path, dict)), None],
+    input_px=Interval(int, 1, None),
+    strict=Instance((bool,)),
+    device=[Instance((str,)), None],
+    batch_size=Interval(int, 1, None),
+)
 def timm_extractor(
     arch: str = "vit_large_patch16_224",
     weights: str | Path | dict | None = None,
     *,
     input_px: int = 224,
     strict: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     batch_size: int = 32,
     **timm_kwargs: Any,
 ) -> TorchExtractor:
@@ -284,13 +311,21 @@ def timm_extractor(
     return torch_extractor(module, weights, input_px=input_px, strict=strict, device=device, batch_size=batch_size)
 
 
+@validate_params(
+    arch=Instance((str,)),
+    weights=[Instance((str, Path, dict)), None],
+    input_px=Interval(int, 1, None),
+    strict=Instance((bool,)),
+    device=[Instance((str,)), None],
+    batch_size=Interval(int, 1, None),
+)
 def torchvision_extractor(
     arch: str = "resnet50",
     weights: str | Path | dict | None = None,
     *,
     input_px: int = 224,
     strict: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     batch_size: int = 64,
 ) -> TorchExtractor:
     """A ``torchvision`` classification architecture with LOCAL weights, its classifier head removed.
@@ -338,8 +373,8 @@ def _small_cnn(dim: int):
     def block(i: int, o: int) -> list:
         return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(64, dim))  # fmt: skip
+    layers = [*block(3, 16), *block(16, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, dim)]
+    return nn.Sequential(*layers)
 
 
 def _augment(x, g):
@@ -357,6 +392,14 @@ def _augment(x, g):
     return (x * scale + shift).clamp(0, 1)
 
 
+@validate_params(
+    dim=Interval(int, 1, None),
+    epochs=Interval(int, 0, None),
+    batch_size=Interval(int, 1, None),
+    max_patches=Interval(int, 1, None),
+    seed=Interval(int, 0, None),
+    verbose=[Instance((bool,)), None],
+)
 def train_slide_cnn(
     patches: np.ndarray,
     *,
@@ -365,8 +408,8 @@ def train_slide_cnn(
     batch_size: int = 128,
     max_patches: int = 4000,
     seed: int = 0,
-    device: Any = "cpu",
-    verbose: bool = False,
+    device: Any = None,
+    verbose: bool | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Train a small CNN self-supervised (SimCLR-style, two augmented views, InfoNCE, tau 0.1) on a slide's patches.
 
@@ -383,9 +426,9 @@ def train_slide_cnn(
     seed
         Random seed (deterministic on CPU).
     device
-        Torch device.
+        Torch device; ``None`` uses :attr:`stmap.settings.device`.
     verbose
-        Progress bar.
+        Progress bar; ``None`` uses :attr:`stmap.settings.verbose`.
 
     Returns
     -------
@@ -418,6 +461,19 @@ def train_slide_cnn(
         target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(dev)
         return F.cross_entropy(sim, target)
 
-    fit(net, step, len(x_all), epochs=epochs, batch_size=batch_size, lr=1e-3, seed=seed, device=dev,
-        verbose=verbose, desc="slide CNN", drop_last=len(x_all) > batch_size)  # fmt: skip
+    drop_last = len(x_all) > batch_size
+    with torch_threads():
+        fit(
+            net,
+            step,
+            len(x_all),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=1e-3,
+            seed=seed,
+            device=dev,
+            verbose=resolve_verbose(verbose),
+            desc="slide CNN",
+            drop_last=drop_last,
+        )
     return TorchExtractor(net, input_px=None, mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0), device=dev, name="slide_cnn")

@@ -2,28 +2,87 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from stmap._core import _logging as logg
 from stmap._core._constants import Key
+from stmap._core._device import resolve_verbose, torch_threads
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
 from stmap._core._image import intensity_range, nan_count, to_rgb_uint8, warn_nan
-from stmap._core._patches import extract_patches, patch_spec
+from stmap._core._params import Instance, Interval, validate_params
+from stmap._core._patches import PatchSpec, extract_patches, patch_spec
 from stmap._core._regions import region_image, resolve_regions
 from stmap._core._write import Results
 
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
 __all__ = ["histology_features"]
 
-_EXTRACTORS = ("handcrafted", "cnn")
 
-
+@overload
+def histology_features(
+    sdata: SpatialData | AnnData,
+    *,
+    image_key: str | dict[str, str] | None = ...,
+    table_key: str | None = ...,
+    extractor: str | Callable[[np.ndarray], np.ndarray] = ...,
+    patch_um: float | None = ...,
+    scales: tuple[float, ...] = ...,
+    patch_px: int | None = ...,
+    mpp: float | None = ...,
+    batch_size: int = ...,
+    coordinate_system: str | dict[str, str] | None = ...,
+    seed: int = ...,
+    device: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+    verbose: bool | None = ...,
+) -> None: ...
+@overload
+def histology_features(
+    sdata: SpatialData | AnnData,
+    *,
+    image_key: str | dict[str, str] | None = ...,
+    table_key: str | None = ...,
+    extractor: str | Callable[[np.ndarray], np.ndarray] = ...,
+    patch_um: float | None = ...,
+    scales: tuple[float, ...] = ...,
+    patch_px: int | None = ...,
+    mpp: float | None = ...,
+    batch_size: int = ...,
+    coordinate_system: str | dict[str, str] | None = ...,
+    seed: int = ...,
+    device: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+    verbose: bool | None = ...,
+) -> SpatialData | AnnData: ...
+@validate_params(
+    image_key=[Instance((str, dict)), None],
+    table_key=[Instance((str,)), None],
+    extractor=Instance((str, Callable)),
+    patch_um=[Interval(float, 0, None, "neither"), None],
+    scales=Instance((tuple, list, np.ndarray, numbers.Real)),
+    patch_px=[Interval(int, 1, None), None],
+    mpp=[Interval(float, 0, None, "neither"), None],
+    batch_size=Interval(int, 1, None),
+    coordinate_system=[Instance((str, dict)), None],
+    seed=Interval(int, 0, None),
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+    verbose=[Instance((bool,)), None],
+)
 @inject_docs()
 def histology_features(
-    sdata: Any,
+    sdata: SpatialData | AnnData,
     *,
     image_key: str | dict[str, str] | None = None,
     table_key: str | None = None,
@@ -33,13 +92,13 @@ def histology_features(
     patch_px: int | None = 48,
     mpp: float | None = None,
     batch_size: int = 256,
-    coordinate_system: str | None = None,
+    coordinate_system: str | dict[str, str] | None = None,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     key_added: str = Key.obsm.histology,
     copy: bool = False,
-    verbose: bool = False,
-) -> Any:
+    verbose: bool | None = None,
+) -> SpatialData | AnnData | None:
     """Histology features of the image patch around every spot.
 
     Square patches centred on each spot are cut lazily from the image (the pyramid level closest to the requested
@@ -120,92 +179,35 @@ def histology_features(
 
     whole, regions = resolve_regions(sdata, table_key, coordinate_system=coordinate_system)
     multi = len(regions) > 1 or whole.region is None
-    imgs = _region_images(whole, regions, image_key) if multi else [whole.image(image_key)]
-    scales = tuple(float(s) for s in np.atleast_1d(scales))
-    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
-        raise StmapInputError(f"`scales` must be positive numbers, got {scales!r}.")
-    if batch_size < 1:
-        raise StmapInputError(f"`batch_size` must be >= 1, got {batch_size}.")
-    if isinstance(extractor, str) and extractor not in _EXTRACTORS:
-        raise StmapInputError(
-            f"Unknown extractor {extractor!r}; use one of {', '.join(map(repr, _EXTRACTORS))} or a callable "
-            "patches (N, H, W, 3) uint8 -> (N, D) (e.g. st.pp.torch_extractor / st.pp.timm_extractor)."
-        )
-    if not isinstance(extractor, str) and not callable(extractor):
-        raise StmapInputError(f"`extractor` must be a name or a callable, got {type(extractor).__name__}.")
+    imgs = _region_images(whole, regions, image_key) if multi else [whole.image(image_key)]  # type: ignore[arg-type]
+    scales = _check_scales(scales)
+    _check_extractor(extractor)
+    verbose = resolve_verbose(verbose)
     todo = [(r, img) for r, img in zip(regions, imgs, strict=True) if img is not None]
     um = [r.ctx.require_um_per_unit(mpp, img) for r, img in todo]
-    if patch_um is None:
-        if any(r.ctx.diameters is None for r, _ in todo):
-            raise StmapInputError(
-                "The spot diameter is unknown (the table annotates no circles/polygons), so the default patch size "
-                "cannot be chosen; pass `patch_um=`."
-            )
-        patch_um = float(np.median(np.concatenate([r.ctx.diameters * u for (r, _), u in zip(todo, um)])))
-    patch_um = float(patch_um)
-    specs_by_region = []
-    for (reg, img), u in zip(todo, um):
-        ctx, xy = reg.ctx, reg.ctx.coords
-        xmin, xmax, ymin, ymax = img.extent(0)
-        outside = (xy[:, 0] < xmin) | (xy[:, 0] > xmax) | (xy[:, 1] < ymin) | (xy[:, 1] > ymax)
-        if outside.any():
-            ex = ", ".join(map(str, ctx.adata.obs_names[outside][:5]))
-            raise StmapInputError(
-                f"{int(outside.sum())} spot centres lie outside image {img.name!r} (e.g. {ex}): the image is not "
-                "aligned to the spots. Check its transformation, or subset the table to the spots on the image."
-            )
-        _, h, w = img.levels[0].shape
-        size_um_image = min(h, w) * img.pixel_size(0) * u
-        if patch_um * max(scales) > size_um_image:
-            raise StmapInputError(
-                f"Patch side {patch_um * max(scales):.1f} um (patch_um={patch_um:.1f} x scale {max(scales)}) is "
-                f"larger than image {img.name!r} ({size_um_image:.1f} um); use a smaller `patch_um` or `scales`."
-            )
-        if img.levels[0].shape[0] == 2:
-            raise StmapInputError(
-                f"Image {img.name!r} has 2 channels; an RGB(A) or grey H&E is needed. Pick the channels first "
-                "(e.g. `sdata[image].sel(c=[...])`)."
-            )
-        if not specs_by_region:  # native resolution (patch_px=None): that of the first image, for every section
-            native = patch_px if patch_px is not None else patch_spec(ctx, img, patch_um, mpp=mpp).size_px
-        specs_by_region.append([patch_spec(ctx, img, patch_um * s, out_px=int(native), mpp=mpp) for s in scales])
+    patch_um = _default_patch_um(todo, um) if patch_um is None else float(patch_um)
+    specs_by_region = _patch_specs(todo, um, patch_um, scales, patch_px, mpp)
     specs = specs_by_region[0]
 
     divisors = [intensity_range(img) for _, img in todo]
     start = logg.info(f"computing histology features ({_name(extractor)}, {len(scales)} scale(s))")
     lazies_by_region = [
         [extract_patches(img, reg.ctx.coords, spec, fill_value=0, chunk_size=batch_size) for spec in sp]
-        for (reg, img), sp in zip(todo, specs_by_region)
+        for (reg, img), sp in zip(todo, specs_by_region, strict=True)
     ]
-    if extractor == "cnn":  # one small CNN per scale, trained self-supervised on all of this slide's patches
-        from ._extractors import train_slide_cnn
-
-        allp = [dask.compute(*lz, scheduler="synchronous") for lz in lazies_by_region]
-        fns = [
-            train_slide_cnn(
-                np.concatenate([to_rgb_uint8(np.asarray(p[k]), dv) for p, dv in zip(allp, divisors)]), seed=seed,
-                device=device, verbose=verbose,
-            )
-            for k in range(len(specs))
-        ]  # fmt: skip
-    elif extractor == "handcrafted":
-        from ._extractors import handcrafted_features
-
-        fns = [handcrafted_features] * len(specs)
-    else:
-        fns = [extractor] * len(specs)
-    blocks_by_region = [
-        _stream(lz, fns, batch_size, verbose, dask, divisor=dv, name=img.name)
-        for lz, dv, (_, img) in zip(lazies_by_region, divisors, todo)
-    ]
+    with nullcontext() if extractor == "handcrafted" else torch_threads():
+        fns = _extractor_fns(extractor, lazies_by_region, divisors, len(specs), seed, device, verbose)
+        blocks_by_region = [
+            _stream(lz, fns, batch_size, verbose, dask, divisor=dv, name=img.name)
+            for lz, dv, (_, img) in zip(lazies_by_region, divisors, todo, strict=True)
+        ]
     d_scale = [b.shape[1] for b in blocks_by_region[0]]
     feats = np.full((whole.adata.n_obs, sum(d_scale)), np.nan, dtype=np.float32)
-    for (reg, _), blocks in zip(todo, blocks_by_region):
+    for (reg, _), blocks in zip(todo, blocks_by_region, strict=True):
         feats[reg.rows] = np.concatenate(blocks, axis=1)
-    ctx, img = whole, todo[0][1]
 
     params = {"extractor": _name(extractor), "patch_um": patch_um, "scales": list(scales), "patch_px": patch_px}
-    res = Results(ctx, key_added, params={**params, "batch_size": batch_size, "seed": seed})
+    res = Results(whole, key_added, params={**params, "batch_size": batch_size, "seed": seed})
     res.obsm(key_added, feats)
     meta = {
         "extractor": _name(extractor),
@@ -214,7 +216,7 @@ def histology_features(
         "patch_px": [int(s.out_px) for s in specs],
         "mpp": [float(s.mpp) for s in specs],
         "n_features_per_scale": d_scale,
-        "image_key": img.name if not multi else {str(r.region): i.name for r, i in todo},
+        "image_key": todo[0][1].name if not multi else {str(r.region): i.name for r, i in todo},
     }
     if extractor == "handcrafted":
         from ._extractors import handcrafted_feature_names
@@ -224,6 +226,107 @@ def histology_features(
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added .obsm[{key_added!r}] ({feats.shape[1]} features)")
     return out
+
+
+_EXTRACTORS = ("handcrafted", "cnn")
+
+
+def _check_scales(scales: Any) -> tuple[float, ...]:
+    out = tuple(float(s) for s in np.atleast_1d(scales))
+    if not out or any(not np.isfinite(s) or s <= 0 for s in out):
+        raise StmapInputError(f"`scales` must be positive numbers, got {out!r}.")
+    return out
+
+
+def _check_extractor(extractor: Any) -> None:
+    if isinstance(extractor, str) and extractor not in _EXTRACTORS:
+        raise StmapInputError(
+            f"Unknown extractor {extractor!r}; use one of {', '.join(map(repr, _EXTRACTORS))} or a callable "
+            "patches (N, H, W, 3) uint8 -> (N, D) (e.g. st.pp.torch_extractor / st.pp.timm_extractor)."
+        )
+
+
+def _default_patch_um(todo: list, um: list[float]) -> float:
+    """The median spot diameter in micrometres, over every region with an image."""
+    if any(r.ctx.diameters is None for r, _ in todo):
+        raise StmapInputError(
+            "The spot diameter is unknown (the table annotates no circles/polygons), so the default patch size "
+            "cannot be chosen; pass `patch_um=`."
+        )
+    return float(np.median(np.concatenate([r.ctx.diameters * u for (r, _), u in zip(todo, um, strict=True)])))
+
+
+def _patch_specs(
+    todo: list, um: list[float], patch_um: float, scales: tuple[float, ...], patch_px: int | None, mpp: float | None
+) -> list[list[PatchSpec]]:
+    """Per region, one patch spec per scale; the image checked against the spots (aligned, large enough, RGB)."""
+    specs_by_region: list[list[PatchSpec]] = []
+    native = patch_px
+    for (reg, img), u in zip(todo, um, strict=True):
+        ctx = reg.ctx
+        _check_image(ctx, img, u, patch_um, scales)
+        if native is None:  # native resolution (patch_px=None): that of the first image, for every section
+            native = patch_spec(ctx, img, patch_um, mpp=mpp).size_px
+        specs_by_region.append([patch_spec(ctx, img, patch_um * s, out_px=int(native), mpp=mpp) for s in scales])
+    return specs_by_region
+
+
+def _check_image(ctx: Any, img: Any, u: float, patch_um: float, scales: tuple[float, ...]) -> None:
+    """Refuse an image the spots are not on, smaller than the largest patch, or with 2 channels."""
+    xy = ctx.coords
+    xmin, xmax, ymin, ymax = img.extent(0)
+    outside = (xy[:, 0] < xmin) | (xy[:, 0] > xmax) | (xy[:, 1] < ymin) | (xy[:, 1] > ymax)
+    if outside.any():
+        ex = ", ".join(map(str, ctx.adata.obs_names[outside][:5]))
+        raise StmapInputError(
+            f"{int(outside.sum())} spot centres lie outside image {img.name!r} (e.g. {ex}): the image is not "
+            "aligned to the spots. Check its transformation, or subset the table to the spots on the image."
+        )
+    _, h, w = img.levels[0].shape
+    size_um_image = min(h, w) * img.pixel_size(0) * u
+    if patch_um * max(scales) > size_um_image:
+        raise StmapInputError(
+            f"Patch side {patch_um * max(scales):.1f} um (patch_um={patch_um:.1f} x scale {max(scales)}) is "
+            f"larger than image {img.name!r} ({size_um_image:.1f} um); use a smaller `patch_um` or `scales`."
+        )
+    if img.levels[0].shape[0] == 2:
+        raise StmapInputError(
+            f"Image {img.name!r} has 2 channels; an RGB(A) or grey H&E is needed. Pick the channels first "
+            "(e.g. `sdata[image].sel(c=[...])`)."
+        )
+
+
+def _extractor_fns(
+    extractor: Any,
+    lazies_by_region: list[list[Any]],
+    divisors: list[float],
+    n_scales: int,
+    seed: int,
+    device: str | None,
+    verbose: bool,
+) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """One feature function per scale: the handcrafted one, a given callable, or a CNN trained on this slide."""
+    if extractor == "handcrafted":
+        from ._extractors import handcrafted_features
+
+        return [handcrafted_features] * n_scales
+    if extractor != "cnn":
+        return [extractor] * n_scales
+    import dask
+
+    from ._extractors import train_slide_cnn
+
+    # one small CNN per scale, trained self-supervised on all of this slide's patches
+    allp = [dask.compute(*lz, scheduler="synchronous") for lz in lazies_by_region]
+    return [
+        train_slide_cnn(
+            np.concatenate([to_rgb_uint8(np.asarray(p[k]), dv) for p, dv in zip(allp, divisors, strict=True)]),
+            seed=seed,
+            device=device,
+            verbose=verbose,
+        )
+        for k in range(n_scales)
+    ]
 
 
 def _region_images(whole: Any, regions: list, image_key: Any) -> list:
