@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -13,8 +13,10 @@ from ..._core import StmapInputError, unknown_key
 from ..._core._constants import Key
 from ._sections import Section
 
+Kind = Literal["translation", "rigid", "similarity", "affine"]
+
 #: Transform family of each alignment method when ``kind=None``.
-DEFAULT_KIND = {"warped": "affine", "landmarks": "similarity", "icp": "rigid"}
+DEFAULT_KIND: dict[str, Kind] = {"warped": "affine", "landmarks": "similarity", "icp": "rigid"}
 
 
 @dataclass
@@ -37,7 +39,7 @@ def key_transforms(transforms: Any, secs: list[Section]) -> Any:
     return {sec.name: m for sec, m in zip(secs, transforms)}
 
 
-def _fit(src: np.ndarray, dst: np.ndarray, kind: str, what: str) -> tuple[np.ndarray, float]:
+def _fit(src: np.ndarray, dst: np.ndarray, kind: Kind, what: str) -> tuple[np.ndarray, float]:
     from .._register import apply_transform, fit_transform
 
     ok = np.isfinite(src).all(1) & np.isfinite(dst).all(1)
@@ -65,7 +67,7 @@ def _given(secs: list[Section], transforms: Any) -> list[np.ndarray]:
     return mats
 
 
-def _warped(secs: list[Section], r: int, kind: str, warped_key: str) -> tuple[list[np.ndarray], dict[str, float]]:
+def _warped(secs: list[Section], r: int, kind: Kind, warped_key: str) -> tuple[list[np.ndarray], dict[str, float]]:
     """Fit each section's spots onto their registered coordinates, expressed in the reference's frame."""
     from .._register import apply_transform
 
@@ -100,7 +102,7 @@ def _landmarks_um(s: Section, landmarks: Any) -> np.ndarray:
     return c[:, :2] * s.um
 
 
-def _landmarks(secs: list[Section], r: int, kind: str, landmarks: Any) -> tuple[list[np.ndarray], dict[str, float]]:
+def _landmarks(secs: list[Section], r: int, kind: Kind, landmarks: Any) -> tuple[list[np.ndarray], dict[str, float]]:
     """Fit each section's landmarks onto the reference's (corresponding rows)."""
     if landmarks is None:
         raise StmapInputError("transforms='landmarks' needs `landmarks=`: {section: (k, 2) array} or a points name.")
@@ -116,7 +118,7 @@ def _landmarks(secs: list[Section], r: int, kind: str, landmarks: Any) -> tuple[
 
 
 def _icp(
-    secs: list[Section], r: int, kind: str, icp_kwargs: dict[str, Any] | None
+    secs: list[Section], r: int, kind: Kind, icp_kwargs: dict[str, Any] | None
 ) -> tuple[list[np.ndarray], dict[str, float]]:
     """Each section onto its already aligned neighbour towards the reference (trimmed ICP)."""
     from .._register import apply_transform, icp
@@ -140,7 +142,7 @@ def alignments(
     *,
     warped_key: str,
     reference: str | None,
-    kind: str | None,
+    kind: Kind | None,
     landmarks: Any,
     icp_kwargs: dict[str, Any] | None,
 ) -> Alignment:
@@ -185,7 +187,7 @@ def check_aligned(secs: list[Section], fracs: list[float], spacing: float, min_o
             f"within one spacing, {spacing:.4g} um): {', '.join(bad)}. Align them: pass `transforms='icp'`, "
             "'landmarks', 'warped' (registered coordinates) or one 3x3 matrix per section."
         )
-    med_r = np.array([np.median(s.radius_um) for s in secs])  # type: ignore[arg-type]
+    med_r = np.array([np.median(s.radius_um) for s in secs])
     if np.ptp(med_r) > 0.05 * med_r.min():
         warnings.warn(
             f"Spot radii differ between sections ({dict(zip([s.name for s in secs], np.round(med_r, 3)))} um); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +47,17 @@ def _section(
             f"Section {name!r}: the unit of coordinate system {ctx.coordinate_system!r} is unknown. Record it, "
             f"e.g. `sdata.attrs['{Key.units_attr}'] = {{'{ctx.coordinate_system}': 'um'}}`."
         )
+    if ctx.region is None:
+        raise StmapInputError(f"Section {name!r}: table {table_key!r} annotates no element; stacking needs its spots.")
     if spot_diameter is not None:
         r = np.full(ctx.adata.n_obs, float(spot_diameter) / 2)
+    elif ctx.diameters is not None:
+        r = np.asarray(ctx.diameters, dtype=float) * um / 2
     else:
-        d = ctx.diameters
-        r = None if d is None else np.asarray(d, dtype=float) * um / 2
+        raise StmapInputError(
+            f"Section {name!r}: the spot size is unknown (element {ctx.region!r} has no radius); pass "
+            "`spot_diameter=` (micrometres)."
+        )
     els = [e for kind in KINDS for e in getattr(sdata, kind)]
     if single:  # one object with one table per section: its region and the elements named after the section
         els = [ctx.region] + [e for e in els if e != ctx.region and e.startswith(name)]
@@ -99,12 +106,6 @@ def gather(
             raise StmapInputError(f"Section {name!r} holds no table; every section needs a table of its spots.")
         table_key = tk if tk is not None else pick_table(sdata, name, given)
         out.append(_section(name, sdata, table_key, coordinate_system, spot_diameter, single, shared))
-    for s in out:
-        if s.radius_um is None:
-            raise StmapInputError(
-                f"Section {s.name!r}: the spot size is unknown (element {s.region!r} has no radius); pass "
-                "`spot_diameter=` (micrometres)."
-            )
     return out
 
 
@@ -123,7 +124,7 @@ def order_by_z(secs: list[Section], z: Any, spacing: float) -> tuple[list[Sectio
     n = len(secs)
     if z is None:
         zs = np.arange(n, dtype=float) * spacing
-    elif np.isscalar(z):
+    elif isinstance(z, numbers.Real):
         zs = np.arange(n, dtype=float) * float(z)
     else:
         if isinstance(z, Mapping):

@@ -34,7 +34,7 @@ class Section:
     region: str
     coordinate_system: str
     coords: np.ndarray  # (n, 2) in the section's coordinate system
-    radius_um: np.ndarray | None
+    radius_um: np.ndarray  # spot radius, micrometres
     um: float  # micrometres per coordinate unit
     elements: list[str]
     measured: bool

@@ -223,13 +223,12 @@ def spot_graph_3d(
             f"obs[{section_key!r}] must be categorical with categories in stacking order, e.g. "
             f"`adata.obs[{section_key!r}] = pd.Categorical(values, categories=[...])`."
         )
-    if radius is None:
-        radius = stack_radius(adata, "pass `radius=` (units of the coordinates)")  # type: ignore[assignment]
+    r = stack_radius(adata, "pass `radius=` (units of the coordinates)") if radius is None else radius
     feats = _features(adata, features_key)
     start = logg.info("building the 3D spot graph")
     kw = {"k_similar": k_similar, "k_spatial": k_spatial, "layers_apart": layers_apart}
     xyz, codes = np.asarray(adata.obsm[spatial_key], dtype=float), sec.cat.codes.to_numpy()
-    g = _graph(xyz, codes, radius, feats, features_key, **kw, min_iou=min_iou, spatial_weights=spatial_weights)
+    g = _graph(xyz, codes, r, feats, features_key, **kw, min_iou=min_iou, spatial_weights=spatial_weights)
     params = {
         "features_key": features_key,
         **kw,

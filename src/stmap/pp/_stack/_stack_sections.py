@@ -33,7 +33,7 @@ def _stack_uns(
         "kind": kind or DEFAULT_KIND.get(al.method, "none"),
         "reference": al.reference,
         "rmse_um": [float(al.rmse.get(s.name, 0.0)) for s in secs],
-        Key.obs.spot_radius_um: float(np.median(np.concatenate([s.radius_um for s in secs]))),  # type: ignore[misc]
+        Key.obs.spot_radius_um: float(np.median(np.concatenate([s.radius_um for s in secs]))),
         "spot_spacing_um": spacing,
         "overlap_fraction": fracs,
         "section_info": info,

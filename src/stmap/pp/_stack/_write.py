@@ -119,7 +119,8 @@ def _stack_obs(secs: list[Section], section_key: str) -> pd.DataFrame:
     """Every obs column of the inputs (categories merged), rows named ``'<section>:<obs name>'``."""
     import pandas as pd
 
-    frames, cats = [], {}
+    frames = []
+    cats: dict[str, list[str]] = {}
     for s in secs:
         attrs = s.table.uns.get(Key.uns.spatialdata_attrs) or {}
         drop = {attrs.get("region_key"), attrs.get("instance_key"), section_key, Key.obs.measured}
@@ -164,7 +165,7 @@ def stack_table(
     obs = _stack_obs(secs, section_key)
     obs[section_key] = pd.Categorical(np.repeat(names, sizes), categories=names)
     obs[Key.obs.measured] = np.repeat([s.measured for s in secs], sizes)
-    obs[Key.obs.spot_radius_um] = np.concatenate([s.radius_um for s in secs])  # type: ignore[misc]
+    obs[Key.obs.spot_radius_um] = np.concatenate([s.radius_um for s in secs])
     var = pd.DataFrame(index=pd.Index(genes, name=None))
     var["n_sections"] = np.sum(
         [pd.Index(list(map(str, s.table.var_names))).get_indexer(genes) >= 0 for s in secs if s.measured], axis=0
@@ -187,7 +188,7 @@ def annotate(table: AnnData, secs: list[Section], region_of: dict[str, str]) -> 
         ids = ids.astype(np.int64)
     except (TypeError, ValueError):
         ids = ids.astype(str)
-    return make_table(table, region=None, instance_ids=ids, row_regions=row_regions)
+    return make_table(table, region=None, instance_ids=ids, row_regions=row_regions.tolist())
 
 
 def new_stack(els: Elements, table: AnnData, key_added: str) -> SpatialData:

@@ -70,28 +70,27 @@ def split_levels(
 
 
 def read_features(
-    sdata: SpatialData | AnnData,
+    sdata: SpatialData | None,
     adata: AnnData,
-    in_sdata: bool,
     table_key: str,
     features_key: str | None,
     compute: dict[str, Any],
 ) -> tuple[Any, dict[str, Any], Computed | None]:
     """``(features or None, their uns metadata, what was computed here or None)``.
 
-    ``obsm[features_key]`` when present; else computed (:func:`compute_features` with ``compute``) for a
-    SpatialData, a warning for a plain table.
+    ``obsm[features_key]`` when present; else computed (:func:`compute_features` with ``compute``) from the
+    SpatialData ``sdata``, or a warning when there is none (a plain table).
     """
     if features_key is None:
         return None, {}, None
     if features_key in adata.obsm:
         return adata.obsm[features_key], adata.uns.get(features_key, {}), None
-    if not in_sdata:
+    if sdata is None:
         logg.warning(
             f"No obsm[{features_key!r}] histology features: imputing from expression and the graph only. Pass "
             "the SpatialData stack (its sections' images give the features) or compute them with "
             "`st.pp.histology_features`."
         )
         return None, {}, None
-    computed = compute_features(sdata, table_key, features_key, **compute)  # type: ignore[arg-type]
+    computed = compute_features(sdata, table_key, features_key, **compute)
     return (None, {}, None) if computed is None else (computed[0], computed[1], computed)

@@ -165,7 +165,7 @@ def prepare(
     gidx = _pick_genes(counts, adata.var_names, meas, genes)
     if model is not None and list(adata.var_names[gidx]) != list(model.genes):
         gidx = _pick_genes(counts, adata.var_names, meas, model.genes)
-    f, meta, computed = read_features(sdata, adata, ctx.sdata is not None, table_key, features_key, compute)
+    f, meta, computed = read_features(ctx.sdata, adata, table_key, features_key, compute)
     levels, has = (None, None) if f is None else split_levels(f, meta, n_scales, str(features_key), adata.n_obs)
     dims = [int(x.shape[1]) for x in (levels or [])]
     if model is not None and dims != list(model.config["level_dims"]):

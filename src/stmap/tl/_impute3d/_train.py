@@ -26,9 +26,9 @@ def _honest_prior(
     """The prior the mix sees on the held-out spots: refitted without them (when there are enough other spots)."""
     import torch
 
-    if prior_fit is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
+    if prior_fit is None or pb.feat_cat is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
         return T.prior
-    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)  # type: ignore[arg-type]
+    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)
     return torch.as_tensor(p, dtype=torch.float32, device=T.dev)
 
 
@@ -99,10 +99,11 @@ def train_arrays(
 
     mean, std = scaling(pb)
     Z = standardized(pb, mean, std)
-    use_prior = bool(pb.levels) and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10
-    prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured) if use_prior else None  # type: ignore[arg-type]
+    prior_fit = None  # features (feat_cat: every level side by side) on enough measured spots: a ridge prior
+    if pb.feat_cat is not None and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10:
+        prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured)
     T = tensors(pb, Z, prior_fit, gp.propagate, dev)
-    config = {
+    config: dict[str, Any] = {
         "level_dims": [int(f.shape[1]) for f in pb.levels],
         "n_genes": int(Z.shape[1]),
         "hidden": int(tp.hidden),
