@@ -161,8 +161,8 @@ def working_image(img: ImageContext, scale: float) -> tuple[Any, np.ndarray, int
             "Pick the channels first (e.g. `sdata[image].sel(c=[...])`)."
         )
     arr = rgb_channels(arr, 0, name=img.name)  # alpha dropped, grey replicated
-    if np.issubdtype(np.dtype(arr.dtype), np.floating):
-        warn_nan(img.name, int(da.isnan(arr).sum().compute()), int(np.prod(arr.shape)), "image read", stacklevel=6)
+    if np.issubdtype(np.dtype(arr.dtype), np.floating):  # the warning points at the caller of the tool
+        warn_nan(img.name, int(da.isnan(arr).sum().compute()), int(np.prod(arr.shape)), "image read", stacklevel=7)
     arr = to_unit(arr, intensity_range(img))
     if k > 1:
         h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k

@@ -29,7 +29,7 @@ def standardise(sec: Section) -> tuple[np.ndarray, np.ndarray]:
         warnings.warn(
             f"{len(const)} genes are constant over the training spots (e.g. {const[:5]}); their maps are constant.",
             UserWarning,
-            stacklevel=5,
+            stacklevel=6,  # the caller of st.tl.gene_maps / train_gene_maps
         )
     return mean, np.where(std > 1e-12, std, 1.0)
 
