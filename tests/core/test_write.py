@@ -41,16 +41,19 @@ class TestResults:
         assert "stmap_n" in out.tables["table"].obs and "cells" in out.points
         assert out.images["he"] is sdata.images["he"]  # large elements are shared, not copied
 
-    def test_external_table_copied(self, small_sdata):
+    def test_external_table_only_in_place(self, small_sdata):
         sdata, _ = small_sdata
         ctx = resolve(sdata)
         ref = ad.AnnData(np.ones((5, 2)))
         res = Results(ctx, "stmap_test")
+        res.obs("stmap_n", np.ones(ctx.adata.n_obs))
         res.obs("stmap_spot", np.array(["a"] * 5), adata=ref)
-        out, ref_out = res.commit(copy=True)
-        assert "stmap_spot" not in ref.obs and "stmap_spot" in ref_out.obs
-        res.commit(copy=False)
-        assert "stmap_spot" in ref.obs
+        # copy=True returns one object: writes meant for another object are a tool error, refused before writing
+        with pytest.raises(RuntimeError, match="outside the one copy=True returns"):
+            res.commit(copy=True)
+        assert "stmap_spot" not in ref.obs and "stmap_n" not in sdata.tables["table"].obs
+        assert res.commit(copy=False) is None
+        assert "stmap_spot" in ref.obs and "stmap_n" in sdata.tables["table"].obs
 
     def test_overwrite_warns(self, small_sdata):
         sdata, _ = small_sdata

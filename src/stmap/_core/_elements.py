@@ -7,12 +7,15 @@ coordinates -> coordinate-system coordinates. These helpers convert both ways to
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
 
 from ._constants import Key
+
+#: Instance ids: a sequence, array or index.
+Ids: TypeAlias = Sequence[Any] | np.ndarray | pd.Index
 
 __all__ = [
     "affine_matrix",
@@ -40,7 +43,10 @@ def affine_matrix(scale: float | Sequence[float] = 1.0, translation: Sequence[fl
     -------
     The matrix.
     """
-    sx, sy = (scale, scale) if np.isscalar(scale) else scale
+    if np.isscalar(scale):
+        sx = sy = cast(float, scale)
+    else:
+        sx, sy = cast(Sequence[float], scale)
     return np.array([[sx, 0.0, translation[0]], [0.0, sy, translation[1]], [0.0, 0.0, 1.0]], dtype=float)
 
 
@@ -125,7 +131,7 @@ def make_circles(
     coords: np.ndarray,
     radius: float | np.ndarray,
     *,
-    index: Sequence[Any] | None = None,
+    index: Ids | None = None,
     transform: np.ndarray | Any | None = None,
     coordinate_system: str = Key.cs,
 ):
@@ -206,10 +212,10 @@ def make_table(
     adata,
     *,
     region: str | None,
-    instance_ids: Sequence[Any] | None = None,
+    instance_ids: Ids | None = None,
     region_key: str = Key.obs.region,
     instance_key: str = Key.obs.instance,
-    row_regions: Sequence[str] | None = None,
+    row_regions: Sequence[str] | np.ndarray | None = None,
 ):
     """Make ``adata`` a table annotating ``region`` (or nothing when ``region`` is ``None``).
 

@@ -20,7 +20,7 @@ from anndata import AnnData
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
 from ._platform import choose_coordinate_system
-from ._resolve import TableContext, _element_coordinate_systems, _get_indexer, is_spatialdata
+from ._resolve import ElementType, TableContext, _element_coordinate_systems, _get_indexer, is_spatialdata
 
 __all__ = ["PointsContext", "resolve_points", "grid_transformation", "image_grid"]
 
@@ -84,9 +84,10 @@ def _host_ctx(sdata: Any, table_key: str, coordinate_system: str) -> TableContex
     adata = sdata.tables[table_key]
     attrs = adata.uns.get(Key.uns.spatialdata_attrs) or {}
     region = attrs.get("region")
-    element_type = None
+    element_type: ElementType | None = None
+    kinds: tuple[ElementType, ...] = ("shapes", "points", "labels")
     if isinstance(region, str):
-        element_type = next((k for k in ("shapes", "points", "labels") if region in getattr(sdata, k)), None)
+        element_type = next((k for k in kinds if region in getattr(sdata, k)), None)
     return TableContext(
         data=sdata,
         adata=adata,
@@ -204,11 +205,12 @@ def resolve_points(
         el = sdata[points_key]
         cs = _pick_cs(sdata, el, points_key, coordinate_system)
         tkey = table_key or _annotating_table(sdata, points_key)
-        host = _host_ctx(sdata, tkey, cs) if tkey is not None else None
+        el_host = _host_ctx(sdata, tkey, cs) if tkey is not None else None
         table = sdata.tables[tkey] if tkey is not None else None
-        coords, ann = _element_coords(el, kind, points_key, cs, columns, table, host, lazy)
-        return PointsContext(sdata, coords, ann, cs, host, f"{kind} {points_key!r}", _AXES[: coords.shape[1]])
-    # a table
+        coords, ann = _element_coords(el, kind, points_key, cs, columns, table, el_host, lazy)
+        return PointsContext(sdata, coords, ann, cs, el_host, f"{kind} {points_key!r}", _AXES[: coords.shape[1]])
+    # a table (points_key is None here, so a table was named)
+    assert table_key is not None
     if table_key not in sdata.tables:
         raise unknown_key("Table", table_key, sdata.tables.keys(), "sdata.tables")
     table = sdata.tables[table_key]

@@ -140,7 +140,7 @@ class TableContext:
         For a plain AnnData, the ``obsm`` key of the coordinates.
     """
 
-    data: Any
+    data: SpatialData | AnnData
     adata: AnnData
     table_key: str | None
     region: str | None
@@ -153,7 +153,7 @@ class TableContext:
     @property
     def sdata(self) -> SpatialData | None:
         """The SpatialData, or ``None`` when a plain AnnData was given."""
-        return self.data if is_spatialdata(self.data) else None
+        return None if isinstance(self.data, AnnData) else self.data
 
     @property
     def element(self) -> Any:
@@ -222,8 +222,8 @@ class TableContext:
                 um = self.um_per_unit if geom_type == "Point" and d.size else None
             except StmapInputError:  # contradicting unit records: raised where the unit is needed, not here
                 um = None
-            if um is not None:  # Space Ranger circles span a theoretical 65 µm spot; the capture spot is 55 µm
-                d = d * visium_capture_factor(self.sdata, self.region, float(np.median(d)) * um)
+            if um is not None and self.region is not None:  # Space Ranger circles span a theoretical 65 µm spot;
+                d = d * visium_capture_factor(self.sdata, self.region, float(np.median(d)) * um)  # capture: 55 µm
             return d
         if self.element_type == "labels":
             import dask.array as da
@@ -417,64 +417,11 @@ def resolve(
 
 
 def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system: str | None) -> TableContext:
-    tables = list(sdata.tables.keys())
-    if not tables:
-        raise StmapInputError(
-            "The SpatialData object holds no tables. Add one annotating the spots/cells, e.g. "
-            "`sdata.tables['table'] = TableModel.parse(adata, region='spots', region_key='region', "
-            "instance_key='instance_id')`."
-        )
-    if table_key is None:
-        own = [t for t in tables if Key.uns.derived not in sdata.tables[t].uns]  # not made by an stmap tool
-        if len(tables) > 1 and len(own) == 1:
-            logg.info(f"using table {own[0]!r} (the others were made by stmap tools); pass `table_key=` to choose")
-            tables = own
-        if len(tables) > 1:
-            raise StmapInputError(
-                f"The SpatialData object holds several tables ({', '.join(map(repr, tables))}); pass `table_key=`."
-            )
-        table_key = tables[0]
-    elif table_key not in sdata.tables:
-        raise unknown_key("Table", table_key, tables, "sdata.tables")
+    table_key = _choose_table(sdata, table_key)
     adata = sdata.tables[table_key]
     _check_nonempty(adata, f"Table {table_key!r}")
-    attrs = adata.uns.get(Key.uns.spatialdata_attrs) or {}
-    region = attrs.get("region")
-    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
-    if region is None or region_key is None or instance_key is None:
-        raise StmapInputError(
-            f"Table {table_key!r} annotates no element (uns['spatialdata_attrs'] has no region). Link it to the "
-            f"spots/cells with `sdata.set_table_annotates_spatialelement({table_key!r}, region=<element name>, "
-            "region_key=..., instance_key=...)`."
-        )
-    regions = [region] if isinstance(region, str) else list(region)
-    if len(regions) != 1:
-        try:
-            el0 = sdata[regions[0]]
-            cs0 = coordinate_system or choose_coordinate_system(sdata, regions[0], _element_coordinate_systems(el0))
-        except Exception:  # noqa: BLE001 - only for the example in the message
-            cs0 = "<coordinate system of one sample>"
-        raise StmapInputError(
-            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}), e.g. one per sample; "
-            "this tool works on one element at a time. Select one sample (its elements, images and table rows) with "
-            f"spatialdata, e.g. `one = sdata.filter_by_coordinate_system({cs0!r}, filter_tables=True)`, run the tool "
-            "on it, and loop over the samples."
-        )
-    region = regions[0]
-    element_type: ElementType | None = None
-    for kind in ("shapes", "points", "labels"):
-        if region in getattr(sdata, kind):
-            element_type = kind  # type: ignore[assignment]
-            break
-    if element_type is None:
-        present = [n for kind in ("shapes", "points", "labels") for n in getattr(sdata, kind)]
-        raise unknown_key(
-            f"Element annotated by table {table_key!r},",
-            region,
-            present,
-            "the SpatialData's shapes/points/labels",
-            hint="The table points to an element that is not in this object; add it or re-link the table.",
-        )
+    region, region_key, instance_key = _annotated_region(sdata, table_key, coordinate_system)
+    element_type = _element_type(sdata, region, table_key)
     for col in (region_key, instance_key):
         if col not in adata.obs:
             raise StmapInputError(
@@ -497,6 +444,73 @@ def _resolve_sdata(sdata: SpatialData, table_key: str | None, coordinate_system:
         instance_key=instance_key,
         element_type=element_type,
         coordinate_system=coordinate_system,
+    )
+
+
+def _choose_table(sdata: SpatialData, table_key: str | None) -> str:
+    """``table_key``, or the only table (the only one not made by an stmap tool, when that settles it)."""
+    tables = list(sdata.tables.keys())
+    if not tables:
+        raise StmapInputError(
+            "The SpatialData object holds no tables. Add one annotating the spots/cells, e.g. "
+            "`sdata.tables['table'] = TableModel.parse(adata, region='spots', region_key='region', "
+            "instance_key='instance_id')`."
+        )
+    if table_key is not None:
+        if table_key not in sdata.tables:
+            raise unknown_key("Table", table_key, tables, "sdata.tables")
+        return table_key
+    own = [t for t in tables if Key.uns.derived not in sdata.tables[t].uns]  # not made by an stmap tool
+    if len(tables) > 1 and len(own) == 1:
+        logg.info(f"using table {own[0]!r} (the others were made by stmap tools); pass `table_key=` to choose")
+        tables = own
+    if len(tables) > 1:
+        raise StmapInputError(
+            f"The SpatialData object holds several tables ({', '.join(map(repr, tables))}); pass `table_key=`."
+        )
+    return tables[0]
+
+
+def _annotated_region(sdata: SpatialData, table_key: str, coordinate_system: str | None) -> tuple[str, str, str]:
+    """The one element the table annotates, and its region and instance columns (from ``spatialdata_attrs``)."""
+    attrs = sdata.tables[table_key].uns.get(Key.uns.spatialdata_attrs) or {}
+    region = attrs.get("region")
+    region_key, instance_key = attrs.get("region_key"), attrs.get("instance_key")
+    if region is None or region_key is None or instance_key is None:
+        raise StmapInputError(
+            f"Table {table_key!r} annotates no element (uns['spatialdata_attrs'] has no region). Link it to the "
+            f"spots/cells with `sdata.set_table_annotates_spatialelement({table_key!r}, region=<element name>, "
+            "region_key=..., instance_key=...)`."
+        )
+    regions = [region] if isinstance(region, str) else list(region)
+    if len(regions) != 1:
+        try:
+            el0 = sdata[regions[0]]
+            cs0 = coordinate_system or choose_coordinate_system(sdata, regions[0], _element_coordinate_systems(el0))
+        except Exception:  # noqa: BLE001 - only for the example in the message
+            cs0 = "<coordinate system of one sample>"
+        raise StmapInputError(
+            f"Table {table_key!r} annotates several elements ({', '.join(map(repr, regions))}), e.g. one per sample; "
+            "this tool works on one element at a time. Select one sample (its elements, images and table rows) with "
+            f"spatialdata, e.g. `one = sdata.filter_by_coordinate_system({cs0!r}, filter_tables=True)`, run the tool "
+            "on it, and loop over the samples."
+        )
+    return regions[0], region_key, instance_key
+
+
+def _element_type(sdata: SpatialData, region: str, table_key: str) -> ElementType:
+    """Whether the annotated element is shapes, points or labels (it must be in the object)."""
+    kinds: tuple[ElementType, ...] = ("shapes", "points", "labels")
+    for kind in kinds:
+        if region in getattr(sdata, kind):
+            return kind
+    present = [n for kind in kinds for n in getattr(sdata, kind)]
+    raise unknown_key(
+        f"Element annotated by table {table_key!r},",
+        region,
+        present,
+        "the SpatialData's shapes/points/labels",
+        hint="The table points to an element that is not in this object; add it or re-link the table.",
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from . import _logging as logg
 from ._constants import Key
 from ._errors import StmapInputError
 from ._resolve import TableContext, is_spatialdata
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["Results", "sanitize_params"]
 
@@ -127,14 +130,32 @@ class Results:
         self._new_elements[name] = element
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    def commit(self, copy: bool = False) -> Any:
+    @overload
+    def commit(self, copy: Literal[False] = ...) -> None: ...
+    @overload
+    def commit(self, copy: Literal[True]) -> SpatialData | AnnData: ...
+    @overload
+    def commit(self, copy: bool) -> SpatialData | AnnData | None: ...
+    def commit(self, copy: bool = False) -> SpatialData | AnnData | None:
         """Write everything into the user's object (``copy=False``, returns ``None``) or into a copy (returned).
 
-        With ``copy=True`` the returned object is a new SpatialData/AnnData whose modified tables are copies;
-        unmodified elements (e.g. large images) are shared, not duplicated. When the tool also wrote to AnnData
-        objects outside it (e.g. a single-cell reference), their modified copies follow in a tuple:
-        ``(sdata_copy, reference_copy)``.
+        With ``copy=True`` the returned object is one new SpatialData/AnnData whose modified tables are copies;
+        unmodified elements (e.g. large images) are shared, not duplicated. Writes to AnnData objects outside it
+        (e.g. a single-cell reference) are only possible in place: with ``copy=True`` a tool puts what it would
+        write there into the returned object instead.
+
+        Raises
+        ------
+        RuntimeError
+            With ``copy=True``, when writes were queued for an object outside the returned one (a tool error).
         """
+        if copy:
+            outside = [a for a, _ in self._tables.values() if not self._in_target(a)]
+            if outside:
+                raise RuntimeError(
+                    f"Internal error: {self.key_added} queued writes to {len(outside)} object(s) outside the one "
+                    "copy=True returns; put those results into the returned object instead."
+                )
         self._check_names()  # before anything is written: names spatialdata / zarr would refuse
         if self.ctx.sdata is not None and self.ctx.region is not None and "unit_info" not in self.ctx.__dict__:
             try:  # read before anything is written: a unit the platform records is kept for every later tool
@@ -143,7 +164,6 @@ class Results:
                 self.ctx.__dict__["unit_info"] = None  # contradicting records: the tool did not need them
         target = self._copy_target() if copy else self.ctx.data
         tables_map = self._table_map(target, copy)
-        external = [tables_map[i] for i, (a, _) in self._tables.items() if copy and not self._in_target(a)]
         stale_elements: set[str] = set()
         for adata, w in self._tables.values():
             dst = tables_map.get(id(adata), adata)
@@ -170,9 +190,7 @@ class Results:
             self._set_transformations(target, copy)
         if is_spatialdata(target):
             self._record_units(target)
-        if not copy:
-            return None
-        return (target, *external) if external else target
+        return target if copy else None
 
     def _check_names(self) -> None:
         """Every key, table and element name this commit would write, checked before anything is written."""
@@ -224,7 +242,7 @@ class Results:
             out += [f"element:{n}" for n in (*self._new_tables, *self._new_elements)]
         return sorted(out)
 
-    def _record_units(self, sdata: Any) -> None:
+    def _record_units(self, sdata: SpatialData) -> None:
         """Store a unit the tool inferred from the platform's records, so every later tool reads the same number."""
         info = self.ctx.__dict__.get("unit_info")  # read at the start of commit (cached_property)
         if info is None or info.recorded or not self.ctx.coordinate_system:
@@ -241,9 +259,9 @@ class Results:
             return adata is data
         return any(adata is t for t in data.tables.values())
 
-    def _copy_target(self) -> Any:
+    def _copy_target(self) -> SpatialData | AnnData:
         data = self.ctx.data
-        if not is_spatialdata(data):
+        if isinstance(data, AnnData):
             return data.copy()
         from spatialdata import SpatialData
 
@@ -260,18 +278,14 @@ class Results:
             attrs=_copy.deepcopy(dict(data.attrs)),
         )
 
-    def _table_map(self, target: Any, copy: bool) -> dict[int, AnnData]:
+    def _table_map(self, target: SpatialData | AnnData, copy: bool) -> dict[int, AnnData]:
         """Map ids of the user's tables to the tables of ``target`` (themselves unless copied)."""
         if not copy:
             return {}
-        if isinstance(target, AnnData):
-            out = {id(self.ctx.adata): target}
-        else:
-            src = self.ctx.data.tables
-            out = {id(src[k]): target.tables[k] for k in src}
-        for i, (adata, _) in self._tables.items():
-            out.setdefault(i, adata.copy())  # tables outside the object (e.g. a reference) are copied too
-        return out
+        if isinstance(target, AnnData) or isinstance(self.ctx.data, AnnData):
+            return {id(self.ctx.adata): target}
+        src = self.ctx.data.tables
+        return {id(src[k]): target.tables[k] for k in src}
 
     def _apply(self, adata: AnnData, w: _TableWrites, *, is_main: bool) -> None:
         for slot, items in (("obs", w.obs), ("obsm", w.obsm), ("obsp", w.obsp), ("layers", w.layers)):
@@ -291,7 +305,7 @@ class Results:
             adata.uns[k] = v
             self._written.append(f"uns[{k!r}]")
 
-    def _add_elements(self, sdata: Any, tables_map: dict[int, AnnData] | None = None) -> None:
+    def _add_elements(self, sdata: SpatialData, tables_map: dict[int, AnnData] | None = None) -> None:
         from spatialdata.models import get_model
 
         from ._elements import make_table
@@ -314,7 +328,7 @@ class Results:
             sdata.tables[name] = make_table(table, region=region, instance_ids=ids)
             self._written.append(f"tables[{name!r}]")
 
-    def _set_transformations(self, sdata: Any, copy: bool) -> None:
+    def _set_transformations(self, sdata: SpatialData, copy: bool) -> None:
         from ._elements import with_transformations
 
         for name, ts in self._transformations.items():
