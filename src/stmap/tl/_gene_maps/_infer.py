@@ -58,7 +58,7 @@ def predict_maps(
     Parameters
     ----------
     net
-        A :class:`~stmap.models._genemap.GeneMapNet` (e.g. :attr:`stmap.tl.GeneMapModel.net`).
+        A gene-map network (``GeneMapNet``, e.g. ``GeneMapModel.net``).
     image
         ``(C, y, x)`` float image (NumPy or dask): RGB in ``[0, 1]``, then the network's prior channels, if any.
     chunk

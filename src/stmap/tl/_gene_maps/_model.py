@@ -24,7 +24,7 @@ class GeneMapModel:
     Attributes
     ----------
     net
-        The :class:`torch.nn.Module` (:class:`stmap.models._genemap.GeneMapNet`).
+        The :class:`torch.nn.Module` (a ``GeneMapNet``).
     genes
         Gene names, in channel order.
     mean
