@@ -71,7 +71,7 @@ class TestSpatial:
         table.uns["cluster_colors"] = ["#ff0000", "#00ff00", "#0000ff"]  # an explicit palette must be reused
         snap = _snapshot(table)
 
-        ax = st.pl.spatial(sdata, color="cluster", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="cluster", show=False)
 
         assert len(ax.images) == 1
         spots = _spot_collections(ax)
@@ -88,7 +88,7 @@ class TestSpatial:
 
     def test_image_extent_matches_transform(self):
         sdata = _tiny_sdata()
-        ax = st.pl.spatial(sdata, color="cluster", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="cluster", show=False)
         im = ax.images[0]
         x0, x1, y0, y1 = im.get_extent()  # pixel-edge extent in intrinsic coordinates
         to_data = im.get_transform() - ax.transData
@@ -107,7 +107,7 @@ class TestSpatial:
         table = sdata.tables["spots_table"]
         assert "cluster_colors" not in table.uns
         snap = _snapshot(table)
-        ax = st.pl.spatial(sdata, color="cluster", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="cluster", show=False)
         stored = list(table.uns["cluster_colors"])
         assert len(stored) == 3
         drawn = {to_hex(c) for c in _spot_collections(ax)[0].get_facecolors()}
@@ -120,7 +120,7 @@ class TestSpatial:
         sdata = _tiny_sdata()
         table = sdata.tables["spots_table"]
         pal = {"a": "black", "b": "white", "c": "orange"}
-        ax = st.pl.spatial(sdata, color="cluster", palette=pal, return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="cluster", palette=pal, show=False)
         assert list(table.uns["cluster_colors"]) == [to_hex(pal[k]) for k in "abc"]
         face = _spot_collections(ax)[0].get_facecolors()
         for code, c in zip(table.obs["cluster"], face, strict=True):
@@ -129,7 +129,7 @@ class TestSpatial:
     def test_string_column_not_cast(self):
         sdata = _tiny_sdata()
         table = sdata.tables["spots_table"]
-        ax = st.pl.spatial(sdata, color="label", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="label", show=False)
         assert table.obs["label"].dtype == object  # not turned into a categorical in the user's table
         assert len(table.uns["label_colors"]) == 2
         assert {to_hex(c) for c in _spot_collections(ax)[0].get_facecolors()} == set(table.uns["label_colors"])
@@ -139,7 +139,7 @@ class TestSpatial:
         sdata = _tiny_sdata()
         table = sdata.tables["spots_table"]
         snap = _snapshot(table)
-        ax = st.pl.spatial(sdata, color=color, cmap="magma", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color=color, cmap="magma", show=False)
         spots = _spot_collections(ax)
         assert len(spots) == 1
         face = spots[0].get_facecolors()
@@ -151,14 +151,16 @@ class TestSpatial:
         assert not any(k.endswith("_colors") for k in table.uns)
 
     def test_no_image(self):
-        ax = st.pl.spatial(_tiny_sdata(), color="cluster", image_key=False, return_ax=True, show=False)
+        ax = st.pl.spatial(_tiny_sdata(), color="cluster", image_key=False, show=False)
         assert len(ax.images) == 0
         assert len(_spot_collections(ax)) == 1
 
     def test_save_png(self, tmp_path):
         path = tmp_path / "spots.png"
-        out = st.pl.spatial(_tiny_sdata(), color="cluster", save=path, show=False)
+        figs = plt.get_fignums()
+        out = st.pl.spatial(_tiny_sdata(), color="cluster", save=path)
         assert out is None
+        assert plt.get_fignums() == figs  # a saved figure that the plot made is closed (show=None)
         assert path.exists()
         assert path.stat().st_size > 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -203,7 +205,7 @@ class TestSpatial:
         sdata = _tiny_sdata()
         adata = sdata.tables["spots_table"].copy()
         adata.obsm["spatial"] = np.random.default_rng(1).uniform(0, 100, (N_SPOTS, 2))
-        ax = st.pl.spatial(adata, color="cluster", palette="tab10", return_ax=True, show=False)
+        ax = st.pl.spatial(adata, color="cluster", palette="tab10", show=False)
         assert len(ax.collections) == 3  # one scatter per category
         stored = list(adata.uns["cluster_colors"])
         assert stored == [to_hex(matplotlib.colormaps["tab10"](i)) for i in range(3)]
@@ -216,14 +218,14 @@ class TestSpatial:
         adata.obsm["spatial"] = np.random.default_rng(1).uniform(0, 100, (N_SPOTS, 2))  # full-resolution pixels
         hires = np.random.default_rng(2).random((30, 40, 3))
         adata.uns["spatial"] = {"lib": {"images": {"hires": hires}, "scalefactors": {"tissue_hires_scalef": 0.25}}}
-        ax = st.pl.spatial(adata, color="score", return_ax=True, show=False)
+        ax = st.pl.spatial(adata, color="score", show=False)
         assert len(ax.images) == 1
         # hires pixel = full-res pixel * scalef, so the image spans 40 / 0.25 x 30 / 0.25 coordinate units, y down
         np.testing.assert_allclose(ax.images[0].get_extent(), (0, 160, 120, 0))
         assert ax.yaxis_inverted()
         assert len(ax.collections) == 1
         assert len(ax.collections[0].get_offsets()) == N_SPOTS
-        ax2 = st.pl.spatial(adata, color="score", image_key=False, return_ax=True, show=False)
+        ax2 = st.pl.spatial(adata, color="score", image_key=False, show=False)
         assert len(ax2.images) == 0
 
     def test_plain_anndata_without_coordinates(self):
@@ -245,7 +247,7 @@ class TestSpatial:
             points={"cells": make_points(rng.uniform(5, 60, (20, 2)), annotations=adata.obs[["ct"]])},
             tables={"t": table},
         )
-        ax = st.pl.spatial(sdata, color="ct", return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, color="ct", show=False)
         assert len(ax.images) == 1
         assert ax.images[0].get_array().shape[-1] == 3  # the RGB image, not the 4-channel one
         drawn = [c for c in ax.collections if len(c.get_offsets()) == 20]

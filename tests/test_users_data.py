@@ -150,8 +150,8 @@ def test_ctr_on_visium(folders):
     import matplotlib
 
     matplotlib.use("Agg")
-    pa = st.pl.ctr(a, table_key="table", return_ax=True, show=False)
-    pb = st.pl.ctr(b, table_key="table", coordinate_system=cs, image_key=img, return_ax=True, show=False)
+    pa = st.pl.ctr(a, table_key="table", show=False)
+    pb = st.pl.ctr(b, table_key="table", coordinate_system=cs, image_key=img, show=False)
     np.testing.assert_array_equal(_pixels(pa[0].figure), _pixels(pb[0].figure))  # over the full-resolution H&E
 
 
@@ -184,7 +184,7 @@ def test_plot_draws_in_the_full_resolution_frame(folders, platform, table):
     import matplotlib.pyplot as plt
 
     sdata = read(folders, platform)
-    ax = st.pl.spatial(sdata, table_key=table, image_key=False, return_ax=True, show=False)
+    ax = st.pl.spatial(sdata, table_key=table, image_key=False, show=False)
     xy = resolve(sdata, table).coords
     (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
     assert x0 <= xy[:, 0].min() and x1 >= xy[:, 0].max() and y0 <= xy[:, 1].min() and y1 >= xy[:, 1].max()
@@ -270,10 +270,8 @@ def test_plots_default_equal_explicit(folders, platform, table):
         _quiet(st.tl.map_cells, s, ref.copy(), table_key=table, **kw)
         st.tl.density(s, table_key=table, groupby=None, bandwidth=80.0, **kw)
         pk = {"image_key": img, **kw} if kw else {}
-        f1 = _quiet(
-            st.pl.mapping, s, table_key=table, cell_types=["tumor"], cells=False, return_fig=True, show=False, **pk
-        )
-        f2 = st.pl.density(s, return_fig=True, show=False, **kw)
+        f1 = _quiet(st.pl.mapping, s, table_key=table, cell_types=["tumor"], cells=False, show=False, **pk)[0].figure
+        f2 = st.pl.density(s, show=False, **kw)[0].figure
         figs.append((_pixels(f1), _pixels(f2)))
     for x, y in zip(figs[0], figs[1], strict=True):
         np.testing.assert_array_equal(x, y)

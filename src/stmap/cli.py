@@ -37,7 +37,7 @@ def _overview(sdata: SpatialData, outdir: Path) -> list[Path]:
     figs = []
     for color in ("region", "tumor"):
         path = outdir / f"tissue_{color}.png"
-        pl.spatial(sdata, color=color, table_key=spots, save=path, show=False)
+        pl.spatial(sdata, color=color, table_key=spots, save=path)
         figs.append(path)
     return figs
 
@@ -67,7 +67,7 @@ def _squidpy(sdata: SpatialData, outdir: Path) -> list[Path]:
     from . import pl
 
     path = outdir / "top_moran_gene.png"
-    pl.spatial(sdata, color=f"log1p_{top}", table_key=ctx.table_key, save=path, show=False)
+    pl.spatial(sdata, color=f"log1p_{top}", table_key=ctx.table_key, save=path)
     return [path]
 
 
@@ -80,7 +80,7 @@ def _mapping(sdata: SpatialData, outdir: Path) -> list[Path]:
     tl.map_cells(sdata, ref, table_key=spots, mode="greedy", cells_per_spot="n_cells")
     tl.project_genes(sdata, ref, table_key=spots)
     path = outdir / "mapping.png"
-    pl.mapping(sdata, table_key=spots, cell_types=["tumor", "fibroblast", "T_cell"], save=path, show=False)
+    pl.mapping(sdata, table_key=spots, cell_types=["tumor", "fibroblast", "T_cell"], save=path)
     return [path]
 
 
@@ -107,7 +107,7 @@ def _ctr(sdata: SpatialData, outdir: Path) -> list[Path]:
         )
     tl.detect_ctr(sdata, model, table_key=spots, label_key="tumor")
     path = outdir / "ctr.png"
-    pl.ctr(sdata, table_key=spots, save=path, show=False)
+    pl.ctr(sdata, table_key=spots, save=path)
     return [path]
 
 
@@ -140,8 +140,8 @@ def _density(sdata: SpatialData, outdir: Path) -> list[Path]:
     )
     tl.rank_densities(sdata, "query_density", "cell_type_density", method="cellmap2d")
     paths = [outdir / "densities.png", outdir / "density_ranking.png"]
-    pl.density(sdata, "cell_type_density", save=paths[0], show=False)
-    pl.density_ranking(sdata, save=paths[1], show=False)
+    pl.density(sdata, key="cell_type_density", save=paths[0])
+    pl.density_ranking(sdata, save=paths[1])
     return paths
 
 
@@ -167,7 +167,7 @@ def _gene_maps(sdata: SpatialData, outdir: Path) -> list[Path]:
             verbose=False,
         )
     path = outdir / "gene_maps.png"
-    pl.gene_maps(sdata, genes, table_key=spots, save=path, show=False)
+    pl.gene_maps(sdata, genes=genes, table_key=spots, save=path)
     return [path]
 
 
@@ -182,7 +182,7 @@ def _impute3d(sdata: SpatialData, outdir: Path) -> list[Path]:
         tl.impute_3d(stack, measured=["S1"], genes=20, epochs=30, hidden=16, feature_kwargs={"patch_px": 16})
     gene = stack.tables["stack"].uns["stmap_impute3d"]["genes"][0]
     path = outdir / "impute3d.png"
-    pl.sections_3d(stack, gene, show_measured=True, save=path, show=False)  # measured row on the imputed scale
+    pl.sections_3d(stack, gene=gene, show_measured=True, save=path)  # measured row on the imputed scale
     return [path]
 
 
@@ -206,7 +206,7 @@ def _visium_hd(sdata: SpatialData, outdir: Path) -> list[Path]:
     # no coordinate system, image or unit argument: stmap reads them from what Space Ranger recorded
     tl.map_cells(hd, ref, table_key="square_016um")
     path = outdir / "visium_hd_mapping.png"
-    pl.mapping(hd, table_key="square_016um", cell_types=["tumor", "fibroblast", "T_cell"], save=path, show=False)
+    pl.mapping(hd, table_key="square_016um", cell_types=["tumor", "fibroblast", "T_cell"], save=path)
     hd.write(outdir / "visium_hd.zarr")
     return [path]
 

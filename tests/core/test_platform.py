@@ -110,7 +110,7 @@ class TestVisiumDefaults:
             np.asarray(sdata.images["stmap_density"].data), np.asarray(explicit.images["stmap_density"].data)
         )
         assert sdata.tables["table"].uns["stmap_density"]["grid"]["coordinate_system"] == "fx"
-        ax = st.pl.spatial(sdata, table_key="table", image_key=False, return_ax=True, show=False)
+        ax = st.pl.spatial(sdata, table_key="table", image_key=False, show=False)
         xy = resolve(sdata, "table").coords
         x0, x1 = sorted(ax.get_xlim())
         assert x0 <= xy[:, 0].min() and x1 >= xy[:, 0].max()  # drawn in full-resolution pixels

@@ -26,7 +26,7 @@ def _sdata(d=2):
 @pytest.mark.parametrize("d", [2, 3])
 def test_density_panels_show_the_maps(d):
     s = _sdata(d)
-    fig = st.pl.density(s, z="max", points_key="cells", return_fig=True)
+    fig = st.pl.density(s, z="max", points_key="cells", show=False)[0].figure
     img = np.asarray(s.images["stmap_density"].data)
     for i, g in enumerate(["a", "b"]):
         ax = next(a for a in fig.axes if a.get_title() == g)
@@ -40,14 +40,14 @@ def test_density_panels_show_the_maps(d):
 def test_ranking_bars_and_bad_keys():
     s = _sdata()
     st.tl.rank_densities(s, "stmap_density", "stmap_density", method="pearson")
-    fig = st.pl.density_ranking(s, top=2, return_fig=True)
+    fig = st.pl.density_ranking(s, top=2, show=False)[0].figure
     r = next(t for t in s.tables.values() if "stmap_density_ranking" in t.uns).uns["stmap_density_ranking"]["ranking"]
     ax = fig.axes[0]
     top = r[r["query"] == "a"].sort_values("score", ascending=False).head(2)
     heights = sorted(p.get_width() for p in ax.patches)
     np.testing.assert_allclose(heights, sorted(top["score"]))
     with pytest.raises(StmapInputError, match="nope"):
-        st.pl.density(s, "stmap_density", groups=["nope"], show=False)
+        st.pl.density(s, key="stmap_density", groups=["nope"], show=False)
     with pytest.raises(StmapInputError, match="zz"):
         st.pl.density_ranking(s, queries=["zz"], show=False)
     with pytest.raises(StmapInputError, match="rank_densities"):

@@ -20,6 +20,7 @@ from stmap._core import affine_matrix, make_circles, make_image, make_table, new
 GENES = ["g0", "g1", "g2"]
 HE_SCALE, HE_SHIFT = 2.0, (10.0, 20.0)  # H&E pixel -> um
 MAP_SCALE, MAP_SHIFT = 8.0, (10.0, 20.0)  # maps: 4x coarser, same origin (as st.tl.gene_maps writes them)
+FULL = (10.0, 20.0, 170.0, 148.0)  # (xmin, ymin, xmax, ymax): the union of the H&E's and the maps' extents
 
 
 def _sdata(*, map_scale_factors=None, seed: int = 0):
@@ -70,18 +71,18 @@ def sdata():
 
 class TestGeneMapsPlot:
     def test_panels_and_colorbars(self, sdata):
-        axs = st.pl.gene_maps(sdata, GENES[:2], return_ax=True)
+        axs = st.pl.gene_maps(sdata, genes=GENES[:2], show=False)
         assert axs.shape == (2, 2)  # one row per gene: spots | map
         fig = axs[0, 0].figure
         assert len(fig.axes) == 2 * 2 + 2  # four panels and one shared colour bar per gene
         assert [a.get_title() for a in axs[:, 1]] == ["g0: gene map", "g1: gene map"]
         plt.close(fig)
-        axs = st.pl.gene_maps(sdata, show_spots=False, return_ax=True)  # default: every channel
+        axs = st.pl.gene_maps(sdata, show_spots=False, show=False)  # default: every channel
         assert axs.shape == (3, 1)
         plt.close(axs[0, 0].figure)
 
     def test_images_placed_by_their_transformations(self, sdata):
-        axs = st.pl.gene_maps(sdata, "g1", return_ax=True)
+        axs = st.pl.gene_maps(sdata, genes="g1", crop=FULL, show=False)  # the union of the images' extents
         he_im, map_im = axs[0, 1].images
         # extents equal the elements' extents in the coordinate system (float arithmetic of the same matrices only)
         np.testing.assert_allclose(he_im.get_extent(), _extent(sdata.images["he"]), atol=1e-9)
@@ -91,7 +92,7 @@ class TestGeneMapsPlot:
         plt.close(axs[0, 0].figure)
 
     def test_colour_limits_shared_with_the_spots(self, sdata):
-        axs = st.pl.gene_maps(sdata, ["g0", "g2"], return_ax=True)
+        axs = st.pl.gene_maps(sdata, genes=["g0", "g2"], show=False)
         for row, gene in zip(axs, ["g0", "g2"], strict=True):
             spots = [c for c in row[0].collections if isinstance(c, PatchCollection)]
             assert len(spots) == 1 and len(spots[0].get_paths()) == 30
@@ -102,7 +103,7 @@ class TestGeneMapsPlot:
 
     def test_crop_reads_only_the_window(self, sdata):
         crop = (50.0, 40.0, 110.0, 90.0)
-        axs = st.pl.gene_maps(sdata, "g0", crop=crop, return_ax=True)
+        axs = st.pl.gene_maps(sdata, genes="g0", crop=crop, show=False)
         for a in axs[0]:
             assert a.get_xlim() == (50.0, 110.0) and a.get_ylim() == (90.0, 40.0)
         left, right, bottom, top = axs[0, 1].images[1].get_extent()
@@ -113,7 +114,7 @@ class TestGeneMapsPlot:
 
     def test_reads_a_coarser_pyramid_level_for_small_figures(self):
         s = _sdata(map_scale_factors=[2])
-        axs = st.pl.gene_maps(s, "g0", image_key=False, max_pixels=10, return_ax=True)
+        axs = st.pl.gene_maps(s, genes="g0", image_key=False, max_pixels=10, crop=FULL, show=False)
         im = axs[0, 1].images[0]
         assert im.get_array().shape == (8, 10)  # level 1 of the 16 x 20 pyramid (8 x 10 px) fits 10 px
         level0 = sd.get_extent(s.images["he_gene_maps"], coordinate_system="global")
@@ -138,7 +139,7 @@ class TestGeneMapsPlot:
 
     def test_leaves_sdata_unchanged(self, sdata, tmp_path):
         before = sd.deepcopy(sdata)
-        st.pl.gene_maps(sdata, "g1", save=tmp_path / "maps.png", show=False)
+        st.pl.gene_maps(sdata, genes="g1", save=tmp_path / "maps.png")
         assert (tmp_path / "maps.png").read_bytes()[:4] == b"\x89PNG"
         assert set(sdata.images) == set(before.images) and set(sdata.tables) == set(before.tables)
         t, t0 = sdata.tables["table"], before.tables["table"]
@@ -154,7 +155,14 @@ def test_plots_the_output_of_tl_gene_maps():
     genes = ["tumor_r01", "immune_r01"]
     # epochs=0: an untrained network, but the element, its transformation and .uns are exactly what the tool writes
     st.tl.gene_maps(s, genes=genes, table_key="spots", epochs=0, width=4, depth=2, tile_px=64, scale=4.0, verbose=False)
-    axs = st.pl.gene_maps(s, genes, table_key="spots", return_ax=True)
+    ext = [sd.get_extent(s.images[n], coordinate_system="global") for n in ("he", "he_gene_maps")]
+    full = (
+        min(e["x"][0] for e in ext),
+        min(e["y"][0] for e in ext),
+        max(e["x"][1] for e in ext),
+        max(e["y"][1] for e in ext),
+    )
+    axs = st.pl.gene_maps(s, genes=genes, table_key="spots", crop=full, show=False)  # the images' extents
     np.testing.assert_allclose(axs[1, 1].images[0].get_extent(), _extent(s.images["he"]), atol=1e-9)
     np.testing.assert_allclose(axs[1, 1].images[1].get_extent(), _extent(s.images["he_gene_maps"]), atol=1e-9)
     spots = [c for c in axs[1, 0].collections if isinstance(c, PatchCollection)][0]

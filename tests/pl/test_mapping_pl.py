@@ -26,9 +26,10 @@ def test_panels(mapped, tmp_path):
 
     obs_before = list(mapped.tables["spots"].obs.columns)
     types = ["tumor", "T_cell"]  # two panels keep the test fast; each panel is one spatialdata-plot render
-    fig = st.pl.mapping(mapped, table_key="spots", cell_types=types, return_fig=True, save=tmp_path / "m.png")
+    axs = st.pl.mapping(mapped, table_key="spots", cell_types=types, save=tmp_path / "m.png", show=False)
+    fig = axs[0].figure
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == [f"{t}_fraction" for t in types] + ["placed cells"]  # one panel per type, then the cells
+    assert titles == types + ["placed cells"]  # one panel per type, then the cells
     assert (tmp_path / "m.png").stat().st_size > 0
     assert list(mapped.tables["spots"].obs.columns) == obs_before  # fractions were drawn from a copy
     plt.close(fig)
@@ -37,10 +38,11 @@ def test_panels(mapped, tmp_path):
 def test_subset_and_errors(mapped):
     import matplotlib.pyplot as plt
 
-    fig = st.pl.mapping(mapped, table_key="spots", cell_types=["tumor"], cells=False, image_key=False, return_fig=True)
-    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["tumor_fraction"]
+    axs = st.pl.mapping(mapped, table_key="spots", cell_types=["tumor"], cells=False, image_key=False, show=False)
+    fig = axs[0].figure
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["tumor"]
     plt.close(fig)
     with pytest.raises(st.StmapKeyError, match="not found"):
         st.pl.mapping(mapped, table_key="spots", cell_types=["nope"], show=False)
     with pytest.raises(st.StmapInputError, match="run `st.tl.map_cells"):
-        st.pl.mapping(mapped, table_key="spots", key_added="other", show=False)
+        st.pl.mapping(mapped, table_key="spots", key="other", show=False)

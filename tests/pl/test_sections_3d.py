@@ -26,7 +26,7 @@ def stack():
 
 
 def test_layers_grid_and_shared_scale(stack):
-    axs = st.pl.sections_3d(stack, "gene_0", return_ax=True)
+    axs = st.pl.sections_3d(stack, gene="gene_0", show=False)
     assert axs.shape == (2, 3)  # measured + imputed rows, one column per section
     colls = [a.collections[0] for a in axs.ravel()]
     # one colour scale for every panel: identical limits spanning both rows' values
@@ -46,7 +46,7 @@ def test_unmeasured_section_and_subset(stack):
     old = t.obs["measured"].copy()
     t.obs["measured"] = (t.obs["section"] != "S1").to_numpy()
     try:
-        axs = st.pl.sections_3d(stack, "gene_1", sections=["S1", "S2"], layer=None, return_ax=True)
+        axs = st.pl.sections_3d(stack, gene="gene_1", sections=["S1", "S2"], key=None, show=False)
         assert axs.shape == (1, 2)
         assert not axs[0, 0].collections and axs[0, 0].texts[0].get_text() == "not measured"
     finally:
@@ -55,7 +55,7 @@ def test_unmeasured_section_and_subset(stack):
 
 
 def test_3d_mode(stack):
-    ax = st.pl.sections_3d(stack, "gene_2", mode="3d", return_ax=True)
+    ax = st.pl.sections_3d(stack, gene="gene_2", mode="3d", show=False)
     assert ax.name == "3d"
     t = stack.tables["stack"]
     assert ax.collections[-1].get_array().size == t.n_obs  # every spot drawn (imputed layer covers all)
@@ -64,9 +64,9 @@ def test_3d_mode(stack):
 
 def test_errors(stack):
     with pytest.raises(StmapInputError, match="nope"):
-        st.pl.sections_3d(stack, "nope")
+        st.pl.sections_3d(stack, gene="nope", show=False)
     with pytest.raises(StmapInputError, match="Section"):
-        st.pl.sections_3d(stack, "gene_0", sections=["S9"])
+        st.pl.sections_3d(stack, gene="gene_0", sections=["S9"], show=False)
 
 
 def test_measured_row_on_the_imputation_target_scale(stack):
@@ -77,7 +77,7 @@ def test_measured_row_on_the_imputation_target_scale(stack):
     rows0 = (t.obs["section"] == "S0").to_numpy()
     # without an imputation entry: log1p of counts per 10,000 of X (scanpy's normalize_total + log1p)
     x = t.X.toarray() if hasattr(t.X, "toarray") else np.asarray(t.X)
-    axs = st.pl.sections_3d(stack, "gene_3", layer=None, return_ax=True)
+    axs = st.pl.sections_3d(stack, gene="gene_3", key=None, show=False)
     cp10k = np.log1p(x[:, 3] / x.sum(1) * 1e4)
     np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), cp10k[rows0], rtol=1e-6)
     t.uns["stmap_impute3d"] = {
@@ -86,13 +86,13 @@ def test_measured_row_on_the_imputation_target_scale(stack):
         "params": {"layer": "counts"},
     }
     try:
-        axs = st.pl.sections_3d(stack, "gene_3", return_ax=True)
+        axs = st.pl.sections_3d(stack, gene="gene_3", show=False)
         want = asign_target(t.layers["counts"][:, t.var_names.get_indexer(genes)])[:, 1]  # the layer's own scale
         np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), want[rows0], rtol=1e-6)
         # key=None, or a gene the imputation did not cover: back to log1p counts per 10,000
-        axs = st.pl.sections_3d(stack, "gene_3", key=None, return_ax=True)
+        axs = st.pl.sections_3d(stack, gene="gene_3", key=None, show=False)
         np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), cp10k[rows0], rtol=1e-6)
-        axs = st.pl.sections_3d(stack, "gene_0", return_ax=True)
+        axs = st.pl.sections_3d(stack, gene="gene_0", show=False)
         np.testing.assert_allclose(axs[0, 0].collections[0].get_array(), np.log1p(x[:, 0] / x.sum(1) * 1e4)[rows0])
     finally:
         del t.uns["stmap_impute3d"]

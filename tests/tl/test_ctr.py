@@ -192,7 +192,7 @@ def test_pl_ctr(tissues, model):
     with pytest.raises(StmapInputError, match="detect_ctr"):
         st.pl.ctr(target, table_key=TABLE, show=False)
     st.tl.detect_ctr(target, model, table_key=TABLE, label_key="tumor")
-    axs = st.pl.ctr(target, table_key=TABLE, return_ax=True, show=False)
+    axs = st.pl.ctr(target, table_key=TABLE, show=False)
     # probability, call and the labels recorded by detect_ctr (with their AUC in the title)
     assert len(axs) == 3 and "ROC-AUC" in axs[2].get_title()
     plt.close("all")

@@ -40,6 +40,24 @@ device
 _verbose = """\
 verbose
     Show a progress bar for long loops."""
+_plot = """\
+ax
+    Axes to draw into, or for a figure of several panels a sequence (or array) of Axes, one per panel in panel
+    order. ``None`` makes a new figure.
+figsize
+    Size ``(width, height)`` in inches of a new figure; default: from the number and shape of the panels.
+dpi
+    Dots per inch of a new figure and of the saved file; default: matplotlib's ``rcParams['figure.dpi']`` and
+    ``rcParams['savefig.dpi']``.
+save
+    Path of a file to write the figure to (the format follows the suffix, e.g. ``.png``, ``.pdf``), cropped to its
+    content (``bbox_inches='tight'``).
+show
+    Show the figure. ``None`` shows it unless ``ax`` or ``save`` is given (a saved figure that the plot made is
+    closed). ``False`` returns the Axes instead."""
+_plot_returns = """\
+With ``show=False``, the :class:`~matplotlib.axes.Axes` drawn into (an array of them for a figure of several
+panels); else ``None``."""
 
 
 class _Snippets(dict):
@@ -55,6 +73,8 @@ d = _Snippets(
     seed=_seed,
     device=_device,
     verbose=_verbose,
+    plot=_plot,
+    plot_returns=_plot_returns,
 )
 
 
@@ -77,7 +97,7 @@ def inject_docs(**extra: str) -> Callable[[F], F]:
         if func.__doc__ is None:
             return func
         snippets = {**d, **extra}
-        out = []
+        out: list[str] = []
         for line in cleandoc(func.__doc__).splitlines():
             stripped = line.strip()
             if stripped.startswith("{") and stripped.endswith("}") and stripped[1:-1] in snippets:

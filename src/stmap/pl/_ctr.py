@@ -2,41 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from stmap._core._constants import Key
+from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
+from stmap._core._params import Instance, Interval, validate_params
 
-from ._utils import finish
+from ._utils import PLOT_PARAMS, finish, panels
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from spatialdata import SpatialData
 
 __all__ = ["ctr"]
 
 
+@validate_params(
+    key=Instance((str,)),
+    label_key=[Instance((str,)), None],
+    size=[Interval(float, 0, None, "neither"), None],
+    **PLOT_PARAMS,
+)
+@inject_docs()
 def ctr(
-    sdata: Any,
+    sdata: SpatialData | AnnData,
     *,
+    key: str = Key.default.ctr,
     table_key: str | None = None,
-    key: str = Key.obs.ctr,
     label_key: str | None = None,
     image_key: str | bool | None = None,
     coordinate_system: str | None = None,
     size: float | None = None,
-    axs: Any = None,
+    ax: Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float | None = None,
     save: str | Path | None = None,
-    return_ax: bool = False,
     show: bool | None = None,
-) -> Any:
+) -> np.ndarray | None:
     """Cancer probability, CTR call and (when known) the reference labels, side by side over the H&E.
 
     Parameters
     ----------
-    sdata
-        SpatialData (or AnnData) after :func:`stmap.tl.detect_ctr`.
-    table_key
-        Table name (may be omitted when there is one table).
+    {sdata}
     key
-        ``key_added`` of :func:`stmap.tl.detect_ctr`.
+        ``key_added`` of :func:`stmap.tl.detect_ctr`: the probability ``obs[Key.ctr(key).prob]`` and the call
+        ``obs[key]`` are drawn.
+    {table_key}
     label_key
         ``obs`` column with reference labels; default: the ``label_key`` recorded by ``detect_ctr`` (if any).
     image_key
@@ -45,54 +62,49 @@ def ctr(
         Coordinate system to draw in; default: the one the tools choose (see :func:`stmap.pl.spatial`).
     size
         Spot size (see :func:`stmap.pl.spatial`).
-    axs
-        Matplotlib axes to draw into (one per panel).
-    save
-        File to save the figure to.
-    return_ax
-        Return the axes.
-    show
-        Show the figure (default: when not saving and not returning the axes).
+    {plot}
 
     Returns
     -------
-    The axes if ``return_ax=True``, else ``None``.
+    {plot_returns}
+    The panels are the probability, the call and the labels (when there are labels).
     """
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     from stmap._core._resolve import resolve
 
-    from ._spatial import spatial
+    from ._spatial import draw
 
     ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
-    t = ctx.adata
-    if f"{key}_prob" not in t.obs or key not in t.obs:
+    keys = Key.ctr(key)
+    table = ctx.adata
+    if keys.prob not in table.obs or keys.call not in table.obs:
         raise StmapInputError(
-            f"Table {ctx.table_key!r} has no obs[{key + '_prob'!r}] / obs[{key!r}]; run `st.tl.detect_ctr` first "
+            f"Table {ctx.table_key!r} has no obs[{keys.prob!r}] / obs[{keys.call!r}]; run `st.tl.detect_ctr` first "
             "(or pass its `key_added` as `key=`)."
         )
-    meta = t.uns.get(key, {}) or {}
-    if label_key is None:
-        label_key = (meta.get("metrics") or {}).get("label_key")
-    if label_key is not None and label_key not in t.obs:
+    meta = table.uns.get(key, {}) or {}
+    metrics = meta.get("metrics") or {}
+    label_key = metrics.get("label_key") if label_key is None else label_key
+    if label_key is not None and label_key not in table.obs:
         raise StmapInputError(f"Label column {label_key!r} is not in obs of table {ctx.table_key!r}.")
-    panels = [(f"{key}_prob", "cancer probability"), (key, f"CTR call (threshold {meta.get('threshold', np.nan):.2f})")]
+    panel_list = _panels(keys.prob, keys.call, label_key, meta, metrics)
+
+    what = "probability, call, labels"
+    fig, axs, own = panels(ax, len(panel_list), ncols=3, panel=(4.6, 3.8), figsize=figsize, dpi=dpi, what=what)
+    for a, (color, title, kw) in zip(axs, panel_list, strict=True):
+        draw(a, ctx, color, image_key=image_key, size=size, title=title, **kw)
+    return finish(fig, axs, own=own, save=save, show=show, dpi=dpi)
+
+
+def _panels(
+    prob: str, call: str, label_key: str | None, meta: dict[str, Any], metrics: dict[str, Any]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(obs column, title, drawing options)`` of each panel."""
+    out = [
+        (prob, "cancer probability", {"cmap": "magma", "label": "probability"}),
+        (call, f"CTR call (threshold {meta.get('threshold', np.nan):.2f})", {}),
+    ]
     if label_key is not None:
-        m = meta.get("metrics") or {}
-        auc = f", ROC-AUC {m['roc_auc']:.3f}" if "roc_auc" in m and m.get("label_key") == label_key else ""
-        panels.append((label_key, f"labels: {label_key}{auc}"))
-    own = axs is None
-    if own:
-        # room between panels for each panel's colour bar / legend and the next one's tick labels (spatialdata-plot
-        # attaches colour bars beside the axes, which layout engines do not see)
-        fig, axs = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.8), gridspec_kw={"wspace": 0.6})
-    axs = list(np.atleast_1d(axs))
-    if len(axs) < len(panels):
-        raise StmapInputError(f"Pass {len(panels)} axes (probability, call, labels), got {len(axs)}.")
-    for ax, (color, title) in zip(axs, panels, strict=False):
-        kw = {"cmap": "magma"} if color == f"{key}_prob" else {}
-        spatial(sdata, color=color, table_key=ctx.table_key, image_key=image_key, size=size, ax=ax, title=title,
-                coordinate_system=None if ctx.sdata is None else ctx.coordinate_system, show=False, **kw)  # fmt: skip
-    fig = axs[0].figure
-    return finish(fig, axs, own=own, save=save, show=show, return_ax=return_ax)
+        scored = "roc_auc" in metrics and metrics.get("label_key") == label_key
+        auc = f", ROC-AUC {metrics['roc_auc']:.3f}" if scored else ""
+        out.append((label_key, f"labels: {label_key}{auc}", {}))
+    return out

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stmap._core import StmapInputError, unknown_key
+from stmap._core import Key, StmapInputError, inject_docs, unknown_key
+from stmap._core._params import Instance, Interval, validate_params
 
-from ._utils import finish
+from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, spatial_axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from spatialdata import SpatialData
+
+    from stmap._core._resolve import ImageContext, TableContext
 
 __all__ = ["gene_maps"]
 
@@ -18,14 +26,25 @@ __all__ = ["gene_maps"]
 _MAX_PX = 800
 
 
+@validate_params(
+    genes=[Instance((str, list, tuple)), None],
+    key=Instance((str,)),
+    ncols=Interval(int, 1, None),
+    alpha=Interval(float, 0, 1),
+    show_spots=Instance((bool,)),
+    size=Interval(float, 0, None, "neither"),
+    max_pixels=Interval(int, 1, None),
+    **PLOT_PARAMS,
+)
+@inject_docs()
 def gene_maps(
-    sdata: Any,
-    genes: str | Sequence[str] | None = None,
+    sdata: SpatialData,
     *,
+    genes: str | Sequence[str] | None = None,
+    key: str = Key.default.gene_maps,
     table_key: str | None = None,
     element: str | None = None,
     image_key: str | bool | None = None,
-    key: str = "stmap_gene_maps",
     coordinate_system: str | None = None,
     crop: Sequence[float] | None = None,
     ncols: int = 1,
@@ -33,21 +52,22 @@ def gene_maps(
     alpha: float = 0.75,
     show_spots: bool = True,
     size: float = 1.0,
-    panel_size: float = 4.0,
     max_pixels: int = _MAX_PX,
-    ax: Any = None,
+    ax: Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float | None = None,
     save: str | Path | None = None,
-    return_ax: bool = False,
     show: bool | None = None,
-) -> Any:
+) -> np.ndarray | None:
     """Gene maps over the H&E, each beside the spots' measured expression on the same colour scale.
 
     For each gene, two panels: the H&E with the measured spots coloured by the gene's expression (in the units the
-    maps were trained on: ``log1p`` counts per 10^4 by default), and the predicted map drawn semi-transparently over
+    maps were trained on: ``log1p`` counts per 10⁴ by default), and the predicted map drawn semi-transparently over
     the H&E in the same extent. Both panels share one colour scale (the range of the spot values; the map is clipped
-    to it), so a map that reproduces the spots looks like a smooth, finer version of them. Images are placed with
-    their transformation to the coordinate system and read lazily at a pyramid level (or stride) suited to the
-    figure, restricted to ``crop``.
+    to it), so a map that reproduces the spots looks like a smooth, finer version of them. The view is cropped to
+    the spots (plus a small margin) unless ``crop`` says otherwise, and the axes read micrometres when the unit is
+    known. Images are placed with their transformation to the coordinate system and read lazily at a pyramid level
+    (or stride) suited to the figure, restricted to the view.
 
     Parameters
     ----------
@@ -55,18 +75,18 @@ def gene_maps(
         A :class:`spatialdata.SpatialData` after :func:`stmap.tl.gene_maps`.
     genes
         Gene(s) to draw: channels of the map element. Default: all of them.
-    table_key
-        Spot table the maps were trained on (may be omitted when there is one table).
+    key
+        ``key_added`` of :func:`stmap.tl.gene_maps` (the ``.uns`` entry of the table).
+    {table_key}
     element
         Map image element; default: the one recorded in ``table.uns[key]['element']``.
     image_key
         H&E drawn below (default: the image the maps were made from; ``False``: none).
-    key
-        ``key_added`` of :func:`stmap.tl.gene_maps` (the ``.uns`` entry of the table).
     coordinate_system
         Coordinate system to draw in (default: the table's).
     crop
-        ``(xmin, ymin, xmax, ymax)`` in coordinate-system units: only this window is read and drawn.
+        ``(xmin, ymin, xmax, ymax)`` in coordinate-system units: only this window is read and drawn. Default: the
+        spots' extent plus a margin.
     ncols
         Genes per figure row (each gene takes two panels, or one with ``show_spots=False``).
     cmap
@@ -77,41 +97,91 @@ def gene_maps(
         Draw the panel of measured spots beside each map.
     size
         Factor on the spots' measured diameter.
-    panel_size
-        Height of one panel in inches.
     max_pixels
         Largest side, in pixels, of an image read for a panel (a coarser pyramid level or a stride is used above).
-    ax
-        Axes to draw into: one per panel (two per gene with ``show_spots``), in gene order.
-    save
-        File to write the figure to.
-    return_ax
-        Return the axes: an array ``(n_genes, 2)`` (spots, map) or ``(n_genes, 1)`` without spots.
-    show
-        Show the figure (default: when not saving and not returning the axes).
+    {plot}
 
     Returns
     -------
-    The axes if ``return_ax=True``, else ``None``. ``sdata`` is not modified.
+    {plot_returns}
+    The Axes as an array ``(n_genes, 2)`` (spots, map), or ``(n_genes, 1)`` without spots. ``sdata`` is not
+    modified.
 
     Examples
     --------
     >>> import stmap as st
     >>> sdata = st.datasets.synthetic_tissue(0)
     >>> st.tl.gene_maps(sdata, genes=["tumor_r01", "immune_r01"], table_key="spots")  # doctest: +SKIP
-    >>> st.pl.gene_maps(sdata, ["tumor_r01", "immune_r01"], table_key="spots")  # doctest: +SKIP
+    >>> st.pl.gene_maps(sdata, genes=["tumor_r01", "immune_r01"], table_key="spots")  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
     from stmap._core import is_spatialdata, resolve
 
-    # ---- validate (nothing drawn, nothing touched) ------------------------------------------------------------------
     if not is_spatialdata(sdata):
         raise StmapInputError(f"sdata must be a SpatialData holding gene maps, got {type(sdata).__name__}.")
     ctx = resolve(sdata, table_key, coordinate_system=coordinate_system)
-    adata = ctx.adata
-    meta = adata.uns.get(key)
+    src = _sources(sdata, ctx, key, genes, element, image_key)
+    diam = ctx.diameters
+    window = _window([src.maps] if src.he is None else [src.maps, src.he], crop, ctx.coords, diam, size)
+    params = src.params
+    spot_vals = _spot_values(
+        ctx.adata, src.genes, normalize=bool(params.get("normalize", True)), layer=params.get("layer")
+    )
+
+    per = 2 if show_spots else 1
+    ncols = max(1, min(int(ncols), len(src.genes)))
+    xr, yr = window[2] - window[0], window[3] - window[1]
+    aspect = float(np.clip(xr / yr, 0.3, 3.0)) if yr > 0 else 1.0
+    panel = (4.0 * aspect * 1.15, 4.0)
+    what = f"{'two' if show_spots else 'one'} per gene"
+    fig, axs, own = panels(
+        ax, len(src.genes) * per, ncols=ncols * per, panel=panel, figsize=figsize, dpi=dpi, what=what
+    )
+    he_img = None if src.he is None else _read(src.he, window, max_pixels, rgb=True)
+    limits = (window[0], window[2], window[1], window[3])
+    from ._spatial import um_per_unit
+
+    um = um_per_unit(ctx)
+    for i, g in enumerate(src.genes):
+        v = spot_vals[:, i]
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+        row = axs[i * per : (i + 1) * per]
+        mappable = None
+        if show_spots:
+            if he_img is not None:
+                _imshow(row[0], *he_img)
+            mappable = _draw_spots(row[0], ctx.coords, v, None if diam is None else diam * size, cmap, norm)
+            row[0].set_title(f"{g}: measured spots")
+        if he_img is not None:
+            _imshow(row[-1], *he_img)
+        map_img = _read(src.maps, window, max_pixels, channel=src.channels.index(g))
+        im = _imshow(row[-1], *map_img, cmap=cmap, norm=norm, alpha=alpha if he_img is not None else 1.0)
+        row[-1].set_title(f"{g}: gene map")
+        for a in row:
+            spatial_axes(a, um, limits)
+        colorbar(fig, mappable if mappable is not None else im, list(row), _unit(params))
+    return finish(fig, axs.reshape(len(src.genes), per), own=own, save=save, show=show, dpi=dpi)
+
+
+@dataclass
+class _Sources:
+    """What a gene-map figure draws from: the run's record, the map element, its genes, the H&E."""
+
+    params: dict[str, Any]
+    maps: ImageContext
+    channels: list[str]
+    genes: list[str]
+    he: ImageContext | None
+
+
+def _sources(
+    sdata: Any, ctx: TableContext, key: str, genes: Any, element: str | None, image_key: str | bool | None
+) -> _Sources:
+    """Validate the names against the run's record (nothing drawn, nothing touched) and open the images lazily."""
+    meta = ctx.adata.uns.get(key)
     if not isinstance(meta, dict):
         raise StmapInputError(
             f"Table {ctx.table_key!r} has no uns[{key!r}]; run `st.tl.gene_maps` first (or pass its `key_added` as "
@@ -130,76 +200,14 @@ def gene_maps(
         if g not in channels:
             raise unknown_key("Gene", g, channels, f"the channels of {name!r}")
     he = None
-    if image_key is not False:
-        he_name = image_key if isinstance(image_key, str) else _none(params.get("image_key"))
-        if he_name is not None:
-            if he_name not in sdata.images:
-                raise unknown_key("Image", he_name, sdata.images.keys(), "sdata.images")
-            he = ctx.image(he_name, check_alignment=False)
-    window = _window([maps] if he is None else [maps, he], crop)
-    spot_vals = _spot_values(adata, sel, normalize=bool(params.get("normalize", True)), layer=params.get("layer"))
-    xy = ctx.coords
-    diam = ctx.diameters
-    n_panels = len(sel) * (2 if show_spots else 1)
-    own = ax is None
-    if not own:
-        axs = list(np.ravel(np.asarray(ax, dtype=object)))
-        if len(axs) < n_panels:
-            raise StmapInputError(f"Pass {n_panels} axes ({'two' if show_spots else 'one'} per gene), got {len(axs)}.")
-
-    # ---- read the images (lazy -> the window at a suited resolution) ------------------------------------------------
-    he_img = None if he is None else _read(he, window, max_pixels, rgb=True)
-    map_imgs = {g: _read(maps, window, max_pixels, channel=channels.index(g)) for g in sel}
-
-    # ---- draw -------------------------------------------------------------------------------------------------------
-    per = 2 if show_spots else 1
-    if own:
-        ncols = max(1, min(int(ncols), len(sel)))
-        nrows = int(np.ceil(len(sel) / ncols))
-        xr, yr = window[2] - window[0], window[3] - window[1]
-        aspect = float(np.clip(xr / yr, 0.3, 3.0)) if yr > 0 else 1.0
-        fig, grid = plt.subplots(
-            nrows,
-            ncols * per,
-            figsize=(panel_size * aspect * 1.15 * ncols * per, panel_size * nrows),
-            squeeze=False,
-            layout="constrained",
-        )
-        axs = list(grid.ravel())
-        for extra in axs[len(sel) * per :]:
-            extra.axis("off")
-    fig = axs[0].figure
-    out = np.empty((len(sel), per), dtype=object)
-    for i, g in enumerate(sel):
-        v = spot_vals[:, i]
-        finite = v[np.isfinite(v)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi <= lo:
-            hi = lo + 1e-6
-        norm = Normalize(vmin=lo, vmax=hi)
-        row = axs[i * per : (i + 1) * per]
-        mappable = None
-        if show_spots:
-            a = row[0]
-            if he_img is not None:
-                _imshow(a, *he_img)
-            mappable = _draw_spots(a, xy, v, None if diam is None else diam * size, cmap, norm)
-            a.set_title(f"{g}: measured spots")
-        a = row[-1]
-        if he_img is not None:
-            _imshow(a, *he_img)
-        im = _imshow(a, *map_imgs[g], cmap=cmap, norm=norm, alpha=alpha if he_img is not None else 1.0)
-        a.set_title(f"{g}: gene map")
-        for a in row:
-            a.set_xlim(window[0], window[2])
-            a.set_ylim(window[3], window[1])  # y down, like images
-            a.set_aspect("equal")
-            a.set_xlabel("x")
-            a.set_ylabel("y")
-        fig.colorbar(mappable if mappable is not None else im, ax=row, shrink=0.8, label=_unit(params))
-        out[i] = row
-
-    return finish(fig, out, own=own, save=save, show=show, return_ax=return_ax)
+    he_name = (
+        image_key if isinstance(image_key, str) else None if image_key is False else _none(params.get("image_key"))
+    )
+    if he_name is not None:
+        if he_name not in sdata.images:
+            raise unknown_key("Image", he_name, sdata.images.keys(), "sdata.images")
+        he = ctx.image(he_name, check_alignment=False)
+    return _Sources(params, maps, channels, sel, he)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -212,38 +220,38 @@ def _none(v: Any) -> Any:
 
 
 def _unit(params: dict) -> str:
-    return "log1p counts per 10^4" if bool(params.get("normalize", True)) else "expression"
+    return "log1p(counts per 10⁴)" if bool(params.get("normalize", True)) else "expression"
 
 
 def _spot_values(adata: Any, genes: list[str], *, normalize: bool, layer: Any) -> np.ndarray:
-    """Spot expression of ``genes`` in the units of the maps (NaN for genes the table lacks)."""
+    """Spot expression of ``genes`` in the units of the maps (NaN for genes the table lacks and for empty spots)."""
     from scipy import sparse
 
-    from stmap._core import get_counts
+    from stmap._core import get_counts, log_normalize
 
-    layer = _none(layer)
-    X = get_counts(adata, layer, "the spot table")
+    X = get_counts(adata, _none(layer), "the spot table")
     out = np.full((adata.n_obs, len(genes)), np.nan)
     have = [i for i, g in enumerate(genes) if g in adata.var_names]
     if not have:
         return out
-    idx = adata.var_names.get_indexer([genes[i] for i in have])
-    sub = X[:, idx]
+    sub = X[:, adata.var_names.get_indexer([genes[i] for i in have])]
     sub = np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float64)
     if normalize:
-        total = np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sub = np.where(total > 0, np.log1p(sub / total * 1e4), np.nan)
+        total = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+        sub = np.where(total[:, None] > 0, log_normalize(sub, totals=total), np.nan)
     out[:, have] = sub
     return out
 
 
-def _window(imgs: list[Any], crop: Sequence[float] | None) -> tuple[float, float, float, float]:
-    """``(xmin, ymin, xmax, ymax)`` to draw: the crop, or the union of the images' extents."""
+def _window(
+    imgs: list[Any], crop: Sequence[float] | None, xy: np.ndarray, diam: np.ndarray | None, size: float
+) -> tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` to draw: the crop, else the spots' extent plus a margin (within the images)."""
     ext = np.array([img.extent(0) for img in imgs], dtype=float)
     xmin, xmax, ymin, ymax = ext[:, 0].min(), ext[:, 1].max(), ext[:, 2].min(), ext[:, 3].max()
     if crop is None:
-        return float(xmin), float(ymin), float(xmax), float(ymax)
+        x0, x1, y0, y1 = data_limits(xy, None if diam is None else np.asarray(diam, dtype=float) * size / 2)
+        return max(x0, float(xmin)), max(y0, float(ymin)), min(x1, float(xmax)), min(y1, float(ymax))
     c = [float(v) for v in crop]
     if len(c) != 4 or not np.all(np.isfinite(c)) or c[2] <= c[0] or c[3] <= c[1]:
         raise StmapInputError(f"crop must be (xmin, ymin, xmax, ymax) with xmin < xmax and ymin < ymax, got {crop!r}.")

@@ -13,6 +13,9 @@ from stmap._core import _logging as logg
 from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError, unknown_key
+from stmap._core._params import Instance, Interval, validate_params
+
+from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, quiet_rendering, spatial_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -20,7 +23,12 @@ if TYPE_CHECKING:
     from matplotlib.colors import Colormap
     from spatialdata import SpatialData
 
+    from stmap._core._resolve import TableContext
+
 __all__ = ["spatial"]
+
+#: Colour of missing values (NaN categories and values), in the spots and in the legend.
+NA_COLOR = "lightgrey"
 
 _spatial_docs = {
     "color": """\
@@ -31,48 +39,54 @@ color
 palette
     Colours of a categorical ``color``: a mapping category -> colour, a sequence (in category order) or the name
     of a matplotlib colormap. It is stored in ``table.uns[f'{color}_colors']`` (scanpy convention). When ``None``,
-    an existing palette there is reused, or scanpy's default palette is stored.""",
-    "plot_common": """\
+    an existing palette there is reused, or scanpy's default palette for that many categories is stored
+    (``default_20``, ``default_28`` or ``default_102``). Only the categories present are drawn and listed.""",
+    "cmap": """\
 cmap
-    Colormap of a continuous ``color`` (obs column or gene). Defaults to matplotlib's ``'viridis'``.
+    Colormap of a continuous ``color`` (obs column or gene). Defaults to matplotlib's ``'viridis'``.""",
+    "size": """\
 size
     Scale of the markers: for circles and polygons a factor on their true size (``1`` draws spots with their
-    measured diameter); for points and plain :class:`~anndata.AnnData` the marker area in points².
-ax
-    Axes to draw into; a new figure is made when ``None``.
+    measured diameter); for points and plain :class:`~anndata.AnnData` the marker area in points².""",
+    "title": """\
 title
-    Axes title; defaults to ``color``.
-save
-    Path of a file to write the figure to (the format follows the suffix, e.g. ``.png``, ``.pdf``).
-return_ax
-    Return the :class:`~matplotlib.axes.Axes`.
-show
-    Show the figure. ``None`` shows it unless ``ax`` is given or ``return_ax=True``.""",
+    Axes title; defaults to ``color``.""",
+}
+
+_SPATIAL_PARAMS = {
+    "color": [Instance((str,)), None],
+    "size": [Interval(float, 0, None, "neither"), None],
+    "title": [Instance((str,)), None],
+    **PLOT_PARAMS,
 }
 
 
+@validate_params(**_SPATIAL_PARAMS)
 @inject_docs(**_spatial_docs)
 def spatial(
     sdata: SpatialData | AnnData,
-    color: str | None = None,
     *,
+    color: str | None = None,
     table_key: str | None = None,
     image_key: str | bool | None = None,
     coordinate_system: str | None = None,
     palette: Mapping[str, Any] | Sequence[Any] | str | None = None,
     cmap: Colormap | str | None = None,
     size: float | None = None,
-    ax: Axes | None = None,
     title: str | None = None,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float | None = None,
     save: str | Path | None = None,
-    return_ax: bool = False,
     show: bool | None = None,
 ) -> Axes | None:
     """Draw the tissue image and the spots/cells of a table, coloured by an annotation or a gene.
 
     The table's annotated element (circles, polygons, points or labels, read from
     ``table.uns['spatialdata_attrs']['region']``) is drawn over the image of the same coordinate system with
-    :mod:`spatialdata_plot`, so sizes and positions are the measured ones in the coordinate system's units.
+    :mod:`spatialdata_plot`, so sizes and positions are the measured ones. The view is cropped to the spots/cells
+    (plus a small margin) and the axes read micrometres when the unit of the coordinate system is known
+    (:func:`stmap.pp.coordinate_units`). Categories get a legend beside the axes, continuous values a colour bar.
 
     Parameters
     ----------
@@ -87,12 +101,15 @@ def spatial(
         Coordinate system to draw in; default: the one the tools choose (``'global'``, else the element's
         full-resolution frame shared with the image, e.g. a Visium sample's ``'<id>'``).
     {palette}
-    {plot_common}
+    {cmap}
+    {size}
+    {title}
+    {plot}
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` if ``return_ax=True``, else ``None``. Nothing in ``sdata`` is changed
-    except ``table.uns[f'{color}_colors']`` for a categorical ``color``.
+    {plot_returns}
+    Nothing in ``sdata`` is changed except ``table.uns[f'{{color}}_colors']`` for a categorical ``color``.
 
     Examples
     --------
@@ -100,52 +117,61 @@ def spatial(
     >>> sdata = st.datasets.her2st("C2")  # doctest: +SKIP
     >>> st.pl.spatial(sdata, color="cancer")  # doctest: +SKIP
     """
-    import matplotlib.pyplot as plt
     from anndata import AnnData
 
     from stmap._core._resolve import resolve
 
     ctx = resolve(sdata, table_key, coordinate_system=None if isinstance(sdata, AnnData) else coordinate_system)
+    _color_kind(ctx.adata, color)  # raises before anything is drawn or touched
+    fig, axs, own = panels(ax, 1, panel=(6.4, 5.6), figsize=figsize, dpi=dpi)
+    draw(axs[0], ctx, color, image_key=image_key, palette=palette, cmap=cmap, size=size, title=title)
+    return finish(fig, axs[0], own=own, save=save, show=show, dpi=dpi)
+
+
+def draw(
+    ax: Axes,
+    ctx: TableContext,
+    color: str | None,
+    *,
+    image_key: str | bool | None = None,
+    palette: Any = None,
+    cmap: Any = None,
+    size: float | None = None,
+    title: str | None = None,
+    label: str | None = None,
+) -> None:
+    """Draw one panel of :func:`spatial` for a resolved table: image, spots, legend or colour bar, µm axes, crop.
+
+    ``label`` names the colour bar of a continuous ``color`` (default: ``color``).
+    """
     table = ctx.adata
-    kind = _color_kind(table, color)  # raises before anything is touched
-    colors = _ensure_palette(table, color, palette) if kind == "categorical" else None
-
-    own_fig = ax is None
-    if own_fig:
-        fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    else:
-        fig = ax.get_figure()
-
+    kind = _color_kind(table, color)
+    colors = _ensure_palette(table, color, palette) if kind == "categorical" and color is not None else None
+    cmap = cmap if cmap is not None else "viridis"
+    norm = _norm(table, color) if kind in ("continuous", "gene") else None
     if ctx.sdata is None:
         _legacy_image(ctx, image_key, ax)
-        _scatter_anndata(table, color, kind, colors, cmap=cmap, size=size, ax=ax)
-        ax.set_title(color if title is None else title)
+        _scatter_anndata(table, color, kind, colors, cmap=cmap, norm=norm, size=size, ax=ax)
     else:
-        _render_spatialdata(
-            ctx.sdata,
-            table,
-            ctx.table_key,
-            [(ctx.region, ctx.element_type)],
-            color,
-            kind,
-            image_key=image_key,
-            coordinate_system=ctx.coordinate_system,
-            cmap=cmap,
-            size=size,
-            ax=ax,
-            title=title,
-        )
+        _render_spatialdata(ctx, color, kind, image_key=image_key, cmap=cmap, norm=norm, size=size, ax=ax)
+    ax.set_title((color or "") if title is None else title)
+    if kind == "categorical" and color is not None and colors is not None:
+        _legend(ax, table, color, colors)
+    elif norm is not None:
+        from matplotlib.cm import ScalarMappable
 
-    if save is not None:
-        fig.savefig(save, bbox_inches="tight", dpi=150)
-        logg.info(f"saved figure to {str(save)!r}")
-    if show is None:
-        show = own_fig and not return_ax
-    if show:
-        plt.show()
-    elif own_fig and not return_ax:
-        plt.close(fig)
-    return ax if return_ax else None
+        colorbar(ax.get_figure(), ScalarMappable(norm=norm, cmap=cmap), ax, label if label is not None else str(color))
+    diam = ctx.diameters if ctx.element_type == "shapes" or ctx.sdata is None else None
+    radius = None if diam is None else np.asarray(diam, dtype=float) / 2 * (1.0 if size is None else float(size))
+    spatial_axes(ax, um_per_unit(ctx), data_limits(ctx.coords, radius))
+
+
+def um_per_unit(ctx: TableContext) -> float | None:
+    """Micrometres per coordinate unit of a resolved table; ``None`` when unknown or contradicted (tools say so)."""
+    try:
+        return ctx.um_per_unit
+    except StmapInputError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -216,6 +242,30 @@ def _categories(table: AnnData, key: str) -> list[str]:
     return sorted(map(str, pd.unique(col.dropna())))
 
 
+def _present(table: AnnData, key: str) -> list[str]:
+    """The categories of ``obs[key]`` that occur, in category order."""
+    seen = set(table.obs[key].dropna().astype(str))
+    return [c for c in _categories(table, key) if c in seen]
+
+
+def _values(table: AnnData, color: str) -> np.ndarray:
+    """Values of a continuous obs column or a gene, as float."""
+    if color in table.obs.columns:
+        return table.obs[color].to_numpy(dtype=float, na_value=np.nan)
+    v = table[:, [color]].X
+    return np.asarray(v.toarray() if hasattr(v, "toarray") else v, dtype=float).ravel()
+
+
+def _norm(table: AnnData, color: str | None) -> Any:
+    """The colour scale of a continuous ``color``: the range of its finite values."""
+    from matplotlib.colors import Normalize
+
+    v = _values(table, str(color))
+    v = v[np.isfinite(v)]
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    return Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
+
+
 def _ensure_palette(table: AnnData, key: str, palette: Any) -> list[str]:
     """Store (or reuse) ``table.uns[f'{key}_colors']`` as hex colours in category order and return it."""
     from matplotlib import colormaps
@@ -255,93 +305,79 @@ def _ensure_palette(table: AnnData, key: str, palette: Any) -> list[str]:
     return colors
 
 
+def _legend(ax: Axes, table: AnnData, key: str, colors: list[str]) -> None:
+    """A legend of the categories present (and NA when some are missing) beside the axes, seen by the layout."""
+    from matplotlib.lines import Line2D
+
+    by_cat = dict(zip(_categories(table, key), colors, strict=True))
+    present = _present(table, key)
+    entries = [(c, by_cat[c]) for c in present] + ([("NA", NA_COLOR)] if table.obs[key].isna().any() else [])
+    handles = [Line2D([], [], ls="", marker="o", markersize=7, color=col, label=cat) for cat, col in entries]
+    ax.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+        frameon=False,
+        ncols=1 if len(entries) <= 14 else 2 if len(entries) <= 30 else 3,
+        fontsize="small",
+        handletextpad=0.2,
+        borderaxespad=0.0,
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # drawing
 
 
-class _DropAdvice:
-    """Logging filter: drop spatialdata-plot's performance advice about annotations stored in a table."""
-
-    def filter(self, record: Any) -> bool:
-        return not str(record.getMessage()).startswith("Annotating points with")
-
-
 def _render_spatialdata(
-    sdata: SpatialData,
-    table: AnnData,
-    table_name: str,
-    regions: list[tuple[str, str]],
+    ctx: TableContext,
     color: str | None,
     kind: str | None,
     *,
     image_key: str | bool | None,
-    coordinate_system: str,
     cmap: Any,
+    norm: Any,
     size: float | None,
     ax: Axes,
-    title: str | None,
 ) -> None:
+    """Draw the image and the table's element with spatialdata-plot.
+
+    No legend or colour bar: :func:`draw` adds them where the layout engine sees them.
+    """
     import spatialdata_plot  # noqa: F401  (registers the `.pl` accessor)
     from spatialdata import SpatialData
 
-    image = _pick_image(sdata, image_key, coordinate_system)
+    sdata, cs = ctx.sdata, ctx.coordinate_system
+    assert sdata is not None and ctx.region is not None and ctx.element_type is not None and ctx.table_key is not None
+    etype, name, table_name = str(ctx.element_type), ctx.region, ctx.table_key
+    if etype not in ("shapes", "points", "labels"):  # a table annotating an image is not a plottable layout
+        raise StmapInputError(f"Table {table_name!r} annotates image {name!r}; cannot draw spots for it.")
+    image = _pick_image(sdata, image_key, cs)
     # spatialdata-plot is given a slim SpatialData that shares the elements but holds a slim copy of the table (only
     # the colour column / gene): it then cannot change the user's table (it may write palettes or cast columns), and
     # it does not have to index a large expression matrix.
-    plot_table = _slim_table(table, color, kind)
     elements: dict[str, dict[str, Any]] = {"images": {}, "shapes": {}, "points": {}, "labels": {}}
     if image is not None:
         elements["images"][image] = sdata.images[image]
-    for name, etype in regions:
-        elements[etype][name] = _without_column(getattr(sdata, etype)[name], color if kind is not None else None)
-    slim = SpatialData(**elements, tables={table_name: plot_table})
+    elements[etype][name] = _without_column(getattr(sdata, etype)[name], color if kind is not None else None)
+    slim = SpatialData(**elements, tables={table_name: _slim_table(ctx.adata, color, kind)})
 
-    pl = slim.pl
-    if image is not None:
-        pl = pl.render_images(image).pl
     color_arg = color if kind is not None else None
-    for name, etype in regions:
-        kw: dict[str, Any] = {"table_name": table_name} if color_arg is not None else {}
-        if kind in ("continuous", "gene") and cmap is not None:
-            kw["cmap"] = cmap
+    kw: dict[str, Any] = {"colorbar": False, "na_color": NA_COLOR}
+    if color_arg is not None:
+        kw["table_name"] = table_name
+    if norm is not None:
+        kw.update(cmap=cmap, norm=norm)
+    with quiet_rendering():
+        pl = slim.pl if image is None else slim.pl.render_images(image, colorbar=False).pl
         if etype == "shapes":
-            kw["scale"] = 1.0 if size is None else float(size)
             # Without a colour key spatialdata-plot draws a fixed grey; keep it so, but opaque enough over H&E.
-            pl = pl.render_shapes(name, color=color_arg, fill_alpha=1.0, **kw).pl
+            pl = pl.render_shapes(name, color=color_arg, fill_alpha=1.0, scale=1.0 if size is None else size, **kw).pl
         elif etype == "points":
-            kw["size"] = 4.0 if size is None else float(size)
-            pl = pl.render_points(name, color=color_arg, **kw).pl
-        elif etype == "labels":
+            pl = pl.render_points(name, color=color_arg, size=4.0 if size is None else float(size), **kw).pl
+        else:
             pl = pl.render_labels(name, color=color_arg, **kw).pl
-        else:  # a table annotating an image is not a plottable layout
-            raise StmapInputError(f"Table {table_name!r} annotates image {name!r}; cannot draw spots for it.")
-    import logging
-
-    advice = _DropAdvice()  # spatialdata-plot advises moving annotations into the points' parquet: not the user's job
-    loggers = [logging.getLogger(n) for n in ("spatialdata_plot._logging", "spatialdata_plot")]
-    for lg in loggers:
-        lg.addFilter(advice)
-    try:
-        pl.show(
-            coordinate_systems=coordinate_system,
-            ax=ax,
-            title=(color or "") if title is None else title,
-            show=False,
-        )
-    finally:
-        for lg in loggers:
-            lg.removeFilter(advice)
-    unit = (sdata.attrs or {}).get(Key.units_attr, {}).get(coordinate_system)
-    if isinstance(unit, str) and unit:
-        ax.set_xlabel(f"x ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
-        ax.set_ylabel(f"y ({'µm' if unit in ('um', 'micrometer', 'micron') else unit})")
-    elif unit:
-        from stmap._core._platform import _unit_value
-
-        v = _unit_value(unit)
-        if v is not None:
-            ax.set_xlabel(f"x (pixels of {v:.3g} µm)")
-            ax.set_ylabel(f"y (pixels of {v:.3g} µm)")
+        pl.show(coordinate_systems=cs, ax=ax, title="", show=False, colorbar=False, legend_loc=None)
 
 
 def _without_column(element: Any, column: str | None) -> Any:
@@ -354,6 +390,11 @@ def _without_column(element: Any, column: str | None) -> Any:
 
 
 def _slim_table(table: AnnData, color: str | None, kind: str | None) -> AnnData:
+    """The table's index, region columns and colour column only; a categorical colour keeps the categories present.
+
+    Categories without any row are dropped, with their colours: anndata trims ``uns['<key>_colors']`` of unused
+    categories when spatialdata-plot subsets the table, which would shift every colour after the first unused one.
+    """
     from anndata import AnnData
 
     obs = table.obs.copy()
@@ -364,12 +405,11 @@ def _slim_table(table: AnnData, color: str | None, kind: str | None) -> AnnData:
         out = AnnData(X=x.astype(np.float32), obs=obs, var=pd.DataFrame(index=[color]))
     else:
         out = AnnData(obs=obs)
-    if kind == "categorical":
-        col = obs[color]
-        if not isinstance(col.dtype, pd.CategoricalDtype):
-            obs[color] = pd.Categorical(col.astype("string").astype(object), categories=_categories(table, color))
-            out.obs[color] = obs[color]
-        uns[Key.colors(color)] = list(table.uns[Key.colors(color)])
+    if kind == "categorical" and color is not None:
+        by_cat = dict(zip(_categories(table, color), table.uns[Key.colors(color)], strict=False))
+        present = _present(table, color)
+        out.obs[color] = pd.Categorical(table.obs[color].astype("string").astype(object), categories=present)
+        uns[Key.colors(color)] = [by_cat[c] for c in present]
     out.uns.update(uns)
     return out
 
@@ -392,37 +432,36 @@ def _legacy_image(ctx: Any, image_key: str | bool | None, ax: Axes) -> None:
 
 
 def _scatter_anndata(
-    adata: AnnData, color: str | None, kind: str | None, colors: list[str] | None, *, cmap: Any, size: Any, ax: Axes
+    adata: AnnData,
+    color: str | None,
+    kind: str | None,
+    colors: list[str] | None,
+    *,
+    cmap: Any,
+    norm: Any,
+    size: Any,
+    ax: Axes,
 ) -> None:
-    """Plain AnnData: a scatter of ``obsm['spatial']``.
+    """Plain AnnData: a scatter of ``obsm['spatial']``, one collection per category (legend drawn by the caller).
 
     Plain matplotlib, because spatialdata-plot draws SpatialData only; converting the AnnData first would copy it.
     """
     xy = np.asarray(adata.obsm[Key.obsm.spatial])[:, :2]
-    s = 120000 / max(adata.n_obs, 1) if size is None else float(size)
-    s = min(s, 200.0) if size is None else s
-    if kind is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=s, c="lightgrey", edgecolors="none")
+    s = min(120000 / max(adata.n_obs, 1), 200.0) if size is None else float(size)
+    if kind is None or color is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=s, c=NA_COLOR, edgecolors="none")
     elif kind == "categorical":
-        cats = _categories(adata, color)
         values = adata.obs[color].astype("string").to_numpy(dtype=object, na_value=None)
-        for cat, col in zip(cats, colors, strict=True):
+        for cat, col in zip(_categories(adata, color), colors or [], strict=True):
             m = values == cat
-            ax.scatter(xy[m, 0], xy[m, 1], s=s, color=col, edgecolors="none", label=cat)
+            if m.any():
+                ax.scatter(xy[m, 0], xy[m, 1], s=s, color=col, edgecolors="none", label=cat)
         na = pd.isna(adata.obs[color]).to_numpy()
         if na.any():
-            ax.scatter(xy[na, 0], xy[na, 1], s=s, color="lightgrey", edgecolors="none", label="NA")
-        ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=1.0)
+            ax.scatter(xy[na, 0], xy[na, 1], s=s, color=NA_COLOR, edgecolors="none", label="NA")
     else:
-        if kind == "gene":
-            v = adata[:, [color]].X
-            v = (v.toarray() if hasattr(v, "toarray") else np.asarray(v)).ravel()
-        else:
-            v = adata.obs[color].to_numpy(dtype=float)
-        sc = ax.scatter(xy[:, 0], xy[:, 1], s=s, c=v, cmap=cmap, edgecolors="none")
-        ax.get_figure().colorbar(sc, ax=ax, shrink=0.7)
-    ax.set_aspect("equal")
-    if not ax.yaxis_inverted():  # y points down (image convention, as in spatialdata-plot and scanpy)
-        ax.invert_yaxis()
-    ax.set_xlabel("spatial 1")
-    ax.set_ylabel("spatial 2")
+        from matplotlib import colormaps
+
+        cm = (colormaps[cmap] if isinstance(cmap, str) else cmap).with_extremes(bad=NA_COLOR)
+        v = np.ma.masked_invalid(_values(adata, color))
+        ax.scatter(xy[:, 0], xy[:, 1], s=s, c=v, cmap=cm, norm=norm, edgecolors="none", plotnonfinite=True)
