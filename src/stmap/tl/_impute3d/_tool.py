@@ -378,7 +378,7 @@ def impute_3d(
     {device}
     key_added
         Key of the results; the imputed layer is ``'imputed'`` for the default key, ``'<key_added>_imputed'``
-        otherwise (:meth:`stmap.Key.imputed_layer`), so runs under different keys do not overwrite each other.
+        otherwise, so runs under different keys do not overwrite each other.
     {copy}
     {verbose}
 
