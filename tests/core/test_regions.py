@@ -90,8 +90,8 @@ def test_region_image():
     del sdata.images["B_he"]
     assert region_image(regs[1].ctx) is None  # no image in B's system
     # two images in one system: the one under the spots is chosen
-    sdata.images["A_far"] = make_image(np.zeros((3, 50, 50), dtype=np.uint8), transform=affine_matrix(1.0, (1e4, 0)),
-                                       coordinate_system="A")  # fmt: skip
+    far = affine_matrix(1.0, (1e4, 0))
+    sdata.images["A_far"] = make_image(np.zeros((3, 50, 50), dtype=np.uint8), transform=far, coordinate_system="A")
     assert region_image(regs[0].ctx).name == "A_he"
     sdata.images["A_also"] = make_image(np.zeros((3, 100, 100), dtype=np.uint8), coordinate_system="A")
     with pytest.raises(StmapInputError, match="image_key="):
