@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from .._core import Results, StmapInputError, TableContext, inject_docs, is_spatialdata, resolve_points, unknown_key
 from .._core import _logging as logg
 from .._core._constants import Key
+from .._core._params import Instance, Interval, Options, validate_params
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["fit_transform", "icp", "apply_transform", "register", "align_sections"]
 
@@ -24,9 +29,8 @@ _KINDS = ("translation", "rigid", "similarity", "affine")
 _MIN_POINTS = {"translation": 1, "rigid": 2, "similarity": 2, "affine": 3}
 
 
-def _check_kind(kind: str, d: int) -> None:
-    if kind not in _KINDS:
-        raise StmapInputError(f"kind must be one of {_KINDS}, got {kind!r}.")
+_ARRAY = (np.ndarray, list, tuple)
+_ICP_KWARGS = ("n_starts", "trim", "max_iter", "tol", "max_points", "seed", "warn")
 
 
 def apply_transform(matrix: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -48,6 +52,7 @@ def apply_transform(matrix: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return c @ m[:-1, :-1].T + m[:-1, -1]
 
 
+@validate_params(kind=Options(_KINDS), weights=[Instance(_ARRAY), None])
 def fit_transform(
     source: np.ndarray,
     target: np.ndarray,
@@ -85,7 +90,6 @@ def fit_transform(
             f"source and target must be matching (n, 2) or (n, 3) arrays, got {src.shape}, {dst.shape}."
         )
     n, d = src.shape
-    _check_kind(kind, d)
     need = _MIN_POINTS[kind] + (1 if kind == "affine" and d == 3 else 0)
     if n < need:
         raise StmapInputError(f"A {kind} transform in {d}D needs at least {need} point pairs, got {n}.")
@@ -158,6 +162,17 @@ def _start_rotations(d: int, n_starts: int) -> list[np.ndarray]:
     return rots[: max(1, n_starts)]
 
 
+@validate_params(
+    kind=Options(_KINDS),
+    init=[Instance(_ARRAY), None],
+    n_starts=Interval(int, 1, None),
+    trim=Interval(float, 0, 1, "right"),
+    max_iter=Interval(int, 1, None),
+    tol=Interval(float, 0, None),
+    max_points=[Interval(int, 3, None), None],
+    seed=Interval(int, 0, None),
+    warn=Instance((bool,)),
+)
 def icp(
     moving: np.ndarray,
     fixed: np.ndarray,
@@ -224,92 +239,18 @@ def icp(
     UserWarning
         The final residual exceeds 0.6 times the fixed points' median nearest-neighbour spacing.
     """
-    from scipy.spatial import cKDTree
-
-    mov = np.asarray(moving, dtype=float)
-    fix = np.asarray(fixed, dtype=float)
-    if mov.ndim != 2 or fix.ndim != 2 or mov.shape[1] != fix.shape[1] or mov.shape[1] not in (2, 3):
-        raise StmapInputError(f"moving and fixed must be (n, d) arrays with the same d in (2, 3), got {mov.shape}, "
-                              f"{fix.shape}.")  # fmt: skip
+    mov, fix = _check_clouds(moving, fixed)
     d = mov.shape[1]
-    _check_kind(kind, d)
-    if len(mov) < 3 or len(fix) < 3:
-        raise StmapInputError(f"ICP needs at least 3 points in each cloud, got {len(mov)} and {len(fix)}.")
-    if not (np.isfinite(mov).all() and np.isfinite(fix).all()):
-        raise StmapInputError("Point coordinates contain NaN or infinite values.")
-    if not 0 < trim <= 1:
-        raise StmapInputError(f"trim must be in (0, 1], got {trim}.")
     rng = np.random.default_rng(seed)
     if max_points is not None and len(mov) > max_points:
         mov = mov[rng.choice(len(mov), max_points, replace=False)]
     if max_points is not None and len(fix) > max_points:
         fix = fix[rng.choice(len(fix), max_points, replace=False)]
-    tree = cKDTree(fix)
-    n_keep = max(_MIN_POINTS[kind] + 1, int(np.ceil(trim * len(mov))))
-
-    if init is not None:
-        starts = [np.asarray(init, dtype=float)]
-        if starts[0].shape != (d + 1, d + 1):
-            raise StmapInputError(f"init must be a {(d + 1, d + 1)} matrix, got {starts[0].shape}.")
-        if not np.isfinite(starts[0]).all() or abs(np.linalg.det(starts[0][:d, :d])) <= 1e-300:
-            raise StmapInputError("init must be finite with an invertible linear part.")
-    else:
-        mu_m, mu_f = mov.mean(0), fix.mean(0)
-        sc = 1.0
-        if kind in ("similarity", "affine"):
-            sc = float(np.sqrt(((fix - mu_f) ** 2).sum(1).mean() / max(((mov - mu_m) ** 2).sum(1).mean(), 1e-300)))
-        rots = [np.eye(d)] if kind == "translation" else _start_rotations(d, n_starts)
-        starts = []
-        for r in rots:
-            m0 = np.eye(d + 1)
-            m0[:d, :d] = sc * r
-            m0[:d, d] = mu_f - sc * r @ mu_m
-            starts.append(m0)
-
+    starts = [_check_init(init, d)] if init is not None else _starts(mov, fix, kind, n_starts)
+    run = _ICPRun(mov, fix, kind, max(_MIN_POINTS[kind] + 1, int(np.ceil(trim * len(mov)))), max_iter, tol)
     best: tuple[float, np.ndarray, int, int] | None = None
-    floor = 1e-12 * float(np.ptp(fix, axis=0).max())  # an exact fit stops at round-off
-
-    def run(m: np.ndarray, k: int, fit_kind: str, pre: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        # ``pre``: a fixed linear map applied to the moving points first (the rigid stage keeps its scale/shape)
-        src = mov if pre is None else mov @ pre.T
-        prev, it = np.inf, 0
-        for it in range(1, max_iter + 1):  # noqa: B007
-            dist, idx = tree.query(apply_transform(m, mov))
-            keep = np.argpartition(dist, k - 1)[:k] if k < len(dist) else np.arange(len(dist))
-            m = fit_transform(src[keep], fix[idx[keep]], kind=fit_kind)
-            if pre is not None:
-                m = m @ _linear(pre)
-            rmse = float(np.sqrt(np.mean(dist[keep] ** 2)))
-            if abs(prev - rmse) <= tol * max(rmse, floor) or rmse <= floor:
-                break
-            prev = rmse
-        return m, it
-
-    def converge(m: np.ndarray, fit_kind: str, pre: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        # all pairs first (trimming from a poor start locks onto a subset), then the trimmed refinement
-        m, it = run(m, len(mov), fit_kind, pre)
-        if n_keep < len(mov):
-            m, it2 = run(m, n_keep, fit_kind, pre)
-            it += it2
-        return m, it
-
-    def residual(m: np.ndarray) -> float:
-        dist, _ = tree.query(apply_transform(m, mov))
-        return float(np.sqrt(np.mean(np.sort(dist)[:n_keep] ** 2)))
-
     for si, m in enumerate(starts):
-        if kind in ("similarity", "affine"):
-            # rigid first, at the start's scale/shape: a free scale shrinks the moving cloud into the fixed one
-            # while the rotation is still off (a wrong minimum); then the requested kind refines the rigid fit
-            pre = m[:d, :d].copy()
-            m_r, it = converge(m, "rigid", pre)
-            cands = [(residual(m_r), m_r, it)]
-            m_k, it2 = converge(m_r, kind)
-            cands.append((residual(m_k), m_k, it + it2))
-            final, m, it = min(cands, key=lambda c: c[0])
-        else:
-            m, it = converge(m, kind)
-            final = residual(m)
+        final, m, it = run.from_start(m)
         if best is None or final < best[0]:
             best = (final, m, it, si)
     assert best is not None
@@ -322,9 +263,112 @@ def icp(
             "pre-alignment (init=); for different cells (e.g. serial sections) a residual near the spacing is "
             "expected and says little; pass warn=False to silence this.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return best[1], {"rmse": best[0], "n_iter": best[2], "start": best[3], "spacing": spacing}
+
+
+def _check_clouds(moving: Any, fixed: Any) -> tuple[np.ndarray, np.ndarray]:
+    mov = np.asarray(moving, dtype=float)
+    fix = np.asarray(fixed, dtype=float)
+    if mov.ndim != 2 or fix.ndim != 2 or mov.shape[1] != fix.shape[1] or mov.shape[1] not in (2, 3):
+        raise StmapInputError(
+            f"moving and fixed must be (n, d) arrays with the same d in (2, 3), got {mov.shape}, {fix.shape}."
+        )
+    if len(mov) < 3 or len(fix) < 3:
+        raise StmapInputError(f"ICP needs at least 3 points in each cloud, got {len(mov)} and {len(fix)}.")
+    if not (np.isfinite(mov).all() and np.isfinite(fix).all()):
+        raise StmapInputError("Point coordinates contain NaN or infinite values.")
+    return mov, fix
+
+
+def _check_init(init: Any, d: int) -> np.ndarray:
+    m = np.asarray(init, dtype=float)
+    if m.shape != (d + 1, d + 1):
+        raise StmapInputError(f"init must be a {(d + 1, d + 1)} matrix, got {m.shape}.")
+    if not np.isfinite(m).all() or abs(np.linalg.det(m[:d, :d])) <= 1e-300:
+        raise StmapInputError("init must be finite with an invertible linear part.")
+    return m
+
+
+def _starts(mov: np.ndarray, fix: np.ndarray, kind: Kind, n_starts: int) -> list[np.ndarray]:
+    """Centroids (and, for similarity/affine, spreads) matched, under each start rotation."""
+    d = mov.shape[1]
+    mu_m, mu_f = mov.mean(0), fix.mean(0)
+    sc = 1.0
+    if kind in ("similarity", "affine"):
+        sc = float(np.sqrt(((fix - mu_f) ** 2).sum(1).mean() / max(((mov - mu_m) ** 2).sum(1).mean(), 1e-300)))
+    rots = [np.eye(d)] if kind == "translation" else _start_rotations(d, n_starts)
+    starts = []
+    for r in rots:
+        m0 = np.eye(d + 1)
+        m0[:d, :d] = sc * r
+        m0[:d, d] = mu_f - sc * r @ mu_m
+        starts.append(m0)
+    return starts
+
+
+@dataclass
+class _ICPRun:
+    """Trimmed ICP of ``mov`` onto ``fix`` (the fixed points' tree built once), from any start."""
+
+    mov: np.ndarray
+    fix: np.ndarray
+    kind: Kind
+    n_keep: int
+    max_iter: int
+    tol: float
+
+    def __post_init__(self) -> None:
+        from scipy.spatial import cKDTree
+
+        self.tree = cKDTree(self.fix)
+        self.floor = 1e-12 * float(np.ptp(self.fix, axis=0).max())  # an exact fit stops at round-off
+
+    def from_start(self, m: np.ndarray) -> tuple[float, np.ndarray, int]:
+        """``(trimmed residual, matrix, iterations)`` from the start ``m``.
+
+        ``'similarity'``/``'affine'``: rigid first, at the start's scale/shape (a free scale shrinks the moving cloud
+        into the fixed one while the rotation is still off: a wrong minimum); then the requested kind refines the
+        rigid fit; the better of the two is kept.
+        """
+        d = self.mov.shape[1]
+        if self.kind not in ("similarity", "affine"):
+            m, it = self.converge(m, self.kind)
+            return self.residual(m), m, it
+        m_r, it = self.converge(m, "rigid", m[:d, :d].copy())
+        m_k, it2 = self.converge(m_r, self.kind)
+        cands = [(self.residual(m_r), m_r, it), (self.residual(m_k), m_k, it + it2)]
+        return min(cands, key=lambda c: c[0])
+
+    def converge(self, m: np.ndarray, fit_kind: Kind, pre: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """All pairs first (trimming from a poor start locks onto a subset), then the trimmed refinement."""
+        m, it = self.run(m, len(self.mov), fit_kind, pre)
+        if self.n_keep < len(self.mov):
+            m, it2 = self.run(m, self.n_keep, fit_kind, pre)
+            it += it2
+        return m, it
+
+    def run(self, m: np.ndarray, k: int, fit_kind: Kind, pre: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Iterate pairing and refitting on the ``k`` closest pairs; ``pre``: a fixed linear map applied first."""
+        src = self.mov if pre is None else self.mov @ pre.T
+        prev, it = np.inf, 0
+        for it in range(1, self.max_iter + 1):  # noqa: B007
+            dist, idx = self.tree.query(apply_transform(m, self.mov))
+            keep = np.argpartition(dist, k - 1)[:k] if k < len(dist) else np.arange(len(dist))
+            m = fit_transform(src[keep], self.fix[idx[keep]], kind=fit_kind)
+            if pre is not None:
+                m = m @ _linear(pre)
+            rmse = float(np.sqrt(np.mean(dist[keep] ** 2)))
+            if abs(prev - rmse) <= self.tol * max(rmse, self.floor) or rmse <= self.floor:
+                break
+            prev = rmse
+        return m, it
+
+    def residual(self, m: np.ndarray) -> float:
+        """Trimmed RMS distance of the moved points to their nearest fixed points."""
+        dist, _ = self.tree.query(apply_transform(m, self.mov))
+        return float(np.sqrt(np.mean(np.sort(dist)[: self.n_keep] ** 2)))
 
 
 def _to_spatialdata_transform(matrix: np.ndarray):
@@ -379,9 +423,74 @@ def _host(sdata: Any, table_key: str | None, key_added: str, cs: str) -> tuple[T
     return TableContext(sdata, new, key_added, None, None, None, None, cs), new
 
 
+@overload
+def register(
+    sdata: None,
+    moving: str | np.ndarray,
+    fixed: str | np.ndarray | None = ...,
+    *,
+    landmarks: tuple[Any, Any] | None = ...,
+    kind: Kind = ...,
+    elements: Sequence[str] | None = ...,
+    coordinate_system: str | None = ...,
+    fixed_coordinate_system: str | None = ...,
+    target_coordinate_system: str = ...,
+    icp_kwargs: dict[str, Any] | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: bool = ...,
+) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def register(
+    sdata: SpatialData,
+    moving: str | np.ndarray,
+    fixed: str | np.ndarray | None = ...,
+    *,
+    landmarks: tuple[Any, Any] | None = ...,
+    kind: Kind = ...,
+    elements: Sequence[str] | None = ...,
+    coordinate_system: str | None = ...,
+    fixed_coordinate_system: str | None = ...,
+    target_coordinate_system: str = ...,
+    icp_kwargs: dict[str, Any] | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+) -> None: ...
+@overload
+def register(
+    sdata: SpatialData,
+    moving: str | np.ndarray,
+    fixed: str | np.ndarray | None = ...,
+    *,
+    landmarks: tuple[Any, Any] | None = ...,
+    kind: Kind = ...,
+    elements: Sequence[str] | None = ...,
+    coordinate_system: str | None = ...,
+    fixed_coordinate_system: str | None = ...,
+    target_coordinate_system: str = ...,
+    icp_kwargs: dict[str, Any] | None = ...,
+    table_key: str | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+) -> SpatialData: ...
+@validate_params(
+    moving=Instance((str, *_ARRAY)),
+    fixed=[Instance((str, *_ARRAY)), None],
+    landmarks=[Instance((tuple, list)), None],
+    kind=Options(_KINDS),
+    elements=[Instance((list, tuple)), None],
+    coordinate_system=[Instance((str,)), None],
+    fixed_coordinate_system=[Instance((str,)), None],
+    target_coordinate_system=Instance((str,)),
+    icp_kwargs=[Instance((dict,)), None],
+    table_key=[Instance((str,)), None],
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+)
 @inject_docs()
 def register(
-    sdata: Any,
+    sdata: SpatialData | None,
     moving: str | np.ndarray,
     fixed: str | np.ndarray | None = None,
     *,
@@ -393,9 +502,9 @@ def register(
     target_coordinate_system: str = "aligned",
     icp_kwargs: dict[str, Any] | None = None,
     table_key: str | None = None,
-    key_added: str = "stmap_registration",
+    key_added: str = Key.default.registration,
     copy: bool = False,
-) -> Any:
+) -> SpatialData | tuple[np.ndarray, dict[str, Any]] | None:
     """Register a section (or any point cloud) onto another: a transform to a new coordinate system, no resampling.
 
     With ``landmarks`` the transform is the least-squares fit of the landmark pairs (:func:`fit_transform`);
@@ -453,13 +562,13 @@ def register(
         raise StmapInputError("Pass `fixed=` (an element or points to register onto) or `landmarks=`.")
     if sdata is None and any(isinstance(x, str) for x in (moving, fixed)):
         raise StmapInputError("Element names need `sdata`; pass arrays with sdata=None.")
-    _check_kind(kind, 2)
+    _check_icp_kwargs(icp_kwargs)
     mov, cs_m = _coords_of(sdata, moving, coordinate_system, "moving")
-    fix, cs_f = (
-        (None, fixed_coordinate_system) if fixed is None else _coords_of(sdata, fixed, fixed_coordinate_system, "fixed")
-    )
-    if fix is not None and fix.shape[1] != mov.shape[1]:
-        raise StmapInputError(f"moving is {mov.shape[1]}D but fixed is {fix.shape[1]}D.")
+    fix, cs_f = (None, fixed_coordinate_system)
+    if fixed is not None:
+        fix, cs_f = _coords_of(sdata, fixed, fixed_coordinate_system, "fixed")
+        if fix.shape[1] != mov.shape[1]:
+            raise StmapInputError(f"moving is {mov.shape[1]}D but fixed is {fix.shape[1]}D.")
     if landmarks is not None:
         a, b = _landmark_arrays(sdata, landmarks, cs_m, cs_f)
         if a.shape[1] != mov.shape[1]:
@@ -468,6 +577,7 @@ def register(
         rmse = float(np.sqrt(np.mean(((apply_transform(matrix, a) - b) ** 2).sum(1))))
         method = "landmarks"
     else:
+        assert fix is not None  # fixed or landmarks, checked above
         matrix, info = icp(mov, fix, kind=kind, **(icp_kwargs or {}))
         rmse, method = info["rmse"], "icp"
     summary = {
@@ -481,52 +591,104 @@ def register(
     if sdata is None:
         return matrix, summary
 
-    # elements that receive the transform
-    from spatialdata.transformations import Sequence as Seq
-    from spatialdata.transformations import get_transformation
-
-    if not isinstance(moving, str) and elements is None:
-        raise StmapInputError("With an array `moving`, pass `elements=` to receive the transformation.")
-    from .._core._resolve import _element_coordinate_systems
-
-    if elements is None:
-        elements = [moving]
-    elements = list(elements)
-    if cs_m is None and coordinate_system is None:  # an array `moving`: the frame the tools choose for the element
-        from .._core._points import _pick_cs
-
-        _element_kind(sdata, elements[0])
-        cs_m = _pick_cs(sdata, sdata[elements[0]], elements[0], None)
-    cs_m = cs_m or coordinate_system
-    for n in elements:
-        _element_kind(sdata, n)
-        if cs_m not in _element_coordinate_systems(sdata[n]):
-            raise StmapInputError(f"Element {n!r} has no transformation to {cs_m!r}, the moving coordinate system.")
+    elements, cs_m = _receivers(sdata, moving, elements, coordinate_system, cs_m)
     ctx, new_table = _host(sdata, table_key, key_added, cs_m)
-    t_add = _to_spatialdata_transform(matrix)
     res = Results(ctx, key_added, {"kind": kind, "method": method, "icp_kwargs": icp_kwargs or {}})
     for n in elements:
-        res.transformation(
-            n, target_coordinate_system, Seq([get_transformation(sdata[n], to_coordinate_system=cs_m), t_add])
-        )
+        res.transformation(n, target_coordinate_system, _composed(sdata, n, cs_m, matrix))
     if isinstance(fixed, str) and target_coordinate_system != cs_f:
+        from spatialdata.transformations import get_transformation
+
         res.transformation(fixed, target_coordinate_system, get_transformation(sdata[fixed], to_coordinate_system=cs_f))
     if new_table is not None:
         res.table(key_added, new_table)
-    res.uns(
-        key_added,
-        summary
-        | {"elements": elements, "coordinate_system": cs_m, "target_coordinate_system": target_coordinate_system},
-    )
+    where = {"elements": elements, "coordinate_system": cs_m, "target_coordinate_system": target_coordinate_system}
+    res.uns(key_added, summary | where)
     start = logg.info(f"registered {summary['moving']!r} onto {summary['fixed']!r} ({kind}, {method}, rmse {rmse:.4g})")
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added {res.written}")
     return out
 
 
+def _check_icp_kwargs(icp_kwargs: dict[str, Any] | None) -> None:
+    unknown = sorted(set(icp_kwargs or {}) - set(_ICP_KWARGS))
+    if unknown:
+        raise StmapInputError(f"icp_kwargs has unknown options {unknown}; use {', '.join(_ICP_KWARGS)}.")
+
+
+def _receivers(
+    sdata: Any, moving: Any, elements: Sequence[str] | None, coordinate_system: str | None, cs_m: str | None
+) -> tuple[list[str], str]:
+    """The elements receiving the transformation and the moving coordinate system they all must have."""
+    from .._core._resolve import _element_coordinate_systems
+
+    if not isinstance(moving, str) and elements is None:
+        raise StmapInputError("With an array `moving`, pass `elements=` to receive the transformation.")
+    names = [moving] if elements is None else list(elements)
+    if cs_m is None and coordinate_system is None:  # an array `moving`: the frame the tools choose for the element
+        from .._core._points import _pick_cs
+
+        _element_kind(sdata, names[0])
+        cs_m = _pick_cs(sdata, sdata[names[0]], names[0], None)
+    cs = cs_m or coordinate_system
+    assert cs is not None  # from the element or given
+    for n in names:
+        _element_kind(sdata, n)
+        if cs not in _element_coordinate_systems(sdata[n]):
+            raise StmapInputError(f"Element {n!r} has no transformation to {cs!r}, the moving coordinate system.")
+    return names, cs
+
+
+def _composed(sdata: Any, name: str, cs: str, matrix: np.ndarray) -> Any:
+    """The element's transformation to ``cs`` followed by ``matrix``."""
+    from spatialdata.transformations import Sequence as Seq
+    from spatialdata.transformations import get_transformation
+
+    return Seq([get_transformation(sdata[name], to_coordinate_system=cs), _to_spatialdata_transform(matrix)])
+
+
+@overload
+def align_sections(
+    sdata: SpatialData,
+    sections: Sequence[str],
+    *,
+    reference: str | None = ...,
+    kind: Kind = ...,
+    chain: bool = ...,
+    coordinate_system: str | None = ...,
+    target_coordinate_system: str = ...,
+    icp_kwargs: dict[str, Any] | None = ...,
+    key_added: str = ...,
+    copy: Literal[False] = ...,
+) -> None: ...
+@overload
+def align_sections(
+    sdata: SpatialData,
+    sections: Sequence[str],
+    *,
+    reference: str | None = ...,
+    kind: Kind = ...,
+    chain: bool = ...,
+    coordinate_system: str | None = ...,
+    target_coordinate_system: str = ...,
+    icp_kwargs: dict[str, Any] | None = ...,
+    key_added: str = ...,
+    copy: Literal[True],
+) -> SpatialData: ...
+@validate_params(
+    sections=Instance((list, tuple)),
+    reference=[Instance((str,)), None],
+    kind=Options(_KINDS),
+    chain=Instance((bool,)),
+    coordinate_system=[Instance((str,)), None],
+    target_coordinate_system=Instance((str,)),
+    icp_kwargs=[Instance((dict,)), None],
+    key_added=Instance((str,)),
+    copy=Instance((bool,)),
+)
 @inject_docs()
 def align_sections(
-    sdata: Any,
+    sdata: SpatialData,
     sections: Sequence[str],
     *,
     reference: str | None = None,
@@ -535,9 +697,9 @@ def align_sections(
     coordinate_system: str | None = None,
     target_coordinate_system: str = "aligned",
     icp_kwargs: dict[str, Any] | None = None,
-    key_added: str = "stmap_alignment",
+    key_added: str = Key.default.alignment,
     copy: bool = False,
-) -> Any:
+) -> SpatialData | None:
     """Align serial sections to each other by ICP on their points, written as transformations (nothing resampled).
 
     Each section's points (points, shape or label centroids) are registered onto the previous, already aligned
@@ -577,9 +739,6 @@ def align_sections(
     StmapInputError
         Fewer than two sections, unknown elements/reference. Nothing is written.
     """
-    from spatialdata.transformations import Sequence as Seq
-    from spatialdata.transformations import get_transformation
-
     if not is_spatialdata(sdata):
         raise TypeError(f"sdata must be a SpatialData, got {type(sdata).__name__}.")
     sections = list(sections)
@@ -591,29 +750,16 @@ def align_sections(
         reference = sections[len(sections) // 2]
     if reference not in sections:
         raise unknown_key("Reference section", reference, sections, "sections")
+    _check_icp_kwargs(icp_kwargs)
     coords, css = {}, {}
     for s in sections:
         coords[s], css[s] = _coords_of(sdata, s, coordinate_system, "section")
-    r = sections.index(reference)
-    d = coords[reference].shape[1]
-    mats = {reference: np.eye(d + 1)}
-    rmse = {reference: 0.0}
-    order = [(i, i + 1) for i in range(r - 1, -1, -1)] + [(i, i - 1) for i in range(r + 1, len(sections))]
     start = logg.info(f"aligning {len(sections)} sections onto {reference!r} ({kind})")
-    for i, j in order:  # section i onto its neighbour j (already aligned) or onto the reference
-        s = sections[i]
-        tgt = sections[j] if chain else reference
-        fixed_pts = apply_transform(mats[tgt], coords[tgt])
-        m, info = icp(coords[s], fixed_pts, kind=kind, **(icp_kwargs or {}))
-        mats[s], rmse[s] = m, info["rmse"]
+    mats, rmse = _chain_icp(sections, reference, coords, kind, chain, icp_kwargs or {})
     ctx, new_table = _host(sdata, None, key_added, css[reference] or Key.cs)
     res = Results(ctx, key_added, {"kind": kind, "chain": chain, "icp_kwargs": icp_kwargs or {}})
     for s in sections:
-        res.transformation(
-            s,
-            target_coordinate_system,
-            Seq([get_transformation(sdata[s], to_coordinate_system=css[s]), _to_spatialdata_transform(mats[s])]),
-        )
+        res.transformation(s, target_coordinate_system, _composed(sdata, s, css[s] or Key.cs, mats[s]))
     res.table(key_added, new_table)
     res.uns(
         key_added,
@@ -628,3 +774,26 @@ def align_sections(
     out = res.commit(copy)
     logg.info("    finished", time=start, deep=f"added {res.written}")
     return out
+
+
+def _chain_icp(
+    sections: list[str],
+    reference: str,
+    coords: dict[str, np.ndarray],
+    kind: Kind,
+    chain: bool,
+    icp_kwargs: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Each section onto its aligned neighbour towards the reference (``chain``) or onto the reference."""
+    r = sections.index(reference)
+    d = coords[reference].shape[1]
+    mats = {reference: np.eye(d + 1)}
+    rmse = {reference: 0.0}
+    order = [(i, i + 1) for i in range(r - 1, -1, -1)] + [(i, i - 1) for i in range(r + 1, len(sections))]
+    for i, j in order:  # section i onto its neighbour j (already aligned) or onto the reference
+        s = sections[i]
+        tgt = sections[j] if chain else reference
+        fixed_pts = apply_transform(mats[tgt], coords[tgt])
+        m, info = icp(coords[s], fixed_pts, kind=kind, **icp_kwargs)
+        mats[s], rmse[s] = m, info["rmse"]
+    return mats, rmse
