@@ -402,9 +402,11 @@ def gene_maps(
     """Predict per-pixel gene expression on the H&E: a new image element with one channel per gene.
 
     With ``model`` (from :func:`stmap.tl.train_gene_maps`, or :meth:`stmap.tl.GeneMapModel.load`), the model's
-    genes are predicted on this section or image: nothing is trained, the training parameters below are the
-    model's (those given here are not used) and its priors are computed from this table's spots. Without a model,
-    one is trained on this section first (:func:`stmap.tl.train_gene_maps` with the same parameters), then applied.
+    genes are predicted on this section or image and nothing is trained: ``genes``, ``normalize`` and the training
+    settings (``tile_px`` to ``lr``, ``prior``) are the model's, those given here are not used; ``layer`` names this
+    table's counts, ``scale`` defaults to the model's working pixel size, and the priors come from this table's
+    spots. Without a model, one is trained on this section first (:func:`stmap.tl.train_gene_maps` with the same
+    parameters), then applied.
     The maps are predicted over the whole image, streamed through overlapping tiles
     (:func:`stmap.tl.predict_maps`).
 
