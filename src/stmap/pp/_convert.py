@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from anndata import AnnData
 
 from .._core import Key, StmapInputError, affine_matrix, make_circles, make_image, make_table, new_spatialdata, resolve
+from .._core._params import Instance, Interval, validate_params
 from .._core._resolve import _legacy_library
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["to_spatialdata"]
 
 
+@validate_params(
+    adata=Instance((AnnData,)),
+    spatial_key=Instance((str,)),
+    library_id=[Instance((str,)), None],
+    mpp=[Interval(float, 0, None, "neither"), None],
+    spot_diameter=[Interval(float, 0, None, "neither"), None],
+    table_key=Instance((str,)),
+    region=Instance((str,)),
+)
 def to_spatialdata(
     adata: AnnData,
     *,
@@ -20,7 +35,7 @@ def to_spatialdata(
     spot_diameter: float | None = None,
     table_key: str = "table",
     region: str = "spots",
-):
+) -> SpatialData:
     """Turn an AnnData with ``obsm['spatial']`` (and legacy ``uns['spatial']`` images) into a SpatialData.
 
     Spots become circles (diameter from ``uns['spatial'][library_id]['scalefactors']['spot_diameter_fullres']`` or
@@ -54,7 +69,7 @@ def to_spatialdata(
         Duplicated obs names (fix: ``adata.obs_names_make_unique()``), no spot diameter, an invalid ``mpp``;
         ``adata`` is untouched.
     """
-    if isinstance(adata, AnnData) and not adata.obs_names.is_unique:
+    if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()].unique()
         raise StmapInputError(
             f"adata has {int(adata.obs_names.duplicated().sum())} duplicated obs name(s) (e.g. "
@@ -71,8 +86,6 @@ def to_spatialdata(
             "Spot diameter unknown: adata.uns['spatial'][library]['scalefactors'] has no 'spot_diameter_fullres'; "
             "pass `spot_diameter=` in obsm['spatial'] units."
         )
-    if mpp is not None and (not np.isfinite(mpp) or mpp <= 0):
-        raise StmapInputError(f"mpp must be a positive number of micrometres per unit, got {mpp!r}.")
     scale = 1.0 if mpp is None else float(mpp)
     table = adata.copy()
     ids = np.asarray(table.obs_names)

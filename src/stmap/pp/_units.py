@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from stmap._core import StmapInputError, resolve
 from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
+from stmap._core._params import Instance, validate_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["coordinate_units"]
 
 
+@validate_params(
+    table_key=[Instance((str,)), None],
+    coordinate_system=[Instance((str,)), None],
+    record=Instance((bool,)),
+)
 @inject_docs()
 def coordinate_units(
     sdata: SpatialData | AnnData,
