@@ -10,12 +10,15 @@ Inputs containing NaN are not cleaned: NaN propagates to the entries it touches.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from stmap._core._params import Instance, Interval, Options, validate_params
 
 __all__ = [
     "assignment_accuracy",
@@ -139,6 +142,7 @@ def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
     return _rowwise_pearson(rankdata(p, axis=0).T, rankdata(t, axis=0).T)
 
 
+@validate_params(axis=[Options({0, 1}), None])
 def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarray:
     """Root mean squared error.
 
@@ -154,13 +158,11 @@ def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarra
     The RMSE (NaN if any entry involved is NaN).
     """
     p, t = _pair(pred, truth)
-    if axis not in (None, 0, 1):
-        raise ValueError(f"`axis` must be None, 0 or 1, got {axis!r}.")
     out = np.sqrt(np.mean((p - t) ** 2, axis=axis))
     return float(out) if axis is None else out
 
 
-def jsd(p: Any, q: Any) -> np.ndarray:
+def jsd(p: Any, q: Any) -> np.ndarray | float:
     """Row-wise Jensen-Shannon divergence in bits (base 2, so it lies in ``[0, 1]``).
 
     Each row is normalised to sum to 1 first; ``0 log 0 = 0``.
@@ -214,7 +216,7 @@ def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
         warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN -> NaN, documented
         return {
             "pearson": float(np.nanmean(pearson_per_spot(p, t))),
-            "rmse": rmse(p, t),
+            "rmse": float(rmse(p, t)),
             "jsd": float(np.nanmean(jsd(p, t))),
         }
 
@@ -320,6 +322,10 @@ def f1(y_true: Any, y_pred: Any) -> float:
     return float("nan") if den == 0 else float(2 * tp / den)
 
 
+@validate_params(
+    seed=[Interval(int, 0, 2**32 - 1), None],
+    covariance_type=Options({"full", "tied", "diag", "spherical"}),
+)
 def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "full") -> float:
     """Threshold separating the two components of a 1D two-component Gaussian mixture fitted to ``scores``.
 
@@ -334,7 +340,8 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
         Seed of :class:`sklearn.mixture.GaussianMixture`.
     covariance_type
         ``'full'`` (each component its own width) or ``'tied'`` (one shared width: the upper component cannot
-        absorb the tail of the lower one, e.g. for probabilities piled up near 0 and 1).
+        absorb the tail of the lower one, e.g. for probabilities piled up near 0 and 1); ``'diag'`` and
+        ``'spherical'`` equal ``'full'`` in 1D.
 
     Returns
     -------
@@ -359,6 +366,10 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
     return float(grid[cross[0]])
 
 
+@validate_params(
+    data_range=[Interval(float, 0, None, "neither"), None],
+    channel_axis=[Instance((numbers.Integral,)), None],
+)
 def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis: int | None = None) -> float:
     """Structural similarity (:func:`skimage.metrics.structural_similarity`).
 
@@ -426,6 +437,7 @@ def _class_probs(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     return p / ps, t / ts
 
 
+@validate_params(eps=Interval(float, 0, 1, "neither"))
 def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
     """Mean cross-entropy ``-sum_k t_k log p_k`` of predicted class probabilities against the true proportions.
 

@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from stmap.models._train import fit, load_checkpoint, save_checkpoint  # noqa: E402
+from stmap.models import fit, load_checkpoint, save_checkpoint  # noqa: E402
 
 
 class _Lin(torch.nn.Module):

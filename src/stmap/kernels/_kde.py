@@ -25,6 +25,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from stmap._core._params import Instance, Interval, Options, validate_params
+
 __all__ = ["linear_binning", "gaussian_smooth", "kde_grid", "kde_direct", "gaussian_kernel_1d", "estimate_grid_bytes"]
 
 Norm = Literal["density", "counts", "cells_per_voxel"]
@@ -154,6 +156,11 @@ def _row_blocks(hist: np.ndarray, n_blocks: int) -> np.ndarray:
     return starts
 
 
+@validate_params(
+    weights=[Instance((np.ndarray,)), None],
+    out=[Instance((np.ndarray,)), None],
+    n_blocks=[Interval(int, 1, None), None],
+)
 def linear_binning(
     coords: np.ndarray,
     lo: Sequence[float],
@@ -214,8 +221,29 @@ def linear_binning(
 # ---------------------------------------------------------------------------------------------------------------------
 # smoothing
 # ---------------------------------------------------------------------------------------------------------------------
+@validate_params(
+    sigma=Interval(float, 0, None, "neither"),
+    step=Interval(float, 0, None, "neither"),
+    truncate=Interval(float, 0, None, "neither"),
+)
 def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: Any = np.float64) -> np.ndarray:
-    """Half of a sampled Gaussian density ``k[m] = N(m * step; 0, sigma**2)``, ``m = 0..ceil(truncate*sigma/step)``."""
+    """Half of a sampled Gaussian density ``k[m] = N(m * step; 0, sigma**2)``, ``m = 0..ceil(truncate*sigma/step)``.
+
+    Parameters
+    ----------
+    sigma
+        Standard deviation, in coordinate units.
+    step
+        Sample spacing, in coordinate units.
+    truncate
+        Support in standard deviations.
+    dtype
+        Output dtype.
+
+    Returns
+    -------
+    ``k[0..r]``, ``r = max(1, ceil(truncate * sigma / step))`` (the kernel is symmetric: ``k[-m] = k[m]``).
+    """
     s = sigma / step
     r = max(1, int(math.ceil(truncate * s)))
     m = np.arange(r + 1, dtype=np.float64)
@@ -303,18 +331,21 @@ def _fft_axis(a: np.ndarray, k: np.ndarray, axis: int, workers: int) -> None:
     per = a.nbytes // a.shape[other] * 2 * L // n
     chunk = max(1, int(64e6 // max(per, 1)))
     for s in range(0, a.shape[other], chunk):
-        sl = [slice(None)] * a.ndim
-        sl[other] = slice(s, s + chunk)
-        sl = tuple(sl)
+        sl = tuple(slice(s, s + chunk) if ax == other else slice(None) for ax in range(a.ndim))
         f = sfft.rfft(a[sl], n=L, axis=axis, workers=workers)
         f *= kf
         res = sfft.irfft(f, n=L, axis=axis, workers=workers)
         a[sl] = np.take(res, np.arange(n), axis=axis)
 
 
+@validate_params(
+    truncate=Interval(float, 0, None, "neither"),
+    method=Options({"auto", "fir", "fft"}),
+    scale=Interval(float, None, None),
+)
 def gaussian_smooth(
     grid: np.ndarray,
-    sigma: float | Sequence[float],
+    sigma: float | Sequence[float] | np.ndarray,
     step: float | Sequence[float] = 1.0,
     *,
     truncate: float = 4.0,
@@ -379,11 +410,18 @@ def gaussian_smooth(
 # ---------------------------------------------------------------------------------------------------------------------
 # KDE
 # ---------------------------------------------------------------------------------------------------------------------
+@validate_params(n_grids=Interval(int, 0, None))
 def estimate_grid_bytes(shape: Sequence[int], dtype: Any = np.float64, n_grids: int = 1) -> int:
     """Bytes needed to hold ``n_grids`` grids of ``shape`` (plus one working grid)."""
     return int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize * (n_grids + 1))
 
 
+@validate_params(
+    norm=Options({"density", "counts", "cells_per_voxel"}),
+    truncate=Interval(float, 0, None, "neither"),
+    method=Options({"auto", "fir", "fft"}),
+    bias_correction=Instance((bool,)),
+)
 def kde_grid(
     coords: Any,
     bandwidth: float | Sequence[float],
@@ -429,8 +467,6 @@ def kde_grid(
     ``(grid, n_dropped, total_weight)``: the estimate, the number of points outside the grid (skipped), and the
     total weight of the points that were used.
     """
-    if norm not in ("density", "counts", "cells_per_voxel"):
-        raise ValueError(f"norm must be 'density', 'counts' or 'cells_per_voxel', got {norm!r}.")
     grid = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
     dropped = 0
     if type(coords).__module__.startswith("dask"):

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from stmap._core._device import resolve_verbose, torch_threads
+from stmap._core._params import Instance, Interval, validate_params
+
 __all__ = ["fit", "FitHistory", "save_checkpoint", "load_checkpoint"]
 
 
@@ -40,6 +43,19 @@ class FitHistory:
     stopped_early: bool = False
 
 
+@validate_params(
+    epochs=Interval(int, 0, None),
+    batch_size=Interval(int, 1, None),
+    lr=Interval(float, 0, None, "neither"),
+    weight_decay=Interval(float, 0, None),
+    seed=[Interval(int, 0, None), None],
+    patience=[Interval(int, 1, None), None],
+    min_delta=Interval(float, 0, None),
+    shuffle=Instance((bool,)),
+    drop_last=Instance((bool,)),
+    verbose=[Instance((bool,)), None],
+    desc=Instance((str,)),
+)
 def fit(
     model: Any,
     step: Callable[[Any, Any, int], Any],
@@ -51,13 +67,13 @@ def fit(
     weight_decay: float = 0.0,
     optimizer: Any = None,
     seed: int | None = 0,
-    device: Any = "cpu",
+    device: Any = None,
     patience: int | None = None,
     min_delta: float = 0.0,
     val_step: Callable[[Any], float] | None = None,
     shuffle: bool = True,
     drop_last: bool = False,
-    verbose: bool = False,
+    verbose: bool | None = None,
     desc: str = "training",
     history: FitHistory | None = None,
 ) -> FitHistory:
@@ -77,7 +93,7 @@ def fit(
     seed
         Seeds torch and the batch order: the same seed gives the same weights on CPU.
     device
-        Torch device.
+        Torch device; ``None`` uses :attr:`stmap.settings.device`.
     patience
         Stop when the monitored loss (``val_step`` if given, else the training loss) has not improved by more than
         ``min_delta`` for this many epochs, and restore the best weights. ``None`` trains all epochs.
@@ -88,7 +104,7 @@ def fit(
     shuffle, drop_last
         Batch order and whether an incomplete last batch is dropped (useful for contrastive losses).
     verbose
-        tqdm progress bar over epochs.
+        tqdm progress bar over epochs; ``None`` uses :attr:`stmap.settings.verbose`.
     desc
         Progress bar label.
     history
@@ -114,31 +130,22 @@ def fit(
         torch.manual_seed(int(seed))
     g = torch.Generator().manual_seed(0 if seed is None else int(seed))
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loop = _Loop(model, step, opt, n_samples, batch_size, shuffle, drop_last, g)
     best, best_state, wait = math.inf, None, 0
-    n_batches_full = n_samples // batch_size
-    bar = tqdm(range(epochs), desc=desc, disable=not verbose, leave=False)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(n_samples, generator=g) if shuffle else torch.arange(n_samples)
-        stop = n_batches_full * batch_size if drop_last and n_batches_full > 0 else n_samples
-        total, count = 0.0, 0
-        for s in range(0, stop, batch_size):
-            idx = order[s : min(s + batch_size, stop)]
-            loss = step(model, idx, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        hist.loss.append(total / max(count, 1))
-        monitored = hist.loss[-1]
-        if val_step is not None:
-            model.eval()
-            with torch.no_grad():
-                monitored = float(val_step(model))
-            hist.val_loss.append(monitored)
-        bar.set_postfix(loss=f"{monitored:.4f}")
-        if patience is not None:
+    with torch_threads():
+        bar = tqdm(range(epochs), desc=desc, disable=not resolve_verbose(verbose), leave=False)
+        for epoch in bar:
+            hist.loss.append(loop.epoch(epoch))
+            monitored = hist.loss[-1]
+            if val_step is not None:
+                model.eval()
+                with torch.no_grad():
+                    monitored = float(val_step(model))
+                hist.val_loss.append(monitored)
+            bar.set_postfix(loss=f"{monitored:.4f}")
+            if patience is None:
+                hist.best_epoch = len(hist.loss) - 1
+                continue
             if monitored < best - min_delta:
                 best, wait, hist.best_epoch = monitored, 0, len(hist.loss) - 1
                 best_state = copy.deepcopy(model.state_dict())
@@ -147,12 +154,44 @@ def fit(
                 if wait >= patience:
                     hist.stopped_early = True
                     break
-        else:
-            hist.best_epoch = len(hist.loss) - 1
     if patience is not None and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return hist
+
+
+@dataclass
+class _Loop:
+    """One epoch of mini-batch training: the batch order, the steps and the epoch's mean loss."""
+
+    model: Any
+    step: Callable[[Any, Any, int], Any]
+    opt: Any
+    n_samples: int
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    generator: Any
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch; the sample-weighted mean loss of its batches."""
+        import torch
+
+        self.model.train()
+        n, bs = self.n_samples, self.batch_size
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        n_full = n // bs
+        stop = n_full * bs if self.drop_last and n_full > 0 else n
+        total, count = 0.0, 0
+        for s in range(0, stop, bs):
+            idx = order[s : min(s + bs, stop)]
+            loss = self.step(self.model, idx, epoch)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        return total / max(count, 1)
 
 
 def save_checkpoint(
@@ -208,7 +247,7 @@ def load_checkpoint(
     path: str | Path,
     cls: Any,
     *,
-    device: Any = "cpu",
+    device: Any = None,
     kind: str | None = None,
     required: tuple[str, ...] = (),
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -226,7 +265,7 @@ def load_checkpoint(
     cls
         The module class; rebuilt as ``cls(**config)``.
     device
-        Torch device the model is moved to.
+        Torch device the model is moved to; ``None`` uses :attr:`stmap.settings.device`.
     kind
         Name of the model class the file must hold (as given to :func:`save_checkpoint`); used in the messages.
     required
