@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -153,7 +153,7 @@ class TableContext:
     @property
     def sdata(self) -> SpatialData | None:
         """The SpatialData, or ``None`` when a plain AnnData was given."""
-        return None if isinstance(self.data, AnnData) else self.data
+        return cast("SpatialData", self.data) if is_spatialdata(self.data) else None
 
     @property
     def element(self) -> Any:

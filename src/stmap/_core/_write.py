@@ -261,7 +261,7 @@ class Results:
 
     def _copy_target(self) -> SpatialData | AnnData:
         data = self.ctx.data
-        if isinstance(data, AnnData):
+        if not is_spatialdata(data):
             return data.copy()
         from spatialdata import SpatialData
 
@@ -282,7 +282,7 @@ class Results:
         """Map ids of the user's tables to the tables of ``target`` (themselves unless copied)."""
         if not copy:
             return {}
-        if isinstance(target, AnnData) or isinstance(self.ctx.data, AnnData):
+        if isinstance(target, AnnData) or isinstance(self.ctx.data, AnnData):  # (both, or neither)
             return {id(self.ctx.adata): target}
         src = self.ctx.data.tables
         return {id(src[k]): target.tables[k] for k in src}
