@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,11 @@ from anndata import AnnData
 from ._constants import Key
 from ._errors import StmapInputError, unknown_key
 from ._platform import choose_coordinate_system
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from spatialdata import SpatialData
+
 from ._resolve import ElementType, TableContext, _element_coordinate_systems, _get_indexer, is_spatialdata
 
 __all__ = ["PointsContext", "resolve_points", "grid_transformation", "image_grid"]
@@ -45,8 +50,8 @@ class PointsContext:
         Human-readable description of where the points came from.
     """
 
-    data: Any
-    coords: Any
+    data: SpatialData | AnnData | np.ndarray | da.Array
+    coords: np.ndarray | da.Array
     annotations: pd.DataFrame
     coordinate_system: str
     host: TableContext | None
@@ -110,7 +115,7 @@ def _columns(frame: pd.DataFrame | None, table: AnnData | None, columns: Sequenc
     return list(columns)
 
 
-def _finite(coords: np.ndarray, what: str) -> None:
+def _finite(coords: np.ndarray | da.Array, what: str) -> None:
     if not isinstance(coords, np.ndarray):
         return
     bad = ~np.isfinite(coords).all(axis=1)
@@ -122,7 +127,7 @@ def _finite(coords: np.ndarray, what: str) -> None:
 
 
 def resolve_points(
-    data: Any,
+    data: SpatialData | AnnData | np.ndarray | da.Array,
     *,
     points_key: str | None = None,
     table_key: str | None = None,
@@ -188,7 +193,7 @@ def resolve_points(
         return _from_table_obsm(data, data, host, spatial_key, columns, "adata")
     if not is_spatialdata(data):
         raise TypeError(f"Expected SpatialData, AnnData or an (n, d) array, got {type(data).__name__}.")
-    sdata = data
+    sdata = cast("SpatialData", data)
     if points_key is None and table_key is None:
         candidates = list(sdata.points)
         if len(candidates) != 1:
