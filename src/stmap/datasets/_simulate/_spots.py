@@ -197,8 +197,8 @@ def _hex_grid(
     pitch = spacing * np.sqrt(3.0) / 2.0
     rows = np.arange(-1, int(np.ceil((ymax - ymin) / pitch)) + 2)
     cols = np.arange(-1, int(np.ceil((xmax - xmin) / spacing)) + 2)
-    r, c = np.meshgrid(rows, cols, indexing="ij")
-    r, c = r.ravel(), c.ravel()
+    r2, c2 = np.meshgrid(rows, cols, indexing="ij")
+    r, c = r2.ravel(), c2.ravel()
     odd = np.mod(r, 2)
     x = xmin + c * spacing + odd * spacing / 2.0
     y = ymin + r * pitch

@@ -281,7 +281,7 @@ def _cells(
     gen: np.random.Generator, genes: _Genes, xy: np.ndarray, cell_region: np.ndarray, dispersion: float
 ) -> tuple[AnnData, np.ndarray]:
     """Cell types from each region's mixture; negative-binomial counts from type and region programs."""
-    n_cells = xy.shape[0]
+    n_cells = int(xy.shape[0])
     cum = np.cumsum(_COMPOSITION[cell_region], axis=1)
     ctype = np.minimum((gen.random(n_cells)[:, None] > cum).sum(axis=1), len(CELL_TYPES) - 1)
     prof = genes.base[None, :] * genes.type_fx[ctype] * genes.reg_fx[cell_region]

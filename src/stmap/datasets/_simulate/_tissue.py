@@ -200,7 +200,7 @@ def _mixtures(gen: np.random.Generator, types: pd.Categorical, n_domains: int, c
 
 def _draw_cells(gen: np.random.Generator, types: pd.Categorical, mix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A type for each cell from its domain's mixture (rows of ``mix``), then a random reference cell of that type."""
-    n_cells, n_types = mix.shape
+    n_cells, n_types = int(mix.shape[0]), int(mix.shape[1])
     u = gen.random(n_cells)
     cell_type = np.minimum((u[:, None] > np.cumsum(mix, axis=1)).sum(axis=1), n_types - 1)
     order = np.argsort(types.codes, kind="stable")
