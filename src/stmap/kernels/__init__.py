@@ -1,14 +1,31 @@
-"""stmap.kernels: numba kernels on plain arrays (KDE binning + separable Gaussian convolution, capacity assignment)."""
+"""stmap.kernels: numba kernels on plain arrays (KDE binning + separable Gaussian convolution, capacity assignment).
 
-from ._assign import capacity_assign, largest_remainder
-from ._kde import gaussian_kernel_1d, gaussian_smooth, kde_direct, kde_grid, linear_binning
+Names are imported on first use, so that ``import stmap`` does not load numba.
+"""
 
-__all__ = [
-    "linear_binning",
-    "gaussian_smooth",
-    "gaussian_kernel_1d",
-    "kde_grid",
-    "kde_direct",
-    "capacity_assign",
-    "largest_remainder",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "linear_binning": "._kde",
+    "gaussian_smooth": "._kde",
+    "gaussian_kernel_1d": "._kde",
+    "kde_grid": "._kde",
+    "kde_direct": "._kde",
+    "capacity_assign": "._assign",
+    "largest_remainder": "._assign",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
