@@ -91,8 +91,9 @@ def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list
         for seed in seeds:
 
             def fn(srcs=srcs, modality=modality, seed=seed):
-                model = st.tl.train_ctr(srcs, label_key=LABEL, positive=1.0, modality=modality, seed=seed,
-                                        verbose=False)  # fmt: skip
+                model = st.tl.train_ctr(
+                    srcs, label_key=LABEL, positive=1.0, modality=modality, seed=seed, verbose=False
+                )
                 res = st.tl.detect_ctr(tgt, model, table_key=target, copy=True)
                 return res.tables[target].obs["stmap_ctr_prob"].to_numpy(), model.info["train_seconds"]
 

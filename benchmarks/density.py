@@ -199,7 +199,7 @@ def starmap_ranking(data_dir: str | None) -> tuple[list[Run], dict]:
 
 
 def rank_300() -> Run:
-    from stmap.tl._rank import density_scores
+    from stmap.tl import density_scores
 
     rng = np.random.default_rng(0)
     shape = (132, 80, 114)

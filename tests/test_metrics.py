@@ -194,3 +194,26 @@ class TestImages:
         assert m.relative_l2(np.ones(2), np.zeros(2)) == np.inf
         with pytest.raises(ValueError, match="same shape"):
             m.relative_l2(np.ones(2), np.ones(3))
+
+
+def _cases(*funcs):
+    """Every invalid value generated from the functions' declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(f, name, value, id=f"{f.__name__}-{name}-{i}")
+        for f in funcs
+        for name, spec in f.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+@pytest.mark.parametrize(("func", "name", "value"), _cases(m.rmse, m.gmm_threshold, m.ssim, m.cross_entropy))
+def test_invalid_parameter_raises(func, name, value):
+    from stmap import StmapInputError
+
+    a = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])
+    args = {m.rmse: (a, a), m.gmm_threshold: (a.ravel(),), m.ssim: (a, a), m.cross_entropy: (a, a)}[func]
+    with pytest.raises(StmapInputError, match=f"{func.__name__}: {name} must be"):  # a ValueError too
+        func(*args, **{name: value})
+    np.testing.assert_array_equal(a, [[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]])

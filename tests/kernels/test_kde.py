@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from stmap.kernels import gaussian_smooth, kde_direct, kde_grid, linear_binning
+from stmap.kernels import gaussian_kernel_1d, gaussian_smooth, kde_direct, kde_grid, linear_binning
 
 
 def _nodes(lo, step, shape):
@@ -172,3 +172,40 @@ class TestBinning:
     def test_smooth_rejects_non_contiguous(self):
         with pytest.raises(ValueError, match="C-contiguous"):
             gaussian_smooth(np.zeros((10, 10))[:, ::2], 1.0)
+
+
+def _cases(*funcs):
+    """Every invalid value generated from the functions' declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(f, name, value, id=f"{f.__name__}-{name}-{i}")
+        for f in funcs
+        for name, spec in f.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(
+        ("func", "name", "value"), _cases(kde_grid, gaussian_smooth, linear_binning, gaussian_kernel_1d)
+    )
+    def test_invalid_value_raises_untouched(self, func, name, value):
+        from stmap import StmapInputError
+
+        pts = np.random.default_rng(0).normal(size=(30, 2))
+        grid = np.zeros((8, 9))
+        args = {
+            kde_grid: (pts, 1.0, (-3.0, -3.0), (0.75, 0.75), (9, 9)),
+            gaussian_smooth: (grid, 1.0),
+            linear_binning: (pts, (-3.0, -3.0), (0.75, 0.75), (9, 9)),
+            gaussian_kernel_1d: (1.0, 0.5),
+        }[func]
+        before = [np.array(a, copy=True) for a in args]
+        kw = {name: value}
+        if func is gaussian_kernel_1d and name in ("sigma", "step"):
+            args, kw = (), {"sigma": 1.0, "step": 0.5, name: value}
+        with pytest.raises(StmapInputError, match=f"{func.__name__}: {name} must be"):
+            func(*args, **kw)
+        for a, b in zip(args, before, strict=False):
+            np.testing.assert_array_equal(a, b)

@@ -80,3 +80,27 @@ class TestFit:
         torch.save({"x": 1}, tmp_path / "other.pt")
         with pytest.raises(ValueError, match="not a model saved by stmap"):
             load_checkpoint(tmp_path / "other.pt", _Lin)
+
+
+def _cases(func):
+    """Every invalid value generated from the function's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+@pytest.mark.parametrize(("name", "value"), _cases(fit))
+def test_fit_invalid_value_raises_untouched(name, value):
+    from stmap import StmapInputError
+
+    x, y = _data()
+    m = _Lin()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(StmapInputError, match=f"fit: {name} must be"):
+        fit(m, _step(x, y), len(x), **{name: value})
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)  # not a single step taken

@@ -146,3 +146,32 @@ class TestDetectBlobsSpatialData:
         with pytest.raises((StmapInputError, KeyError), match=match):
             st.pp.detect_blobs(sdata, **kw)
         assert list(sdata.points) == [] and list(sdata.tables) == [] and list(sdata.labels) == []
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.detect_blobs))
+    def test_invalid_value_raises_untouched(self, name, value):
+        img, _ = _planted()
+        sdata = _sdata(img)
+        with pytest.raises(StmapInputError, match=f"detect_blobs: {name} must be"):
+            st.pp.detect_blobs(sdata, **{"image_key": "section", name: value})
+        assert list(sdata.points) == [] and list(sdata.tables) == [] and list(sdata.labels) == []
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.detect_blobs))
+    def test_invalid_value_raises_arrays(self, name, value):
+        img, _ = _planted()
+        copy = img.copy()
+        with pytest.raises(StmapInputError, match=f"detect_blobs: {name} must be"):
+            st.pp.detect_blobs(img, **{name: value})
+        np.testing.assert_array_equal(img, copy)

@@ -213,3 +213,61 @@ def test_import_is_light():
     code = "import sys, stmap; stmap.pp.histology_features; stmap.tl; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.histology_features))
+    def test_histology_features_invalid_value_raises_untouched(self, name, value):
+        sdata, _ = _sdata()
+        before = _snapshot(sdata)
+        with pytest.raises(StmapInputError, match=f"histology_features: {name} must be"):
+            st.pp.histology_features(sdata, **{name: value})
+        assert _snapshot(sdata) == before
+
+    @pytest.mark.parametrize(
+        "func", [st.pp.torch_extractor, st.pp.timm_extractor, st.pp.torchvision_extractor], ids=lambda f: f.__name__
+    )
+    def test_extractor_factories_invalid_value_raises(self, func):
+        # checked before the backbone is imported or built: also where timm / torchvision are not installed
+        args = (object(),) if func is st.pp.torch_extractor else ()
+        for name, value in [(p.values[0], p.values[1]) for p in _cases(func)]:
+            with pytest.raises(StmapInputError, match=f"{func.__name__}: {name} must be"):
+                func(*args, **{name: value})
+
+    # conversion and units (no test module of their own)
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.to_spatialdata))
+    def test_to_spatialdata_invalid_value_raises_untouched(self, name, value):
+        import anndata as ad
+
+        adata = ad.AnnData(np.ones((4, 2), dtype=np.float32), obsm={"spatial": np.arange(8.0).reshape(4, 2)})
+        args, kw = ((value,), {}) if name == "adata" else ((adata,), {name: value})
+        with pytest.raises(StmapInputError, match=f"to_spatialdata: {name} must be"):
+            st.pp.to_spatialdata(*args, **{"spot_diameter": 1.0, **kw})
+        assert list(adata.uns) == [] and list(adata.obsm) == ["spatial"]
+
+    def test_to_spatialdata_mpp_recorded(self):
+        import anndata as ad
+
+        adata = ad.AnnData(np.ones((4, 2), dtype=np.float32), obsm={"spatial": np.arange(8.0).reshape(4, 2)})
+        sdata = st.pp.to_spatialdata(adata, spot_diameter=1.0, mpp=2)  # an integer mpp is a number of micrometres
+        assert st.pp.coordinate_units(sdata, "table") == 1.0  # 'global' is in micrometres
+        np.testing.assert_allclose(st._core.resolve(sdata, "table").coords, adata.obsm["spatial"] * 2)
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.coordinate_units))
+    def test_coordinate_units_invalid_value_raises_untouched(self, name, value):
+        sdata, _ = _sdata()
+        attrs = dict(sdata.attrs)
+        with pytest.raises(StmapInputError, match=f"coordinate_units: {name} must be"):
+            st.pp.coordinate_units(sdata, **{name: value})
+        assert dict(sdata.attrs) == attrs

@@ -101,8 +101,9 @@ class TestDetectBlobsNaN:
         h, w = 200, 240
         img = rng.normal(0, 0.05, (h, w))
         yy, xx = np.mgrid[:h, :w]
-        centres = [(60.0 + 50 * i + rng.uniform(-3, 3), 70.0 + 80 * j + rng.uniform(-3, 3)) for i in range(4)
-                   for j in range(2)]  # fmt: skip
+        centres = [
+            (60.0 + 50 * i + rng.uniform(-3, 3), 70.0 + 80 * j + rng.uniform(-3, 3)) for i in range(4) for j in range(2)
+        ]
         for cx, cy in centres:
             img += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 4.0**2))
         return img.astype(np.float32), np.asarray(centres)

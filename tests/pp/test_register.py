@@ -203,3 +203,58 @@ class TestAlignSections:
         with pytest.raises(StmapInputError, match="zz"):
             st.pp.align_sections(sdata, ["section", "atlas"], reference="zz")
         assert list(sdata.tables) == []
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+def _transforms(sdata):
+    return {n: sorted(get_transformation(el, get_all=True)) for _, n, el in sdata.gen_spatial_elements()}
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.register))
+    def test_register_invalid_value_raises_untouched(self, name, value):
+        sdata, _ = _sections()
+        before = _transforms(sdata)
+        kw = {"moving": "section", "fixed": "atlas", name: value}
+        with pytest.raises(StmapInputError, match=f"register: {name} must be"):
+            st.pp.register(sdata, **kw)
+        assert _transforms(sdata) == before and list(sdata.tables) == []
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.align_sections))
+    def test_align_sections_invalid_value_raises_untouched(self, name, value):
+        sdata, _ = _sections()
+        before = _transforms(sdata)
+        with pytest.raises(StmapInputError, match=f"align_sections: {name} must be"):
+            st.pp.align_sections(sdata, **{"sections": ["section", "atlas"], name: value})
+        assert _transforms(sdata) == before and list(sdata.tables) == []
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.icp))
+    def test_icp_invalid_value_raises(self, name, value):
+        a, b = _cloud(60, seed=1), _cloud(60, seed=2)
+        a0, b0 = a.copy(), b.copy()
+        with pytest.raises(StmapInputError, match=f"icp: {name} must be"):
+            st.pp.icp(a, b, **{name: value})
+        np.testing.assert_array_equal(a, a0)
+        np.testing.assert_array_equal(b, b0)
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.pp.fit_transform))
+    def test_fit_transform_invalid_value_raises(self, name, value):
+        src = np.random.default_rng(0).uniform(size=(5, 2))
+        with pytest.raises(StmapInputError, match=f"fit_transform: {name} must be"):
+            st.pp.fit_transform(src, src + 1, **{name: value})
+
+    def test_unknown_icp_option(self):
+        sdata, _ = _sections()
+        with pytest.raises(StmapInputError, match=r"icp_kwargs has unknown options \['n_start'\]"):
+            st.pp.register(sdata, "section", "atlas", icp_kwargs={"n_start": 2})
+        assert list(sdata.tables) == []

@@ -206,3 +206,46 @@ def test_feature_settings_mismatch_warns(tissues, model, tmp_path):
         st.tl.detect_ctr(target, model, table_key=TABLE)
     loaded = st.tl.CTRModel.load(model.save(tmp_path / "m.pt"))
     assert loaded.info["features"] == model.info["features"]  # the rule travels with the saved model
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.tl.train_ctr))
+    def test_train_ctr_invalid_value_raises_untouched(self, tissues, name, value):
+        src = tissues[0]
+        before = _state(src)
+        with pytest.raises(StmapInputError, match=f"train_ctr: {name} must be"):
+            st.tl.train_ctr(src, **{"label_key": "tumor", "table_key": TABLE, **FAST, name: value})
+        _unchanged(src, before)
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.tl.detect_ctr))
+    def test_detect_ctr_invalid_value_raises_untouched(self, tissues, model, name, value):
+        target = tissues[1]
+        before = _state(target)
+        args, kw = ((target, value), {"table_key": TABLE}) if name == "model" else ((target, model), {name: value})
+        with pytest.raises(StmapInputError, match=f"detect_ctr: {name} must be"):
+            st.tl.detect_ctr(*args, **{"table_key": TABLE, **kw})
+        _unchanged(target, before)
+
+    def test_heads_must_divide_dim(self, tissues):
+        with pytest.raises(StmapInputError, match=r"dim \(30\) must be a multiple of heads \(8\)"):
+            st.tl.train_ctr(tissues[0], label_key="tumor", table_key=TABLE, dim=30, **FAST)
+
+    def test_defaults_follow_settings(self, tissues, model, monkeypatch):
+        # device=None and verbose=None read st.settings; the default device is the CPU, the same numbers as "cpu"
+        a = st.tl.detect_ctr(tissues[1], model, table_key=TABLE, copy=True).tables[TABLE]
+        b = st.tl.detect_ctr(tissues[1], model, table_key=TABLE, device="cpu", copy=True).tables[TABLE]
+        np.testing.assert_array_equal(a.obs["stmap_ctr_prob"], b.obs["stmap_ctr_prob"])
+        monkeypatch.setattr(st.settings, "device", "no-such-device")
+        with pytest.raises(ValueError, match="no-such-device"):
+            st.tl.detect_ctr(tissues[1], model, table_key=TABLE, copy=True)

@@ -154,3 +154,40 @@ class TestDensitySpatialData:
         with pytest.raises(st.StmapInputError, match=match):
             st.tl.density(sdata, **kwargs)
         assert _snapshot(sdata) == before
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.tl.density))
+    def test_invalid_value_raises_untouched(self, name, value):
+        sdata, _, _ = _sdata()
+        before = _snapshot(sdata)
+        with pytest.raises(st.StmapInputError, match=f"density: {name} must be"):
+            st.tl.density(sdata, **{"points_key": "cells", "bandwidth": 3.0, name: value})
+        assert _snapshot(sdata) == before
+
+    @pytest.mark.parametrize(("name", "value"), _cases(st.tl.density))
+    def test_invalid_value_raises_arrays(self, name, value):
+        pts = np.random.default_rng(0).normal(size=(20, 2))
+        copy = pts.copy()
+        with pytest.raises(st.StmapInputError, match=f"density: {name} must be"):
+            st.tl.density(pts, **{"bandwidth": 1.0, name: value})
+        np.testing.assert_array_equal(pts, copy)
+
+    def test_copy_returns_one_object_equal_to_in_place(self):
+        a, _, _ = _sdata()
+        b, _, _ = _sdata()
+        out = st.tl.density(a, groupby="kind", bandwidth=3.0, voxel_size=2.0, copy=True)
+        assert st.tl.density(b, groupby="kind", bandwidth=3.0, voxel_size=2.0) is None
+        assert type(out).__name__ == "SpatialData" and "stmap_density" not in a.images
+        np.testing.assert_array_equal(out.images["stmap_density"].values, b.images["stmap_density"].values)

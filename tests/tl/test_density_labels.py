@@ -181,10 +181,8 @@ def _multiscale(img):
 
     t = get_transformation(img, get_all=True)
     ((cs, tr),) = t.items()
-    return make_image(
-        img.data, transform=tr, coordinate_system=cs, c_coords=list(img.coords["c"].values), scale_factors=[2],
-        dims=img.dims,
-    )  # fmt: skip
+    channels = list(img.coords["c"].values)
+    return make_image(img.data, transform=tr, coordinate_system=cs, c_coords=channels, scale_factors=[2], dims=img.dims)
 
 
 class TestRankInputs:
@@ -204,9 +202,9 @@ class TestRankInputs:
         assert "st.tl.density" in str(e.value)
         _same(before, _snapshot(s))
         # arrays: the same error
+        reference = np.stack([np.ones((5, 5)), np.full((5, 5), np.nan)])
         with pytest.raises(StmapInputError, match=r"\['c1'\].*NaN"):
-            st.tl.rank_densities(None, np.ones((5, 5)), np.stack([np.ones((5, 5)), np.full((5, 5), np.nan)]),
-                                 classes=["c0", "c1"])  # fmt: skip
+            st.tl.rank_densities(None, np.ones((5, 5)), reference, classes=["c0", "c1"])
 
     def test_multiscale_reference_and_query(self):
         s = _ref_and_query()

@@ -9,7 +9,7 @@ import spatialdata as sd
 
 import stmap as st
 from stmap._core import make_points, new_spatialdata
-from stmap.tl._rank import density_scores
+from stmap.tl import density_scores
 
 CENTERS = {"A": (20.0, 20.0), "B": (60.0, 25.0), "C": (40.0, 60.0), "D": (20.0, 60.0)}
 
@@ -105,3 +105,39 @@ class TestRankDensities:
         with pytest.raises(st.StmapKeyError, match="nope"):
             st.tl.rank_densities(sdata, "nope", "stmap_density")
         assert {k: sorted(t.uns) for k, t in sdata.tables.items()} == before
+
+
+def _cases(func):
+    """Every invalid value generated from the tool's declared constraints, with a stable test id."""
+    from stmap._core import invalid_values
+
+    return [
+        pytest.param(name, value, id=f"{name}-{i}")
+        for name, spec in func.__stmap_params__.items()
+        for i, value in enumerate(invalid_values(spec))
+    ]
+
+
+class TestParameters:
+    @pytest.mark.parametrize(("name", "value"), _cases(st.tl.rank_densities))
+    def test_rank_densities_invalid_value_raises_untouched(self, name, value):
+        sdata, _ = _atlas(n=50)
+        before = {k: sorted(t.uns) for k, t in sdata.tables.items()}
+        with pytest.raises(st.StmapInputError, match=f"rank_densities: {name} must be"):
+            st.tl.rank_densities(sdata, "stmap_density", "stmap_density", **{name: value})
+        assert {k: sorted(t.uns) for k, t in sdata.tables.items()} == before
+
+    @pytest.mark.parametrize(("name", "value"), _cases(density_scores))
+    def test_density_scores_invalid_value_raises(self, name, value):
+        q, ref = np.ones((4, 5)), np.ones((2, 4, 5))
+        with pytest.raises(st.StmapInputError, match=f"density_scores: {name} must be"):
+            density_scores(q, ref, **{name: value})
+        assert (q == 1).all() and (ref == 1).all()
+
+    def test_density_scores_equals_rank_densities(self):
+        # the array-level API and the tool compute the same scores (the tool adds the rank and the chosen score)
+        rng = np.random.default_rng(1)
+        q, ref = rng.uniform(size=(30, 20)), rng.uniform(size=(3, 30, 20))
+        df = density_scores(q, ref, classes=["a", "b", "c"])
+        ranked = st.tl.rank_densities(None, q, ref, classes=["a", "b", "c"]).set_index("class").loc[df.index]
+        pd.testing.assert_frame_equal(ranked[list(df.columns)], df, check_exact=True, check_names=False)
