@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: demo test docs docs-check bench lint clean install
+.PHONY: demo test test-slow docs docs-check bench lint clean install
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS) -m slow
 
 # Offline build: no intersphinx inventories (external references are not checked; Read the Docs checks them).
 # Tutorials read data from $STMAP_DATA_DIR (default: ../shared/data next to this checkout).
