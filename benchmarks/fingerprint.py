@@ -74,7 +74,7 @@ def fingerprint(zarr_path: Path) -> dict:
     return out
 
 
-def main() -> int:  # noqa: D103
+def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--compare")

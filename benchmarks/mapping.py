@@ -51,9 +51,9 @@ HIB |= {"place_acc": True, "place_ring": True, "heldout_r": True, "heldout_r_cel
 # data
 # --------------------------------------------------------------------------------------------------------------------
 def pbmc_55um():
-    from stmap.datasets._simulate import _pbmc_counts
+    from stmap.datasets import pbmc_counts
 
-    pb = _pbmc_counts()
+    pb = pbmc_counts()
     perm = np.random.default_rng(0).permutation(pb.n_obs)
     cells = st.datasets.simulate_tissue(pb[perm[:350]].copy(), n_cells=8000, cell_type_key=TK, seed=0)
     sdata = st.datasets.simulate_spots(cells, spot_diameter=55, spacing=100, capture_rate=0.5, seed=0)

@@ -62,9 +62,9 @@ HIB = {"acc": True, "bal_acc": True, "heldout_r": True, "heldout_r_smooth05": Tr
 # --------------------------------------------------------------------------------------------------------------------
 def load(name: str):
     if name == "pbmc":
-        from stmap.datasets._simulate import _pbmc_counts
+        from stmap.datasets import pbmc_counts
 
-        a = _pbmc_counts()
+        a = pbmc_counts()
     else:
         a = st.datasets.spacexr(name, path=DATA)
     a = a[np.asarray(a.X.sum(axis=1)).ravel() > 0].copy()

@@ -74,7 +74,7 @@ class TestDetectBlobs:
 # model files
 # ----------------------------------------------------------------------------------------------------------------------
 def _ctr():
-    from stmap.models._spacrd import SpaCRDNet
+    from stmap.models import SpaCRDNet
 
     config = {"n_genes": 3, "n_features": 4, "dim": 8, "latent": 4, "heads": 2, "hidden": 8}
     return st.tl.CTRModel(
@@ -89,7 +89,7 @@ def _ctr():
 
 
 def _genemap():
-    from stmap.models._genemap import GeneMapNet
+    from stmap.models import GeneMapNet
 
     net = GeneMapNet(3, width=4, depth=1)
     return st.tl.GeneMapModel(net=net, genes=["a", "b", "c"], mean=np.zeros(3), std=np.ones(3), pixel_size=1.0)
@@ -97,7 +97,7 @@ def _genemap():
 
 def _impute():
     pytest.importorskip("torch_geometric")
-    from stmap.models._asign import ASIGNNet
+    from stmap.models import ASIGNNet
 
     config = {"level_dims": [4], "n_genes": 3, "hidden": 8, "heads": 2}
     return st.tl.Impute3DModel(
@@ -185,7 +185,7 @@ class TestModelFiles:
 
 
 def test_load_checkpoint_kind_generic(tmp_path):
-    from stmap.models._train import load_checkpoint
+    from stmap.models import load_checkpoint
 
     p = tmp_path / "bytes.pt"
     p.write_bytes(b"\x80\x02garbage")

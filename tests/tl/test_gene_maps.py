@@ -11,7 +11,7 @@ import stmap as st
 torch = pytest.importorskip("torch")
 
 from stmap._core import invalid_values  # noqa: E402
-from stmap.models._genemap import GeneMapNet, spot_means, ssim_loss  # noqa: E402
+from stmap.models import GeneMapNet, spot_means, ssim_loss  # noqa: E402
 from stmap.tl import disc_means, gene_maps, predict_maps, prior_raster, train_gene_maps  # noqa: E402
 
 GENES = ["tumor_r01", "stroma_r01", "immune_r01", "epithelium_r01"]

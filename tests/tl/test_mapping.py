@@ -26,9 +26,9 @@ def tissue():
 @pytest.fixture(scope="module")
 def pbmc_split():
     """Spots made from one half of real PBMCs (thinned counts); the other half is the reference."""
-    from stmap.datasets._simulate import _pbmc_counts
+    from stmap.datasets import pbmc_counts
 
-    pb = _pbmc_counts()
+    pb = pbmc_counts()
     perm = np.random.default_rng(0).permutation(pb.n_obs)
     cells = st.datasets.simulate_tissue(pb[perm[:350]].copy(), n_cells=3000, cell_type_key=TYPES_KEY, seed=0)
     sdata = st.datasets.simulate_spots(cells, spot_diameter=55, spacing=70, capture_rate=0.5, seed=0)

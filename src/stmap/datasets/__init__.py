@@ -12,7 +12,7 @@ from ._readers import (
     vizgen_brain,
 )
 from ._scale import large_reference, large_visium_hd, large_xenium
-from ._simulate import simulate_spots, simulate_tissue, synthetic_tissue
+from ._simulate import pbmc_counts, simulate_spots, simulate_tissue, synthetic_tissue
 from ._stack import simulate_stack
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "large_reference",
     "large_visium_hd",
     "large_xenium",
+    "pbmc_counts",
     "simulate_spots",
     "simulate_stack",
     "simulate_tissue",

@@ -14,10 +14,10 @@ from ._names import CELL_POINTS, CELLS, ELEMENT_KEY, HE, REGIONS, SPOT_CIRCLES, 
 from ._spots import simulate_spots
 from ._synthetic import _NUC as _NUC  # nucleus shapes by type, also drawn by the Xenium writer
 from ._synthetic import CELL_TYPES, TISSUE_REGIONS, synthetic_tissue
-from ._tissue import _pbmc_counts as _pbmc_counts  # used by tests and benchmarks of other capabilities
-from ._tissue import simulate_tissue
+from ._tissue import pbmc_counts, simulate_tissue
 
 __all__ = [
+    "pbmc_counts",
     "simulate_spots",
     "simulate_tissue",
     "synthetic_tissue",
