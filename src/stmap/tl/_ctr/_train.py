@@ -102,7 +102,7 @@ def train_ctr(
     Parameters
     ----------
     sdatas
-        One SpatialData/AnnData, a list, or a dict ``{{name: sdata}}`` of labelled sources.
+        One SpatialData/AnnData, a list, or a dict ``{name: sdata}`` of labelled sources.
     label_key
         ``obs`` column with the labels; missing values (NaN) mark unlabelled spots (used as neighbours only).
     positive
