@@ -16,6 +16,8 @@ import stmap as st
 from stmap._core._elements import affine_matrix, make_circles, make_image, make_table, new_spatialdata
 from stmap._core._errors import StmapInputError
 
+pytestmark = pytest.mark.filterwarnings("error")  # a plot prints nothing
+
 N_SPOTS = 40
 SCALE, TRANSLATION = 2.0, (10.0, 20.0)  # image px -> um
 IMG_H, IMG_W = 50, 60

@@ -12,6 +12,8 @@ import pytest
 import stmap as st
 from stmap._core import StmapInputError, make_points, new_spatialdata
 
+pytestmark = pytest.mark.filterwarnings("error")  # a plot prints nothing
+
 
 def _sdata(d=2):
     rng = np.random.default_rng(0)

@@ -17,6 +17,8 @@ from matplotlib.collections import PatchCollection
 import stmap as st
 from stmap._core import affine_matrix, make_circles, make_image, make_table, new_spatialdata
 
+pytestmark = pytest.mark.filterwarnings("error")  # a plot prints nothing
+
 GENES = ["g0", "g1", "g2"]
 HE_SCALE, HE_SHIFT = 2.0, (10.0, 20.0)  # H&E pixel -> um
 MAP_SCALE, MAP_SHIFT = 8.0, (10.0, 20.0)  # maps: 4x coarser, same origin (as st.tl.gene_maps writes them)

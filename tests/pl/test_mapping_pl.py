@@ -9,6 +9,8 @@ import pytest
 
 import stmap as st
 
+pytestmark = pytest.mark.filterwarnings("error")  # a plot prints nothing
+
 matplotlib.use("Agg")
 
 

@@ -13,6 +13,8 @@ import pytest
 import stmap as st
 from stmap._core import StmapInputError
 
+pytestmark = pytest.mark.filterwarnings("error")  # a plot prints nothing
+
 
 @pytest.fixture(scope="module")
 def stack():

@@ -11,7 +11,7 @@ import numpy as np
 from stmap._core import Key, StmapInputError, image_grid, inject_docs, is_spatialdata, unknown_key
 from stmap._core._params import Instance, Interval, Options, validate_params
 
-from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, readable_factor, spatial_axes
+from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, readable_factor, spatial_axes, wrap
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,12 +105,12 @@ def density(
     factor, label = _density_unit(_norm_of(sdata, key), um, len(shape), z, float(step[-1]), arrays)
 
     fig, axs, own = panels(ax, len(sel), ncols=ncols, panel=(4.0, 3.3), figsize=figsize, dpi=dpi, what="groups")
-    limits = _support(arrays, lo, step, pts)
+    limits = _support(arrays, lo, step, pts, extent)
     for a, g, arr in zip(axs, sel, arrays, strict=True):
         im = a.imshow(arr, extent=extent, cmap=cmap, origin="upper", interpolation="nearest")
         if pts is not None:
             a.scatter(pts[:, 0], pts[:, 1], s=0.5, c="0.7", alpha=0.4, linewidths=0)
-        a.set_title(g)
+        a.set_title(wrap(g))
         colorbar(fig, im, a, label, factor=factor)
         spatial_axes(a, um, limits)
     return finish(fig, axs, own=own, save=save, show=show, dpi=dpi)
@@ -179,8 +179,10 @@ def _density_unit(
     return factor * extra, f"density ({prefix}{unit})"
 
 
-def _support(arrays: list[np.ndarray], lo: np.ndarray, step: np.ndarray, pts: np.ndarray | None) -> Any:
-    """Limits around the nodes where any map exceeds :data:`_SUPPORT` of its maximum, and the points."""
+def _support(
+    arrays: list[np.ndarray], lo: np.ndarray, step: np.ndarray, pts: np.ndarray | None, extent: Sequence[float]
+) -> tuple[float, float, float, float]:
+    """Limits around the nodes where any map exceeds :data:`_SUPPORT` of its maximum and the points, in the image."""
     mask = np.zeros(arrays[0].shape, dtype=bool)
     for a in arrays:
         top = float(np.nanmax(a)) if a.size else 0.0
@@ -190,10 +192,11 @@ def _support(arrays: list[np.ndarray], lo: np.ndarray, step: np.ndarray, pts: np
     xy = np.column_stack([lo[0] + ix * step[0], lo[1] + iy * step[1]])
     if pts is not None:
         xy = np.concatenate([xy, pts[:, :2]])
+    x0, x1, y1, y0 = extent  # image extent (y down)
     if not len(xy):
-        ny, nx = arrays[0].shape
-        xy = np.array([[lo[0], lo[1]], [lo[0] + (nx - 1) * step[0], lo[1] + (ny - 1) * step[1]]])
-    return data_limits(xy, float(max(abs(step[0]), abs(step[1]))) / 2)
+        return x0, x1, y0, y1
+    lim = data_limits(xy, float(max(abs(step[0]), abs(step[1]))) / 2)
+    return max(lim[0], x0), min(lim[1], x1), max(lim[2], y0), min(lim[3], y1)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -268,7 +271,7 @@ def density_ranking(
         sub = ranking[query_col == q].sort_values(col, ascending=not higher, na_position="last").head(top)
         _bars(a, sub["class"].astype(str).tolist(), sub[col].to_numpy(dtype=float))
         a.set_xlabel(label)
-        a.set_title(f"query {q}")
+        a.set_title(wrap(f"query {q}", 60))
     return finish(fig, axs, own=own, save=save, show=show, dpi=dpi)
 
 

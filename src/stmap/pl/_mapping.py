@@ -103,7 +103,7 @@ def mapping(
     fig, axs, own = panels(ax, n, ncols=ncols, panel=(4.4, 3.6), figsize=figsize, dpi=dpi, what="fractions, cells")
     panel = resolve(plot_data, ctx.table_key, coordinate_system=None if ctx.sdata is None else ctx.coordinate_system)
     for a, t in zip(axs, types, strict=False):
-        draw(a, panel, columns[t], image_key=image_key, cmap=cmap, title=t, label="fraction of the spot's cells")
+        draw(a, panel, columns[t], image_key=image_key, cmap=cmap, title=t, label="fraction of cells")
     if has_cells:
         cell_ctx = resolve(plot_data, cells_name, coordinate_system=ctx.coordinate_system)
         ct_key = _cell_type_column(cell_ctx.adata, ctx.adata.uns.get(key))
@@ -144,7 +144,7 @@ def _plot_data(
     The user's table is not touched; the elements and the placed-cells table are shared, not copied.
     """
     table = ctx.adata.copy()
-    columns = {t: f"{t}_fraction" for t in types}
+    columns = {t: f"fraction_{i}" for i, t in enumerate(types)}  # valid names whatever the types are called
     for t, c in columns.items():
         table.obs[c] = fractions[t].to_numpy(dtype=float)
     if not is_spatialdata(sdata):

@@ -15,7 +15,7 @@ from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError, unknown_key
 from stmap._core._params import Instance, Interval, validate_params
 
-from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, quiet_rendering, spatial_axes
+from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, quiet_rendering, spatial_axes, wrap
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -109,7 +109,7 @@ def spatial(
     Returns
     -------
     {plot_returns}
-    Nothing in ``sdata`` is changed except ``table.uns[f'{{color}}_colors']`` for a categorical ``color``.
+    Nothing in ``sdata`` is changed except ``table.uns[f'{color}_colors']`` for a categorical ``color``.
 
     Examples
     --------
@@ -154,7 +154,7 @@ def draw(
         _scatter_anndata(table, color, kind, colors, cmap=cmap, norm=norm, size=size, ax=ax)
     else:
         _render_spatialdata(ctx, color, kind, image_key=image_key, cmap=cmap, norm=norm, size=size, ax=ax)
-    ax.set_title((color or "") if title is None else title)
+    ax.set_title(wrap((color or "") if title is None else title))
     if kind == "categorical" and color is not None and colors is not None:
         _legend(ax, table, color, colors)
     elif norm is not None:
@@ -318,7 +318,7 @@ def _legend(ax: Axes, table: AnnData, key: str, colors: list[str]) -> None:
         loc="center left",
         bbox_to_anchor=(1.02, 0.5),
         frameon=False,
-        ncols=1 if len(entries) <= 14 else 2 if len(entries) <= 30 else 3,
+        ncols=1 if len(entries) <= 18 else 2 if len(entries) <= 36 else 3,
         fontsize="small",
         handletextpad=0.2,
         borderaxespad=0.0,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.colorbar import Colorbar
     from matplotlib.figure import Figure
 
-__all__ = ["PLOT_PARAMS", "finish", "panels", "spatial_axes", "colorbar", "quiet_rendering"]
+__all__ = ["PLOT_PARAMS", "finish", "panels", "spatial_axes", "colorbar", "quiet_rendering", "wrap"]
 
 #: Declared constraints of the trailing parameters, shared by every ``st.pl`` function (``validate_params``).
 PLOT_PARAMS: dict[str, Any] = {
@@ -132,6 +132,13 @@ def finish(fig: Figure, axes: Any, *, own: bool, save: str | Path | None, show: 
     return None
 
 
+def wrap(text: str, width: int = 24) -> str:
+    """``text`` broken into lines of at most ``width`` characters (long class names as titles)."""
+    import textwrap
+
+    return text if len(text) <= width else textwrap.fill(text, width=width, break_long_words=False)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # spatial axes: micrometres, cropped to the data, y down
 
@@ -141,8 +148,8 @@ def _scaled_locator(factor: float) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     class _Scaled(MaxNLocator):
-        def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
-            return [float(v) / factor for v in super().tick_values(vmin * factor, vmax * factor)]
+        def tick_values(self, vmin: float, vmax: float) -> np.ndarray:  # type: ignore[override]  # stubs: Sequence
+            return np.asarray(super().tick_values(vmin * factor, vmax * factor), dtype=float) / factor
 
     return _Scaled(nbins="auto", steps=[1, 2, 2.5, 5, 10])
 
