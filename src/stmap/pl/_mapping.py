@@ -40,7 +40,7 @@ _CELL_ID_COLUMNS = ("cell_id", "spot_id", Key.obs.region, Key.obs.instance)
 def mapping(
     sdata: SpatialData | AnnData,
     *,
-    key: str = Key.obsm.mapping,
+    key: str = Key.default.mapping,
     table_key: str | None = None,
     cell_types: Sequence[str] | None = None,
     image_key: str | bool | None = None,

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["sections_3d"]
 
-#: Default ``key_added`` of :func:`stmap.tl.impute_3d`.
-_IMPUTE3D = "stmap_impute3d"
 _ASIGN = "ln((c + 1) / sum_genes(c + 1))"
 _CP10K = "log1p(counts per 10⁴)"
 
@@ -41,7 +39,7 @@ def sections_3d(
     sdata: SpatialData | AnnData,
     *,
     gene: str,
-    key: str | None = _IMPUTE3D,
+    key: str | None = Key.default.impute_3d,
     table_key: str = Key.table.stack,
     sections: Sequence[str] | None = None,
     show_measured: bool = True,
@@ -63,7 +61,7 @@ def sections_3d(
     gene
         Gene (a ``var_names`` entry).
     key
-        ``key_added`` of :func:`stmap.tl.impute_3d`: its predictions ``layers[Key.imputed_layer(key)]`` are drawn
+        ``key_added`` of :func:`stmap.tl.impute_3d`: its predictions ``layers[Key.impute_3d(key).layer]`` are drawn
         (skipped when the table has none) and the measured row follows its target scale (``uns[key]['target']``,
         ``ln((c + 1) / sum(c + 1))`` over the imputed genes, from the counts it used) when ``gene`` is among
         ``uns[key]['genes']``; else the measured row is ``log1p`` of counts per 10⁴ of ``X``. ``None``: the measured
@@ -157,7 +155,7 @@ def _rows(t: AnnData, gene: str, key: str | None, show_measured: bool) -> tuple[
         t.obs[Key.obs.measured].to_numpy(dtype=bool) if Key.obs.measured in t.obs else np.ones(t.n_obs, dtype=bool)
     )
     meas_scale, scale_name = _measured_scale(t, j, key)
-    layer = None if key is None else Key.imputed_layer(key)
+    layer = None if key is None else Key.impute_3d(key).layer
     rows = [("measured", np.where(measured, meas_scale, np.nan))] if show_measured else []
     if layer is not None and layer in t.layers:
         rows.append((layer, _column(t.layers[layer], j)))
