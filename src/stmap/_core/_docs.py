@@ -36,10 +36,11 @@ seed
     Random seed. The same seed gives the same result on CPU."""
 _device = """\
 device
-    Torch device: ``'cpu'`` (default), ``'cuda'``, ``'cuda:1'``, or ``'auto'`` (CUDA when available)."""
+    Torch device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``, or ``'auto'`` (CUDA when available). ``None`` (default):
+    :attr:`stmap.settings.device` (``'cpu'`` unless set)."""
 _verbose = """\
 verbose
-    Show a progress bar for long loops."""
+    Show progress bars for long loops. ``None`` (default): :attr:`stmap.settings.verbose` (``True`` unless set)."""
 _plot = """\
 ax
     Axes to draw into, or for a figure of several panels a sequence (or array) of Axes, one per panel in panel
