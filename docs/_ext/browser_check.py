@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fnmatch
 import functools
 import http.server
 import json
@@ -316,88 +317,108 @@ def _shot_name(rel: str) -> str:
 
 def browser_checks(browser: Browser, base_url: str, pages: dict[str, Page], shots: Path | None) -> None:
     """Load every page; record console errors, failed local requests and broken images; save screenshots."""
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    for method in ("Page.enable", "Runtime.enable", "Log.enable", "Network.enable"):
-        browser.send(method, session=session)
-    browser.send(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False},
-        session=session,
-    )
-    local = urlsplit(base_url).netloc
     for rel, page in pages.items():
-        while not browser.events.empty():  # events of the previous page
-            browser.events.get_nowait()
-        browser.send("Page.navigate", {"url": f"{base_url}/{rel}"}, session=session)
-        requests: dict[str, str] = {}
-        pending: set[str] = set()
+        # a fresh tab per page: no scroll position or script state carried over from the previous page
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        try:
+            tab = _Tab(browser, session, base_url)
+            tab.load(rel, page)
+            tab.check_images(page)
+            if shots is not None:
+                tab.screenshot(shots / _shot_name(rel))
+        finally:
+            browser.send("Target.closeTarget", {"targetId": target})
+
+
+@dataclass
+class _Tab:
+    """One browser tab (a DevTools session) showing pages of the local server."""
+
+    browser: Browser
+    session: str
+    base_url: str
+    requests: dict[str, str] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for method in ("Page.enable", "Runtime.enable", "Log.enable", "Network.enable"):
+            self.send(method)
+        metrics = {"width": VIEWPORT[0], "height": VIEWPORT[1], "deviceScaleFactor": 1, "mobile": False}
+        self.send("Emulation.setDeviceMetricsOverride", metrics)
+        while not self.browser.events.empty():  # events of the previous tab
+            self.browser.events.get_nowait()
+
+    def send(self, method: str, params: dict | None = None, timeout: float = 60) -> dict:
+        return self.browser.send(method, params, session=self.session, timeout=timeout)
+
+    def _local(self, url: str) -> bool:
+        return urlsplit(url).netloc == urlsplit(self.base_url).netloc
+
+    def load(self, rel: str, page: Page) -> None:
+        """Navigate and wait for the load event and a quiet network, recording what goes wrong on the way."""
+        self.send("Page.navigate", {"url": f"{self.base_url}/{rel}"})
         deadline, loaded, quiet_since = time.monotonic() + 60, False, time.monotonic()
         while time.monotonic() < deadline:
             try:
-                ev = browser.events.get(timeout=0.05)
+                ev = self.browser.events.get(timeout=0.05)
             except queue.Empty:
                 ev = None
-            if ev is not None and ev.get("sessionId") == session:
-                method, p = ev["method"], ev.get("params", {})
-                if method == "Page.loadEventFired":
-                    loaded = True
-                elif method == "Network.requestWillBeSent":
-                    requests[p["requestId"]] = p["request"]["url"]
-                    pending.add(p["requestId"])
-                elif method == "Network.loadingFinished":
-                    pending.discard(p["requestId"])
-                elif method == "Network.loadingFailed":
-                    pending.discard(p["requestId"])
-                    url = requests.get(p["requestId"], "?")
-                    if urlsplit(url).netloc == local:
-                        if not url.endswith("/favicon.ico"):
-                            page.problems.append(f"request failed: {url} ({p.get('errorText')})")
-                    else:
-                        page.notes.append(f"external request not loaded (offline check): {url}")
-                elif method == "Network.responseReceived":
-                    resp = p["response"]
-                    bad = resp.get("status", 200) >= 400 and urlsplit(resp["url"]).netloc == local
-                    if bad and not resp["url"].endswith("/favicon.ico"):
-                        page.problems.append(f"HTTP {resp['status']}: {resp['url']}")
-                elif method == "Runtime.consoleAPICalled" and p.get("type") in {"error", "assert"}:
-                    text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
-                    page.problems.append(f"console.{p['type']}: {text[:300]}")
-                elif method == "Runtime.exceptionThrown":
-                    d = p.get("exceptionDetails", {})
-                    text = d.get("exception", {}).get("description") or d.get("text", "")
-                    page.problems.append(f"uncaught exception: {text[:300]}")
-                elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
-                    e = p["entry"]
-                    url = e.get("url") or ""
-                    if url.endswith("/favicon.ico") or (url and urlsplit(url).netloc != local):
-                        continue  # the browser's own favicon request; an offline external resource (noted above)
-                    page.problems.append(f"console ({e.get('source')}): {e.get('text', '')[:300]}")
-                if pending:
+            if ev is not None and ev.get("sessionId") == self.session:
+                loaded = self._record(ev["method"], ev.get("params", {}), page) or loaded
+                if self.pending:
                     quiet_since = time.monotonic()
-            if loaded and not pending and time.monotonic() - quiet_since > 0.25:
-                break
-        else:
-            page.problems.append("page did not finish loading within 60 s")
-        broken = browser.send(
-            "Runtime.evaluate", {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True}, session=session
-        )
-        for src in broken.get("result", {}).get("value") or []:
+            if loaded and not self.pending and time.monotonic() - quiet_since > 0.25:
+                return
+        page.problems.append("page did not finish loading within 60 s")
+
+    def _record(self, method: str, p: dict, page: Page) -> bool:
+        """Book one DevTools event; True for the page's load event."""
+        if method == "Page.loadEventFired":
+            return True
+        if method == "Network.requestWillBeSent":
+            self.requests[p["requestId"]] = p["request"]["url"]
+            self.pending.add(p["requestId"])
+        elif method == "Network.loadingFinished":
+            self.pending.discard(p["requestId"])
+        elif method == "Network.loadingFailed":
+            self.pending.discard(p["requestId"])
+            url = self.requests.get(p["requestId"], "?")
+            if not self._local(url):
+                page.notes.append(f"external request not loaded (offline check): {url}")
+            elif not url.endswith("/favicon.ico"):  # the browser asks for it by itself
+                page.problems.append(f"request failed: {url} ({p.get('errorText')})")
+        elif method == "Network.responseReceived":
+            url, status = p["response"]["url"], p["response"].get("status", 200)
+            if status >= 400 and self._local(url) and not url.endswith("/favicon.ico"):
+                page.problems.append(f"HTTP {status}: {url}")
+        elif method == "Runtime.consoleAPICalled" and p.get("type") in {"error", "assert"}:
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+            page.problems.append(f"console.{p['type']}: {text[:300]}")
+        elif method == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            text = d.get("exception", {}).get("description") or d.get("text", "")
+            page.problems.append(f"uncaught exception: {text[:300]}")
+        elif method == "Log.entryAdded" and p["entry"].get("level") == "error":
+            e = p["entry"]
+            url = e.get("url") or ""
+            if not url.endswith("/favicon.ico") and (not url or self._local(url)):  # external: noted above
+                page.problems.append(f"console ({e.get('source')}): {e.get('text', '')[:300]}")
+        return False
+
+    def check_images(self, page: Page) -> None:
+        """Every <img> loaded and decoded (lazy images are made eager first)."""
+        reply = self.send("Runtime.evaluate", {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True})
+        for src in reply.get("result", {}).get("value") or []:
             page.problems.append(f"image not displayed: {src}")
-        if shots is not None:
-            size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
-            height = int(min(max(size["height"], VIEWPORT[1]), MAX_SHOT_HEIGHT))
-            shot = browser.send(
-                "Page.captureScreenshot",
-                {
-                    "format": "png",
-                    "captureBeyondViewport": True,
-                    "clip": {"x": 0, "y": 0, "width": VIEWPORT[0], "height": height, "scale": 1},
-                },
-                session=session,
-                timeout=120,
-            )
-            (shots / _shot_name(rel)).write_bytes(base64.b64decode(shot["data"]))
+
+    def screenshot(self, path: Path) -> None:
+        """The whole page (up to MAX_SHOT_HEIGHT) at the viewport's width, as PNG."""
+        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        height = int(min(max(size["height"], VIEWPORT[1]), MAX_SHOT_HEIGHT))
+        clip = {"x": 0, "y": 0, "width": VIEWPORT[0], "height": height, "scale": 1}
+        shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}, 120)
+        path.write_bytes(base64.b64decode(shot["data"]))
 
 
 def find_chromium(given: str | None) -> str | None:
@@ -415,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--screenshots", type=Path, default=None, help="folder for one PNG per page")
     ap.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH, or $CHROMIUM)")
     ap.add_argument("--no-browser", action="store_true", help="only the static checks (no Chromium needed)")
+    ap.add_argument("--only", default=None, help="load only the pages matching this glob (e.g. 'tutorials/*')")
     args = ap.parse_args(argv)
 
     root = args.html.resolve()
@@ -424,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     pages = read_pages(root)
     static_checks(root, pages)
+    if args.only:
+        pages = {rel: p for rel, p in pages.items() if fnmatch.fnmatch(rel, args.only)}
 
     if not args.no_browser:
         binary = find_chromium(args.chromium)
