@@ -413,12 +413,25 @@ class _Tab:
             page.problems.append(f"image not displayed: {src}")
 
     def screenshot(self, path: Path) -> None:
-        """The whole page (up to MAX_SHOT_HEIGHT) at the viewport's width, as PNG."""
+        """The whole page (up to MAX_SHOT_HEIGHT) at the viewport's width, as PNG.
+
+        The viewport is made as tall as the page and the page laid out again before the capture (Chromium's
+        ``captureBeyondViewport`` can lay wide pages out at another width).
+        """
         size = self.send("Page.getLayoutMetrics")["cssContentSize"]
         height = int(min(max(size["height"], VIEWPORT[1]), MAX_SHOT_HEIGHT))
+        metrics = {"width": VIEWPORT[0], "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.send("Emulation.setDeviceMetricsOverride", metrics)
+        self.send("Runtime.evaluate", {"expression": _SETTLE_JS, "awaitPromise": True})
         clip = {"x": 0, "y": 0, "width": VIEWPORT[0], "height": height, "scale": 1}
-        shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}, 120)
+        shot = self.send("Page.captureScreenshot", {"format": "png", "clip": clip}, 120)
         path.write_bytes(base64.b64decode(shot["data"]))
+
+
+#: Scroll to the top and wait two frames, so that the page is laid out at the new size before a capture.
+_SETTLE_JS = (
+    "window.scrollTo(0, 0); new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+)
 
 
 def find_chromium(given: str | None) -> str | None:
