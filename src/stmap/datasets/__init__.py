@@ -12,6 +12,7 @@ from ._readers import (
     vizgen_brain,
 )
 from ._scale import large_reference, large_visium_hd, large_xenium
+from ._scale_stack import large_stack
 from ._simulate import pbmc_counts, simulate_spots, simulate_tissue, synthetic_tissue
 from ._stack import simulate_stack
 
@@ -21,6 +22,7 @@ __all__ = [
     "her2st",
     "her2st_deconvolution",
     "large_reference",
+    "large_stack",
     "large_visium_hd",
     "large_xenium",
     "pbmc_counts",

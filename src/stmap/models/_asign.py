@@ -119,6 +119,11 @@ class ASIGNNet(nn.Module):
         -------
         ``(mixed, network, per_level)``: the final prediction, the network's alone and each level head's.
         """
+        lv = self.tokens(features, has_image, propagated)
+        return self.finish(self.convolve(lv, edge_index, edge_attr), propagated, prior, available)
+
+    def tokens(self, features: list[torch.Tensor], has_image: torch.Tensor, propagated: torch.Tensor) -> torch.Tensor:
+        """Steps 1-2, per node: ``(n, L, h)`` level tokens after the cross-attention (arguments as :meth:`forward`)."""
         n = propagated.shape[0]
         m = has_image[:, None].to(propagated.dtype)
         if self.level_dims:
@@ -128,12 +133,35 @@ class ASIGNNet(nn.Module):
         lv = torch.stack(toks, 1)  # (n, L, h)
         keys = torch.cat([lv, self.expr(propagated)[:, None]], 1) if self.use_expression else lv  # (n, L (+1), h)
         att, _ = self.cross(lv, keys, keys, need_weights=False)
-        lv = self.cross_norm(lv + att)
+        return self.cross_norm(lv + att)
+
+    def convolve(
+        self, lv: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Step 3: graph attention per level, residual; ``(t, L, h)`` for the nodes ``targets`` of ``lv``.
+
+        ``targets=None``: every node (``edge_index`` indexes ``lv`` at both ends). Otherwise the sources of
+        ``edge_index`` index ``lv`` and its targets index ``targets`` (a batch of nodes with their neighbours).
+        """
         out = []
         for i, (conv, norm) in enumerate(zip(self.gat, self.gat_norm)):
             h = lv[:, i]
-            out.append(norm(h + self.drop(conv(h, edge_index, edge_attr))))
-        lv = self.levels(torch.stack(out, 1))  # (n, L, h): attention across levels, per node
+            if targets is None:
+                out.append(norm(h + self.drop(conv(h, edge_index, edge_attr))))
+            else:
+                ht = h[targets]
+                out.append(norm(ht + self.drop(conv((h, ht), edge_index, edge_attr))))
+        return torch.stack(out, 1)
+
+    def finish(
+        self,
+        lv: torch.Tensor,
+        propagated: torch.Tensor,
+        prior: torch.Tensor | None = None,
+        available: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Steps 4-5, per node: the level transformer, the heads and the mix; returns as :meth:`forward`."""
+        lv = self.levels(lv)  # (n, L, h): attention across levels, per node
         net = self.head(self.drop(lv.mean(1)))
         per_level = [hd(lv[:, i]) for i, hd in enumerate(self.level_heads)]
         return self.mix(propagated, prior, net, available), net, per_level

@@ -9,9 +9,9 @@ import numpy as np
 from scipy import sparse
 
 from ._config import GraphParams
-from ._graph import build_graph, edges
-from ._prior import apply_prior
-from ._propagate import propagate_labels
+from ._graph import adjacency, build_graph, edges
+from ._prior import apply_prior, apply_prior32
+from ._propagate import propagate_labels, propagate_unknown
 
 
 @dataclass
@@ -85,7 +85,11 @@ def scaling(pb: Problem) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Tensors:
-    """The problem on the device: standardised target ``Z``, features, graph edges, prior and available sources."""
+    """The problem on the device: standardised target ``Z``, features, graph edges, prior and available sources.
+
+    With ``batch_size`` (a large graph, in batches) there is no global edge list (``ei``, ``ea`` are ``None``; the
+    batches read the edges from ``graphs``), ``Z`` and the prior are float32 and the propagation is float32.
+    """
 
     Z: np.ndarray
     feats: list[Any]
@@ -98,32 +102,51 @@ class Tensors:
     prior: Any
     avail: Any
     dev: Any
+    graphs: dict[str, sparse.csr_matrix]
+    batch_size: int | None = None
 
 
-def standardized(pb: Problem, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """The target standardised per gene on the measured spots, 0 (the mean) elsewhere."""
-    return np.where(pb.measured[:, None], (pb.Y - mean) / std, 0.0)
+def standardized(pb: Problem, mean: np.ndarray, std: np.ndarray, *, lean: bool = False) -> np.ndarray:
+    """The target standardised per gene on the measured spots, 0 (the mean) elsewhere (``lean``: float32)."""
+    if not lean:
+        return np.where(pb.measured[:, None], (pb.Y - mean) / std, 0.0)
+    Z = np.zeros(pb.Y.shape, dtype=np.float32)
+    for rows in np.array_split(np.flatnonzero(pb.measured), max(1, int(pb.measured.sum()) // 65536)):
+        Z[rows] = (pb.Y[rows] - mean) / std
+    return Z
 
 
-def tensors(pb: Problem, Z: np.ndarray, prior_fit: dict | None, propagate: bool, dev: Any) -> Tensors:
-    """Everything the network reads, on ``dev``; the prior (``prior_fit``) is available where a spot has an image."""
+def tensors(
+    pb: Problem, Z: np.ndarray, prior_fit: dict | None, propagate: bool, dev: Any, batch_size: int | None = None
+) -> Tensors:
+    """Everything the network reads, on ``dev``; the prior (``prior_fit``) is available where a spot has an image.
+
+    ``batch_size``: the graph is read in batches (no global edge list; float32 target and prior).
+    """
     import torch
 
-    ei, ea, A = edges(pb.graphs, torch)
-    prior = apply_prior(prior_fit, pb.feat_cat, pb.has, Z.shape)
+    if batch_size is None:
+        ei, ea, A = edges(pb.graphs, torch)
+        ei, ea = ei.to(dev), ea.to(dev)
+        prior = apply_prior(prior_fit, pb.feat_cat, pb.has, Z.shape)
+    else:
+        ei, ea, A = None, None, adjacency(pb.graphs)
+        prior = apply_prior32(prior_fit, pb.feat_cat, pb.has, Z.shape)
     avail = np.c_[np.full(len(Z), propagate), pb.has & (prior_fit is not None), np.ones(len(Z), bool)]
     return Tensors(
         Z=Z,
         feats=[torch.as_tensor(f, device=dev) for f in pb.levels],
         has=torch.as_tensor(pb.has, device=dev),
-        ei=ei.to(dev),
-        ea=ea.to(dev),
+        ei=ei,
+        ea=ea,
         A=A,
         Y=torch.as_tensor(Z, dtype=torch.float32, device=dev),
         measured=torch.as_tensor(pb.measured, device=dev),
         prior=torch.as_tensor(prior, dtype=torch.float32, device=dev),
         avail=torch.as_tensor(avail, device=dev),
         dev=dev,
+        graphs=pb.graphs,
+        batch_size=batch_size,
     )
 
 
@@ -133,5 +156,7 @@ def propagated(T: Tensors, known: np.ndarray, gp: GraphParams) -> Any:
 
     if not gp.propagate:
         return torch.zeros_like(T.Y)
+    if T.batch_size is not None:  # float32, only the rows that change
+        return torch.as_tensor(propagate_unknown(T.A, T.Z, known, iterations=gp.iterations), device=T.dev)
     p = propagate_labels(T.A, T.Z, known, iterations=gp.iterations)
     return torch.as_tensor(p, dtype=torch.float32, device=T.dev)

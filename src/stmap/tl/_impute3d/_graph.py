@@ -51,6 +51,12 @@ def build_graph(
     return out
 
 
+def adjacency(graphs: dict[str, sparse.csr_matrix]) -> sparse.csr_matrix:
+    """The summed adjacency of every edge type (scipy CSR), for the propagation."""
+    n = graphs["overlap"].shape[0]
+    return sum((graphs[k] for k in EDGE_TYPES), sparse.csr_matrix((n, n), dtype=np.float32)).tocsr()
+
+
 def edges(graphs: dict[str, Any], torch: Any) -> tuple[Any, Any, sparse.csr_matrix]:
     """Edge index, edge features (type one-hot + weight) and the summed adjacency (scipy CSR) for propagation."""
     rows, cols, attr = [], [], []
@@ -63,8 +69,7 @@ def edges(graphs: dict[str, Any], torch: Any) -> tuple[Any, Any, sparse.csr_matr
         a[:, -1] = c.data
         attr.append(a)
     row, col = np.concatenate(rows), np.concatenate(cols)
-    n = graphs["overlap"].shape[0]
-    A = sum((graphs[k] for k in EDGE_TYPES), sparse.csr_matrix((n, n), dtype=np.float32)).tocsr()
+    A = adjacency(graphs)
     # messages flow source (col) -> target (row)
     ei = torch.as_tensor(np.vstack([col, row]), dtype=torch.long)
     return ei, torch.as_tensor(np.concatenate(attr)), A

@@ -37,8 +37,10 @@ def asign_target(counts: Any) -> np.ndarray:
     """
     from scipy import sparse
 
-    c = (counts.toarray() if sparse.issparse(counts) else np.asarray(counts)).astype(np.float64) + 1.0
-    return np.log(c / c.sum(1, keepdims=True))
+    c = (counts.toarray() if sparse.issparse(counts) else np.asarray(counts)).astype(np.float64)
+    c += 1.0
+    c /= c.sum(1, keepdims=True)
+    return np.log(c, out=c)
 
 
 @dataclass
@@ -104,10 +106,21 @@ def _measured(adata: AnnData, measured: Any, section_key: str, names: list[str])
     return meas
 
 
-def _pick_genes(counts: np.ndarray, var_names: Any, measured: np.ndarray, genes: Any) -> np.ndarray:
+def _measured_mean(counts: Any, measured: np.ndarray) -> np.ndarray:
+    """Mean count of every gene over the measured spots (sparse counts: no copy of the rows)."""
+    from scipy import sparse
+
+    if not sparse.issparse(counts):
+        return np.asarray(counts[measured].mean(0)).ravel()
+    w = measured.astype(counts.dtype if np.issubdtype(counts.dtype, np.floating) else np.float64)
+    total = np.asarray(sparse.csr_matrix(counts).T @ w).ravel()
+    return total / np.asarray(int(measured.sum()), dtype=total.dtype)
+
+
+def _pick_genes(counts: Any, var_names: Any, measured: np.ndarray, genes: Any) -> np.ndarray:
     """Columns of the top-``genes`` genes by mean count over the measured spots, or of the named genes."""
     if isinstance(genes, (int, np.integer)):
-        mean = np.asarray(counts[measured].mean(0)).ravel()
+        mean = _measured_mean(counts, measured)
         return np.sort(np.argsort(-mean, kind="stable")[: int(genes)])
     genes = list(genes)
     idx = var_names.get_indexer(genes)
@@ -117,8 +130,8 @@ def _pick_genes(counts: np.ndarray, var_names: Any, measured: np.ndarray, genes:
     return idx
 
 
-def _counts(ctx: TableContext, adata: AnnData, layer: str | None, meas: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """The count matrix (dense) and its layer; only the measured spots' counts are checked."""
+def _counts(ctx: TableContext, adata: AnnData, layer: str | None, meas: np.ndarray) -> tuple[Any, str | None]:
+    """The count matrix (sparse as stored, else dense) and its layer; only the measured spots' counts are checked."""
     from scipy import sparse
 
     from stmap._core._validate import read_counts
@@ -128,7 +141,7 @@ def _counts(ctx: TableContext, adata: AnnData, layer: str | None, meas: np.ndarr
         raise unknown_key("Layer", lay, adata.layers.keys(), "layers")
     where = f"the measured spots of {f'table {ctx.table_key!r}' if ctx.table_key else 'adata'}"
     counts, lay = read_counts(adata, lay, where, rows=meas)
-    return (counts.toarray() if sparse.issparse(counts) else np.asarray(counts)), lay
+    return (sparse.csr_matrix(counts) if sparse.issparse(counts) else np.asarray(counts)), lay
 
 
 def _positions(adata: AnnData, spatial_key: str) -> tuple[np.ndarray, np.ndarray | float]:

@@ -22,3 +22,16 @@ def apply_prior(fit: dict[str, Any] | None, X: np.ndarray | None, has: np.ndarra
     if fit is None or X is None:
         return np.zeros(shape)
     return np.where(has[:, None], X @ np.asarray(fit["coef"]) + np.asarray(fit["intercept"]), 0.0)
+
+
+def apply_prior32(fit: dict[str, Any] | None, X: np.ndarray | None, has: np.ndarray, shape: tuple) -> np.ndarray:
+    """:func:`apply_prior` in float32, without spots x genes temporaries (for large stacks)."""
+    out = np.zeros(shape, dtype=np.float32)
+    if fit is None or X is None:
+        return out
+    coef = np.asarray(fit["coef"], dtype=np.float32)
+    icpt = np.asarray(fit["intercept"], dtype=np.float32)
+    rows = np.flatnonzero(has)
+    for part in np.array_split(rows, max(1, len(rows) // 65536)):
+        out[part] = np.asarray(X[part], dtype=np.float32) @ coef + icpt
+    return out

@@ -23,7 +23,7 @@ from stmap._core import _logging as logg
 from stmap._core._params import Constraint
 
 from ._arrays import Problem
-from ._config import EDGE_TYPES, GraphParams, TrainParams, graph_params
+from ._config import EDGE_TYPES, GraphParams, TrainParams, graph_params, resolve_batch_size
 from ._model import Impute3DModel
 from ._predict import predict_arrays
 from ._prepare import Inputs, prepare
@@ -86,6 +86,7 @@ _READ = {
     "layer": [_STR, None],
     "section_key": _STR,
     "spatial_key": _STR,
+    "batch_size": [Interval(int, 1, None), None],
     "seed": Interval(int, 0, None),
     "device": [_STR, None],
     "verbose": [Instance((bool,)), None],
@@ -139,7 +140,13 @@ layer
 section_key
     Section column (categorical, in stacking order).
 spatial_key
-    Aligned ``(x, y, z)`` coordinates (micrometres).""",
+    Aligned ``(x, y, z)`` coordinates (micrometres).
+batch_size
+    Target spots per training step and per prediction batch, each read with the spots whose edges reach it, so
+    memory is bounded by the batch, not the stack. ``None``: the whole graph at once for stacks of up to
+    20,000 spots, else 4096. In batches an epoch is one step on ``batch_size`` masked spots (and as many held-out
+    ones) sampled anew, 2 masks are propagated instead of 20, and the propagation, target and prior are float32;
+    prediction in batches gives the numbers of the whole graph (to float32 round-off).""",
     "imp_training": """\
 graph
     Edge types used by the propagation and the graph attention: any of ``'overlap'``, ``'similarity'``,
@@ -189,6 +196,7 @@ def train_impute_3d(
     layer: str | None = None,
     section_key: str = Key.obs.section,
     spatial_key: str = Key.obsm.spatial_3d,
+    batch_size: int | None = None,
     graph: Sequence[str] = ("overlap",),
     propagate: bool = True,
     epochs: int = 100,
@@ -230,7 +238,6 @@ def train_impute_3d(
     """
     dev, verbose = resolve_device(device), resolve_verbose(verbose)
     gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
-    tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction)
     inp = prepare(
         sdata,
         table_key=table_key,
@@ -244,6 +251,8 @@ def train_impute_3d(
         spatial_key=spatial_key,
     )
     start = logg.info(f"train_impute_3d: {int(inp.measured.sum())} measured spots, {len(inp.genes)} genes")
+    bs = resolve_batch_size(batch_size, len(inp.measured))
+    tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction, batch_size=bs)
     model = _fit(inp, inp.problem(gp), gp, tp, seed, dev, verbose)
     logg.info("    finished", time=start, deep=f"trained on {len(inp.genes)} genes, {epochs} epochs")
     return model
@@ -264,6 +273,7 @@ def impute_3d(
     layer: str | None = ...,
     section_key: str = ...,
     spatial_key: str = ...,
+    batch_size: int | None = ...,
     graph: Sequence[str] = ...,
     propagate: bool = ...,
     epochs: int = ...,
@@ -293,6 +303,7 @@ def impute_3d(
     layer: str | None = ...,
     section_key: str = ...,
     spatial_key: str = ...,
+    batch_size: int | None = ...,
     graph: Sequence[str] = ...,
     propagate: bool = ...,
     epochs: int = ...,
@@ -323,6 +334,7 @@ def impute_3d(
     layer: str | None = None,
     section_key: str = Key.obs.section,
     spatial_key: str = Key.obsm.spatial_3d,
+    batch_size: int | None = None,
     graph: Sequence[str] = ("overlap",),
     propagate: bool = True,
     epochs: int = 100,
@@ -426,17 +438,20 @@ def impute_3d(
     n_meas = int(inp.measured.sum())
     start = logg.info(f"impute_3d: {n_meas} measured -> {len(inp.measured) - n_meas} spots, {len(inp.genes)} genes")
     pretrained = model is not None
+    bs = resolve_batch_size(batch_size, len(inp.measured))
     if model is None:  # train first, on the same graph
         gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
         pb = inp.problem(gp)
-        tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction)
+        tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction, batch_size=bs)
         model = _fit(inp, pb, gp, tp, seed, dev, verbose)
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
         pb = inp.problem(gp)
     with torch_threads():
-        pred = predict_arrays(pb, model, gp, dev=dev)
-    params = run_params(inp, model, gp, features_key=features_key, device=str(dev), pretrained=pretrained)
+        pred = predict_arrays(pb, model, gp, dev=dev, batch_size=bs)
+    params = run_params(
+        inp, model, gp, features_key=features_key, device=str(dev), pretrained=pretrained, batch_size=bs
+    )
     out, written = write(inp, pred, pb.graphs, model, params, features_key=features_key, key_added=key_added, copy=copy)
     logg.info("    finished", time=start, deep=f"added {written}")
     return out

@@ -10,7 +10,7 @@ import numpy as np
 from ._arrays import Problem, Tensors, propagated, scaling, standardized, tensors
 from ._config import EDGE_TYPES, GraphParams, TrainParams, model_params
 from ._model import Impute3DModel
-from ._prior import apply_prior, ridge_prior
+from ._prior import apply_prior, apply_prior32, ridge_prior
 
 
 def _holdout(measured: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,12 @@ def _honest_prior(
 
     if prior_fit is None or pb.feat_cat is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
         return T.prior
-    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)
+    fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask)
+    p = (
+        apply_prior(fit, pb.feat_cat, pb.has, Z.shape)
+        if T.batch_size is None
+        else apply_prior32(fit, pb.feat_cat, pb.has, Z.shape)
+    )
     return torch.as_tensor(p, dtype=torch.float32, device=T.dev)
 
 
@@ -39,8 +44,9 @@ def _masks(
     import torch
 
     n_mask = max(1, int(round(tp.mask_fraction * len(rest))))
+    n_masks = tp.n_masks if T.batch_size is None else tp.n_masks_batched
     masks = []
-    for _ in range(max(1, min(int(tp.n_masks), int(tp.epochs)))):
+    for _ in range(max(1, min(int(n_masks), int(tp.epochs)))):
         masked = rng.choice(rest, size=min(n_mask, len(rest)), replace=False)
         known = rest_mask.copy()
         known[masked] = False
@@ -48,27 +54,56 @@ def _masks(
     return masks
 
 
-def _step(T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams) -> Callable[[Any, Any, int], Any]:
-    """The loss of one epoch: the network on its mask (plus each level's head), the mix on the held-out spots."""
-    import torch
-
+def _loss(net: Any, out: Any, per_level: list, tgt: Any, hold: tuple | None, tp: TrainParams) -> Any:
+    """The network on its targets (plus each level's head); the mix on held-out spots ``(p, prior, out, avail, y)``."""
     from stmap.models._asign import impute_loss
+
+    loss = impute_loss(out, tgt)
+    for pl in per_level:
+        loss = loss + tp.aux_weight / len(per_level) * impute_loss(pl, tgt)
+    if hold is not None:  # the mix, on spots the network never trained on (network output detached)
+        p, prior, out_h, avail, y = hold
+        loss = loss + impute_loss(net.mix(p, prior, out_h.detach(), avail), y)
+        ml = net.mix_logit  # shrink per-gene weights towards the per-source mean (few held-out spots)
+        loss = loss + tp.mix_shrink * (ml - ml.mean(1, keepdim=True)).pow(2).mean()
+    return loss
+
+
+def _step(T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams) -> Callable[[Any, Any, int], Any]:
+    """The loss of one epoch on the whole graph: the network on its mask, the mix on every held-out spot."""
+    import torch
 
     hold_t = torch.as_tensor(np.sort(hold), device=T.dev)
 
     def step(net: Any, idx: Any, epoch: int) -> Any:
         masked, p = masks[epoch % len(masks)]
         _, out, per_level = net(T.feats, T.has, p, T.ei, T.ea)
-        tgt = T.Y[masked]
-        loss = impute_loss(out[masked], tgt)
-        for pl in per_level:
-            loss = loss + tp.aux_weight / len(per_level) * impute_loss(pl[masked], tgt)
-        if len(hold):  # the mix, on spots the network never trained on (network output detached)
-            mixed = net.mix(p[hold_t], prior_tr[hold_t], out[hold_t].detach(), T.avail[hold_t])
-            loss = loss + impute_loss(mixed, T.Y[hold_t])
-            ml = net.mix_logit  # shrink per-gene weights towards the per-source mean (few held-out spots)
-            loss = loss + tp.mix_shrink * (ml - ml.mean(1, keepdim=True)).pow(2).mean()
-        return loss
+        h = (p[hold_t], prior_tr[hold_t], out[hold_t], T.avail[hold_t], T.Y[hold_t]) if len(hold) else None
+        return _loss(net, out[masked], [pl[masked] for pl in per_level], T.Y[masked], h, tp)
+
+    return step
+
+
+def _batch_step(
+    T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams, rng: np.random.Generator
+) -> Callable[[Any, Any, int], Any]:
+    """The loss of one epoch in batches: ``batch_size`` masked and held-out spots, sampled anew, with their graph."""
+    import torch
+
+    from ._batch import batch, forward
+
+    size = int(T.batch_size or 1)
+    pools = [m.cpu().numpy() for m, _ in masks]
+
+    def step(net: Any, idx: Any, epoch: int) -> Any:
+        k = epoch % len(masks)
+        bm = np.sort(rng.choice(pools[k], size=min(size, len(pools[k])), replace=False))
+        bh = np.sort(rng.choice(hold, size=min(size, len(hold)), replace=False)) if len(hold) else hold
+        p = masks[k][1]
+        _, out, per_level = forward(net, T, p, batch(T.graphs, np.concatenate([bm, bh]), T.dev))
+        n, h_t = len(bm), torch.as_tensor(bh, device=T.dev)
+        h = (p[h_t], prior_tr[h_t], out[n:], T.avail[h_t], T.Y[h_t]) if len(bh) else None
+        return _loss(net, out[:n], [pl[:n] for pl in per_level], T.Y[torch.as_tensor(bm, device=T.dev)], h, tp)
 
     return step
 
@@ -98,11 +133,11 @@ def train_arrays(
     from stmap.models._train import fit
 
     mean, std = scaling(pb)
-    Z = standardized(pb, mean, std)
+    Z = standardized(pb, mean, std, lean=tp.batch_size is not None)
     prior_fit = None  # features (feat_cat: every level side by side) on enough measured spots: a ridge prior
     if pb.feat_cat is not None and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10:
         prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured)
-    T = tensors(pb, Z, prior_fit, gp.propagate, dev)
+    T = tensors(pb, Z, prior_fit, gp.propagate, dev, tp.batch_size)
     config: dict[str, Any] = {
         "level_dims": [int(f.shape[1]) for f in pb.levels],
         "n_genes": int(Z.shape[1]),
@@ -119,7 +154,10 @@ def train_arrays(
     rest_mask = np.zeros(len(Z), bool)
     rest_mask[rest] = True
     prior_tr = _honest_prior(pb, Z, prior_fit, T, hold, rest_mask)
-    step = _step(T, _masks(T, rest, rest_mask, gp, tp, rng), hold, prior_tr, tp)
+    masks = _masks(T, rest, rest_mask, gp, tp, rng)
+    step = (
+        _step(T, masks, hold, prior_tr, tp) if tp.batch_size is None else _batch_step(T, masks, hold, prior_tr, tp, rng)
+    )
     hist = fit(
         net,
         step,

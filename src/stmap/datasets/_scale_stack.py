@@ -1,0 +1,336 @@
+"""Serial Visium HD sections at capture-area size, streamed to zarr: test data for 3D stacking and imputation.
+
+Every section is one capture area in ``spatialdata_io.visium_hd``'s layout (see :func:`stmap.datasets.large_visium_hd`,
+whose generative model this reuses): the same cell types, tissue domains that are smooth in ``x, y`` and drift slowly
+along the cutting axis ``z`` (shared across sections, so expression can be learnt from the neighbouring sections),
+bins on each section's own lattice and a small rigid misalignment per section (rotation and shift of the tissue
+against the capture area). Histology is either a precomputed ``obsm['X_histology']`` (three blocks of features, one
+per "patch scale", that follow the bin's own cells and its neighbourhood, to isolate the cost of the 3D tools) or a
+lazy synthetic H&E whose tint follows the tissue domains (``image=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._core._constants import Key
+from .._core._params import Interval, validate_params
+from ._scale import _FIELD_GRID, TRUTH_COUNTS, TRUTH_TYPES, _cells_of_units, _he_image, _lazy_counts, _model, _truth
+
+__all__ = ["large_stack"]
+
+#: ``uns`` entry of each section's table with its truth: section name, ``z_um``, ``transform``, ``library_mean``.
+TRUTH_STACK = "truth_stack"
+#: ``varm`` entry with the cell-type profiles (genes x types, columns sum to 1) the counts are drawn from.
+TRUTH_PROFILES = "truth_profiles"
+_Z_GRID = 3  # grid of the type fields along z (over the whole stack)
+_MARGIN_UM = 200.0
+
+
+def _mixture_3d(seed: int, n_types: int, xyz01: np.ndarray, sharpness: float) -> np.ndarray:
+    """Local type probabilities at positions in [0, 1]^3 from smooth random 3D fields (observations x types)."""
+    from scipy.ndimage import map_coordinates
+
+    gen = np.random.default_rng([seed, 21])
+    fields = gen.normal(size=(n_types, _FIELD_GRID, _FIELD_GRID, _Z_GRID))
+    scale = np.array([_FIELD_GRID - 1, _FIELD_GRID - 1, _Z_GRID - 1], dtype=float)
+    upper = scale[:, None]
+    coords = np.clip(xyz01[:, [1, 0, 2]].T * upper, 0, upper)  # (row, col, z)
+    logits = np.stack([map_coordinates(f, coords, order=3, mode="nearest") for f in fields], axis=1)
+    w = np.exp(sharpness * (logits - logits.max(axis=1, keepdims=True)))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _rigid(seed: int, i: int, max_angle: float, max_shift_um: float, centre_um: float, mpp: float) -> np.ndarray:
+    """3x3 ``(x, y, 1)`` matrix: section ``i``'s full-resolution pixels -> the aligned frame (micrometres)."""
+    gen = np.random.default_rng([seed, 22, i])
+    a = np.deg2rad(gen.uniform(-max_angle, max_angle))
+    t = gen.uniform(-max_shift_um, max_shift_um, 2)
+    c, s = np.cos(a), np.sin(a)
+    rot = np.array([[c, -s], [s, c]])
+    m = np.eye(3)
+    m[:2, :2] = rot * mpp
+    m[:2, 2] = centre_um - rot @ np.full(2, centre_um) + t  # rotate about the capture area's centre, then shift
+    return m
+
+
+def _features(
+    seed: int, sec_seed: int, own: np.ndarray, mix: np.ndarray, wide: np.ndarray, n_features: int, noise: float
+) -> np.ndarray:
+    """Three blocks of features: the bin's own cells, its neighbourhood's mixture, a wider context; plus noise."""
+    w = np.random.default_rng([seed, 23]).normal(size=(3, own.shape[1], n_features))  # one "stain" per type
+    gen = np.random.default_rng([sec_seed, 24])
+    blocks = [src @ w[k] + noise * gen.normal(size=(len(own), n_features)) for k, src in enumerate((own, mix, wide))]
+    return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _tint(seed: int, chunks: tuple, mats: np.ndarray, extent: tuple[float, float], z01: float, n_types: int) -> Any:
+    """A lazy ``(3, y, x)`` int16 tint of the H&E by the local cell-type mixture, on the image's chunks."""
+    import dask.array as da
+
+    stains = np.random.default_rng([seed, 25]).uniform(-60, 60, size=(n_types, 3))
+
+    def block(block_info: Any = None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][1:]
+        step = 32  # the tint is smooth: evaluate it every 32 px and repeat
+        ys, xs = np.arange(y0, y1, step) + step / 2, np.arange(x0, x1, step) + step / 2
+        gx, gy = np.meshgrid(xs, ys)
+        um = np.c_[gx.ravel(), gy.ravel()] @ mats[:2, :2].T + mats[:2, 2]
+        xyz = np.c_[um[:, 0] / extent[0], um[:, 1] / extent[1], np.full(len(um), z01)]
+        rgb = (_mixture_3d(seed, n_types, xyz, 3.0) @ stains).reshape(len(ys), len(xs), 3)
+        full = np.repeat(np.repeat(rgb, step, axis=0), step, axis=1)[: y1 - y0, : x1 - x0]
+        return np.moveaxis(full, -1, 0).astype(np.int16)
+
+    return da.map_blocks(block, dtype=np.int16, chunks=chunks)
+
+
+def _image(
+    seed: int, shape: tuple[int, int], mats: np.ndarray, extent: tuple, z01: float, n: int, density: float, mpp: float
+) -> Any:
+    """The section's lazy H&E: nuclei on pink stroma (:func:`large_visium_hd`'s), tinted by the tissue domains."""
+    h, w = shape
+    base = _he_image(seed, h, w, 3.0 / mpp, density, 4096)
+    tint = _tint(seed, base.chunks, mats, extent, z01, n)
+    return (base.astype(np.int16) + tint).clip(0, 255).astype(np.uint8)
+
+
+def _section(
+    i: int,
+    *,
+    seed: int,
+    model: Any,
+    side: int,
+    n_bins: int,
+    bin_um: float,
+    mpp: float,
+    z01: float,
+    mat: np.ndarray,
+    cells_per_bin: float,
+    n_features: int | None,
+    feature_noise: float,
+    image: bool,
+    dataset_id: str,
+    chunk_rows: int,
+    z_um: float,
+) -> Any:
+    """One section as a SpatialData (counts lazy)."""
+    import geopandas as gpd
+    import shapely
+    from anndata import AnnData
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+
+    sec_seed = int(np.random.default_rng([seed, 26, i]).integers(2**31))
+    idx = np.arange(n_bins)
+    row, col = idx // side, idx % side
+    px = bin_um / mpp
+    x0, y0 = (_MARGIN_UM + col * bin_um) / mpp, (_MARGIN_UM + row * bin_um) / mpp
+    um = np.c_[x0 + px / 2, y0 + px / 2] @ mat[:2, :2].T + mat[:2, 2]  # bin centres in the aligned frame
+    extent_um = 2 * _MARGIN_UM + side * bin_um
+    xyz01 = np.c_[um / extent_um, np.full(n_bins, z01)]
+    mix = _mixture_3d(seed, len(model.types), xyz01, 3.0)
+    n_cells = 1 + np.random.default_rng([sec_seed, 6]).binomial(2, (cells_per_bin - 1) / 2, size=n_bins)
+    cells = _cells_of_units(sec_seed, mix, n_cells)
+    tag = f"{int(round(bin_um)):03d}"
+    cs = f"{dataset_id}_S{i}"
+    region = f"{cs}_square_{tag}um"
+    index = pd.Index([f"s_{tag}um_{r:05d}_{c:05d}-1" for r, c in zip(row, col, strict=True)])
+    obs = pd.DataFrame(
+        {
+            "in_tissue": 1,
+            "array_row": row,
+            "array_col": col,
+            "location_id": idx,
+            "region": pd.Categorical([region] * n_bins),
+        },
+        index=index,
+    )
+    prof = model.profiles * model.platform[None, :]
+    prof /= prof.sum(axis=1, keepdims=True)
+    lib_mean = 60.0 * bin_um**2 / 64.0
+    X = _lazy_counts(sec_seed, prof, cells, lib_mean, n_bins, chunk_rows)
+    table = AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
+    truth = _truth(cells, n_bins, model.types, index)
+    table.obsm[TRUTH_COUNTS] = truth
+    table.obsm["spatial_true"] = um
+    table.uns[TRUTH_TYPES] = np.asarray(model.types)
+    table.uns[TRUTH_STACK] = {"section": f"S{i}", "z_um": z_um, "transform": mat, "library_mean": lib_mean}
+    table.varm[TRUTH_PROFILES] = prof.T
+    if n_features is not None:
+        own = truth.to_numpy(dtype=float)
+        own /= own.sum(1, keepdims=True)
+        wide = _mixture_3d(seed, len(model.types), xyz01, 1.0)
+        table.obsm[Key.obsm.histology] = _features(seed, sec_seed, own, mix, wide, n_features, feature_noise)
+        table.uns[Key.obsm.histology] = {"n_features_per_scale": [n_features] * 3, "extractor": "synthetic"}
+    table = TableModel.parse(table, region=region, region_key="region", instance_key="location_id")
+    squares = shapely.box(x0, y0, x0 + px, y0 + px)
+    shapes = ShapesModel.parse(gpd.GeoDataFrame(geometry=squares, index=idx), transformations={cs: Identity()})
+    images = {}
+    if image:
+        n_rows_grid = math.ceil(n_bins / side)
+        h = int(math.ceil((2 * _MARGIN_UM + n_rows_grid * bin_um) / mpp))
+        w = int(math.ceil((2 * _MARGIN_UM + side * bin_um) / mpp))
+        density = cells_per_bin / px**2
+        arr = _image(sec_seed, (h, w), mat, (extent_um, extent_um), z01, len(model.types), density, mpp)
+        images[f"{cs}_full_image"] = Image2DModel.parse(
+            arr,
+            dims=("c", "y", "x"),
+            scale_factors=[2, 2, 2, 2],
+            transformations={cs: Identity()},
+            chunks=(3, 4096, 4096),
+        )
+    sdata = SpatialData(images=images, shapes={region: shapes}, tables={f"square_{tag}um": table})
+    sdata.attrs["spatialdata_io_reader"] = "visium_hd"
+    return sdata
+
+
+@validate_params(
+    n_sections=Interval(int, 2, None),
+    n_bins=Interval(int, 1, None),
+    n_genes=Interval(int, 2, None),
+    n_types=Interval(int, 2, None),
+    bin_um=Interval(float, 0, None, "neither"),
+    mpp=Interval(float, 0, None, "neither"),
+    cells_per_bin=Interval(float, 1, 3),
+    z_step_um=Interval(float, 0, None, "neither"),
+    max_angle=Interval(float, 0, 45),
+    max_shift_um=Interval(float, 0, None),
+    n_features=[Interval(int, 1, None), None],
+    feature_noise=Interval(float, 0, None),
+    platform_sd=Interval(float, 0, None),
+    chunk_rows=Interval(int, 1, None),
+    seed=Interval(int, 0, None),
+)
+def large_stack(
+    path: str | Path,
+    *,
+    n_sections: int = 4,
+    n_bins: int = 150_000,
+    n_genes: int = 2000,
+    n_types: int = 12,
+    bin_um: float = 16.0,
+    mpp: float = 0.2738,
+    cells_per_bin: float = 1.7,
+    z_step_um: float = 20.0,
+    max_angle: float = 2.0,
+    max_shift_um: float = 40.0,
+    n_features: int | None = 16,
+    feature_noise: float = 0.5,
+    image: bool = False,
+    platform_sd: float = 0.2,
+    dataset_id: str = "sample",
+    chunk_rows: int = 50_000,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write serial Visium HD sections (one capture area each) as zarr stores, in ``spatialdata_io.visium_hd``'s layout.
+
+    Section ``i`` (named ``'S{i}'``) is cut at ``z = i * z_step_um`` through one simulated block: smooth random fields
+    in ``x, y, z`` set the local cell-type mixture (domains shared by neighbouring sections, drifting along ``z``),
+    each bin holds 1-3 cells drawn from it, and counts follow :func:`large_visium_hd`'s model (same ``seed``,
+    ``n_types`` and ``n_genes``: the same cell types). Each section's bins fill its own capture area row by row; the
+    tissue is rotated (up to ``max_angle`` degrees) and shifted (up to ``max_shift_um``) against it, so the sections
+    need aligning, and the truth says how.
+
+    Each store ``'{dataset_id}_S{i}.zarr'`` holds shapes ``'{dataset_id}_S{i}_square_{bin}um'`` (squares, full-res
+    pixels) in the coordinate system ``'{dataset_id}_S{i}'``, table ``'square_{bin}um'`` (``obs``: ``in_tissue``,
+    ``array_row``, ``array_col``, ``location_id``, ``region``; sparse counts), with ``n_features``:
+    ``obsm['X_histology']`` (three blocks of ``n_features`` columns, ``uns['X_histology']['n_features_per_scale']``:
+    the bin's own cells, its neighbourhood, a wider context, each a fixed linear map of the cell-type composition plus
+    Gaussian noise of standard deviation ``feature_noise``), with ``image=True`` the lazy H&E pyramid
+    ``'{dataset_id}_S{i}_full_image'`` (nuclei on stroma tinted by the domains); ``attrs['spatialdata_io_reader'] =
+    'visium_hd'``. The truth: ``obsm['truth_cell_type_counts']``, ``uns['truth_cell_types']``,
+    ``varm['truth_profiles']`` (genes x types, the expected share of each gene in a cell of each type),
+    ``obsm['spatial_true']`` (bin centres in the aligned frame, µm) and ``uns['truth_stack']``: ``section``, ``z_um``,
+    ``transform`` (3x3 ``(x, y, 1)`` matrix, the section's pixels -> the aligned frame in µm, what
+    ``st.pp.stack_sections(transforms=...)`` takes) and ``library_mean`` (mean counts per cell).
+
+    Parameters
+    ----------
+    path
+        Directory of the stores (created).
+    n_sections
+        Number of sections.
+    n_bins
+        Bins per section (a whole 6.5 mm capture area: 160,000 bins of 16 µm).
+    n_genes
+        Number of genes.
+    n_types
+        Number of cell types.
+    bin_um
+        Bin side in micrometres.
+    mpp
+        Micrometres per full-resolution pixel of the shapes and the image.
+    cells_per_bin
+        Mean number of cells per bin, between 1 and 3.
+    z_step_um
+        Distance between consecutive sections, in micrometres.
+    max_angle
+        Largest rotation of a section's tissue against its capture area, in degrees.
+    max_shift_um
+        Largest shift of a section's tissue against its capture area (per axis), in micrometres.
+    n_features
+        Columns per block of the precomputed ``obsm['X_histology']``; ``None``: no features.
+    feature_noise
+        Standard deviation of the noise added to the features.
+    image
+        Whether to write a lazy H&E per section (about 24,000 px square for 150,000 bins of 16 µm).
+    platform_sd
+        Standard deviation of the log platform factor per gene.
+    dataset_id
+        Prefix of the stores, element names and coordinate systems.
+    chunk_rows
+        Bins per generated (and written) block of counts.
+    seed
+        Seed.
+    overwrite
+        Replace existing stores.
+
+    Returns
+    -------
+    The paths of the written stores, one per section, in ``z`` order.
+
+    See Also
+    --------
+    large_visium_hd : one capture area.
+    simulate_stack : small serial sections of legacy spatial transcriptomics spots.
+    """
+    from .._core import StmapInputError
+
+    out_dir = Path(path)
+    paths = [out_dir / f"{dataset_id}_S{i}.zarr" for i in range(n_sections)]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise StmapInputError(f"{existing[0]} exists; pass overwrite=True to replace it or choose another path.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _model(seed, n_types, n_genes, platform_sd)
+    side = math.ceil(math.sqrt(n_bins))
+    centre_um = _MARGIN_UM + side * bin_um / 2
+    for i, p in enumerate(paths):
+        mat = _rigid(seed, i, max_angle, max_shift_um, centre_um, mpp)
+        sdata = _section(
+            i,
+            seed=seed,
+            model=model,
+            side=side,
+            n_bins=n_bins,
+            bin_um=bin_um,
+            mpp=mpp,
+            z01=i / max(n_sections - 1, 1),
+            mat=mat,
+            cells_per_bin=cells_per_bin,
+            n_features=n_features,
+            feature_noise=feature_noise,
+            image=image,
+            dataset_id=dataset_id,
+            chunk_rows=chunk_rows,
+            z_um=float(i * z_step_um),
+        )
+        sdata.write(p, overwrite=overwrite)
+    return paths
