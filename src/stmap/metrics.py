@@ -97,12 +97,34 @@ def pearson_per_gene(pred: Any, truth: Any) -> np.ndarray:
 
     Parameters
     ----------
-    pred, truth
-        ``(n_obs, n_genes)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+    pred
+        Predicted ``(n_obs, n_genes)`` values: an array, a SciPy sparse matrix or a DataFrame.
+    truth
+        True values of the same shape; two DataFrames are aligned by column name.
 
     Returns
     -------
     ``(n_genes,)`` correlations; NaN where either column is constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    >>> pred = np.array([[1.1, 1.0], [2.1, 0.0], [2.9, 1.0]])
+    >>> st.metrics.pearson_per_gene(pred, truth).round(3)
+    array([ 0.998, -1.   ])
+
+    See Also
+    --------
+    :func:`~stmap.metrics.spearman_per_gene`
+        The same on ranks.
+    :func:`~stmap.metrics.pearson_per_spot`
+        One correlation per observation instead of per gene.
+    :func:`~stmap.tl.project_genes`
+        Predicts the expression this measure is used to check.
+    :doc:`/tutorials/mapping`
+        Genes projected from single cells, scored with this measure on held-out genes.
     """
     p, t = _pair(pred, truth)
     return _rowwise_pearson(p.T, t.T)
@@ -113,12 +135,30 @@ def pearson_per_spot(pred: Any, truth: Any) -> np.ndarray:
 
     Parameters
     ----------
-    pred, truth
-        ``(n_obs, n_features)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+    pred
+        Predicted ``(n_obs, n_features)`` values: an array, a SciPy sparse matrix or a DataFrame.
+    truth
+        True values of the same shape; two DataFrames are aligned by column name.
 
     Returns
     -------
     ``(n_obs,)`` correlations; NaN where either row is constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    >>> pred = np.array([[0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    >>> st.metrics.pearson_per_spot(pred, truth).round(3)
+    array([0.997, 1.   ])
+
+    See Also
+    --------
+    :func:`~stmap.metrics.pearson_per_gene`
+        One correlation per gene instead of per observation.
+    :func:`~stmap.metrics.proportion_metrics`
+        Its mean over spots, with RMSE and JSD, for cell-type proportions.
     """
     p, t = _pair(pred, truth)
     return _rowwise_pearson(p, t)
@@ -129,12 +169,28 @@ def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
 
     Parameters
     ----------
-    pred, truth
-        ``(n_obs, n_genes)`` arrays, SciPy sparse matrices or DataFrames (aligned by column name).
+    pred
+        Predicted ``(n_obs, n_genes)`` values: an array, a SciPy sparse matrix or a DataFrame.
+    truth
+        True values of the same shape; two DataFrames are aligned by column name.
 
     Returns
     -------
     ``(n_genes,)`` correlations; NaN where either column is constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[1.0, 5.0], [2.0, 1.0], [3.0, 0.0]])
+    >>> pred = np.array([[1.0, 0.0], [4.0, 1.0], [9.0, 2.0]])  # monotone in gene 0, reversed in gene 1
+    >>> st.metrics.spearman_per_gene(pred, truth)
+    array([ 1., -1.])
+
+    See Also
+    --------
+    :func:`~stmap.metrics.pearson_per_gene`
+        The linear correlation.
     """
     from scipy.stats import rankdata
 
@@ -148,14 +204,34 @@ def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarra
 
     Parameters
     ----------
-    pred, truth
-        Arrays of the same shape (sparse and DataFrames allowed; DataFrames aligned by column name).
+    pred
+        Predicted values: an array, a SciPy sparse matrix or a DataFrame.
+    truth
+        True values of the same shape; two DataFrames are aligned by column name.
     axis
         ``None``: one value over all entries; ``1``: one per row; ``0``: one per column.
 
     Returns
     -------
     The RMSE (NaN if any entry involved is NaN).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[0.0, 1.0], [2.0, 3.0]])
+    >>> pred = np.array([[0.0, 1.0], [2.0, 5.0]])
+    >>> st.metrics.rmse(pred, truth)
+    1.0
+    >>> st.metrics.rmse(pred, truth, axis=1)
+    array([0.        , 1.41421356])
+
+    See Also
+    --------
+    :func:`~stmap.metrics.relative_l2`
+        The error relative to the size of the reference.
+    :func:`~stmap.metrics.proportion_metrics`
+        RMSE with correlation and JSD for cell-type proportions.
     """
     p, t = _pair(pred, truth)
     out = np.sqrt(np.mean((p - t) ** 2, axis=axis))
@@ -169,12 +245,28 @@ def jsd(p: Any, q: Any) -> np.ndarray | float:
 
     Parameters
     ----------
-    p, q
-        ``(n, k)`` non-negative arrays (or 1D ``(k,)``, giving one value), DataFrames aligned by column name.
+    p
+        ``(n, k)`` non-negative array (or a 1D ``(k,)`` one, giving one value) or DataFrame.
+    q
+        Non-negative values of the same shape; two DataFrames are aligned by column name.
 
     Returns
     -------
     ``(n,)`` divergences (a float for 1D input); NaN for rows where either sums to 0 or contains NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> st.metrics.jsd(np.array([1.0, 0.0]), np.array([0.0, 1.0]))  # disjoint: the maximum
+    1.0
+    >>> st.metrics.jsd(np.array([[2.0, 2.0], [1.0, 3.0]]), np.array([[1.0, 1.0], [1.0, 3.0]]))  # rows are normalised
+    array([0., 0.])
+
+    See Also
+    --------
+    :func:`~stmap.metrics.proportion_metrics`
+        Its mean over spots, with correlation and RMSE.
     """
     one = np.ndim(p) == 1 and np.ndim(q) == 1
     a, b = _pair(np.asarray(p)[None], np.asarray(q)[None]) if one else _pair(p, q)
@@ -200,14 +292,39 @@ def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
 
     Parameters
     ----------
-    pred, truth
-        ``(n_spots, n_types)`` proportions. DataFrames are aligned by column name (order may differ; the sets of
-        columns must agree); arrays must already be in the same order.
+    pred
+        Predicted ``(n_spots, n_types)`` proportions, an array or a DataFrame with one column per type.
+    truth
+        True proportions of the same shape; two DataFrames are aligned by column name (the order may differ, the
+        sets of columns must agree), arrays must already be in the same order.
 
     Returns
     -------
     ``{'pearson': mean per-spot Pearson (NaN spots skipped), 'rmse': RMSE over all entries, 'jsd': mean per-spot JSD
     (NaN spots skipped)}``.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> truth = sdata.tables["spots"].obsm["cell_type_fractions"].dropna()
+    >>> uniform = truth * 0 + 1 / truth.shape[1]  # a baseline that ignores the data
+    >>> scores = st.metrics.proportion_metrics(uniform, truth)
+    >>> sorted(scores)
+    ['jsd', 'pearson', 'rmse']
+    >>> st.metrics.proportion_metrics(truth, truth)["rmse"]
+    0.0
+
+    See Also
+    --------
+    :func:`~stmap.tl.map_cells`
+        Writes the predicted proportions (``obsm['stmap_cell_type_fractions']``).
+    :func:`~stmap.metrics.pearson_per_spot`
+        The per-spot correlations behind ``'pearson'``.
+    :func:`~stmap.metrics.jsd`
+        The per-spot divergences behind ``'jsd'``.
+    :doc:`/tutorials/mapping`
+        Proportions from mapped cells against the truth.
     """
     if isinstance(pred, pd.DataFrame) and isinstance(truth, pd.DataFrame):
         pred, truth = _align_columns(pred, truth)
@@ -226,13 +343,27 @@ def assignment_accuracy(pred_spot: Any, true_spot: Any) -> float:
 
     Parameters
     ----------
-    pred_spot, true_spot
-        Spot id per cell (same length). A cell with no true spot (NaN, ``None`` or ``''`` in ``true_spot``) is
-        ignored; a missing prediction counts as wrong.
+    pred_spot
+        Predicted spot id per cell; a missing prediction (NaN, ``None``) counts as wrong.
+    true_spot
+        True spot id per cell (same length); a cell without one (NaN, ``None`` or ``''``) is ignored.
 
     Returns
     -------
     The accuracy in ``[0, 1]``; NaN when no cell has a true spot.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.metrics.assignment_accuracy(["s1", "s2", "s2", None], ["s1", "s1", "s2", "s3"])
+    0.5
+    >>> st.metrics.assignment_accuracy(["s1", "s2"], ["s1", None])  # the second cell has no true spot
+    1.0
+
+    See Also
+    --------
+    :func:`~stmap.tl.map_cells`
+        Places cells in spots (in greedy mode, the spot of each reference cell is ``obs['stmap_spot']``).
     """
     p, t = pd.Series(np.asarray(pred_spot, dtype=object)), pd.Series(np.asarray(true_spot, dtype=object))
     if p.shape != t.shape or p.ndim != 1:
@@ -270,6 +401,19 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     Returns
     -------
     The AUC; NaN when only one class is present.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
+
+    See Also
+    --------
+    :func:`~stmap.metrics.average_precision`
+        The area under the precision-recall curve.
+    :func:`~stmap.tl.detect_ctr`
+        Stores this score for known labels (``label_key``).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -292,6 +436,19 @@ def average_precision(y_true: Any, y_score: Any) -> float:
     Returns
     -------
     The AP; NaN when there is no positive.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> round(st.metrics.average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
+    0.8333
+
+    See Also
+    --------
+    :func:`~stmap.metrics.roc_auc`
+        The area under the ROC curve.
+    :func:`~stmap.tl.detect_ctr`
+        Stores this score for known labels (``label_key``).
     """
     from sklearn.metrics import average_precision_score
 
@@ -306,12 +463,27 @@ def f1(y_true: Any, y_pred: Any) -> float:
 
     Parameters
     ----------
-    y_true, y_pred
-        Binary labels (bool or 0/1).
+    y_true
+        True binary labels (bool or 0/1).
+    y_pred
+        Predicted binary labels (bool or 0/1); threshold scores first, e.g. with :func:`gmm_threshold`.
 
     Returns
     -------
     The F1 score; NaN when there are neither true nor predicted positives (undefined).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.metrics.f1([1, 1, 0, 0], [1, 0, 1, 0])  # one TP, one FP, one FN
+    0.5
+
+    See Also
+    --------
+    :func:`~stmap.metrics.gmm_threshold`
+        Turns scores into binary calls.
+    :func:`~stmap.tl.detect_ctr`
+        Stores this score for known labels (``label_key``).
     """
     y, p = _binary(y_true, y_pred, "y_pred")
     if not set(np.unique(p).tolist()) <= {0.0, 1.0}:
@@ -346,6 +518,23 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
     Returns
     -------
     The threshold; call ``scores > threshold`` positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> rng = np.random.default_rng(0)
+    >>> scores = np.concatenate([rng.normal(0.2, 0.05, 300), rng.normal(0.8, 0.05, 100)])
+    >>> threshold = st.metrics.gmm_threshold(scores)
+    >>> 0.4 < threshold < 0.6, int((scores > threshold).sum())
+    (True, 100)
+
+    See Also
+    --------
+    :func:`~stmap.tl.detect_ctr`
+        Calls cancer regions with this threshold (``covariance_type='tied'``).
+    :func:`~stmap.metrics.f1`
+        Scores the calls.
     """
     from sklearn.mixture import GaussianMixture
 
@@ -371,12 +560,14 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
     channel_axis=[Instance((numbers.Integral,)), None],
 )
 def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis: int | None = None) -> float:
-    """Structural similarity (:func:`skimage.metrics.structural_similarity`).
+    """Structural similarity :cite:p:`wang2004ssim` (:func:`skimage.metrics.structural_similarity`).
 
     Parameters
     ----------
-    img1, img2
-        Images of the same shape.
+    img1
+        The first image (any number of dimensions).
+    img2
+        The second image, of the same shape.
     data_range
         Value range; default the range of both images together (``max - min``), so float images work.
     channel_axis
@@ -385,6 +576,23 @@ def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis:
     Returns
     -------
     The mean SSIM.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> img = np.random.default_rng(0).random((32, 32))
+    >>> st.metrics.ssim(img, img)
+    1.0
+    >>> st.metrics.ssim(img, img + 0.5) < 1  # same structure, other brightness
+    True
+
+    See Also
+    --------
+    :func:`~stmap.models.ssim_loss`
+        The differentiable ``1 - SSIM`` that gene maps are trained with.
+    :func:`~stmap.tl.gene_maps`
+        Reconstructs the H&E (``reconstruct=True``) that this measure can compare with the original.
     """
     from skimage.metrics import structural_similarity
 
@@ -401,12 +609,28 @@ def relative_l2(a: Any, b: Any) -> float:
 
     Parameters
     ----------
-    a, b
-        Arrays of the same shape (sparse allowed).
+    a
+        The estimate: an array or a SciPy sparse matrix.
+    b
+        The reference, of the same shape.
 
     Returns
     -------
     The relative error; ``inf`` if ``b`` is all zero and ``a`` is not, 0 if both are.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> st.metrics.relative_l2(np.array([3.0, 4.0]), np.array([3.0, 0.0]))
+    1.3333333333333333
+
+    See Also
+    --------
+    :func:`~stmap.metrics.rmse`
+        The absolute error.
+    :func:`~stmap.kernels.kde_direct`
+        The exact estimate the binned density is compared with this way.
     """
     x = np.asarray(a.toarray() if sparse.issparse(a) else a, dtype=np.float64)
     y = np.asarray(b.toarray() if sparse.issparse(b) else b, dtype=np.float64)
@@ -453,6 +677,22 @@ def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
     Returns
     -------
     The mean over rows (lower is better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[3, 1], [0, 4]])  # counts per class
+    >>> pred = np.array([[0.75, 0.25], [0.1, 0.9]])
+    >>> round(st.metrics.cross_entropy(pred, truth), 4)
+    0.3338
+
+    See Also
+    --------
+    :func:`~stmap.metrics.brier`
+        The squared error of the same probabilities.
+    :func:`~stmap.metrics.r2_probabilities`
+        The explained variance of the proportions.
     """
     p, t = _class_probs(pred, truth)
     return float(np.mean(-(t * np.log(np.clip(p, eps, 1.0))).sum(1)))
@@ -463,12 +703,29 @@ def brier(pred: Any, truth: Any) -> float:
 
     Parameters
     ----------
-    pred, truth
-        ``(n, k)`` predicted probabilities and true counts/proportions.
+    pred
+        ``(n, k)`` predicted probabilities (or non-negative scores; rows are normalised to sum 1).
+    truth
+        ``(n, k)`` true class counts or proportions (rows normalised to sum 1).
 
     Returns
     -------
     The score in ``[0, 2]`` (lower is better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[3, 1], [0, 4]])
+    >>> st.metrics.brier(np.array([[0.75, 0.25], [0.0, 1.0]]), truth)  # exact proportions
+    0.0
+    >>> st.metrics.brier(np.array([[0.25, 0.75], [0.0, 1.0]]), truth)
+    0.25
+
+    See Also
+    --------
+    :func:`~stmap.metrics.cross_entropy`
+        The log loss of the same probabilities.
     """
     p, t = _class_probs(pred, truth)
     return float(np.mean(((p - t) ** 2).sum(1)))
@@ -479,12 +736,29 @@ def r2_probabilities(pred: Any, truth: Any) -> float:
 
     Parameters
     ----------
-    pred, truth
-        ``(n, k)`` predicted probabilities and true counts/proportions (rows normalised to sum 1).
+    pred
+        ``(n, k)`` predicted probabilities (or non-negative scores; rows are normalised to sum 1).
+    truth
+        ``(n, k)`` true class counts or proportions (rows normalised to sum 1).
 
     Returns
     -------
     ``1 - sum (t - p)**2 / sum (t - mean(t))**2`` (1 is perfect; can be negative).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[3, 1], [0, 4]])
+    >>> st.metrics.r2_probabilities(np.array([[0.75, 0.25], [0.0, 1.0]]), truth)
+    1.0
+    >>> st.metrics.r2_probabilities(np.array([[0.5, 0.5], [0.5, 0.5]]), truth)  # uniform guess
+    0.0
+
+    See Also
+    --------
+    :func:`~stmap.metrics.cross_entropy`
+        The log loss of the same probabilities.
     """
     p, t = _class_probs(pred, truth)
     den = float(((t - t.mean()) ** 2).sum())
