@@ -178,8 +178,13 @@ def linear_binning(
     ----------
     coords
         ``(n, d)`` point coordinates, ``d`` in ``{2, 3}``.
-    lo, step, shape
-        Grid: ``shape[a]`` nodes at ``lo[a] + i * step[a]`` along axis ``a`` (``shape[a] >= 2``).
+    lo
+        Position of the grid's first node along each axis: the grid has ``shape[a]`` nodes at
+        ``lo[a] + i * step[a]`` along axis ``a``.
+    step
+        Node spacing along each axis (positive).
+    shape
+        Number of nodes along each axis (``shape[a] >= 2``).
     weights
         ``(n,)`` point weights; ``None`` for 1.
     dtype
@@ -194,6 +199,26 @@ def linear_binning(
     -------
     ``(grid, n_dropped)``: the binned weights (sum = total weight of the points inside the grid) and the number of
     points outside the grid (or with NaN coordinates), which were skipped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap import kernels
+    >>> coords = np.array([[0.25, 0.5], [1.0, 1.0]])
+    >>> grid, n_dropped = kernels.linear_binning(coords, lo=(0.0, 0.0), step=(1.0, 1.0), shape=(3, 3))
+    >>> grid  # indexed [ix, iy]: the first point is shared by its four surrounding nodes
+    array([[0.375, 0.375, 0.   ],
+           [0.125, 1.125, 0.   ],
+           [0.   , 0.   , 0.   ]])
+    >>> float(grid.sum()), n_dropped
+    (2.0, 0)
+
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_grid`
+        Binning and smoothing in one call.
+    :func:`~stmap.tl.density`
+        Density maps of a SpatialData's points.
     """
     coords = np.ascontiguousarray(coords, dtype=np.float64)
     d = coords.shape[1]
@@ -243,6 +268,17 @@ def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: 
     Returns
     -------
     ``k[0..r]``, ``r = max(1, ceil(truncate * sigma / step))`` (the kernel is symmetric: ``k[-m] = k[m]``).
+
+    Examples
+    --------
+    >>> from stmap import kernels
+    >>> kernels.gaussian_kernel_1d(1.0, 0.5, truncate=2.0).round(4)  # taps at 0, 0.5, 1, 1.5, 2
+    array([0.3989, 0.3521, 0.242 , 0.1295, 0.054 ])
+
+    See Also
+    --------
+    :func:`~stmap.kernels.gaussian_smooth`
+        Convolves a grid with these kernels, one axis at a time.
     """
     s = sigma / step
     r = max(1, int(math.ceil(truncate * s)))
@@ -377,6 +413,23 @@ def gaussian_smooth(
     -------
     ``grid`` (the same array), smoothed; its values are multiplied by the kernel's ``1 / step`` per axis so a
     grid of counts becomes counts per unit volume.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap import kernels
+    >>> grid = np.zeros((21, 21))
+    >>> grid[10, 10] = 1.0  # one point at the centre node
+    >>> smoothed = kernels.gaussian_smooth(grid, 2.0)
+    >>> round(float(smoothed.sum()), 4), round(float(smoothed[10, 10]), 4)  # peak 1 / (2 pi sigma^2)
+    (1.0, 0.0398)
+
+    See Also
+    --------
+    :func:`~stmap.kernels.linear_binning`
+        Makes the grid of binned points this smooths.
+    :func:`~stmap.kernels.kde_grid`
+        Binning and smoothing in one call.
     """
     if not (isinstance(grid, np.ndarray) and grid.flags.c_contiguous and grid.dtype.kind == "f"):
         raise ValueError("grid must be a C-contiguous float32/float64 numpy array.")
@@ -445,8 +498,12 @@ def kde_grid(
         summed, and the sum is convolved once).
     bandwidth
         Gaussian standard deviation, one value or one per axis (coordinate units).
-    lo, step, shape
-        Grid, see :func:`linear_binning`.
+    lo
+        Position of the grid's first node along each axis (the nodes are ``lo[a] + i * step[a]``).
+    step
+        Node spacing along each axis (positive).
+    shape
+        Number of nodes along each axis (``shape[a] >= 2``).
     weights
         Point weights (same chunking as ``coords`` for dask).
     norm
@@ -454,8 +511,10 @@ def kde_grid(
         unit volume); ``'cells_per_voxel'``: expected number of points per voxel (``counts * prod(step)``).
     dtype
         ``float32`` or ``float64`` grid.
-    truncate, method
-        See :func:`gaussian_smooth`.
+    truncate
+        Kernel support in standard deviations (see :func:`gaussian_smooth`).
+    method
+        ``'fir'``, ``'fft'`` or ``'auto'`` convolution (see :func:`gaussian_smooth`).
     bias_correction
         Linear binning spreads a point at fraction ``f`` of a cell over its nodes with variance ``f (1 - f) step**2``,
         ``step**2 / 6`` on average: smooth with ``sigma**2 - step**2 / 6`` per axis instead (when positive) so the
@@ -466,6 +525,29 @@ def kde_grid(
     -------
     ``(grid, n_dropped, total_weight)``: the estimate, the number of points outside the grid (skipped), and the
     total weight of the points that were used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap import kernels
+    >>> points = np.random.default_rng(0).normal(size=(500, 2))
+    >>> grid, n_dropped, total = kernels.kde_grid(points, 0.5, lo=(-4.0, -4.0), step=(0.1, 0.1), shape=(81, 81))
+    >>> grid.shape, n_dropped, total
+    ((81, 81), 0, 500.0)
+    >>> round(float(grid.sum()) * 0.1 * 0.1, 2)  # integrates to 1
+    1.0
+    >>> exact = kernels.kde_direct(points, np.array([[0.0, 0.0]]), 0.5)
+    >>> bool(abs(grid[40, 40] - exact[0]) < 1e-3)  # node (0, 0)
+    True
+
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_direct`
+        The exact estimate (direct summation) this is checked against.
+    :func:`~stmap.tl.density`
+        The same on a SpatialData's points, one map per group, written as an image.
+    :doc:`/tutorials/density`
+        Density maps of cell classes and their ranking.
     """
     grid = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
     dropped = 0
@@ -535,6 +617,18 @@ def kde_direct(
     Returns
     -------
     ``(m,)`` density values (integral 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap import kernels
+    >>> kernels.kde_direct(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 0.0]]), 1.0).round(4)
+    array([0.1592, 0.0965])
+
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_grid`
+        The fast binned estimate on a grid.
     """
     coords = np.ascontiguousarray(coords, dtype=np.float64)
     nodes = np.ascontiguousarray(nodes, dtype=np.float64)
