@@ -37,7 +37,13 @@ def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float, in_dropout: float
 
 
 class SpaCRDNet(nn.Module):
-    """The network.
+    """The SpaCRD network :cite:p:`xue2026spacrd`: gene and image token encoders, cross-attention fusion, a VAE.
+
+    Each spot is a sequence of ``n_tokens`` tokens (itself and its nearest spots) in two modalities. The gene and
+    image encoders map each spot's inputs to a token (a learned "missing" token where a modality is absent);
+    bidirectional multi-head cross-attention (image tokens query gene tokens and vice versa) gives centre tokens
+    that are fused; a VAE on the fused embedding and a classifier on its ``(mu, log var)`` give the cancer logit.
+    :func:`stmap.tl.train_ctr` trains it; :func:`spacrd_losses` are its supervised losses.
 
     Parameters
     ----------
@@ -61,6 +67,27 @@ class SpaCRDNet(nn.Module):
         Temperature of the contrastive loss.
     input_dropout
         Dropout on the encoders' inputs (genes and features), against overfitting to the source samples.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> net = models.SpaCRDNet(n_genes=20, n_features=10, dim=16, latent=4, heads=2, hidden=32)
+    >>> genes, feats = torch.rand(5, 20), torch.rand(5, 10)  # 5 spots
+    >>> tokens = torch.tensor([[0, 1, 2], [4, 3, 2]])  # 2 sequences: a spot, then its neighbours
+    >>> has = torch.ones(5, dtype=torch.bool)
+    >>> out = net(genes, feats, tokens, has, has)
+    >>> tuple(out["mu"].shape), tuple(out["logit"].shape)
+    ((2, 4), (2,))
+
+    See Also
+    --------
+    :func:`~stmap.models.spacrd_losses`
+        Its VAE and classification losses.
+    :func:`~stmap.tl.train_ctr`
+        Trains it on labelled sections.
+    :doc:`/tutorials/ctr`
+        Cancer tissue regions of HER2+ tumours.
     """
 
     def __init__(
@@ -125,13 +152,17 @@ class SpaCRDNet(nn.Module):
 
         Parameters
         ----------
-        genes, feats
-            ``(U, n_genes)`` and ``(U, n_features)`` inputs of the ``U`` spots involved (``None`` when the modality
-            is absent). Each spot is encoded once, however many sequences it appears in.
+        genes
+            ``(U, n_genes)`` gene inputs of the ``U`` spots involved (``None`` without a gene modality). Each spot is
+            encoded once, however many sequences it appears in.
+        feats
+            ``(U, n_features)`` histology feature inputs of the same spots (``None`` without an image modality).
         tokens
             ``(B, T)`` rows of ``genes``/``feats``: each spot of the batch followed by its neighbours.
-        has_gene, has_img
-            ``(U,)`` bool: whether the spot has each modality.
+        has_gene
+            ``(U,)`` bool: whether the spot has its gene modality.
+        has_img
+            ``(U,)`` bool: whether the spot has its image modality.
         sample
             Draw ``z`` from the posterior (training) instead of using ``mu``.
 
@@ -163,7 +194,7 @@ def clip_loss(zg: torch.Tensor, zi: torch.Tensor, tau: float) -> torch.Tensor:
 def spacrd_losses(
     net: SpaCRDNet, out: dict[str, torch.Tensor], y: torch.Tensor, *, margin: float = 3.0
 ) -> dict[str, torch.Tensor]:
-    """VAE and classification losses for a batch.
+    """VAE and classification losses of :class:`SpaCRDNet` for a batch :cite:p:`xue2026spacrd`.
 
     Parameters
     ----------
@@ -180,6 +211,22 @@ def spacrd_losses(
     -------
     ``recon`` (MSE to the detached fused embedding), ``kl`` (to the centre of the spot's class), ``sep`` (hinge on
     the centre distance), ``bce``, and ``vae = recon + 0.5 kl + 0.1 sep``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> net = models.SpaCRDNet(n_genes=20, n_features=10, dim=16, latent=4, heads=2, hidden=32)
+    >>> has = torch.ones(5, dtype=torch.bool)
+    >>> out = net(torch.rand(5, 20), torch.rand(5, 10), torch.tensor([[0, 1], [2, 3], [4, 0]]), has, has, sample=True)
+    >>> losses = models.spacrd_losses(net, out, torch.tensor([1.0, 0.0, float("nan")]))  # the third is unlabelled
+    >>> sorted(losses)
+    ['bce', 'kl', 'recon', 'sep', 'vae']
+
+    See Also
+    --------
+    :class:`~stmap.models.SpaCRDNet`
+        The network.
     """
     recon = F.mse_loss(out["recon"], out["fused"].detach())
     lab = ~torch.isnan(y)

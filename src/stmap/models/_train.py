@@ -35,6 +35,22 @@ class FitHistory:
         Epoch whose weights were kept (last epoch without early stopping).
     stopped_early
         Whether training stopped before ``epochs``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> x = torch.linspace(-1, 1, 64)[:, None]
+    >>> def step(model, idx, epoch):
+    ...     return torch.nn.functional.mse_loss(model(x[idx]), 3 * x[idx] + 1)
+    >>> history = models.fit(torch.nn.Linear(1, 1), step, 64, epochs=500, lr=0.05, patience=5, verbose=False)
+    >>> history.stopped_early, history.best_epoch < len(history.loss) - 1
+    (True, True)
+
+    See Also
+    --------
+    :func:`~stmap.models.fit`
+        Returns it.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -88,8 +104,17 @@ def fit(
         :class:`torch.LongTensor` on CPU).
     n_samples
         Number of training samples; batches are drawn from ``range(n_samples)``.
-    epochs, batch_size, lr, weight_decay
-        Schedule; ``optimizer`` (a :class:`torch.optim.Optimizer` over the model's parameters) replaces Adam.
+    epochs
+        Number of passes over the samples (0 returns the history unchanged).
+    batch_size
+        Samples per mini-batch.
+    lr
+        Learning rate of Adam.
+    weight_decay
+        Weight decay (L2 penalty) of Adam.
+    optimizer
+        A :class:`torch.optim.Optimizer` over the model's parameters that replaces Adam (``lr`` and
+        ``weight_decay`` are then not used).
     seed
         Seeds torch and the batch order: the same seed gives the same weights on CPU.
     device
@@ -101,8 +126,10 @@ def fit(
         Smallest improvement counted.
     val_step
         ``val_step(model) -> float`` evaluated (without gradients, in eval mode) after each epoch.
-    shuffle, drop_last
-        Batch order and whether an incomplete last batch is dropped (useful for contrastive losses).
+    shuffle
+        Draw the samples of each epoch in a new random order (seeded by ``seed``); ``False`` keeps ``0..n-1``.
+    drop_last
+        Drop an incomplete last batch (useful for contrastive losses, which need full batches).
     verbose
         tqdm progress bar over epochs; ``None`` uses :attr:`stmap.settings.verbose`.
     desc
@@ -113,6 +140,28 @@ def fit(
     Returns
     -------
     The :class:`FitHistory`.
+
+    Examples
+    --------
+    Fit ``y = 3 x + 1`` with a linear layer; the step function computes the loss of a batch of sample indices:
+
+    >>> import torch
+    >>> from stmap import models
+    >>> x = torch.linspace(-1, 1, 64)[:, None]
+    >>> y = 3 * x + 1
+    >>> def step(model, idx, epoch):
+    ...     return torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+    >>> net = torch.nn.Linear(1, 1)
+    >>> history = models.fit(net, step, n_samples=64, epochs=200, batch_size=16, lr=0.05, verbose=False)
+    >>> len(history.loss), round(net.weight.item(), 3), round(net.bias.item(), 3)
+    (200, 3.0, 1.0)
+
+    See Also
+    --------
+    :class:`~stmap.models.FitHistory`
+        What this returns.
+    :func:`~stmap.models.save_checkpoint`
+        Saves the trained model.
     """
     import torch
     from tqdm.auto import tqdm
@@ -221,6 +270,22 @@ def save_checkpoint(
     Returns
     -------
     The path written.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> net = torch.nn.Linear(2, 1)
+    >>> path = models.save_checkpoint(
+    ...     "line.pt", net, config={"in_features": 2, "out_features": 1}, extra={"genes": ["a", "b"]}
+    ... )
+    >>> path.name
+    'line.pt'
+
+    See Also
+    --------
+    :func:`~stmap.models.load_checkpoint`
+        Rebuilds the model from the file.
     """
     import torch
 
@@ -281,6 +346,23 @@ def load_checkpoint(
         No file at ``path``.
     StmapInputError
         The file is not a model of this kind saved by stmap.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> net = torch.nn.Linear(2, 1)
+    >>> path = models.save_checkpoint(
+    ...     "line.pt", net, config={"in_features": 2, "out_features": 1}, extra={"genes": ["a", "b"]}
+    ... )
+    >>> loaded, config, extra = models.load_checkpoint(path, torch.nn.Linear)
+    >>> config, extra, torch.equal(loaded.weight, net.weight)
+    ({'in_features': 2, 'out_features': 1}, {'genes': ['a', 'b']}, True)
+
+    See Also
+    --------
+    :func:`~stmap.models.save_checkpoint`
+        Writes the file.
     """
     import torch
 
