@@ -8,8 +8,9 @@
 
 The title links to the tutorial (a ``:doc:`` reference, so a wrong name fails the build); the thumbnail is a figure
 of the executed notebook: after the build the chosen image output of ``jupyter_execute/<doc>.ipynb`` (myst-nb's
-executed copy) is scaled down into ``_static/thumbnails/``. ``tutorial_thumbnails`` in ``conf.py`` picks which image
-of a notebook (``{"tutorials/density": 1}``: its second figure; default: the first). A tutorial without a figure
+executed copy) is cropped to its top-left 3:2 part (the first panel of a multi-panel figure) and scaled down into
+``_static/thumbnails/``. ``tutorial_thumbnails`` in ``conf.py`` picks which image of a notebook
+(``{"tutorials/density": 1}``: its second figure; default: the first). A tutorial without a figure
 is a build warning (an error under ``-W``).
 
 Every page made from a notebook also offers its executed ``.ipynb`` in the book theme's download menu.
@@ -33,7 +34,16 @@ from sphinx.util.osutil import relative_uri
 logger = logging.getLogger(__name__)
 
 THUMB_DIR = "_static/thumbnails"
-THUMB_WIDTH = 480
+THUMB_SIZE = (480, 320)  # the cards' 3:2 frame
+
+
+def _card_crop(img):
+    """The top-left 3:2 part of a figure: the first panel of a multi-panel figure, whole panels otherwise."""
+    w, h = img.size
+    ratio = THUMB_SIZE[0] / THUMB_SIZE[1]
+    if w / h > ratio:
+        return img.crop((0, 0, round(h * ratio), h))
+    return img.crop((0, 0, w, round(w / ratio)))
 
 
 def _thumb_name(docname: str) -> str:
@@ -64,7 +74,8 @@ class TutorialGallery(Directive):
             href = relative_uri(here + ".html", target + ".html")
             card += nodes.raw(
                 "",
-                f'<a class="stmap-card-image" href="{href}"><img src="{src}" alt="A figure of {target}" loading="lazy"></a>',
+                f'<a class="stmap-card-image" href="{href}">'
+                f'<img src="{src}" alt="A figure of {target}" loading="lazy"></a>',
                 format="html",
             )
             title = nodes.paragraph(classes=["stmap-card-title"])
@@ -116,8 +127,7 @@ def _write_thumbnails(app, exception) -> None:
             logger.warning(f"tutorial-gallery: no figure {index} in the executed notebook of {docname!r}")
             continue
         img = Image.open(io.BytesIO(images[index])).convert("RGB")
-        img.thumbnail((THUMB_WIDTH, THUMB_WIDTH), Image.LANCZOS)
-        img.save(outdir / _thumb_name(docname), optimize=True)
+        _card_crop(img).resize(THUMB_SIZE, Image.LANCZOS).save(outdir / _thumb_name(docname), optimize=True)
 
 
 def _notebook_download(app, pagename: str, templatename: str, context: dict, doctree) -> None:
