@@ -76,6 +76,9 @@ def density_scores(
 ) -> pd.DataFrame:
     """Every score of one query map against every reference class map, in one pass over the classes.
 
+    The array-level step of :func:`stmap.tl.rank_densities` (CellMap2D's score :cite:p:`topilko2025cellmap2d` and
+    the others).
+
     Parameters
     ----------
     query
@@ -86,11 +89,14 @@ def density_scores(
         Class names (default ``0..G-1``).
     step
         Grid step per axis (for ``emd`` in coordinate units; default 1).
-    threshold, query_floor
-        CellMap2D: relevant region ``S > threshold * max S``; penalty where ``Q < query_floor * max Q``.
-    support, max_voxels
-        ``mixture`` uses the voxels where the query exceeds ``support * max Q`` (an evenly strided subset of at most
-        ``max_voxels`` of them).
+    threshold
+        CellMap2D's relevant region of a class map ``S``: the voxels where ``S > threshold * max S``.
+    query_floor
+        CellMap2D's penalty counts the class's mass where the query ``Q < query_floor * max Q``.
+    support
+        ``mixture`` uses the voxels where the query exceeds ``support * max Q``.
+    max_voxels
+        At most this many of those voxels (an evenly strided subset) are used by ``mixture``.
     eps
         Added to normalised maps in ``kl`` (relative to the uniform density ``1 / n_voxels``).
 
@@ -105,6 +111,22 @@ def density_scores(
     StmapInputError
         A query map that is empty, negative or not finite; reference maps with NaN or infinite values (naming
         their classes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> yy, xx = np.mgrid[0:40, 0:40]
+    >>> def blob(x, y):
+    ...     return np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 50.0)
+    >>> scores = st.tl.density_scores(blob(29, 31), np.stack([blob(10, 10), blob(30, 30)]), classes=["A", "B"])
+    >>> scores["cellmap2d"].idxmax(), round(float(scores.loc["B", "mixture"]), 3)
+    ('B', 1.0)
+
+    See Also
+    --------
+    :func:`~stmap.tl.rank_densities`
+        The same scores on density images of a SpatialData, ranked.
     """
     opts = {"threshold": threshold, "query_floor": query_floor, "support": support, "eps": eps}
     return _scores_many([query], reference, classes=classes, step=step, max_voxels=max_voxels, **opts)[0]
@@ -344,6 +366,8 @@ def rank_densities(
 ) -> pd.DataFrame | SpatialData | None:
     """Rank the classes of a reference atlas by how well their density maps match a query population's map.
 
+    The ranking of CellMap2D :cite:p:`topilko2025cellmap2d`, with other scores beside it.
+
     Every score is computed for every class in one pass over the reference maps (one channel in memory at a
     time); ``method`` picks the one that orders the result.
 
@@ -380,8 +404,12 @@ def rank_densities(
         Query channels to rank (default all).
     classes
         Class names for an array ``reference``.
-    threshold, query_floor
-        CellMap2D parameters (defaults as published).
+    threshold
+        CellMap2D's relevant region of a class map ``S``: the voxels where ``S > threshold * max S`` (default as
+        published).
+    query_floor
+        CellMap2D's penalty counts the class's mass where the query ``Q < query_floor * max Q`` (default as
+        published).
     {coordinate_system}
     table_key
         Table whose ``.uns`` receives the ranking (default: the table holding the query's density metadata).
@@ -401,6 +429,32 @@ def rank_densities(
         Unknown method/images/channels, query and reference on different grids, an empty query map, NaN or
         infinite values in a query or reference map (naming the classes), an invalid ``key_added``. Nothing is
         written.
+
+    Examples
+    --------
+    Which cell type's density does each region's density look like? Both maps on one grid:
+
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.tl.density(sdata, points_key="cell_points", groupby="cell_type", bandwidth=20.0)
+    >>> st.tl.density(
+    ...     sdata, points_key="cell_points", groupby="region", bandwidth=20.0, grid="stmap_density", key_added="regions"
+    ... )
+    >>> st.tl.rank_densities(sdata, "regions", "stmap_density")
+    >>> ranking = sdata.tables["cells"].uns["stmap_density_ranking"]["ranking"]
+    >>> ranking[ranking["rank"] == 1][["query", "class"]].to_numpy().tolist()
+    [['epithelium', 'epithelial'], ['immune', 'T_cell'], ['stroma', 'epithelial'], ['tumor', 'tumor']]
+
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Makes the density images.
+    :func:`~stmap.tl.density_scores`
+        Every score on plain arrays.
+    :func:`~stmap.pl.density_ranking`
+        Draws the ranking.
+    :doc:`/tutorials/density`
+        Which cell class does a labelled population look like?
     """
     if sdata is not None:  # refused before any work (Results checks it again at commit time)
         check_name(key_added, "key_added")

@@ -90,10 +90,10 @@ def detect_ctr(
 ) -> SpatialData | AnnData | None:
     """Detect cancer tissue regions in a sample with a trained :class:`~stmap.tl.CTRModel`.
 
-    The sample is prepared with the model's rules (its genes, zero-filled with a warning when the sample lacks some;
-    per-sample min-max scaling; its ``n_neighbors`` nearest spots, in any platform's spot layout), scored, and called
-    with a threshold from a two-component Gaussian mixture on the scores (:func:`stmap.metrics.gmm_threshold`) unless
-    one is given.
+    The detector is SpaCRD's :cite:p:`xue2026spacrd`. The sample is prepared with the model's rules (its genes,
+    zero-filled with a warning when the sample lacks some; per-sample min-max scaling; its ``n_neighbors`` nearest
+    spots, in any platform's spot layout), scored, and called with a threshold from a two-component Gaussian mixture
+    on the scores (:func:`stmap.metrics.gmm_threshold`) unless one is given.
 
     Parameters
     ----------
@@ -136,6 +136,32 @@ def detect_ctr(
     StmapInputError
         No shared genes with the model, missing or NaN features, an unknown label column, or a bad threshold. Nothing
         is written.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.pp.histology_features(sdata, table_key="spots")
+    >>> model = st.tl.train_ctr(
+    ...     sdata, label_key="tumor", table_key="spots", n_genes=50, pretrain_epochs=1, warmup_epochs=1, epochs=2
+    ... )
+    >>> st.tl.detect_ctr(sdata, model, table_key="spots", label_key="tumor")  # in practice: another section
+    >>> spots = sdata.tables["spots"]
+    >>> sorted(spots.obs["stmap_ctr"].cat.categories), spots.obsm["stmap_ctr_latent"].shape
+    (['CTR', 'non-CTR'], (122, 32))
+    >>> sorted(spots.uns["stmap_ctr"]["metrics"])
+    ['average_precision', 'f1', 'label_key', 'roc_auc']
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_ctr`
+        Trains the model.
+    :func:`~stmap.pl.ctr`
+        Draws the calls over the H&E.
+    :func:`~stmap.metrics.gmm_threshold`
+        The default threshold.
+    :doc:`/tutorials/ctr`
+        Train on one HER2+ patient, detect in another.
     """
     if not isinstance(model, CTRModel):
         model = CTRModel.load(model, device=device)

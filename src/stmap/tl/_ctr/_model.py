@@ -18,7 +18,7 @@ __all__ = ["CTRModel"]
 
 @dataclass
 class CTRModel:
-    """A trained cancer tissue region detector; apply it to any sample with :func:`stmap.tl.detect_ctr`.
+    """A trained SpaCRD :cite:p:`xue2026spacrd` cancer region detector; apply it with :func:`stmap.tl.detect_ctr`.
 
     It carries the network, the gene list, the histology feature key and size, and the scaling rules (per-sample
     min-max of log-normalised expression and of features, as published), so it transfers to new samples, platforms
@@ -42,6 +42,26 @@ class CTRModel:
         Network sizes.
     info
         Training record: label key, positive values, sources, loss history, training time.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.pp.histology_features(sdata, table_key="spots")
+    >>> model = st.tl.train_ctr(
+    ...     sdata, label_key="tumor", table_key="spots", n_genes=50, pretrain_epochs=1, warmup_epochs=1, epochs=2
+    ... )
+    >>> model.save("ctr.pt").name
+    'ctr.pt'
+    >>> st.tl.CTRModel.load("ctr.pt").genes == model.genes
+    True
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_ctr`
+        Makes it.
+    :func:`~stmap.tl.detect_ctr`
+        Applies it.
     """
 
     net: Any

@@ -85,7 +85,7 @@ def train_ctr(
     coordinate_system: str | None = None,
     verbose: bool | None = None,
 ) -> CTRModel:
-    """Train a cancer tissue region detector on labelled source samples (SpaCRD).
+    """Train a cancer tissue region detector on labelled source samples (SpaCRD :cite:p:`xue2026spacrd`).
 
     Each spot is a sequence of 7 tokens (itself and its ``n_neighbors`` nearest spots) in two modalities: log-normalised
     expression of the model genes and histology features (both min-max scaled within each sample). An image and a
@@ -120,18 +120,32 @@ def train_ctr(
         ``'both'`` (default), or ``'expression'`` / ``'histology'`` only (ablations and samples without images).
     n_neighbors
         Neighbour tokens per spot (6 as published).
-    dim, latent, heads
-        Token size, VAE latent size and attention heads (``dim`` must be a multiple of ``heads``).
-    dropout, input_dropout
-        Dropout inside the network and on its inputs (regularisation against source-specific patterns).
+    dim
+        Token embedding size (a multiple of ``heads``).
+    latent
+        Size of the VAE latent space.
+    heads
+        Number of heads of the cross-attention.
+    dropout
+        Dropout inside the network.
+    input_dropout
+        Dropout on the network's inputs (regularisation against source-specific patterns).
     modality_dropout
         During training (``modality='both'``), the probability that a spot's gene modality, and separately its image
         modality, is replaced by the "missing" embedding (never both), so the fused model cannot rely on one modality
         alone and tolerates a missing one.
-    pretrain_epochs, warmup_epochs, epochs
-        Contrastive pre-training, VAE warm-up and supervised epochs.
-    batch_size, lr, weight_decay
-        Optimisation (Adam).
+    pretrain_epochs
+        Epochs of contrastive pre-training of the two encoders.
+    warmup_epochs
+        Epochs of VAE warm-up (reconstruction, KL to the class centres and their separation, no classifier).
+    epochs
+        Supervised epochs (classification loss plus the VAE losses).
+    batch_size
+        Spots per mini-batch.
+    lr
+        Learning rate of Adam.
+    weight_decay
+        Weight decay (L2 penalty) of Adam.
     {seed}
     {device}
     {coordinate_system}
@@ -146,6 +160,30 @@ def train_ctr(
     StmapInputError
         Missing label column, labels with a single class, no shared genes, missing or NaN features. The inputs are
         never modified.
+
+    Examples
+    --------
+    Train on the synthetic tissue's tumour labels (a few epochs, for speed):
+
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.pp.histology_features(sdata, table_key="spots")
+    >>> model = st.tl.train_ctr(
+    ...     sdata, label_key="tumor", table_key="spots", n_genes=50, pretrain_epochs=1, warmup_epochs=1, epochs=2
+    ... )
+    >>> model
+    CTRModel(modality='both', 50 genes, 42 histology features ('X_histology'), 6 neighbours)
+
+    See Also
+    --------
+    :func:`~stmap.tl.detect_ctr`
+        Applies the model to a sample.
+    :func:`~stmap.pp.histology_features`
+        Writes the histology features the model reads.
+    :class:`~stmap.models.SpaCRDNet`
+        The network.
+    :doc:`/tutorials/ctr`
+        Train on one HER2+ patient, detect in another.
     """
     from stmap.models._spacrd import SpaCRDNet
 
