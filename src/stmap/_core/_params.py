@@ -145,7 +145,17 @@ class Instance(Constraint):
 
     def invalid(self) -> list[Any]:
         """A value of an unrelated type."""
-        return [object()]
+        return [_UNRELATED]
+
+
+class _Unrelated:
+    """A value of no type a parameter accepts; its repr is stable (test ids must match across processes)."""
+
+    def __repr__(self) -> str:
+        return "<unrelated object>"
+
+
+_UNRELATED = _Unrelated()
 
 
 def _as_rules(spec: Any) -> tuple[Constraint | None, ...]:
