@@ -73,6 +73,24 @@ def predict_maps(
     Returns
     -------
     Lazy ``(n_genes [+3], y, x)`` float32 array (gene channels in standardised units, then the reconstruction).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> from stmap import models
+    >>> net = models.GeneMapNet(n_genes=2, width=4, depth=2)
+    >>> image = np.random.default_rng(0).random((3, 100, 80), dtype=np.float32)  # RGB in [0, 1]
+    >>> maps = st.tl.predict_maps(net, image, chunk=64)  # lazy
+    >>> maps.shape, maps.dtype
+    ((2, 100, 80), dtype('float32'))
+
+    See Also
+    --------
+    :func:`~stmap.tl.gene_maps`
+        Predicts the maps of a trained model over a SpatialData's H&E.
+    :func:`~stmap.tl.disc_means`
+        Averages the maps over the spots.
     """
     import dask.array as da
 
@@ -155,6 +173,21 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
     Returns
     -------
     ``(n, C)`` float64 means (NaN for a disc entirely off the image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> maps = np.stack([np.ones((50, 50)), np.arange(2500.0).reshape(50, 50)])  # 2 channels
+    >>> st.tl.disc_means(maps, np.array([[10.0, 10.0], [25.0, 30.0]]), radius=3.0).tolist()
+    [[1.0, 510.0], [1.0, 1525.0]]
+
+    See Also
+    --------
+    :func:`~stmap.tl.predict_maps`
+        Makes the maps.
+    :func:`~stmap.models.spot_means`
+        The same average inside the network's training tiles (torch).
     """
     import dask
     import dask.array as da

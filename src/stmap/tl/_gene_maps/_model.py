@@ -17,7 +17,7 @@ def _floats(v: Any, dtype: Any = np.float64) -> np.ndarray | None:
 
 @dataclass
 class GeneMapModel:
-    """A trained gene-map network with what is needed to apply it to another image.
+    """A trained gene-map network (a U-Net :cite:p:`ronneberger2015unet`) with what applying it to an image needs.
 
     Made by :func:`stmap.tl.train_gene_maps`; applied by :func:`stmap.tl.gene_maps` with ``model=``.
 
@@ -52,6 +52,33 @@ class GeneMapModel:
         spots' bounding box widened by half of it, as in training (``None`` for models saved before it was kept).
     params
         The training parameters (written to ``.uns[key]['params']`` by :func:`stmap.tl.gene_maps`).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> model = st.tl.train_gene_maps(
+    ...     sdata,
+    ...     table_key="spots",
+    ...     genes=["tumor_m01", "T_cell_m01"],
+    ...     prior="idw",
+    ...     scale=5.0,
+    ...     tile_px=32,
+    ...     width=4,
+    ...     depth=2,
+    ...     epochs=2,
+    ... )
+    >>> model.save("gene_maps.pt").name
+    'gene_maps.pt'
+    >>> st.tl.GeneMapModel.load("gene_maps.pt").genes
+    ['tumor_m01', 'T_cell_m01']
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Makes it.
+    :func:`~stmap.tl.gene_maps`
+        Applies it (``model=``).
     """
 
     net: Any

@@ -125,6 +125,24 @@ def prior_raster(
     Returns
     -------
     ``(G + 1, h, w)`` float32.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> spots = np.array([[10.0, 10.0], [30.0, 20.0]])  # (x, y) pixels
+    >>> prior = st.tl.prior_raster(spots, np.array([[1.0], [3.0]]), (40, 50), spacing=20.0)
+    >>> prior.shape  # one gene, then the distance channel
+    (2, 40, 50)
+    >>> [round(float(prior[0, y, x]), 3) for x, y in spots.astype(int)]  # the values at the spots
+    [1.001, 2.999]
+    >>> float(prior[1, 10, 10])  # the distance to the nearest spot, there 0
+    0.0
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Feeds this prior to the network (``prior='idw'``).
     """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     values = np.asarray(values, dtype=np.float64).reshape(len(points), -1)

@@ -244,9 +244,10 @@ def train_gene_maps(
 ) -> GeneMapModel:
     """Train a gene-map network on a section's H&E and spots; apply it with :func:`stmap.tl.gene_maps`.
 
-    A U-Net learns to reconstruct the H&E (``1 - SSIM``) and, in one extra channel per gene, maps whose average
-    over each spot's disc matches the spot's expression (MSE on per-gene standardised ``log1p`` counts per 10^4).
-    The first ``warmup_epochs`` train the image head only; then both. Nothing is written to ``sdata``.
+    A U-Net :cite:p:`ronneberger2015unet` learns to reconstruct the H&E (``1 - SSIM`` :cite:p:`wang2004ssim`)
+    and, in one extra channel per gene, maps whose average over each spot's disc matches the spot's expression
+    (MSE on per-gene standardised ``log1p`` counts per 10^4). The first ``warmup_epochs`` train the image head
+    only; then both. Nothing is written to ``sdata``.
 
     ``st.tl.gene_maps(sdata, model=st.tl.train_gene_maps(sdata, ...))`` gives the maps of
     ``st.tl.gene_maps(sdata, ...)`` (training every spot; up to float32 rounding of the convolutions).
@@ -272,6 +273,40 @@ def train_gene_maps(
     StmapInputError
         Not a SpatialData, spots without a size, unknown genes, an image without 1, 3 or 4 channels, spots smaller
         than a working pixel or off the image, fewer than 2 training spots, or an invalid parameter.
+
+    Examples
+    --------
+    Two genes at a coarse working resolution, a small network and two epochs, for speed:
+
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> model = st.tl.train_gene_maps(
+    ...     sdata,
+    ...     table_key="spots",
+    ...     genes=["tumor_m01", "T_cell_m01"],
+    ...     prior="idw",
+    ...     scale=5.0,
+    ...     tile_px=32,
+    ...     width=4,
+    ...     depth=2,
+    ...     epochs=2,
+    ... )
+    >>> model
+    GeneMapModel(2 genes, prior='idw', pixel_size=4.012, 2 epochs)
+    >>> st.tl.gene_maps(sdata, table_key="spots", model=model)
+    >>> sdata.images["he_gene_maps"].shape  # (genes, y, x) at the working resolution
+    (2, 166, 166)
+
+    See Also
+    --------
+    :func:`~stmap.tl.gene_maps`
+        Applies the model (or trains and applies in one call).
+    :class:`~stmap.models.GeneMapNet`
+        The network.
+    :func:`~stmap.pl.gene_maps`
+        Draws the maps over the H&E.
+    :doc:`/tutorials/gene_maps`
+        ERBB2 and a few markers over a HER2+ tumour's H&E.
     """
     start = logg.info("training gene maps")
     _, model, _ = _train_section(
@@ -445,12 +480,44 @@ def gene_maps(
     - ``table.obsm['stmap_gene_maps']``: DataFrame (spots x genes) of the maps averaged over each spot's disc;
     - ``table.obs['stmap_gene_maps_train']``: whether the spot was used for training (fed the priors);
     - ``table.uns['stmap_gene_maps']``: ``params``, ``genes``, ``element``, per-gene ``mean``/``std``, ``loss``
-      history, ``pixel_size``, and ``spot_pearson`` (per gene, train and held-out spots).
+      history, ``pixel_size``, and the per-gene Pearson correlation of the spot averages with the spots'
+      expression, ``spot_pearson_train`` and ``spot_pearson_heldout``.
 
     Raises
     ------
     StmapInputError
         As :func:`stmap.tl.train_gene_maps`, and ``train_mask`` with a model. Nothing is written.
+
+    Examples
+    --------
+    Train and apply in one call (two genes, a small network and two epochs, for speed):
+
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.tl.gene_maps(
+    ...     sdata,
+    ...     table_key="spots",
+    ...     genes=["tumor_m01", "T_cell_m01"],
+    ...     prior="idw",
+    ...     scale=5.0,
+    ...     tile_px=32,
+    ...     width=4,
+    ...     depth=2,
+    ...     epochs=2,
+    ... )
+    >>> sdata.images["he_gene_maps"].shape  # (genes, y, x) at the working resolution
+    (2, 166, 166)
+    >>> sdata.tables["spots"].obsm["stmap_gene_maps"].shape  # the maps averaged over each spot
+    (122, 2)
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Trains a model to apply to other sections.
+    :func:`~stmap.pl.gene_maps`
+        Draws the maps over the H&E.
+    :doc:`/tutorials/gene_maps`
+        ERBB2 and a few markers over a HER2+ tumour's H&E.
     """
     start = logg.info("computing gene maps")
     dev, verbose = resolve_device(device), resolve_verbose(verbose)
