@@ -106,15 +106,6 @@ def pearson_per_gene(pred: Any, truth: Any) -> np.ndarray:
     -------
     ``(n_genes,)`` correlations; NaN where either column is constant.
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import stmap as st
-    >>> truth = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
-    >>> pred = np.array([[1.1, 1.0], [2.1, 0.0], [2.9, 1.0]])
-    >>> st.metrics.pearson_per_gene(pred, truth).round(3)
-    array([ 0.998, -1.   ])
-
     See Also
     --------
     :func:`~stmap.metrics.spearman_per_gene`
@@ -125,6 +116,15 @@ def pearson_per_gene(pred: Any, truth: Any) -> np.ndarray:
         Predicts the expression this measure is used to check.
     :doc:`/tutorials/mapping`
         Genes projected from single cells, scored with this measure on held-out genes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> truth = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    >>> pred = np.array([[1.1, 1.0], [2.1, 0.0], [2.9, 1.0]])
+    >>> st.metrics.pearson_per_gene(pred, truth).round(3)
+    array([ 0.998, -1.   ])
     """
     p, t = _pair(pred, truth)
     return _rowwise_pearson(p.T, t.T)
@@ -144,6 +144,13 @@ def pearson_per_spot(pred: Any, truth: Any) -> np.ndarray:
     -------
     ``(n_obs,)`` correlations; NaN where either row is constant.
 
+    See Also
+    --------
+    :func:`~stmap.metrics.pearson_per_gene`
+        One correlation per gene instead of per observation.
+    :func:`~stmap.metrics.proportion_metrics`
+        Its mean over spots, with RMSE and JSD, for cell-type proportions.
+
     Examples
     --------
     >>> import numpy as np
@@ -152,13 +159,6 @@ def pearson_per_spot(pred: Any, truth: Any) -> np.ndarray:
     >>> pred = np.array([[0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
     >>> st.metrics.pearson_per_spot(pred, truth).round(3)
     array([0.997, 1.   ])
-
-    See Also
-    --------
-    :func:`~stmap.metrics.pearson_per_gene`
-        One correlation per gene instead of per observation.
-    :func:`~stmap.metrics.proportion_metrics`
-        Its mean over spots, with RMSE and JSD, for cell-type proportions.
     """
     p, t = _pair(pred, truth)
     return _rowwise_pearson(p, t)
@@ -178,6 +178,11 @@ def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
     -------
     ``(n_genes,)`` correlations; NaN where either column is constant.
 
+    See Also
+    --------
+    :func:`~stmap.metrics.pearson_per_gene`
+        The linear correlation.
+
     Examples
     --------
     >>> import numpy as np
@@ -186,11 +191,6 @@ def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
     >>> pred = np.array([[1.0, 0.0], [4.0, 1.0], [9.0, 2.0]])  # monotone in gene 0, reversed in gene 1
     >>> st.metrics.spearman_per_gene(pred, truth)
     array([ 1., -1.])
-
-    See Also
-    --------
-    :func:`~stmap.metrics.pearson_per_gene`
-        The linear correlation.
     """
     from scipy.stats import rankdata
 
@@ -215,6 +215,13 @@ def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarra
     -------
     The RMSE (NaN if any entry involved is NaN).
 
+    See Also
+    --------
+    :func:`~stmap.metrics.relative_l2`
+        The error relative to the size of the reference.
+    :func:`~stmap.metrics.proportion_metrics`
+        RMSE with correlation and JSD for cell-type proportions.
+
     Examples
     --------
     >>> import numpy as np
@@ -225,13 +232,6 @@ def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarra
     1.0
     >>> st.metrics.rmse(pred, truth, axis=1)
     array([0.        , 1.41421356])
-
-    See Also
-    --------
-    :func:`~stmap.metrics.relative_l2`
-        The error relative to the size of the reference.
-    :func:`~stmap.metrics.proportion_metrics`
-        RMSE with correlation and JSD for cell-type proportions.
     """
     p, t = _pair(pred, truth)
     out = np.sqrt(np.mean((p - t) ** 2, axis=axis))
@@ -254,6 +254,11 @@ def jsd(p: Any, q: Any) -> np.ndarray | float:
     -------
     ``(n,)`` divergences (a float for 1D input); NaN for rows where either sums to 0 or contains NaN.
 
+    See Also
+    --------
+    :func:`~stmap.metrics.proportion_metrics`
+        Its mean over spots, with correlation and RMSE.
+
     Examples
     --------
     >>> import numpy as np
@@ -262,11 +267,6 @@ def jsd(p: Any, q: Any) -> np.ndarray | float:
     1.0
     >>> st.metrics.jsd(np.array([[2.0, 2.0], [1.0, 3.0]]), np.array([[1.0, 1.0], [1.0, 3.0]]))  # rows are normalised
     array([0., 0.])
-
-    See Also
-    --------
-    :func:`~stmap.metrics.proportion_metrics`
-        Its mean over spots, with correlation and RMSE.
     """
     one = np.ndim(p) == 1 and np.ndim(q) == 1
     a, b = _pair(np.asarray(p)[None], np.asarray(q)[None]) if one else _pair(p, q)
@@ -303,6 +303,17 @@ def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
     ``{'pearson': mean per-spot Pearson (NaN spots skipped), 'rmse': RMSE over all entries, 'jsd': mean per-spot JSD
     (NaN spots skipped)}``.
 
+    See Also
+    --------
+    :func:`~stmap.tl.map_cells`
+        Writes the predicted proportions (``obsm['stmap_cell_type_fractions']``).
+    :func:`~stmap.metrics.pearson_per_spot`
+        The per-spot correlations behind ``'pearson'``.
+    :func:`~stmap.metrics.jsd`
+        The per-spot divergences behind ``'jsd'``.
+    :doc:`/tutorials/mapping`
+        Proportions from mapped cells against the truth.
+
     Examples
     --------
     >>> import stmap as st
@@ -314,17 +325,6 @@ def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
     ['jsd', 'pearson', 'rmse']
     >>> st.metrics.proportion_metrics(truth, truth)["rmse"]
     0.0
-
-    See Also
-    --------
-    :func:`~stmap.tl.map_cells`
-        Writes the predicted proportions (``obsm['stmap_cell_type_fractions']``).
-    :func:`~stmap.metrics.pearson_per_spot`
-        The per-spot correlations behind ``'pearson'``.
-    :func:`~stmap.metrics.jsd`
-        The per-spot divergences behind ``'jsd'``.
-    :doc:`/tutorials/mapping`
-        Proportions from mapped cells against the truth.
     """
     if isinstance(pred, pd.DataFrame) and isinstance(truth, pd.DataFrame):
         pred, truth = _align_columns(pred, truth)
@@ -352,6 +352,11 @@ def assignment_accuracy(pred_spot: Any, true_spot: Any) -> float:
     -------
     The accuracy in ``[0, 1]``; NaN when no cell has a true spot.
 
+    See Also
+    --------
+    :func:`~stmap.tl.map_cells`
+        Places cells in spots (in greedy mode, the spot of each reference cell is ``obs['stmap_spot']``).
+
     Examples
     --------
     >>> import stmap as st
@@ -359,11 +364,6 @@ def assignment_accuracy(pred_spot: Any, true_spot: Any) -> float:
     0.5
     >>> st.metrics.assignment_accuracy(["s1", "s2"], ["s1", None])  # the second cell has no true spot
     1.0
-
-    See Also
-    --------
-    :func:`~stmap.tl.map_cells`
-        Places cells in spots (in greedy mode, the spot of each reference cell is ``obs['stmap_spot']``).
     """
     p, t = pd.Series(np.asarray(pred_spot, dtype=object)), pd.Series(np.asarray(true_spot, dtype=object))
     if p.shape != t.shape or p.ndim != 1:
@@ -402,18 +402,18 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     -------
     The AUC; NaN when only one class is present.
 
-    Examples
-    --------
-    >>> import stmap as st
-    >>> st.metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
-    0.75
-
     See Also
     --------
     :func:`~stmap.metrics.average_precision`
         The area under the precision-recall curve.
     :func:`~stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
     """
     from sklearn.metrics import roc_auc_score
 
@@ -437,18 +437,18 @@ def average_precision(y_true: Any, y_score: Any) -> float:
     -------
     The AP; NaN when there is no positive.
 
-    Examples
-    --------
-    >>> import stmap as st
-    >>> round(st.metrics.average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
-    0.8333
-
     See Also
     --------
     :func:`~stmap.metrics.roc_auc`
         The area under the ROC curve.
     :func:`~stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> round(st.metrics.average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
+    0.8333
     """
     from sklearn.metrics import average_precision_score
 
@@ -472,18 +472,18 @@ def f1(y_true: Any, y_pred: Any) -> float:
     -------
     The F1 score; NaN when there are neither true nor predicted positives (undefined).
 
-    Examples
-    --------
-    >>> import stmap as st
-    >>> st.metrics.f1([1, 1, 0, 0], [1, 0, 1, 0])  # one TP, one FP, one FN
-    0.5
-
     See Also
     --------
     :func:`~stmap.metrics.gmm_threshold`
         Turns scores into binary calls.
     :func:`~stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.metrics.f1([1, 1, 0, 0], [1, 0, 1, 0])  # one TP, one FP, one FN
+    0.5
     """
     y, p = _binary(y_true, y_pred, "y_pred")
     if not set(np.unique(p).tolist()) <= {0.0, 1.0}:
@@ -519,6 +519,13 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
     -------
     The threshold; call ``scores > threshold`` positive.
 
+    See Also
+    --------
+    :func:`~stmap.tl.detect_ctr`
+        Calls cancer regions with this threshold (``covariance_type='tied'``).
+    :func:`~stmap.metrics.f1`
+        Scores the calls.
+
     Examples
     --------
     >>> import numpy as np
@@ -528,13 +535,6 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
     >>> threshold = st.metrics.gmm_threshold(scores)
     >>> 0.4 < threshold < 0.6, int((scores > threshold).sum())
     (True, 100)
-
-    See Also
-    --------
-    :func:`~stmap.tl.detect_ctr`
-        Calls cancer regions with this threshold (``covariance_type='tied'``).
-    :func:`~stmap.metrics.f1`
-        Scores the calls.
     """
     from sklearn.mixture import GaussianMixture
 
@@ -577,6 +577,13 @@ def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis:
     -------
     The mean SSIM.
 
+    See Also
+    --------
+    :func:`~stmap.models.ssim_loss`
+        The differentiable ``1 - SSIM`` that gene maps are trained with.
+    :func:`~stmap.tl.gene_maps`
+        Reconstructs the H&E (``reconstruct=True``) that this measure can compare with the original.
+
     Examples
     --------
     >>> import numpy as np
@@ -586,13 +593,6 @@ def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis:
     1.0
     >>> st.metrics.ssim(img, img + 0.5) < 1  # same structure, other brightness
     True
-
-    See Also
-    --------
-    :func:`~stmap.models.ssim_loss`
-        The differentiable ``1 - SSIM`` that gene maps are trained with.
-    :func:`~stmap.tl.gene_maps`
-        Reconstructs the H&E (``reconstruct=True``) that this measure can compare with the original.
     """
     from skimage.metrics import structural_similarity
 
@@ -618,19 +618,19 @@ def relative_l2(a: Any, b: Any) -> float:
     -------
     The relative error; ``inf`` if ``b`` is all zero and ``a`` is not, 0 if both are.
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import stmap as st
-    >>> st.metrics.relative_l2(np.array([3.0, 4.0]), np.array([3.0, 0.0]))
-    1.3333333333333333
-
     See Also
     --------
     :func:`~stmap.metrics.rmse`
         The absolute error.
     :func:`~stmap.kernels.kde_direct`
         The exact estimate the binned density is compared with this way.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> st.metrics.relative_l2(np.array([3.0, 4.0]), np.array([3.0, 0.0]))
+    1.3333333333333333
     """
     x = np.asarray(a.toarray() if sparse.issparse(a) else a, dtype=np.float64)
     y = np.asarray(b.toarray() if sparse.issparse(b) else b, dtype=np.float64)
@@ -678,6 +678,13 @@ def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
     -------
     The mean over rows (lower is better).
 
+    See Also
+    --------
+    :func:`~stmap.metrics.brier`
+        The squared error of the same probabilities.
+    :func:`~stmap.metrics.r2_probabilities`
+        The explained variance of the proportions.
+
     Examples
     --------
     >>> import numpy as np
@@ -686,13 +693,6 @@ def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
     >>> pred = np.array([[0.75, 0.25], [0.1, 0.9]])
     >>> round(st.metrics.cross_entropy(pred, truth), 4)
     0.3338
-
-    See Also
-    --------
-    :func:`~stmap.metrics.brier`
-        The squared error of the same probabilities.
-    :func:`~stmap.metrics.r2_probabilities`
-        The explained variance of the proportions.
     """
     p, t = _class_probs(pred, truth)
     return float(np.mean(-(t * np.log(np.clip(p, eps, 1.0))).sum(1)))
@@ -712,6 +712,11 @@ def brier(pred: Any, truth: Any) -> float:
     -------
     The score in ``[0, 2]`` (lower is better).
 
+    See Also
+    --------
+    :func:`~stmap.metrics.cross_entropy`
+        The log loss of the same probabilities.
+
     Examples
     --------
     >>> import numpy as np
@@ -721,11 +726,6 @@ def brier(pred: Any, truth: Any) -> float:
     0.0
     >>> st.metrics.brier(np.array([[0.25, 0.75], [0.0, 1.0]]), truth)
     0.25
-
-    See Also
-    --------
-    :func:`~stmap.metrics.cross_entropy`
-        The log loss of the same probabilities.
     """
     p, t = _class_probs(pred, truth)
     return float(np.mean(((p - t) ** 2).sum(1)))
@@ -745,6 +745,11 @@ def r2_probabilities(pred: Any, truth: Any) -> float:
     -------
     ``1 - sum (t - p)**2 / sum (t - mean(t))**2`` (1 is perfect; can be negative).
 
+    See Also
+    --------
+    :func:`~stmap.metrics.cross_entropy`
+        The log loss of the same probabilities.
+
     Examples
     --------
     >>> import numpy as np
@@ -754,11 +759,6 @@ def r2_probabilities(pred: Any, truth: Any) -> float:
     1.0
     >>> st.metrics.r2_probabilities(np.array([[0.5, 0.5], [0.5, 0.5]]), truth)  # uniform guess
     0.0
-
-    See Also
-    --------
-    :func:`~stmap.metrics.cross_entropy`
-        The log loss of the same probabilities.
     """
     p, t = _class_probs(pred, truth)
     den = float(((t - t.mean()) ** 2).sum())

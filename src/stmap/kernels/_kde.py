@@ -200,6 +200,13 @@ def linear_binning(
     ``(grid, n_dropped)``: the binned weights (sum = total weight of the points inside the grid) and the number of
     points outside the grid (or with NaN coordinates), which were skipped.
 
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_grid`
+        Binning and smoothing in one call.
+    :func:`~stmap.tl.density`
+        Density maps of a SpatialData's points.
+
     Examples
     --------
     >>> import numpy as np
@@ -212,13 +219,6 @@ def linear_binning(
            [0.   , 0.   , 0.   ]])
     >>> float(grid.sum()), n_dropped
     (2.0, 0)
-
-    See Also
-    --------
-    :func:`~stmap.kernels.kde_grid`
-        Binning and smoothing in one call.
-    :func:`~stmap.tl.density`
-        Density maps of a SpatialData's points.
     """
     coords = np.ascontiguousarray(coords, dtype=np.float64)
     d = coords.shape[1]
@@ -269,16 +269,16 @@ def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: 
     -------
     ``k[0..r]``, ``r = max(1, ceil(truncate * sigma / step))`` (the kernel is symmetric: ``k[-m] = k[m]``).
 
+    See Also
+    --------
+    :func:`~stmap.kernels.gaussian_smooth`
+        Convolves a grid with these kernels, one axis at a time.
+
     Examples
     --------
     >>> from stmap import kernels
     >>> kernels.gaussian_kernel_1d(1.0, 0.5, truncate=2.0).round(4)  # taps at 0, 0.5, 1, 1.5, 2
     array([0.3989, 0.3521, 0.242 , 0.1295, 0.054 ])
-
-    See Also
-    --------
-    :func:`~stmap.kernels.gaussian_smooth`
-        Convolves a grid with these kernels, one axis at a time.
     """
     s = sigma / step
     r = max(1, int(math.ceil(truncate * s)))
@@ -414,6 +414,13 @@ def gaussian_smooth(
     ``grid`` (the same array), smoothed; its values are multiplied by the kernel's ``1 / step`` per axis so a
     grid of counts becomes counts per unit volume.
 
+    See Also
+    --------
+    :func:`~stmap.kernels.linear_binning`
+        Makes the grid of binned points this smooths.
+    :func:`~stmap.kernels.kde_grid`
+        Binning and smoothing in one call.
+
     Examples
     --------
     >>> import numpy as np
@@ -423,13 +430,6 @@ def gaussian_smooth(
     >>> smoothed = kernels.gaussian_smooth(grid, 2.0)
     >>> round(float(smoothed.sum()), 4), round(float(smoothed[10, 10]), 4)  # peak 1 / (2 pi sigma^2)
     (1.0, 0.0398)
-
-    See Also
-    --------
-    :func:`~stmap.kernels.linear_binning`
-        Makes the grid of binned points this smooths.
-    :func:`~stmap.kernels.kde_grid`
-        Binning and smoothing in one call.
     """
     if not (isinstance(grid, np.ndarray) and grid.flags.c_contiguous and grid.dtype.kind == "f"):
         raise ValueError("grid must be a C-contiguous float32/float64 numpy array.")
@@ -526,6 +526,15 @@ def kde_grid(
     ``(grid, n_dropped, total_weight)``: the estimate, the number of points outside the grid (skipped), and the
     total weight of the points that were used.
 
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_direct`
+        The exact estimate (direct summation) this is checked against.
+    :func:`~stmap.tl.density`
+        The same on a SpatialData's points, one map per group, written as an image.
+    :doc:`/tutorials/density`
+        Density maps of cell classes and their ranking.
+
     Examples
     --------
     >>> import numpy as np
@@ -539,15 +548,6 @@ def kde_grid(
     >>> exact = kernels.kde_direct(points, np.array([[0.0, 0.0]]), 0.5)
     >>> bool(abs(grid[40, 40] - exact[0]) < 1e-3)  # node (0, 0)
     True
-
-    See Also
-    --------
-    :func:`~stmap.kernels.kde_direct`
-        The exact estimate (direct summation) this is checked against.
-    :func:`~stmap.tl.density`
-        The same on a SpatialData's points, one map per group, written as an image.
-    :doc:`/tutorials/density`
-        Density maps of cell classes and their ranking.
     """
     grid = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
     dropped = 0
@@ -618,17 +618,17 @@ def kde_direct(
     -------
     ``(m,)`` density values (integral 1).
 
+    See Also
+    --------
+    :func:`~stmap.kernels.kde_grid`
+        The fast binned estimate on a grid.
+
     Examples
     --------
     >>> import numpy as np
     >>> from stmap import kernels
     >>> kernels.kde_direct(np.array([[0.0, 0.0]]), np.array([[0.0, 0.0], [1.0, 0.0]]), 1.0).round(4)
     array([0.1592, 0.0965])
-
-    See Also
-    --------
-    :func:`~stmap.kernels.kde_grid`
-        The fast binned estimate on a grid.
     """
     coords = np.ascontiguousarray(coords, dtype=np.float64)
     nodes = np.ascontiguousarray(nodes, dtype=np.float64)

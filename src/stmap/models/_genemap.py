@@ -47,15 +47,6 @@ class GeneMapNet(nn.Module):
         (initially ``1 / n_priors``), to its own output: the network learns how to weigh them and the departure
         from them that the histology shows.
 
-    Examples
-    --------
-    >>> import torch
-    >>> from stmap import models
-    >>> net = models.GeneMapNet(n_genes=5, width=4, depth=2)
-    >>> image, genes = net(torch.rand(1, 3, 32, 32))  # sides are multiples of 2 ** depth
-    >>> tuple(image.shape), tuple(genes.shape)
-    ((1, 3, 32, 32), (1, 5, 32, 32))
-
     See Also
     --------
     :func:`~stmap.tl.train_gene_maps`
@@ -64,6 +55,15 @@ class GeneMapNet(nn.Module):
         Runs it over a whole image in tiles.
     :doc:`/tutorials/gene_maps`
         Gene maps of a HER2+ tumour section.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmap import models
+    >>> net = models.GeneMapNet(n_genes=5, width=4, depth=2)
+    >>> image, genes = net(torch.rand(1, 3, 32, 32))  # sides are multiples of 2 ** depth
+    >>> tuple(image.shape), tuple(genes.shape)
+    ((1, 3, 32, 32), (1, 5, 32, 32))
     """
 
     def __init__(self, n_genes: int, *, width: int = 16, depth: int = 3, n_priors: int = 0) -> None:
@@ -157,6 +157,13 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, *, size: int = 11, sigma: float 
     -------
     A scalar tensor: 0 for identical images, differentiable in ``a`` and ``b``.
 
+    See Also
+    --------
+    :func:`~stmap.metrics.ssim`
+        The same measure on NumPy arrays.
+    :class:`~stmap.models.GeneMapNet`
+        Whose image head is trained with this loss.
+
     Examples
     --------
     >>> import torch
@@ -166,13 +173,6 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, *, size: int = 11, sigma: float 
     0.0
     >>> float(models.ssim_loss(a, 1 - a)) > 1  # inverted contrast: negative SSIM
     True
-
-    See Also
-    --------
-    :func:`~stmap.metrics.ssim`
-        The same measure on NumPy arrays.
-    :class:`~stmap.models.GeneMapNet`
-        Whose image head is trained with this loss.
     """
     c = a.shape[1]
     w = _gaussian_window(size, sigma, c, a.device, a.dtype)
@@ -207,6 +207,11 @@ def spot_means(genes: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor) -
     -------
     ``(S, G)`` spot averages.
 
+    See Also
+    --------
+    :func:`~stmap.tl.disc_means`
+        The same average over discs on whole (NumPy or dask) images.
+
     Examples
     --------
     >>> import torch
@@ -215,11 +220,6 @@ def spot_means(genes: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor) -
     >>> models.spot_means(genes, torch.tensor([0, 0]), torch.tensor([[0, 1], [14, 15]]))  # two spots of 2 pixels
     tensor([[ 0.5000, 16.5000],
             [14.5000, 30.5000]])
-
-    See Also
-    --------
-    :func:`~stmap.tl.disc_means`
-        The same average over discs on whole (NumPy or dask) images.
     """
     b, g, h, w = genes.shape
     flat = genes.permute(0, 2, 3, 1).reshape(b * h * w, g)

@@ -68,6 +68,15 @@ class SpaCRDNet(nn.Module):
     input_dropout
         Dropout on the encoders' inputs (genes and features), against overfitting to the source samples.
 
+    See Also
+    --------
+    :func:`~stmap.models.spacrd_losses`
+        Its VAE and classification losses.
+    :func:`~stmap.tl.train_ctr`
+        Trains it on labelled sections.
+    :doc:`/tutorials/ctr`
+        Cancer tissue regions of HER2+ tumours.
+
     Examples
     --------
     >>> import torch
@@ -79,15 +88,6 @@ class SpaCRDNet(nn.Module):
     >>> out = net(genes, feats, tokens, has, has)
     >>> tuple(out["mu"].shape), tuple(out["logit"].shape)
     ((2, 4), (2,))
-
-    See Also
-    --------
-    :func:`~stmap.models.spacrd_losses`
-        Its VAE and classification losses.
-    :func:`~stmap.tl.train_ctr`
-        Trains it on labelled sections.
-    :doc:`/tutorials/ctr`
-        Cancer tissue regions of HER2+ tumours.
     """
 
     def __init__(
@@ -212,6 +212,11 @@ def spacrd_losses(
     ``recon`` (MSE to the detached fused embedding), ``kl`` (to the centre of the spot's class), ``sep`` (hinge on
     the centre distance), ``bce``, and ``vae = recon + 0.5 kl + 0.1 sep``.
 
+    See Also
+    --------
+    :class:`~stmap.models.SpaCRDNet`
+        The network.
+
     Examples
     --------
     >>> import torch
@@ -222,11 +227,6 @@ def spacrd_losses(
     >>> losses = models.spacrd_losses(net, out, torch.tensor([1.0, 0.0, float("nan")]))  # the third is unlabelled
     >>> sorted(losses)
     ['bce', 'kl', 'recon', 'sep', 'vae']
-
-    See Also
-    --------
-    :class:`~stmap.models.SpaCRDNet`
-        The network.
     """
     recon = F.mse_loss(out["recon"], out["fused"].detach())
     lab = ~torch.isnan(y)

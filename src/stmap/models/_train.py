@@ -36,6 +36,11 @@ class FitHistory:
     stopped_early
         Whether training stopped before ``epochs``.
 
+    See Also
+    --------
+    :func:`~stmap.models.fit`
+        Returns it.
+
     Examples
     --------
     >>> import torch
@@ -46,11 +51,6 @@ class FitHistory:
     >>> history = models.fit(torch.nn.Linear(1, 1), step, 64, epochs=500, lr=0.05, patience=5, verbose=False)
     >>> history.stopped_early, history.best_epoch < len(history.loss) - 1
     (True, True)
-
-    See Also
-    --------
-    :func:`~stmap.models.fit`
-        Returns it.
     """
 
     loss: list[float] = field(default_factory=list)
@@ -141,6 +141,13 @@ def fit(
     -------
     The :class:`FitHistory`.
 
+    See Also
+    --------
+    :class:`~stmap.models.FitHistory`
+        What this returns.
+    :func:`~stmap.models.save_checkpoint`
+        Saves the trained model.
+
     Examples
     --------
     Fit ``y = 3 x + 1`` with a linear layer; the step function computes the loss of a batch of sample indices:
@@ -155,13 +162,6 @@ def fit(
     >>> history = models.fit(net, step, n_samples=64, epochs=200, batch_size=16, lr=0.05, verbose=False)
     >>> len(history.loss), round(net.weight.item(), 3), round(net.bias.item(), 3)
     (200, 3.0, 1.0)
-
-    See Also
-    --------
-    :class:`~stmap.models.FitHistory`
-        What this returns.
-    :func:`~stmap.models.save_checkpoint`
-        Saves the trained model.
     """
     import torch
     from tqdm.auto import tqdm
@@ -271,6 +271,11 @@ def save_checkpoint(
     -------
     The path written.
 
+    See Also
+    --------
+    :func:`~stmap.models.load_checkpoint`
+        Rebuilds the model from the file.
+
     Examples
     --------
     >>> import torch
@@ -281,11 +286,6 @@ def save_checkpoint(
     ... )
     >>> path.name
     'line.pt'
-
-    See Also
-    --------
-    :func:`~stmap.models.load_checkpoint`
-        Rebuilds the model from the file.
     """
     import torch
 
@@ -347,6 +347,11 @@ def load_checkpoint(
     StmapInputError
         The file is not a model of this kind saved by stmap.
 
+    See Also
+    --------
+    :func:`~stmap.models.save_checkpoint`
+        Writes the file.
+
     Examples
     --------
     >>> import torch
@@ -358,11 +363,6 @@ def load_checkpoint(
     >>> loaded, config, extra = models.load_checkpoint(path, torch.nn.Linear)
     >>> config, extra, torch.equal(loaded.weight, net.weight)
     ({'in_features': 2, 'out_features': 1}, {'genes': ['a', 'b']}, True)
-
-    See Also
-    --------
-    :func:`~stmap.models.save_checkpoint`
-        Writes the file.
     """
     import torch
 

@@ -384,6 +384,8 @@ def detect_blobs(
 ) -> SpatialData | pd.DataFrame | tuple[pd.DataFrame, np.ndarray] | None:
     """Detect labelled cells (round blobs) in an image: the CellMap2D segmentation, chunked with overlap.
 
+    The segmentation of CellMap2D :cite:p:`topilko2025cellmap2d`.
+
     The image channel is filtered with a scale-normalised Laplacian of Gaussian (``-sigma^2 LoG``, lazily through
     :func:`dask.array.map_overlap`); pixels whose response exceeds ``median + n_std * std`` (over the image) form
     the foreground, which is split by a watershed of its distance transform seeded at the distance peaks; regions
@@ -414,8 +416,10 @@ def detect_blobs(
     bright
         Bright blobs on a dark background (fluorescence); ``False`` for dark blobs (e.g. stained nuclei in
         bright-field).
-    min_area, max_area
-        Kept region sizes, in pixels.
+    min_area
+        Smallest kept region, in pixels.
+    max_area
+        Largest kept region, in pixels.
     min_circularity
         Kept regions' minimum ``4 pi area / perimeter^2``.
     h
@@ -459,6 +463,28 @@ def detect_blobs(
     -----
     UserWarning
         NaN pixels (their number and fraction): they are ignored, neither detected in nor counted in the threshold.
+
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Density maps of the detected cells.
+    :doc:`/more_than_one_machine`
+        Whole slides, chunk by chunk, on a dask cluster.
+
+    Examples
+    --------
+    Three bright round cells on a dark background (a DAPI-like image):
+
+    >>> import numpy as np
+    >>> import spatialdata as sd
+    >>> import stmap as st
+    >>> from spatialdata.models import Image2DModel
+    >>> yy, xx = np.mgrid[0:128, 0:128]
+    >>> image = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0) for x, y in [(30, 30), (90, 40), (60, 100)])
+    >>> sdata = sd.SpatialData(images={"dapi": Image2DModel.parse(image[None], dims=("c", "y", "x"))})
+    >>> st.pp.detect_blobs(sdata, "dapi", min_area=10, max_area=200)
+    >>> sdata.points["stmap_blobs"].compute()[["x", "y"]].to_numpy().tolist()  # centroids (pixel centres)
+    [[30.5, 30.5], [90.5, 40.5], [60.5, 100.5]]
     """
     import dask.array as da
 

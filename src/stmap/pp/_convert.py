@@ -55,8 +55,10 @@ def to_spatialdata(
         (and recorded as such); otherwise it is in the units of ``obsm[spatial_key]``, with no unit recorded.
     spot_diameter
         Spot diameter in ``obsm[spatial_key]`` units, when the scale factors do not give it.
-    table_key, region
-        Names of the table and of the spots element.
+    table_key
+        Name of the new table.
+    region
+        Name of the new shapes element of the spots.
 
     Returns
     -------
@@ -68,6 +70,26 @@ def to_spatialdata(
     StmapInputError
         Duplicated obs names (fix: ``adata.obs_names_make_unique()``), no spot diameter, an invalid ``mpp``;
         ``adata`` is untouched.
+
+    See Also
+    --------
+    :func:`~stmap.pp.coordinate_units`
+        The micrometres per unit every tool reads.
+    :doc:`/tutorials/your_own_data`
+        Space Ranger output to stmap.
+
+    Examples
+    --------
+    >>> import anndata as ad
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    >>> adata.obsm["spatial"] = np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 86.6]])  # micrometres here
+    >>> sdata = st.pp.to_spatialdata(adata, spot_diameter=55.0, mpp=1.0)
+    >>> list(sdata.shapes), list(sdata.tables)
+    (['spots'], ['table'])
+    >>> st.pp.coordinate_units(sdata)
+    1.0
     """
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()].unique()

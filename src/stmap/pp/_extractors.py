@@ -48,6 +48,18 @@ def handcrafted_feature_names() -> list[str]:
     Returns
     -------
     The column names, in order.
+
+    See Also
+    --------
+    :func:`~stmap.pp.handcrafted_features`
+        Computes them.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> names = st.pp.handcrafted_feature_names()
+    >>> len(names), names[:3]
+    (42, ['tissue_fraction', 'rgb_r_mean', 'rgb_r_std'])
     """
     names = ["tissue_fraction"]
     names += [f"rgb_{c}_{s}" for c in "rgb" for s in ("mean", "std")]
@@ -81,6 +93,23 @@ def handcrafted_features(patches: np.ndarray) -> np.ndarray:
     Returns
     -------
     ``(N, D)`` float32 features, columns named by :func:`~stmap.pp.handcrafted_feature_names`.
+
+    See Also
+    --------
+    :func:`~stmap.pp.handcrafted_feature_names`
+        The names of the columns.
+    :func:`~stmap.pp.histology_features`
+        Features of the patch around every spot of a SpatialData.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> patches = np.full((2, 32, 32, 3), 230, dtype=np.uint8)  # pale background
+    >>> patches[1, 8:24, 8:24] = (90, 40, 120)  # a purple, hematoxylin-rich square
+    >>> features = st.pp.handcrafted_features(patches)
+    >>> features.shape, features.dtype
+    ((2, 42), dtype('float32'))
     """
     from scipy import ndimage
     from skimage.color import rgb2hed
@@ -242,8 +271,10 @@ def torch_extractor(
         ``'module.'`` prefix are accepted), a state dict, or ``None`` to keep the module's weights.
     input_px
         Side patches are resized to before the forward pass (``None``: as cut).
-    mean, std
-        Per-channel normalisation of [0, 1] RGB (ImageNet by default).
+    mean
+        Per-channel mean subtracted from [0, 1] RGB (ImageNet's by default).
+    std
+        Per-channel standard deviation that divides it (ImageNet's by default).
     strict
         Require the state dict to match the module's keys exactly.
     device
@@ -254,6 +285,28 @@ def torch_extractor(
     Returns
     -------
     A callable ``patches (N, H, W, 3) uint8 -> (N, D) float32`` for ``histology_features(extractor=...)``.
+
+    See Also
+    --------
+    :func:`~stmap.pp.timm_extractor`
+        A ``timm`` architecture (e.g. UNI) with local weights.
+    :func:`~stmap.pp.torchvision_extractor`
+        A ``torchvision`` classifier without its head.
+    :func:`~stmap.pp.histology_features`
+        Runs the extractor on the patch around every spot.
+
+    Examples
+    --------
+    Any module works; here the mean colour of each normalised patch:
+
+    >>> import torch
+    >>> import stmap as st
+    >>> module = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> extractor = st.pp.torch_extractor(module, input_px=32)
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.pp.histology_features(sdata, table_key="spots", extractor=extractor)
+    >>> sdata.tables["spots"].obsm["X_histology"].shape
+    (122, 3)
     """
     if weights is not None:
         _load_state_dict(module, weights, strict)
@@ -289,14 +342,37 @@ def timm_extractor(
         ``timm.create_model`` name.
     weights
         Path of a local state dict (or the dict); ``None`` keeps the random initialisation.
-    input_px, strict, device, batch_size
-        As in :func:`torch_extractor`.
+    input_px
+        Side patches are resized to before the forward pass.
+    strict
+        Require the state dict to match the module's keys exactly.
+    device
+        Torch device; ``None`` uses :attr:`stmap.settings.device`.
+    batch_size
+        Patches per forward pass.
     **timm_kwargs
         Passed to ``timm.create_model``.
 
     Returns
     -------
     A callable for ``histology_features(extractor=...)``.
+
+    See Also
+    --------
+    :func:`~stmap.pp.torch_extractor`
+        Any torch module as the extractor.
+    :func:`~stmap.pp.histology_features`
+        Runs the extractor on the patch around every spot.
+
+    Examples
+    --------
+    Random weights here; pass ``weights='path/to/pytorch_model.bin'`` for a trained model:
+
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> extractor = st.pp.timm_extractor("resnet18", input_px=64)
+    >>> extractor(np.zeros((2, 48, 48, 3), dtype=np.uint8)).shape
+    (2, 512)
     """
     try:
         import timm
@@ -336,12 +412,35 @@ def torchvision_extractor(
         Name in ``torchvision.models.get_model`` (e.g. ``'resnet50'``, ``'densenet121'``).
     weights
         Path of a local state dict of the full model (the head's keys are dropped), or ``None``.
-    input_px, strict, device, batch_size
-        As in :func:`torch_extractor`.
+    input_px
+        Side patches are resized to before the forward pass.
+    strict
+        Require the state dict to match the module's keys exactly.
+    device
+        Torch device; ``None`` uses :attr:`stmap.settings.device`.
+    batch_size
+        Patches per forward pass.
 
     Returns
     -------
     A callable for ``histology_features(extractor=...)``.
+
+    See Also
+    --------
+    :func:`~stmap.pp.torch_extractor`
+        Any torch module as the extractor.
+    :func:`~stmap.pp.histology_features`
+        Runs the extractor on the patch around every spot.
+
+    Examples
+    --------
+    Random weights here; pass ``weights=`` the path of a local state dict for a trained model:
+
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> extractor = st.pp.torchvision_extractor("resnet18", input_px=64)
+    >>> extractor(np.zeros((2, 48, 48, 3), dtype=np.uint8)).shape
+    (2, 512)
     """
     try:
         import torchvision

@@ -174,6 +174,28 @@ def histology_features(
     -----
     UserWarning
         NaN pixels in the patches (their number and fraction; read as white background).
+
+    See Also
+    --------
+    :func:`~stmap.pp.handcrafted_features`
+        The default extractor, on arrays of patches.
+    :func:`~stmap.pp.torch_extractor`
+        Any torch module as the extractor.
+    :func:`~stmap.tl.train_ctr`
+        Reads these features.
+    :doc:`/tutorials/ctr`
+        Histology features of HER2+ sections for cancer region detection.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> st.pp.histology_features(sdata, table_key="spots")
+    >>> spots = sdata.tables["spots"]
+    >>> spots.obsm["X_histology"].shape  # 42 handcrafted features per spot
+    (122, 42)
+    >>> spots.uns["X_histology"]["feature_names"][:3]
+    ['s1_tissue_fraction', 's1_rgb_r_mean', 's1_rgb_r_std']
     """
     import dask
 

@@ -46,6 +46,20 @@ def apply_transform(matrix: np.ndarray, coords: np.ndarray) -> np.ndarray:
     Returns
     -------
     The transformed ``(n, d)`` coordinates.
+
+    See Also
+    --------
+    :func:`~stmap.pp.fit_transform`
+        Fits such a matrix to corresponding points.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> shift = np.array([[1.0, 0.0, 10.0], [0.0, 1.0, -5.0], [0.0, 0.0, 1.0]])
+    >>> st.pp.apply_transform(shift, np.array([[0.0, 0.0], [1.0, 2.0]]))
+    array([[10., -5.],
+           [11., -3.]])
     """
     m = np.asarray(matrix, dtype=float)
     c = np.asarray(coords, dtype=float)
@@ -67,8 +81,10 @@ def fit_transform(
 
     Parameters
     ----------
-    source, target
-        Corresponding points, ``(n, d)`` each (``d`` = 2 or 3).
+    source
+        ``(n, d)`` points to move (``d`` = 2 or 3).
+    target
+        ``(n, d)`` points they correspond to, row by row.
     kind
         ``'translation'``, ``'rigid'``, ``'similarity'`` or ``'affine'``.
     weights
@@ -82,6 +98,26 @@ def fit_transform(
     ------
     StmapInputError
         Mismatched shapes, too few pairs for ``kind``, non-finite values, degenerate (collinear) points.
+
+    See Also
+    --------
+    :func:`~stmap.pp.icp`
+        The same without known correspondences.
+    :func:`~stmap.pp.register`
+        Registers SpatialData elements with landmarks or by ICP.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> rng = np.random.default_rng(0)
+    >>> fixed = rng.uniform(0, 100, size=(200, 2))
+    >>> angle = np.deg2rad(20)
+    >>> rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    >>> moving = (fixed - 50) @ rotation.T + [10.0, -5.0]  # the same points, rotated and shifted
+    >>> matrix = st.pp.fit_transform(moving, fixed, kind="rigid")
+    >>> matrix.shape, np.allclose(st.pp.apply_transform(matrix, moving), fixed)
+    ((3, 3), True)
     """
     src = np.asarray(source, dtype=float)
     dst = np.asarray(target, dtype=float)
@@ -203,8 +239,10 @@ def icp(
 
     Parameters
     ----------
-    moving, fixed
-        ``(n, d)`` and ``(m, d)`` points; no correspondence needed.
+    moving
+        ``(n, d)`` points to move (``d`` = 2 or 3).
+    fixed
+        ``(m, d)`` points to register onto; no correspondence with ``moving`` is needed.
     kind
         Transform family (see :func:`fit_transform`).
     init
@@ -213,8 +251,10 @@ def icp(
         Initial rotations (evenly spaced in 2D; identity and 180 degrees about each axis in 3D).
     trim
         Fraction of closest pairs used in each fit.
-    max_iter, tol
-        Stop after ``max_iter`` iterations or when the trimmed RMS changes by less than ``tol`` (relative).
+    max_iter
+        Largest number of iterations per round.
+    tol
+        Stop when the trimmed RMS distance changes by less than this (relative).
     max_points
         Randomly subsample both clouds to at most this many points (``None``: all).
     seed
@@ -238,6 +278,27 @@ def icp(
     -----
     UserWarning
         The final residual exceeds 0.6 times the fixed points' median nearest-neighbour spacing.
+
+    See Also
+    --------
+    :func:`~stmap.pp.fit_transform`
+        The least-squares fit of each iteration.
+    :func:`~stmap.pp.register`
+        Registers SpatialData elements (ICP unless landmarks are given).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> rng = np.random.default_rng(0)
+    >>> fixed = rng.uniform(0, 100, size=(200, 2))
+    >>> angle = np.deg2rad(20)
+    >>> rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    >>> moving = (fixed - 50) @ rotation.T + [10.0, -5.0]  # the same points, rotated and shifted
+    >>> shuffled = rng.permutation(moving)  # no correspondence needed
+    >>> matrix, info = st.pp.icp(shuffled, fixed, kind="rigid")
+    >>> np.allclose(st.pp.apply_transform(matrix, moving), fixed, atol=1e-6), sorted(info)
+    (True, ['n_iter', 'rmse', 'spacing', 'start'])
     """
     mov, fix = _check_clouds(moving, fixed)
     d = mov.shape[1]
@@ -555,6 +616,46 @@ def register(
     StmapInputError
         Unknown elements or coordinate systems, neither ``fixed`` nor ``landmarks``, too few/mismatched landmarks,
         2D vs 3D mismatch. Nothing is written.
+
+    See Also
+    --------
+    :func:`~stmap.pp.align_sections`
+        Aligns a series of sections to each other.
+    :func:`~stmap.pp.icp`
+        The registration on arrays.
+
+    Examples
+    --------
+    Two point elements of one SpatialData: ``section_b`` is ``section_a`` rotated and shifted.
+
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> rng = np.random.default_rng(0)
+    >>> fixed = rng.uniform(0, 100, size=(200, 2))
+    >>> angle = np.deg2rad(20)
+    >>> rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    >>> moving = (fixed - 50) @ rotation.T + [10.0, -5.0]  # the same points, rotated and shifted
+    >>> import pandas as pd
+    >>> import spatialdata as sd
+    >>> from spatialdata.models import PointsModel
+    >>> sdata = sd.SpatialData(
+    ...     points={
+    ...         "section_a": PointsModel.parse(pd.DataFrame(fixed, columns=["x", "y"])),
+    ...         "section_b": PointsModel.parse(pd.DataFrame(moving, columns=["x", "y"])),
+    ...     }
+    ... )
+    >>> st.pp.register(sdata, "section_b", "section_a", kind="rigid")
+    >>> sorted(sd.transformations.get_transformation(sdata["section_b"], get_all=True))  # a new coordinate system
+    ['aligned', 'global']
+    >>> record = sdata.tables["stmap_registration"].uns["stmap_registration"]
+    >>> record["method"], bool(record["rmse"] < 1e-6)
+    ('icp', True)
+
+    With arrays (``sdata=None``) the matrix and the summary are returned:
+
+    >>> matrix, summary = st.pp.register(None, moving, fixed, kind="rigid")
+    >>> np.allclose(st.pp.apply_transform(matrix, moving), fixed)
+    True
     """
     if sdata is not None and not is_spatialdata(sdata):
         raise TypeError(f"sdata must be a SpatialData or None (arrays), got {type(sdata).__name__}.")
@@ -738,6 +839,38 @@ def align_sections(
     ------
     StmapInputError
         Fewer than two sections, unknown elements/reference. Nothing is written.
+
+    See Also
+    --------
+    :func:`~stmap.pp.register`
+        Registers one element onto another.
+    :func:`~stmap.pp.stack_sections`
+        Stacks aligned sections into one 3D table.
+    :doc:`/tutorials/impute3d`
+        Serial sections of a HER2+ tumour stacked and imputed in 3D.
+
+    Examples
+    --------
+    Three sections as point elements: ``b`` is ``a`` rotated and shifted, ``c`` is ``b`` shifted again.
+
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> rng = np.random.default_rng(0)
+    >>> fixed = rng.uniform(0, 100, size=(200, 2))
+    >>> angle = np.deg2rad(20)
+    >>> rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    >>> moving = (fixed - 50) @ rotation.T + [10.0, -5.0]  # the same points, rotated and shifted
+    >>> import pandas as pd
+    >>> import spatialdata as sd
+    >>> from spatialdata.models import PointsModel
+    >>> sections = {"a": fixed, "b": moving, "c": moving + [3.0, 4.0]}
+    >>> sdata = sd.SpatialData(
+    ...     points={name: PointsModel.parse(pd.DataFrame(xy, columns=["x", "y"])) for name, xy in sections.items()}
+    ... )
+    >>> st.pp.align_sections(sdata, ["a", "b", "c"])
+    >>> record = sdata.tables["stmap_alignment"].uns["stmap_alignment"]
+    >>> record["reference"], record["matrices"].shape, bool(record["rmse"].max() < 1e-6)
+    ('b', (3, 3, 3), True)
     """
     if not is_spatialdata(sdata):
         raise TypeError(f"sdata must be a SpatialData, got {type(sdata).__name__}.")

@@ -56,6 +56,13 @@ def coordinate_units(
         When nothing records the unit (record it yourself: ``sdata.attrs['stmap_coordinate_units'] =
         {{'<coordinate system>': <µm per unit>}}``) or when the platform's records contradict each other.
 
+    See Also
+    --------
+    :func:`~stmap.pp.to_spatialdata`
+        Records the unit of a converted AnnData (``mpp=``).
+    :doc:`/tutorials/xenium`
+        Lengths in micrometres on a Xenium section.
+
     Examples
     --------
     >>> import stmap as st

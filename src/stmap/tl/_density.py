@@ -52,17 +52,17 @@ class GridSpec:
     coordinate_system
         Coordinate system the grid lives in.
 
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Takes a grid (``grid=``) and stores its own in ``.uns[key_added]['grid']``.
+
     Examples
     --------
     >>> import stmap as st
     >>> grid = st.tl.GridSpec(lo=(0.0, 0.0), step=(10.0, 10.0), shape=(50, 40))
     >>> grid.hi, grid.nodes().shape
     ((490.0, 390.0), (2000, 2))
-
-    See Also
-    --------
-    :func:`~stmap.tl.density`
-        Takes a grid (``grid=``) and stores its own in ``.uns[key_added]['grid']``.
     """
 
     lo: tuple[float, ...]
@@ -585,6 +585,17 @@ def density(
         column/element, a ``groupby`` column without any label, a mask not matching the grid, an invalid
         ``key_added``. Nothing is written.
 
+    See Also
+    --------
+    :func:`~stmap.tl.rank_densities`
+        Ranks reference classes by how well their maps match a query's.
+    :func:`~stmap.pl.density`
+        Draws the maps.
+    :func:`~stmap.kernels.kde_grid`
+        The estimate on plain arrays.
+    :doc:`/tutorials/density`
+        Which cell class does a labelled population look like?
+
     Examples
     --------
     One map per cell type of the synthetic tissue's cells, 20 µm bandwidth:
@@ -603,17 +614,6 @@ def density(
     >>> xy = np.random.default_rng(0).normal(size=(1000, 2))
     >>> st.tl.density(xy, bandwidth=0.5, grid_shape=(50, 40), bounds=((-5, 5), (-5, 5))).shape
     (50, 40)
-
-    See Also
-    --------
-    :func:`~stmap.tl.rank_densities`
-        Ranks reference classes by how well their maps match a query's.
-    :func:`~stmap.pl.density`
-        Draws the maps.
-    :func:`~stmap.kernels.kde_grid`
-        The estimate on plain arrays.
-    :doc:`/tutorials/density`
-        Which cell class does a labelled population look like?
     """
     array_mode = isinstance(sdata, np.ndarray) or type(sdata).__module__.startswith("dask")
     if not array_mode:  # refused before any work (Results checks it again at commit time)

@@ -112,6 +112,11 @@ def density_scores(
         A query map that is empty, negative or not finite; reference maps with NaN or infinite values (naming
         their classes).
 
+    See Also
+    --------
+    :func:`~stmap.tl.rank_densities`
+        The same scores on density images of a SpatialData, ranked.
+
     Examples
     --------
     >>> import numpy as np
@@ -122,11 +127,6 @@ def density_scores(
     >>> scores = st.tl.density_scores(blob(29, 31), np.stack([blob(10, 10), blob(30, 30)]), classes=["A", "B"])
     >>> scores["cellmap2d"].idxmax(), round(float(scores.loc["B", "mixture"]), 3)
     ('B', 1.0)
-
-    See Also
-    --------
-    :func:`~stmap.tl.rank_densities`
-        The same scores on density images of a SpatialData, ranked.
     """
     opts = {"threshold": threshold, "query_floor": query_floor, "support": support, "eps": eps}
     return _scores_many([query], reference, classes=classes, step=step, max_voxels=max_voxels, **opts)[0]
@@ -430,6 +430,17 @@ def rank_densities(
         infinite values in a query or reference map (naming the classes), an invalid ``key_added``. Nothing is
         written.
 
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Makes the density images.
+    :func:`~stmap.tl.density_scores`
+        Every score on plain arrays.
+    :func:`~stmap.pl.density_ranking`
+        Draws the ranking.
+    :doc:`/tutorials/density`
+        Which cell class does a labelled population look like?
+
     Examples
     --------
     Which cell type's density does each region's density look like? Both maps on one grid:
@@ -444,17 +455,6 @@ def rank_densities(
     >>> ranking = sdata.tables["cells"].uns["stmap_density_ranking"]["ranking"]
     >>> ranking[ranking["rank"] == 1][["query", "class"]].to_numpy().tolist()
     [['epithelium', 'epithelial'], ['immune', 'T_cell'], ['stroma', 'epithelial'], ['tumor', 'tumor']]
-
-    See Also
-    --------
-    :func:`~stmap.tl.density`
-        Makes the density images.
-    :func:`~stmap.tl.density_scores`
-        Every score on plain arrays.
-    :func:`~stmap.pl.density_ranking`
-        Draws the ranking.
-    :doc:`/tutorials/density`
-        Which cell class does a labelled population look like?
     """
     if sdata is not None:  # refused before any work (Results checks it again at commit time)
         check_name(key_added, "key_added")

@@ -137,6 +137,17 @@ def detect_ctr(
         No shared genes with the model, missing or NaN features, an unknown label column, or a bad threshold. Nothing
         is written.
 
+    See Also
+    --------
+    :func:`~stmap.tl.train_ctr`
+        Trains the model.
+    :func:`~stmap.pl.ctr`
+        Draws the calls over the H&E.
+    :func:`~stmap.metrics.gmm_threshold`
+        The default threshold.
+    :doc:`/tutorials/ctr`
+        Train on one HER2+ patient, detect in another.
+
     Examples
     --------
     >>> import stmap as st
@@ -151,17 +162,6 @@ def detect_ctr(
     (['CTR', 'non-CTR'], (122, 32))
     >>> sorted(spots.uns["stmap_ctr"]["metrics"])
     ['average_precision', 'f1', 'label_key', 'roc_auc']
-
-    See Also
-    --------
-    :func:`~stmap.tl.train_ctr`
-        Trains the model.
-    :func:`~stmap.pl.ctr`
-        Draws the calls over the H&E.
-    :func:`~stmap.metrics.gmm_threshold`
-        The default threshold.
-    :doc:`/tutorials/ctr`
-        Train on one HER2+ patient, detect in another.
     """
     if not isinstance(model, CTRModel):
         model = CTRModel.load(model, device=device)

@@ -43,6 +43,13 @@ class CTRModel:
     info
         Training record: label key, positive values, sources, loss history, training time.
 
+    See Also
+    --------
+    :func:`~stmap.tl.train_ctr`
+        Makes it.
+    :func:`~stmap.tl.detect_ctr`
+        Applies it.
+
     Examples
     --------
     >>> import stmap as st
@@ -55,13 +62,6 @@ class CTRModel:
     'ctr.pt'
     >>> st.tl.CTRModel.load("ctr.pt").genes == model.genes
     True
-
-    See Also
-    --------
-    :func:`~stmap.tl.train_ctr`
-        Makes it.
-    :func:`~stmap.tl.detect_ctr`
-        Applies it.
     """
 
     net: Any

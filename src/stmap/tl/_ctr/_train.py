@@ -161,6 +161,17 @@ def train_ctr(
         Missing label column, labels with a single class, no shared genes, missing or NaN features. The inputs are
         never modified.
 
+    See Also
+    --------
+    :func:`~stmap.tl.detect_ctr`
+        Applies the model to a sample.
+    :func:`~stmap.pp.histology_features`
+        Writes the histology features the model reads.
+    :class:`~stmap.models.SpaCRDNet`
+        The network.
+    :doc:`/tutorials/ctr`
+        Train on one HER2+ patient, detect in another.
+
     Examples
     --------
     Train on the synthetic tissue's tumour labels (a few epochs, for speed):
@@ -173,17 +184,6 @@ def train_ctr(
     ... )
     >>> model
     CTRModel(modality='both', 50 genes, 42 histology features ('X_histology'), 6 neighbours)
-
-    See Also
-    --------
-    :func:`~stmap.tl.detect_ctr`
-        Applies the model to a sample.
-    :func:`~stmap.pp.histology_features`
-        Writes the histology features the model reads.
-    :class:`~stmap.models.SpaCRDNet`
-        The network.
-    :doc:`/tutorials/ctr`
-        Train on one HER2+ patient, detect in another.
     """
     from stmap.models._spacrd import SpaCRDNet
 

@@ -74,6 +74,13 @@ def predict_maps(
     -------
     Lazy ``(n_genes [+3], y, x)`` float32 array (gene channels in standardised units, then the reconstruction).
 
+    See Also
+    --------
+    :func:`~stmap.tl.gene_maps`
+        Predicts the maps of a trained model over a SpatialData's H&E.
+    :func:`~stmap.tl.disc_means`
+        Averages the maps over the spots.
+
     Examples
     --------
     >>> import numpy as np
@@ -84,13 +91,6 @@ def predict_maps(
     >>> maps = st.tl.predict_maps(net, image, chunk=64)  # lazy
     >>> maps.shape, maps.dtype
     ((2, 100, 80), dtype('float32'))
-
-    See Also
-    --------
-    :func:`~stmap.tl.gene_maps`
-        Predicts the maps of a trained model over a SpatialData's H&E.
-    :func:`~stmap.tl.disc_means`
-        Averages the maps over the spots.
     """
     import dask.array as da
 
@@ -174,6 +174,13 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
     -------
     ``(n, C)`` float64 means (NaN for a disc entirely off the image).
 
+    See Also
+    --------
+    :func:`~stmap.tl.predict_maps`
+        Makes the maps.
+    :func:`~stmap.models.spot_means`
+        The same average inside the network's training tiles (torch).
+
     Examples
     --------
     >>> import numpy as np
@@ -181,13 +188,6 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
     >>> maps = np.stack([np.ones((50, 50)), np.arange(2500.0).reshape(50, 50)])  # 2 channels
     >>> st.tl.disc_means(maps, np.array([[10.0, 10.0], [25.0, 30.0]]), radius=3.0).tolist()
     [[1.0, 510.0], [1.0, 1525.0]]
-
-    See Also
-    --------
-    :func:`~stmap.tl.predict_maps`
-        Makes the maps.
-    :func:`~stmap.models.spot_means`
-        The same average inside the network's training tiles (torch).
     """
     import dask
     import dask.array as da

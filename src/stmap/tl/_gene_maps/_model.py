@@ -53,6 +53,13 @@ class GeneMapModel:
     params
         The training parameters (written to ``.uns[key]['params']`` by :func:`stmap.tl.gene_maps`).
 
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Makes it.
+    :func:`~stmap.tl.gene_maps`
+        Applies it (``model=``).
+
     Examples
     --------
     >>> import stmap as st
@@ -72,13 +79,6 @@ class GeneMapModel:
     'gene_maps.pt'
     >>> st.tl.GeneMapModel.load("gene_maps.pt").genes
     ['tumor_m01', 'T_cell_m01']
-
-    See Also
-    --------
-    :func:`~stmap.tl.train_gene_maps`
-        Makes it.
-    :func:`~stmap.tl.gene_maps`
-        Applies it (``model=``).
     """
 
     net: Any

@@ -126,6 +126,11 @@ def prior_raster(
     -------
     ``(G + 1, h, w)`` float32.
 
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Feeds this prior to the network (``prior='idw'``).
+
     Examples
     --------
     >>> import numpy as np
@@ -138,11 +143,6 @@ def prior_raster(
     [1.001, 2.999]
     >>> float(prior[1, 10, 10])  # the distance to the nearest spot, there 0
     0.0
-
-    See Also
-    --------
-    :func:`~stmap.tl.train_gene_maps`
-        Feeds this prior to the network (``prior='idw'``).
     """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     values = np.asarray(values, dtype=np.float64).reshape(len(points), -1)

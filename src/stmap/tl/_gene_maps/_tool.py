@@ -274,6 +274,17 @@ def train_gene_maps(
         Not a SpatialData, spots without a size, unknown genes, an image without 1, 3 or 4 channels, spots smaller
         than a working pixel or off the image, fewer than 2 training spots, or an invalid parameter.
 
+    See Also
+    --------
+    :func:`~stmap.tl.gene_maps`
+        Applies the model (or trains and applies in one call).
+    :class:`~stmap.models.GeneMapNet`
+        The network.
+    :func:`~stmap.pl.gene_maps`
+        Draws the maps over the H&E.
+    :doc:`/tutorials/gene_maps`
+        ERBB2 and a few markers over a HER2+ tumour's H&E.
+
     Examples
     --------
     Two genes at a coarse working resolution, a small network and two epochs, for speed:
@@ -296,17 +307,6 @@ def train_gene_maps(
     >>> st.tl.gene_maps(sdata, table_key="spots", model=model)
     >>> sdata.images["he_gene_maps"].shape  # (genes, y, x) at the working resolution
     (2, 166, 166)
-
-    See Also
-    --------
-    :func:`~stmap.tl.gene_maps`
-        Applies the model (or trains and applies in one call).
-    :class:`~stmap.models.GeneMapNet`
-        The network.
-    :func:`~stmap.pl.gene_maps`
-        Draws the maps over the H&E.
-    :doc:`/tutorials/gene_maps`
-        ERBB2 and a few markers over a HER2+ tumour's H&E.
     """
     start = logg.info("training gene maps")
     _, model, _ = _train_section(
@@ -488,6 +488,15 @@ def gene_maps(
     StmapInputError
         As :func:`stmap.tl.train_gene_maps`, and ``train_mask`` with a model. Nothing is written.
 
+    See Also
+    --------
+    :func:`~stmap.tl.train_gene_maps`
+        Trains a model to apply to other sections.
+    :func:`~stmap.pl.gene_maps`
+        Draws the maps over the H&E.
+    :doc:`/tutorials/gene_maps`
+        ERBB2 and a few markers over a HER2+ tumour's H&E.
+
     Examples
     --------
     Train and apply in one call (two genes, a small network and two epochs, for speed):
@@ -509,15 +518,6 @@ def gene_maps(
     (2, 166, 166)
     >>> sdata.tables["spots"].obsm["stmap_gene_maps"].shape  # the maps averaged over each spot
     (122, 2)
-
-    See Also
-    --------
-    :func:`~stmap.tl.train_gene_maps`
-        Trains a model to apply to other sections.
-    :func:`~stmap.pl.gene_maps`
-        Draws the maps over the H&E.
-    :doc:`/tutorials/gene_maps`
-        ERBB2 and a few markers over a HER2+ tumour's H&E.
     """
     start = logg.info("computing gene maps")
     dev, verbose = resolve_device(device), resolve_verbose(verbose)
