@@ -107,13 +107,27 @@ def write_results(
     stmap.StmapKeyError
         An unknown name; the message lists the elements.
 
+    See Also
+    --------
+    :func:`~stmap.io.recover`
+        Finishes or undoes an interrupted write.
+    :doc:`/saving`
+        How the swap works and what survives an interruption.
+
     Examples
     --------
+    Compute a result on a store read from disk and save it into that store:
+
     >>> import spatialdata as sd
     >>> import stmap as st
-    >>> sdata = sd.read_zarr("sample.zarr")  # doctest: +SKIP
-    >>> st.tl.map_cells(sdata, sc_adata, table_key="spots")  # doctest: +SKIP
-    >>> st.io.write_results(sdata)  # doctest: +SKIP
+    >>> st.datasets.synthetic_tissue(seed=0).write("tissue.zarr")
+    >>> sdata = sd.read_zarr("tissue.zarr")
+    >>> st.tl.density(sdata, points_key="cell_points", groupby="cell_type", bandwidth=20.0)
+    >>> st.io.write_results(sdata, ["stmap_density", "cells"])  # the image and the table holding its record
+    >>> sorted(sd.read_zarr("tissue.zarr").images)
+    ['he', 'stmap_density']
+
+    Without ``names``, every element that may differ from the store is saved.
     """
     start = logg.info("writing results")
     target = _target_path(sdata, path)
@@ -152,6 +166,20 @@ def recover(path: str | os.PathLike[str]) -> Literal["completed", "rolled back"]
     Returns
     -------
     ``'completed'`` or ``'rolled back'`` if an interrupted write was found, else ``None``.
+
+    See Also
+    --------
+    :func:`~stmap.io.write_results`
+        The write this finishes or undoes.
+    :doc:`/saving`
+        How the swap works and what survives an interruption.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> st.datasets.synthetic_tissue(seed=0, n_cells=300).write("small.zarr")
+    >>> st.io.recover("small.zarr") is None  # no interrupted write
+    True
     """
     store = _local_path(path)
     if not store.exists():
