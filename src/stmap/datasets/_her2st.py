@@ -168,7 +168,7 @@ def her2st(
 
     One section of the HER2ST data of Andersson et al. (2021, Nat Commun 12:6012), as published in the
     ``almaan/her2st`` GitHub repository: patient A (section ``A1``, with pathologist region labels) or patient C
-    (six serial sections ``C1``..``C6``, with expression-cluster labels and registered coordinates).
+    (six serial sections ``C1`` to ``C6``, with expression-cluster labels and registered coordinates).
     Legacy ST spots are 100 um wide, 200 um centre to centre.
 
     Parameters
@@ -191,7 +191,7 @@ def her2st(
     :class:`spatialdata.SpatialData` with coordinate system ``'global'`` in micrometres, holding
 
     ``'<section>_he'`` (image, not for ``C1`` or with ``load_image=False``)
-        RGB H&E (``c`` = ``r, g, b``), multiscale. ``C2``..``C6``: the full-resolution JPEG (~9300 x 9900 px).
+        RGB H&E (``c`` = ``r, g, b``), multiscale. ``C2`` to ``C6``: the full-resolution JPEG (~9300 x 9900 px).
         ``A1``: the repository's 2000 px wide dark-background PNG, 3.477 full-resolution pixels per PNG pixel, with
         the pathologist-annotation thumbnail in its top-right corner set to background (black). Its transformation
         maps pixels to micrometres, so spots land on the tissue.
@@ -205,7 +205,7 @@ def her2st(
 
         - ``obs['section']``: the section name.
         - ``obs['array_row']``, ``obs['array_col']``: array ``y`` and ``x``.
-        - ``obs['cluster']`` (patient C): expression cluster (categorical ``'0'``..``'6'``) from
+        - ``obs['cluster']`` (patient C): expression cluster (categorical ``'0'`` to ``'6'``) from
           ``<section>-cluster-annotation.tsv.gz``; NaN for the few spots the file does not list.
         - ``obs['cluster_annotation']`` (patient C): the cluster's annotation in ``motivation.csv``
           (e.g. ``'cancer 1'``, ``'immune : APC, B-cell, T-cell'``, ``'unknown'``), categorical.
@@ -223,6 +223,24 @@ def her2st(
           pixel distance of array-grid neighbours; ~0.69 for C, ~0.92 for A1), ``spot_diameter_um`` (100),
           ``spot_spacing_um`` (200), ``source``, ``section``, ``patient``, ``cancer_source``, ``image_scale``
           (full-resolution pixels per image pixel) when an image is present.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.her2st_deconvolution`
+        The published cell-type proportions of the spots.
+    :doc:`/tutorials/her2st_basics`
+        A first look at a HER2+ section.
+    :doc:`/tutorials/ctr`
+        Cancer tissue regions of HER2+ sections.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.her2st("A1", load_image=False)  # files under st.settings.datasetdir
+    >>> sdata.tables["A1"].shape  # spots x genes
+    (346, 15045)
+    >>> int(sdata.tables["A1"].obs["cancer"].sum())  # spots the pathologist marked as cancer
+    303
     """
     section = section.upper()
     if section not in SECTIONS:
@@ -351,6 +369,8 @@ def _section_image(file: Path, section: str, mpp: float) -> tuple[Any, float]:
 def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None) -> pd.DataFrame:
     """Published per-spot proportions of 8 major cell types (stereoscope) for one HER2ST section.
 
+    The deconvolution published with the data :cite:p:`andersson2021`.
+
     Parameters
     ----------
     section
@@ -363,6 +383,23 @@ def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None)
     :class:`pandas.DataFrame` indexed by spot id ``'XxY'`` (the table's ``obs_names``), one column per type
     (B-cells, CAFs, Endothelial, Epithelial, Myeloid, Plasma Cells, PVL, T-cells); rows sum to 1. Put it in a
     table with ``table.obsm['stmap_cell_type_fractions'] = df.reindex(table.obs_names)``.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.her2st`
+        The sections.
+    :func:`~stmap.metrics.proportion_metrics`
+        Compares proportions.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> proportions = st.datasets.her2st_deconvolution("A1")  # files under st.settings.datasetdir
+    >>> proportions.shape
+    (346, 8)
+    >>> sdata = st.datasets.her2st("A1", load_image=False)
+    >>> table = sdata.tables["A1"]
+    >>> table.obsm["stmap_cell_type_fractions"] = proportions.reindex(table.obs_names)
     """
     import zipfile
 

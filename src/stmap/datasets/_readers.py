@@ -94,7 +94,7 @@ def _spot_table(adata: AnnData, region: str, info: dict[str, Any]) -> AnnData:
 # --------------------------------------------------------------------------------------------------------------------
 @validate_params(path=PATH, load_images=FLAG)
 def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True) -> SpatialData:
-    """Minimal Space Ranger output (squidpy's Visium test fixture) read as SpatialData.
+    """Minimal Space Ranger output (squidpy's Visium test fixture :cite:p:`palla2022`) read as SpatialData.
 
     ``<path>/squidpy_tests/visium_fixture/``: ``filtered_feature_bc_matrix.h5`` and ``spatial/``
     (``scalefactors_json.json``, ``tissue_positions_list.csv``, ``tissue_hires_image.png``,
@@ -127,6 +127,22 @@ def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True) 
     -----
     Space Ranger's ``spot_diameter_fullres`` is the pixel width of a theoretical 65 um spot (it includes a margin),
     so ``55 / spot_diameter_fullres`` underestimates the pixel size by ~15 %; the grid spacing is used instead.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.synthetic_visium`
+        A Space Ranger output folder with a known answer.
+    :doc:`/tutorials/your_own_data`
+        Space Ranger output to stmap.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.squidpy_visium()  # files under st.settings.datasetdir
+    >>> sdata.tables["visium_fixture"].shape
+    (100, 100)
+    >>> st.pp.coordinate_units(sdata)  # 'global' is in micrometres
+    1.0
     """
     import scanpy as sc
 
@@ -218,6 +234,18 @@ def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = T
         full-resolution pixels ``(x, y)`` with ``y`` pointing down (the source stores ``-y``); ``uns['stmap']`` with
         ``mpp`` (from the median nearest-neighbour spot distance = 100 um), ``spot_diameter_um`` (55),
         ``spot_diameter_fullres``, ``source``, ``section``.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.squidpy_visium`
+        Another small Visium data set.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.visium_dentate_gyrus(load_image=False)  # files under st.settings.datasetdir
+    >>> sdata.tables["dentate_gyrus"].shape
+    (624, 634)
     """
     base = "giotto_visium_dg/"
     rel = [base + f for f in ("visium_DG_expr.txt.gz", "visium_DG_locs.txt", "visium_DG_meta.txt")]
@@ -278,7 +306,7 @@ _SPACEXR: dict[str, tuple[str, Any, Any, str]] = {
 
 @validate_params(name=Options(_SPACEXR), path=PATH)
 def spacexr(name: str, *, path: str | Path | None = None) -> AnnData | SpatialData:
-    """Example data of spacexr (RCTD): single-cell references and matching spatial sets.
+    """Example data of spacexr (RCTD :cite:p:`cable2022`): single-cell references and matching spatial sets.
 
     Parameters
     ----------
@@ -299,6 +327,23 @@ def spacexr(name: str, *, path: str | Path | None = None) -> AnnData | SpatialDa
     Slide-seq puck pixels, Visium full-resolution pixels, MERFISH um; ``uns['stmap']`` with ``mpp`` = um per source
     unit: 0.65 for Slide-seq (its camera pixel, assumed: the source does not state it), from the 100 um grid for
     Visium, 1 for MERFISH; ``spot_diameter_um``, ``source``, ``section``).
+
+    See Also
+    --------
+    :func:`~stmap.tl.map_cells`
+        Maps a reference's cells onto the spots.
+    :doc:`/tutorials/mapping`
+        Mapping single cells onto Visium spots with these data.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> reference = st.datasets.spacexr("hippocampus_dropseq_ref")  # files under st.settings.datasetdir
+    >>> reference.shape, reference.obs["cell_type"].nunique()
+    ((510, 307), 17)
+    >>> sdata = st.datasets.spacexr("hippocampus_visium")
+    >>> sdata.tables["hippocampus_visium"].shape
+    (313, 276)
     """
     import anndata as ad
 
@@ -329,6 +374,8 @@ def spacexr(name: str, *, path: str | Path | None = None) -> AnnData | SpatialDa
 def starmap_cells(path: str | Path | None = None) -> SpatialData:
     """STARmap PLUS mouse brain cells (well 11, Shi et al. 2023; via STalign): 43341 cells with region and type.
 
+    The cells of :cite:t:`shi2023`, as distributed with STalign :cite:p:`clifton2023`.
+
     Parameters
     ----------
     path
@@ -347,6 +394,20 @@ def starmap_cells(path: str | Path | None = None) -> SpatialData:
         Cells x 0 genes (no expression in the source), annotating nothing; ``obs_names`` = cell ``NAME``;
         ``obs['tissue', 'maintype', 'subtype']`` (categorical, same order as the points); ``obsm['spatial']``
         ``(x, y, z)``; ``uns['stmap']`` with ``source`` and ``section``.
+
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Density maps of the cell classes.
+    :doc:`/tutorials/density`
+        Which cell class does a labelled population look like?
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.starmap_cells()  # files under st.settings.datasetdir
+    >>> sdata.tables["well11"].n_obs, sdata.tables["well11"].obs["maintype"].nunique()
+    (43341, 26)
     """
     import anndata as ad
     from scipy import sparse
@@ -393,6 +454,18 @@ def bdtnp_atlas(path: str | Path | None = None) -> AnnData:
     :class:`anndata.AnnData` 3039 x 84: ``X`` the atlas's normalised expression (0-2.4, dense float32; not counts,
     so no ``layers['counts']``), ``obsm['spatial']`` ``(x, y, z)`` embryo coordinates (the first 3039 rows of the
     geometry file, novoSpaRc's convention), ``uns['stmap']`` with ``source``.
+
+    See Also
+    --------
+    :func:`~stmap.tl.density`
+        Density maps of points in 2D or 3D.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> atlas = st.datasets.bdtnp_atlas()  # files under st.settings.datasetdir
+    >>> atlas.shape, atlas.obsm["spatial"].shape
+    ((3039, 84), (3039, 3))
     """
     import anndata as ad
 
@@ -469,6 +542,18 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True) -> S
         ``obs['instance_id']`` = ``cell_ID``); ``obs['fov']``, ``obs['cell_ID']``; ``obsm['spatial']`` label
         centroids in global pixels as in the source (``x_global_px, y_global_px``, ``y`` up); ``uns['stmap']`` with
         ``mpp`` (0.18), ``source``, ``section``. Cells of the label images without transcripts have zero rows.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.vizgen_brain`
+        Another imaging-based data set with transcripts and cells.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.cosmx_lung(load_images=False)  # files under st.settings.datasetdir
+    >>> sorted(sdata.labels), sdata.tables["cells"].shape
+    (['fov2_labels', 'fov3_labels'], (120, 980))
     """
     base = "giotto_cosmx_lung/"
     rel = [base + "Lung12_tx_file.csv", base + "Lung12_fov_positions_file.csv"]
@@ -613,6 +698,18 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True) ->
         annotates ``'cells_z0'`` (``instance_id`` = ``poly_ID``, only cells with a z0 polygon; the few z1-only
         cells are left out); ``obsm['spatial']`` z0 polygon centroids in um; ``uns['stmap']`` with ``mpp`` (1,
         coordinates are um), ``source``, ``section``, ``n_unassigned`` transcripts.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.cosmx_lung`
+        Another imaging-based data set with transcripts and cells.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.vizgen_brain(load_images=False)  # files under st.settings.datasetdir
+    >>> sorted(sdata.shapes), sdata.tables["cells"].shape
+    (['cells_z0', 'cells_z1'], (498, 559))
     """
     base = "giotto_vizgen_brain/"
     rel = [base + "vizgen_transcripts.gz"] + [base + f"cell_boundaries/z{z}_polygons.gz" for z in (0, 1)]

@@ -246,8 +246,22 @@ def large_visium_hd(
 
     See Also
     --------
-    large_reference : the matching single-cell reference.
-    large_xenium : single cells instead of bins.
+    :func:`~stmap.datasets.large_reference`
+        The matching single-cell reference.
+    :func:`~stmap.datasets.large_xenium`
+        Single cells instead of bins.
+    :func:`~stmap.datasets.synthetic_visium_hd`
+        A small Space Ranger output folder instead of a zarr store.
+
+    Examples
+    --------
+    A small capture area (the default is a whole one):
+
+    >>> import spatialdata as sd
+    >>> import stmap as st
+    >>> path = st.datasets.large_visium_hd("hd.zarr", n_bins=2000, n_genes=50, image=False)
+    >>> sd.read_zarr(path).tables["square_008um"].shape
+    (2000, 50)
     """
     import shapely
     from spatialdata import SpatialData
@@ -362,6 +376,25 @@ def large_xenium(
     Returns
     -------
     The path of the written store.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.large_reference`
+        The matching single-cell reference.
+    :func:`~stmap.datasets.large_visium_hd`
+        Bins instead of single cells.
+    :func:`~stmap.datasets.synthetic_xenium`
+        A small Xenium output folder instead of a zarr store.
+
+    Examples
+    --------
+    A small section (the default is a whole one):
+
+    >>> import spatialdata as sd
+    >>> import stmap as st
+    >>> path = st.datasets.large_xenium("xenium.zarr", n_cells=2000, n_genes=50)
+    >>> sd.read_zarr(path).tables["table"].shape
+    (2000, 50)
     """
     import geopandas as gpd
     import shapely
@@ -426,6 +459,22 @@ def large_reference(
     Returns
     -------
     AnnData with sparse counts in ``X`` and ``obs['cell_type']``.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.large_visium_hd`
+        Bins with these cell types.
+    :func:`~stmap.datasets.large_xenium`
+        Single cells with these cell types.
+    :func:`~stmap.tl.map_cells`
+        Maps the reference's cells onto the spatial object.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> reference = st.datasets.large_reference(n_cells=1000, n_genes=50)
+    >>> reference.shape, reference.obs["cell_type"].nunique()
+    ((1000, 50), 12)
     """
     from anndata import AnnData
 

@@ -67,8 +67,10 @@ path
 n_genes
     Number of genes (see :func:`synthetic_tissue`).""",
     "downsample": """\
-hires_downsample, lowres_downsample
-    Integer block sizes of the hires and lowres images (``tissue_*_scalef = 1 / block``).""",
+hires_downsample
+    Integer block size of the hires image (``tissue_hires_scalef = 1 / block``).
+lowres_downsample
+    Integer block size of the lowres image (``tissue_lowres_scalef = 1 / block``).""",
     "overwrite": """\
 overwrite
     Replace ``path`` if it is a folder written by these functions.""",

@@ -176,12 +176,25 @@ def synthetic_visium(
     (2 * radius)``), table ``'table'`` and images ``'sample_hires_image'``, ``'sample_lowres_image'``,
     ``'sample_full_image'``.
 
+    See Also
+    --------
+    :func:`~stmap.datasets.synthetic_visium_hd`
+        The same for Visium HD.
+    :func:`~stmap.datasets.synthetic_tissue`
+        The tissue the folder is made from.
+    :doc:`/tutorials/your_own_data`
+        Space Ranger output to stmap.
+
     Examples
     --------
+    >>> import anndata as ad
+    >>> import spatialdata_io
     >>> import stmap as st
-    >>> folder = st.datasets.synthetic_visium("visium_outs", seed=0)  # doctest: +SKIP
-    >>> import spatialdata_io  # doctest: +SKIP
-    >>> sdata = spatialdata_io.visium(folder, dataset_id="sample")  # doctest: +SKIP
+    >>> folder = st.datasets.synthetic_visium("visium_outs", seed=0, n_cells=300)
+    >>> sdata = spatialdata_io.visium(folder, dataset_id="sample")
+    >>> truth = ad.read_h5ad(folder / "stmap_truth.h5ad")
+    >>> sdata.tables["table"].n_obs == truth.n_obs  # one row per in-tissue spot
+    True
     """
     args = _Args(
         seed=int(seed),

@@ -221,12 +221,23 @@ def synthetic_visium_hd(
     ``'sample_full_image'``, ``'sample_hires_image'``, ``'sample_lowres_image'``. The reader does not keep
     ``microns_per_pixel``: it is in each ``scalefactors_json.json`` and in the truth.
 
+    See Also
+    --------
+    :func:`~stmap.datasets.synthetic_visium`
+        The same for Visium.
+    :func:`~stmap.datasets.large_visium_hd`
+        A whole capture area, written as zarr.
+    :doc:`/tutorials/your_own_data`
+        Space Ranger output to stmap.
+
     Examples
     --------
+    >>> import spatialdata_io
     >>> import stmap as st
-    >>> folder = st.datasets.synthetic_visium_hd("hd_outs", bin_sizes=(8, 16))  # doctest: +SKIP
-    >>> import spatialdata_io  # doctest: +SKIP
-    >>> sdata = spatialdata_io.visium_hd(folder, dataset_id="sample", load_segmentations_only=False)  # doctest: +SKIP
+    >>> folder = st.datasets.synthetic_visium_hd("hd_outs", bin_sizes=(8, 16))  # no 2 µm bins, for speed
+    >>> sdata = spatialdata_io.visium_hd(folder, dataset_id="sample", load_segmentations_only=False)
+    >>> sorted(sdata.tables)
+    ['square_008um', 'square_016um']
     """
     args = _Args(
         sizes=_bin_sizes(bin_sizes),

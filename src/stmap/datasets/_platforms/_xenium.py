@@ -154,12 +154,21 @@ def synthetic_xenium(
     table ``'table'`` annotating ``'cell_labels'`` (``obs['cell_labels']`` the label, ``obsm['spatial']`` the
     centres in µm); image ``'he_image'`` with its alignment affine.
 
+    See Also
+    --------
+    :func:`~stmap.datasets.large_xenium`
+        A whole section, written as zarr.
+    :doc:`/tutorials/xenium`
+        Cell types and genes outside the panel on a Xenium section.
+
     Examples
     --------
+    >>> import spatialdata_io
     >>> import stmap as st
-    >>> folder = st.datasets.synthetic_xenium("xenium_outs", seed=0)  # doctest: +SKIP
-    >>> import spatialdata_io  # doctest: +SKIP
-    >>> sdata = spatialdata_io.xenium(folder)  # doctest: +SKIP
+    >>> folder = st.datasets.synthetic_xenium("xenium_outs", seed=0)
+    >>> sdata = spatialdata_io.xenium(folder)
+    >>> sdata.tables["table"].shape  # cells x genes
+    (300, 100)
     """
     args = _Args(seed=int(seed), n_cells=int(n_cells), n_genes=int(n_genes), ps=float(pixel_size), he_image=he_image)
     return write_folder(path, overwrite, _write_xenium, args)

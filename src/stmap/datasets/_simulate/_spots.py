@@ -128,6 +128,22 @@ def simulate_spots(
     StmapInputError
         If coordinates, cell types or counts are missing or invalid (NaN or negative counts, non-integer counts
         when thinning), or if the parameters are out of range. ``cells`` is left untouched.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.simulate_tissue`
+        Places reference cells into a tissue.
+    :func:`~stmap.tl.map_cells`
+        Recovers the cells of each spot.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> cells = st.datasets.simulate_tissue(n_cells=500, seed=0)
+    >>> sdata = st.datasets.simulate_spots(cells, spot_diameter=55.0)
+    >>> spots = sdata.tables["spots"]
+    >>> spots.n_obs, spots.obsm["cell_type_fractions"].shape[1]  # spots, cell types
+    (12, 10)
     """
     diameter = float(spot_diameter)
     spacing_um = 2.0 * diameter if spacing is None else float(spacing)

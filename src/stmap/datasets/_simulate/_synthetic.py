@@ -117,9 +117,11 @@ def synthetic_tissue(
         Number of genes (at least 6; 96 or more so that each type and region has markers).
     mpp
         Image resolution in micrometres per pixel.
-    spot_diameter, spot_spacing
-        Spot geometry in micrometres. The default is a Visium grid scaled down (Visium: 55 and 100) so that the
-        small tissue holds about 100 spots with about 9 cells each.
+    spot_diameter
+        Spot diameter in micrometres. The defaults are a Visium grid (55 and 100 µm) scaled down, so that the small
+        tissue holds about 100 spots with about 9 cells each.
+    spot_spacing
+        Distance between neighbouring spot centres in micrometres.
     capture_rate
         Passed to :func:`simulate_spots`.
     dispersion
@@ -141,6 +143,24 @@ def synthetic_tissue(
       ``uns['cell_type_colors']``, ``uns['region_colors']``.
 
     Both tables carry ``uns['stmap_synthetic_tissue']`` (seed, mpp, region codes of ``'he_regions'``).
+
+    See Also
+    --------
+    :func:`~stmap.datasets.simulate_spots`
+        Aggregates cells into spots.
+    :func:`~stmap.datasets.synthetic_visium`
+        The tissue written as a Space Ranger output folder.
+    :doc:`/tutorials/xenium`
+        Cell types and genes outside the panel, starting from this tissue.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(seed=0)
+    >>> sdata.tables["spots"].shape, sdata.tables["cells"].shape
+    ((122, 200), (1500, 200))
+    >>> sorted(sdata.tables["cells"].obs["cell_type"].unique())
+    ['T_cell', 'endothelial', 'epithelial', 'fibroblast', 'macrophage', 'tumor']
     """
     n_cells, mpp = int(n_cells), float(mpp)
     gen = _rng(seed)

@@ -32,6 +32,18 @@ def pbmc_counts() -> AnnData:
     -------
     AnnData (700 cells x 765 genes) with sparse float32 counts in ``X`` and ``obs['cell_type']`` (scanpy's
     ``bulk_labels``).
+
+    See Also
+    --------
+    :func:`~stmap.datasets.simulate_tissue`
+        Places these cells into a tissue.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> adata = st.datasets.pbmc_counts()
+    >>> adata.shape, adata.obs["cell_type"].nunique()
+    ((700, 765), 10)
     """
     import scanpy as sc
 
@@ -119,6 +131,20 @@ def simulate_tissue(
     ------
     StmapInputError
         If the reference lacks cell types or raw counts, or parameters are out of range.
+
+    See Also
+    --------
+    :func:`~stmap.datasets.simulate_spots`
+        Aggregates the cells into spots.
+    :func:`~stmap.datasets.pbmc_counts`
+        The default reference.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> cells = st.datasets.simulate_tissue(n_cells=500, seed=0)
+    >>> cells.shape, cells.obs["domain"].nunique()
+    ((500, 765), 5)
     """
     n_cells, n_domains, cell_spacing = int(n_cells), int(n_domains), float(cell_spacing)
     reference, key, X = _reference(reference, cell_type_key, counts_layer)
