@@ -298,8 +298,24 @@ def large_stack(
 
     See Also
     --------
-    large_visium_hd : one capture area.
-    simulate_stack : small serial sections of legacy spatial transcriptomics spots.
+    :func:`~stmap.datasets.large_visium_hd`
+        One capture area.
+    :func:`~stmap.datasets.simulate_stack`
+        Small serial sections of legacy spatial transcriptomics spots.
+    :func:`~stmap.pp.stack_sections`
+        Stacks the sections (``transforms=`` the truth's matrices).
+
+    Examples
+    --------
+    Two small sections (the default is four whole capture areas):
+
+    >>> import spatialdata as sd
+    >>> import stmap as st
+    >>> paths = st.datasets.large_stack("stack_stores", n_sections=2, n_bins=500, n_genes=30)
+    >>> [path.name for path in paths]
+    ['sample_S0.zarr', 'sample_S1.zarr']
+    >>> sd.read_zarr(paths[0]).tables["square_016um"].shape
+    (500, 30)
     """
     from .._core import StmapInputError
 

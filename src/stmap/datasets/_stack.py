@@ -96,16 +96,20 @@ def simulate_stack(
         Add an RGB image ``'<S>_he'`` per section.
     grid
         Lattice size (``grid x grid`` positions before the tissue outline).
-    spot_spacing, spot_diameter
-        Centre-to-centre spacing and spot diameter, micrometres (legacy ST: 200 and 100).
+    spot_spacing
+        Centre-to-centre distance of neighbouring spots, in micrometres (legacy ST: 200).
+    spot_diameter
+        Spot diameter, in micrometres (legacy ST: 100).
     z_step
         Distance between sections, micrometres (the field's depth is ``(n_sections - 1) * z_step``).
     image_mpp
         Micrometres per image pixel.
     frac_image_genes
         Share of genes driven by the histology blobs.
-    max_angle, max_shift
-        Largest rotation (radians) and translation (um) of a section's own frame against the aligned frame.
+    max_angle
+        Largest rotation of a section's own frame against the aligned frame, in radians.
+    max_shift
+        Largest translation of a section's own frame against the aligned frame, in micrometres.
     library_size
         Mean total expected count per spot (before the field's variation).
 
@@ -125,6 +129,22 @@ def simulate_stack(
         colour at the spot; ``var['image_gene']``; ``uns['stmap']``: ``mpp`` (1.0), ``spot_diameter_um``,
         ``spot_spacing_um``, ``z`` (um), ``true_transform`` (3x3, section frame -> aligned frame), ``section``,
         ``source``.
+
+    See Also
+    --------
+    :func:`~stmap.pp.stack_sections`
+        Stacks the sections (``transforms='warped'`` uses ``obsm['spatial_warped']``).
+    :func:`~stmap.datasets.large_stack`
+        Serial Visium HD capture areas, written as zarr.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sections = st.datasets.simulate_stack(3, n_genes=20, grid=8, seed=0)
+    >>> [list(sdata.tables) for sdata in sections]
+    [['S0'], ['S1'], ['S2']]
+    >>> sections[0].tables["S0"].shape
+    (22, 20)
     """
     import anndata as ad
     import pandas as pd

@@ -41,6 +41,18 @@ def disc_iou(d: ArrayLike, r1: ArrayLike, r2: ArrayLike) -> np.ndarray:
     ------
     StmapInputError
         A radius that is not positive or a negative distance.
+
+    See Also
+    --------
+    :func:`~stmap.pp.graph_arrays`
+        Joins the spots of neighbouring sections by this overlap.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> st.pp.disc_iou(np.array([0.0, 50.0, 100.0]), 50.0, 50.0).round(3)  # two discs of radius 50
+    array([1.   , 0.243, 0.   ])
     """
     d, r1, r2 = np.broadcast_arrays(
         np.asarray(d, dtype=float), np.asarray(r1, dtype=float), np.asarray(r2, dtype=float)
@@ -269,6 +281,26 @@ def graph_arrays(
     StmapInputError
         Arrays of the wrong shape, NaN/infinite coordinates or features, radii that are not positive, or a
         parameter out of its range.
+
+    See Also
+    --------
+    :func:`~stmap.pp.spot_graph_3d`
+        The same graph on a stacked table.
+    :func:`~stmap.pp.disc_iou`
+        The overlap of two discs.
+
+    Examples
+    --------
+    Two sections: spots 0 and 1 lie on each other, spot 2 is next to spot 1 in its section:
+
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> xy = np.array([[0.0, 0.0], [0.0, 0.0], [60.0, 0.0]])
+    >>> graph = st.pp.graph_arrays(xy, section_codes=np.array([0, 1, 1]), radius=50.0)
+    >>> graph["overlap"].toarray().astype(float).round(3).tolist()  # across sections
+    [[0.0, 1.0, 0.166], [1.0, 0.0, 0.0], [0.166, 0.0, 0.0]]
+    >>> graph["spatial"].toarray().tolist()  # within sections
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
     """
     xy, codes, r, f = _checked_arrays(xyz, section_codes, radius, features)
     out = {"overlap": _overlap_graph(xy, codes, r, int(layers_apart), float(min_iou))}

@@ -211,6 +211,22 @@ def spot_graph_3d(
     StmapInputError
         Unknown table or keys, a non-categorical section column, unknown spot radius, a parameter of the wrong type
         or out of range. Nothing is written.
+
+    See Also
+    --------
+    :func:`~stmap.pp.graph_arrays`
+        The same graph on plain arrays.
+    :func:`~stmap.tl.impute_3d`
+        Propagates expression over this graph.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sections = st.datasets.simulate_stack(3, n_genes=20, grid=8, seed=0)  # three serial sections
+    >>> stack = st.pp.stack_sections(sections, transforms="warped")
+    >>> st.pp.spot_graph_3d(stack)
+    >>> sorted(stack.tables["stack"].obsp)
+    ['stmap_graph_overlap', 'stmap_graph_spatial']
     """
     import pandas as pd
 

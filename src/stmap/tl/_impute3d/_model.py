@@ -13,7 +13,7 @@ __all__ = ["Impute3DModel"]
 
 @dataclass
 class Impute3DModel:
-    """A trained 3D imputation model: the network, gene list and the scaling it was trained with.
+    """A trained 3D imputation model (ASIGN :cite:p:`zhu2024asign`): the network, genes and scaling it was trained with.
 
     Made by :func:`stmap.tl.train_impute_3d` (or :func:`stmap.tl.impute_3d` without ``model=``), applied by
     :func:`stmap.tl.impute_3d` with ``model=``.
@@ -21,7 +21,7 @@ class Impute3DModel:
     Attributes
     ----------
     net
-        The network (``stmap.models._asign.ASIGNNet``, a :class:`torch.nn.Module`).
+        The network, a :class:`~stmap.models.ASIGNNet`.
     genes
         Genes it predicts (columns of its output).
     mean
@@ -39,6 +39,24 @@ class Impute3DModel:
     sources
         Diagnostics of the last imputation (not saved): each source alone (``'propagated'``, ``'prior'``,
         ``'network'``), ``(n_spots, n_genes)`` on the target scale.
+
+    See Also
+    --------
+    :func:`~stmap.tl.train_impute_3d`
+        Makes it.
+    :func:`~stmap.tl.impute_3d`
+        Applies it (``model=``).
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sections = st.datasets.simulate_stack(3, n_genes=20, grid=8, seed=0)  # three serial sections
+    >>> stack = st.pp.stack_sections(sections, transforms="warped")
+    >>> model = st.tl.train_impute_3d(stack, measured=["S1"], genes=10, features_key=None, epochs=2)
+    >>> model.save("impute3d.pt").name
+    'impute3d.pt'
+    >>> st.tl.Impute3DModel.load("impute3d.pt").genes == model.genes
+    True
     """
 
     net: Any

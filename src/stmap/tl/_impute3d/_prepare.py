@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def asign_target(counts: Any) -> np.ndarray:
     """ASIGN's target, the scale :func:`stmap.tl.impute_3d` predicts on: ``ln((c + 1) / sum_genes(c + 1))``.
 
+    As in ASIGN :cite:p:`zhu2024asign`.
+
     Parameters
     ----------
     counts
@@ -34,6 +36,19 @@ def asign_target(counts: Any) -> np.ndarray:
     Returns
     -------
     ``(spots, genes)`` float64 array: log of each gene's share of the spot's pseudo-counted total.
+
+    See Also
+    --------
+    :func:`~stmap.tl.impute_3d`
+        Predicts expression on this scale.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmap as st
+    >>> st.tl.asign_target(np.array([[0, 1], [3, 3]])).round(4)  # ln(1/3), ln(2/3); ln(1/2) twice
+    array([[-1.0986, -0.4055],
+           [-0.6931, -0.6931]])
     """
     from scipy import sparse
 
