@@ -39,21 +39,9 @@ NEEDS_MODULE = {"pp.timm_extractor": "timm", "pp.torchvision_extractor": "torchv
 # Public names whose docstrings have no Examples yet (their modules were being rewritten when the examples were
 # written). Remove a name once it has Examples; the test says so.
 NO_EXAMPLES_YET = {
-    "pp.stack_sections",
-    "pp.spot_graph_3d",
-    "pp.graph_arrays",
-    "pp.disc_iou",
     "tl.map_cells",
     "tl.project_genes",
-    "tl.train_impute_3d",
-    "tl.impute_3d",
-    "tl.Impute3DModel",
-    "tl.asign_target",
-    "datasets.simulate_stack",
-    "datasets.large_stack",
     "kernels.largest_remainder",
-    "models.ASIGNNet",
-    "models.impute_loss",
     "models.PoissonDeconvolution",
     "models.fit_poisson_deconvolution",
     "models.split_counts",
