@@ -108,14 +108,14 @@ def pearson_per_gene(pred: Any, truth: Any) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.metrics.spearman_per_gene`
+    :func:`stmap.metrics.spearman_per_gene`
         The same on ranks.
-    :func:`~stmap.metrics.pearson_per_spot`
+    :func:`stmap.metrics.pearson_per_spot`
         One correlation per observation instead of per gene.
-    :func:`~stmap.tl.project_genes`
+    :func:`stmap.tl.project_genes`
         Predicts the expression this measure is used to check.
     :doc:`/tutorials/mapping`
-        Genes projected from single cells, scored with this measure on held-out genes.
+        Tutorial.
 
     Examples
     --------
@@ -146,9 +146,9 @@ def pearson_per_spot(pred: Any, truth: Any) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.metrics.pearson_per_gene`
+    :func:`stmap.metrics.pearson_per_gene`
         One correlation per gene instead of per observation.
-    :func:`~stmap.metrics.proportion_metrics`
+    :func:`stmap.metrics.proportion_metrics`
         Its mean over spots, with RMSE and JSD, for cell-type proportions.
 
     Examples
@@ -180,7 +180,7 @@ def spearman_per_gene(pred: Any, truth: Any) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.metrics.pearson_per_gene`
+    :func:`stmap.metrics.pearson_per_gene`
         The linear correlation.
 
     Examples
@@ -217,9 +217,9 @@ def rmse(pred: Any, truth: Any, *, axis: int | None = None) -> float | np.ndarra
 
     See Also
     --------
-    :func:`~stmap.metrics.relative_l2`
+    :func:`stmap.metrics.relative_l2`
         The error relative to the size of the reference.
-    :func:`~stmap.metrics.proportion_metrics`
+    :func:`stmap.metrics.proportion_metrics`
         RMSE with correlation and JSD for cell-type proportions.
 
     Examples
@@ -256,7 +256,7 @@ def jsd(p: Any, q: Any) -> np.ndarray | float:
 
     See Also
     --------
-    :func:`~stmap.metrics.proportion_metrics`
+    :func:`stmap.metrics.proportion_metrics`
         Its mean over spots, with correlation and RMSE.
 
     Examples
@@ -305,14 +305,14 @@ def proportion_metrics(pred: Any, truth: Any) -> dict[str, float]:
 
     See Also
     --------
-    :func:`~stmap.tl.map_cells`
+    :func:`stmap.tl.map_cells`
         Writes the predicted proportions (``obsm['stmap_cell_type_fractions']``).
-    :func:`~stmap.metrics.pearson_per_spot`
+    :func:`stmap.metrics.pearson_per_spot`
         The per-spot correlations behind ``'pearson'``.
-    :func:`~stmap.metrics.jsd`
+    :func:`stmap.metrics.jsd`
         The per-spot divergences behind ``'jsd'``.
     :doc:`/tutorials/mapping`
-        Proportions from mapped cells against the truth.
+        Tutorial.
 
     Examples
     --------
@@ -354,7 +354,7 @@ def assignment_accuracy(pred_spot: Any, true_spot: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.tl.map_cells`
+    :func:`stmap.tl.map_cells`
         Places cells in spots (in greedy mode, the spot of each reference cell is ``obs['stmap_spot']``).
 
     Examples
@@ -404,9 +404,9 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.average_precision`
+    :func:`stmap.metrics.average_precision`
         The area under the precision-recall curve.
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
 
     Examples
@@ -439,9 +439,9 @@ def average_precision(y_true: Any, y_score: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.roc_auc`
+    :func:`stmap.metrics.roc_auc`
         The area under the ROC curve.
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
 
     Examples
@@ -474,9 +474,9 @@ def f1(y_true: Any, y_pred: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.gmm_threshold`
+    :func:`stmap.metrics.gmm_threshold`
         Turns scores into binary calls.
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Stores this score for known labels (``label_key``).
 
     Examples
@@ -521,9 +521,9 @@ def gmm_threshold(scores: Any, *, seed: int | None = 0, covariance_type: str = "
 
     See Also
     --------
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Calls cancer regions with this threshold (``covariance_type='tied'``).
-    :func:`~stmap.metrics.f1`
+    :func:`stmap.metrics.f1`
         Scores the calls.
 
     Examples
@@ -579,9 +579,9 @@ def ssim(img1: Any, img2: Any, *, data_range: float | None = None, channel_axis:
 
     See Also
     --------
-    :func:`~stmap.models.ssim_loss`
+    :func:`stmap.models.ssim_loss`
         The differentiable ``1 - SSIM`` that gene maps are trained with.
-    :func:`~stmap.tl.gene_maps`
+    :func:`stmap.tl.gene_maps`
         Reconstructs the H&E (``reconstruct=True``) that this measure can compare with the original.
 
     Examples
@@ -620,9 +620,9 @@ def relative_l2(a: Any, b: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.rmse`
+    :func:`stmap.metrics.rmse`
         The absolute error.
-    :func:`~stmap.kernels.kde_direct`
+    :func:`stmap.kernels.kde_direct`
         The exact estimate the binned density is compared with this way.
 
     Examples
@@ -680,9 +680,9 @@ def cross_entropy(pred: Any, truth: Any, *, eps: float = 1e-15) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.brier`
+    :func:`stmap.metrics.brier`
         The squared error of the same probabilities.
-    :func:`~stmap.metrics.r2_probabilities`
+    :func:`stmap.metrics.r2_probabilities`
         The explained variance of the proportions.
 
     Examples
@@ -714,7 +714,7 @@ def brier(pred: Any, truth: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.cross_entropy`
+    :func:`stmap.metrics.cross_entropy`
         The log loss of the same probabilities.
 
     Examples
@@ -747,7 +747,7 @@ def r2_probabilities(pred: Any, truth: Any) -> float:
 
     See Also
     --------
-    :func:`~stmap.metrics.cross_entropy`
+    :func:`stmap.metrics.cross_entropy`
         The log loss of the same probabilities.
 
     Examples

@@ -226,12 +226,12 @@ def her2st(
 
     See Also
     --------
-    :func:`~stmap.datasets.her2st_deconvolution`
+    :func:`stmap.datasets.her2st_deconvolution`
         The published cell-type proportions of the spots.
     :doc:`/tutorials/her2st_basics`
-        A first look at a HER2+ section.
+        Tutorial.
     :doc:`/tutorials/ctr`
-        Cancer tissue regions of HER2+ sections.
+        Tutorial.
 
     Examples
     --------
@@ -386,9 +386,9 @@ def her2st_deconvolution(section: str = "C1", *, path: str | Path | None = None)
 
     See Also
     --------
-    :func:`~stmap.datasets.her2st`
+    :func:`stmap.datasets.her2st`
         The sections.
-    :func:`~stmap.metrics.proportion_metrics`
+    :func:`stmap.metrics.proportion_metrics`
         Compares proportions.
 
     Examples

@@ -130,10 +130,10 @@ def squidpy_visium(path: str | Path | None = None, *, load_images: bool = True) 
 
     See Also
     --------
-    :func:`~stmap.datasets.synthetic_visium`
+    :func:`stmap.datasets.synthetic_visium`
         A Space Ranger output folder with a known answer.
     :doc:`/tutorials/your_own_data`
-        Space Ranger output to stmap.
+        Tutorial.
 
     Examples
     --------
@@ -237,7 +237,7 @@ def visium_dentate_gyrus(path: str | Path | None = None, *, load_image: bool = T
 
     See Also
     --------
-    :func:`~stmap.datasets.squidpy_visium`
+    :func:`stmap.datasets.squidpy_visium`
         Another small Visium data set.
 
     Examples
@@ -330,10 +330,10 @@ def spacexr(name: str, *, path: str | Path | None = None) -> AnnData | SpatialDa
 
     See Also
     --------
-    :func:`~stmap.tl.map_cells`
+    :func:`stmap.tl.map_cells`
         Maps a reference's cells onto the spots.
     :doc:`/tutorials/mapping`
-        Mapping single cells onto Visium spots with these data.
+        Tutorial.
 
     Examples
     --------
@@ -397,10 +397,10 @@ def starmap_cells(path: str | Path | None = None) -> SpatialData:
 
     See Also
     --------
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Density maps of the cell classes.
     :doc:`/tutorials/density`
-        Which cell class does a labelled population look like?
+        Tutorial.
 
     Examples
     --------
@@ -457,7 +457,7 @@ def bdtnp_atlas(path: str | Path | None = None) -> AnnData:
 
     See Also
     --------
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Density maps of points in 2D or 3D.
 
     Examples
@@ -545,7 +545,7 @@ def cosmx_lung(path: str | Path | None = None, *, load_images: bool = True) -> S
 
     See Also
     --------
-    :func:`~stmap.datasets.vizgen_brain`
+    :func:`stmap.datasets.vizgen_brain`
         Another imaging-based data set with transcripts and cells.
 
     Examples
@@ -701,7 +701,7 @@ def vizgen_brain(path: str | Path | None = None, *, load_images: bool = True) ->
 
     See Also
     --------
-    :func:`~stmap.datasets.cosmx_lung`
+    :func:`stmap.datasets.cosmx_lung`
         Another imaging-based data set with transcripts and cells.
 
     Examples

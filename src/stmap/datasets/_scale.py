@@ -246,11 +246,11 @@ def large_visium_hd(
 
     See Also
     --------
-    :func:`~stmap.datasets.large_reference`
+    :func:`stmap.datasets.large_reference`
         The matching single-cell reference.
-    :func:`~stmap.datasets.large_xenium`
+    :func:`stmap.datasets.large_xenium`
         Single cells instead of bins.
-    :func:`~stmap.datasets.synthetic_visium_hd`
+    :func:`stmap.datasets.synthetic_visium_hd`
         A small Space Ranger output folder instead of a zarr store.
 
     Examples
@@ -379,11 +379,11 @@ def large_xenium(
 
     See Also
     --------
-    :func:`~stmap.datasets.large_reference`
+    :func:`stmap.datasets.large_reference`
         The matching single-cell reference.
-    :func:`~stmap.datasets.large_visium_hd`
+    :func:`stmap.datasets.large_visium_hd`
         Bins instead of single cells.
-    :func:`~stmap.datasets.synthetic_xenium`
+    :func:`stmap.datasets.synthetic_xenium`
         A small Xenium output folder instead of a zarr store.
 
     Examples
@@ -462,11 +462,11 @@ def large_reference(
 
     See Also
     --------
-    :func:`~stmap.datasets.large_visium_hd`
+    :func:`stmap.datasets.large_visium_hd`
         Bins with these cell types.
-    :func:`~stmap.datasets.large_xenium`
+    :func:`stmap.datasets.large_xenium`
         Single cells with these cell types.
-    :func:`~stmap.tl.map_cells`
+    :func:`stmap.tl.map_cells`
         Maps the reference's cells onto the spatial object.
 
     Examples

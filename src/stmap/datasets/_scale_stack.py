@@ -298,11 +298,11 @@ def large_stack(
 
     See Also
     --------
-    :func:`~stmap.datasets.large_visium_hd`
+    :func:`stmap.datasets.large_visium_hd`
         One capture area.
-    :func:`~stmap.datasets.simulate_stack`
+    :func:`stmap.datasets.simulate_stack`
         Small serial sections of legacy spatial transcriptomics spots.
-    :func:`~stmap.pp.stack_sections`
+    :func:`stmap.pp.stack_sections`
         Stacks the sections (``transforms=`` the truth's matrices).
 
     Examples

@@ -132,9 +132,9 @@ def simulate_stack(
 
     See Also
     --------
-    :func:`~stmap.pp.stack_sections`
+    :func:`stmap.pp.stack_sections`
         Stacks the sections (``transforms='warped'`` uses ``obsm['spatial_warped']``).
-    :func:`~stmap.datasets.large_stack`
+    :func:`stmap.datasets.large_stack`
         Serial Visium HD capture areas, written as zarr.
 
     Examples

@@ -109,7 +109,7 @@ def write_results(
 
     See Also
     --------
-    :func:`~stmap.io.recover`
+    :func:`stmap.io.recover`
         Finishes or undoes an interrupted write.
     :doc:`/saving`
         How the swap works and what survives an interruption.
@@ -169,7 +169,7 @@ def recover(path: str | os.PathLike[str]) -> Literal["completed", "rolled back"]
 
     See Also
     --------
-    :func:`~stmap.io.write_results`
+    :func:`stmap.io.write_results`
         The write this finishes or undoes.
     :doc:`/saving`
         How the swap works and what survives an interruption.

@@ -202,9 +202,9 @@ def linear_binning(
 
     See Also
     --------
-    :func:`~stmap.kernels.kde_grid`
+    :func:`stmap.kernels.kde_grid`
         Binning and smoothing in one call.
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Density maps of a SpatialData's points.
 
     Examples
@@ -271,7 +271,7 @@ def gaussian_kernel_1d(sigma: float, step: float, truncate: float = 4.0, dtype: 
 
     See Also
     --------
-    :func:`~stmap.kernels.gaussian_smooth`
+    :func:`stmap.kernels.gaussian_smooth`
         Convolves a grid with these kernels, one axis at a time.
 
     Examples
@@ -416,9 +416,9 @@ def gaussian_smooth(
 
     See Also
     --------
-    :func:`~stmap.kernels.linear_binning`
+    :func:`stmap.kernels.linear_binning`
         Makes the grid of binned points this smooths.
-    :func:`~stmap.kernels.kde_grid`
+    :func:`stmap.kernels.kde_grid`
         Binning and smoothing in one call.
 
     Examples
@@ -528,12 +528,12 @@ def kde_grid(
 
     See Also
     --------
-    :func:`~stmap.kernels.kde_direct`
+    :func:`stmap.kernels.kde_direct`
         The exact estimate (direct summation) this is checked against.
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         The same on a SpatialData's points, one map per group, written as an image.
     :doc:`/tutorials/density`
-        Density maps of cell classes and their ranking.
+        Tutorial.
 
     Examples
     --------
@@ -620,7 +620,7 @@ def kde_direct(
 
     See Also
     --------
-    :func:`~stmap.kernels.kde_grid`
+    :func:`stmap.kernels.kde_grid`
         The fast binned estimate on a grid.
 
     Examples

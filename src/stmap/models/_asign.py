@@ -57,12 +57,12 @@ class ASIGNNet(nn.Module):
 
     See Also
     --------
-    :func:`~stmap.models.impute_loss`
+    :func:`stmap.models.impute_loss`
         Its training loss.
-    :func:`~stmap.tl.train_impute_3d`
+    :func:`stmap.tl.train_impute_3d`
         Trains it on a stack of sections.
     :doc:`/tutorials/impute3d`
-        One measured section of a HER2+ tumour, five imputed.
+        Tutorial.
 
     Examples
     --------
@@ -241,7 +241,7 @@ def impute_loss(pred: torch.Tensor, target: torch.Tensor, *, mse_weight: float =
 
     See Also
     --------
-    :class:`~stmap.models.ASIGNNet`
+    :class:`stmap.models.ASIGNNet`
         The network trained with it.
 
     Examples

@@ -49,12 +49,12 @@ class GeneMapNet(nn.Module):
 
     See Also
     --------
-    :func:`~stmap.tl.train_gene_maps`
+    :func:`stmap.tl.train_gene_maps`
         Trains it on a section's H&E and spots.
-    :func:`~stmap.tl.predict_maps`
+    :func:`stmap.tl.predict_maps`
         Runs it over a whole image in tiles.
     :doc:`/tutorials/gene_maps`
-        Gene maps of a HER2+ tumour section.
+        Tutorial.
 
     Examples
     --------
@@ -159,9 +159,9 @@ def ssim_loss(a: torch.Tensor, b: torch.Tensor, *, size: int = 11, sigma: float 
 
     See Also
     --------
-    :func:`~stmap.metrics.ssim`
+    :func:`stmap.metrics.ssim`
         The same measure on NumPy arrays.
-    :class:`~stmap.models.GeneMapNet`
+    :class:`stmap.models.GeneMapNet`
         Whose image head is trained with this loss.
 
     Examples
@@ -209,7 +209,7 @@ def spot_means(genes: torch.Tensor, batch: torch.Tensor, pixels: torch.Tensor) -
 
     See Also
     --------
-    :func:`~stmap.tl.disc_means`
+    :func:`stmap.tl.disc_means`
         The same average over discs on whole (NumPy or dask) images.
 
     Examples

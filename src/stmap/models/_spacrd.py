@@ -70,12 +70,12 @@ class SpaCRDNet(nn.Module):
 
     See Also
     --------
-    :func:`~stmap.models.spacrd_losses`
+    :func:`stmap.models.spacrd_losses`
         Its VAE and classification losses.
-    :func:`~stmap.tl.train_ctr`
+    :func:`stmap.tl.train_ctr`
         Trains it on labelled sections.
     :doc:`/tutorials/ctr`
-        Cancer tissue regions of HER2+ tumours.
+        Tutorial.
 
     Examples
     --------
@@ -214,7 +214,7 @@ def spacrd_losses(
 
     See Also
     --------
-    :class:`~stmap.models.SpaCRDNet`
+    :class:`stmap.models.SpaCRDNet`
         The network.
 
     Examples

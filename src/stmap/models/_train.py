@@ -38,7 +38,7 @@ class FitHistory:
 
     See Also
     --------
-    :func:`~stmap.models.fit`
+    :func:`stmap.models.fit`
         Returns it.
 
     Examples
@@ -143,9 +143,9 @@ def fit(
 
     See Also
     --------
-    :class:`~stmap.models.FitHistory`
+    :class:`stmap.models.FitHistory`
         What this returns.
-    :func:`~stmap.models.save_checkpoint`
+    :func:`stmap.models.save_checkpoint`
         Saves the trained model.
 
     Examples
@@ -273,7 +273,7 @@ def save_checkpoint(
 
     See Also
     --------
-    :func:`~stmap.models.load_checkpoint`
+    :func:`stmap.models.load_checkpoint`
         Rebuilds the model from the file.
 
     Examples
@@ -349,7 +349,7 @@ def load_checkpoint(
 
     See Also
     --------
-    :func:`~stmap.models.save_checkpoint`
+    :func:`stmap.models.save_checkpoint`
         Writes the file.
 
     Examples

@@ -466,7 +466,7 @@ def detect_blobs(
 
     See Also
     --------
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Density maps of the detected cells.
     :doc:`/more_than_one_machine`
         Whole slides, chunk by chunk, on a dask cluster.

@@ -73,10 +73,10 @@ def to_spatialdata(
 
     See Also
     --------
-    :func:`~stmap.pp.coordinate_units`
+    :func:`stmap.pp.coordinate_units`
         The micrometres per unit every tool reads.
     :doc:`/tutorials/your_own_data`
-        Space Ranger output to stmap.
+        Tutorial.
 
     Examples
     --------

@@ -51,7 +51,7 @@ def handcrafted_feature_names() -> list[str]:
 
     See Also
     --------
-    :func:`~stmap.pp.handcrafted_features`
+    :func:`stmap.pp.handcrafted_features`
         Computes them.
 
     Examples
@@ -96,9 +96,9 @@ def handcrafted_features(patches: np.ndarray) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.pp.handcrafted_feature_names`
+    :func:`stmap.pp.handcrafted_feature_names`
         The names of the columns.
-    :func:`~stmap.pp.histology_features`
+    :func:`stmap.pp.histology_features`
         Features of the patch around every spot of a SpatialData.
 
     Examples
@@ -288,11 +288,11 @@ def torch_extractor(
 
     See Also
     --------
-    :func:`~stmap.pp.timm_extractor`
+    :func:`stmap.pp.timm_extractor`
         A ``timm`` architecture (e.g. UNI) with local weights.
-    :func:`~stmap.pp.torchvision_extractor`
+    :func:`stmap.pp.torchvision_extractor`
         A ``torchvision`` classifier without its head.
-    :func:`~stmap.pp.histology_features`
+    :func:`stmap.pp.histology_features`
         Runs the extractor on the patch around every spot.
 
     Examples
@@ -359,9 +359,9 @@ def timm_extractor(
 
     See Also
     --------
-    :func:`~stmap.pp.torch_extractor`
+    :func:`stmap.pp.torch_extractor`
         Any torch module as the extractor.
-    :func:`~stmap.pp.histology_features`
+    :func:`stmap.pp.histology_features`
         Runs the extractor on the patch around every spot.
 
     Examples
@@ -427,9 +427,9 @@ def torchvision_extractor(
 
     See Also
     --------
-    :func:`~stmap.pp.torch_extractor`
+    :func:`stmap.pp.torch_extractor`
         Any torch module as the extractor.
-    :func:`~stmap.pp.histology_features`
+    :func:`stmap.pp.histology_features`
         Runs the extractor on the patch around every spot.
 
     Examples

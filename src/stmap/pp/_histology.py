@@ -177,14 +177,14 @@ def histology_features(
 
     See Also
     --------
-    :func:`~stmap.pp.handcrafted_features`
+    :func:`stmap.pp.handcrafted_features`
         The default extractor, on arrays of patches.
-    :func:`~stmap.pp.torch_extractor`
+    :func:`stmap.pp.torch_extractor`
         Any torch module as the extractor.
-    :func:`~stmap.tl.train_ctr`
+    :func:`stmap.tl.train_ctr`
         Reads these features.
     :doc:`/tutorials/ctr`
-        Histology features of HER2+ sections for cancer region detection.
+        Tutorial.
 
     Examples
     --------

@@ -49,7 +49,7 @@ def apply_transform(matrix: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.pp.fit_transform`
+    :func:`stmap.pp.fit_transform`
         Fits such a matrix to corresponding points.
 
     Examples
@@ -101,9 +101,9 @@ def fit_transform(
 
     See Also
     --------
-    :func:`~stmap.pp.icp`
+    :func:`stmap.pp.icp`
         The same without known correspondences.
-    :func:`~stmap.pp.register`
+    :func:`stmap.pp.register`
         Registers SpatialData elements with landmarks or by ICP.
 
     Examples
@@ -281,9 +281,9 @@ def icp(
 
     See Also
     --------
-    :func:`~stmap.pp.fit_transform`
+    :func:`stmap.pp.fit_transform`
         The least-squares fit of each iteration.
-    :func:`~stmap.pp.register`
+    :func:`stmap.pp.register`
         Registers SpatialData elements (ICP unless landmarks are given).
 
     Examples
@@ -619,9 +619,9 @@ def register(
 
     See Also
     --------
-    :func:`~stmap.pp.align_sections`
+    :func:`stmap.pp.align_sections`
         Aligns a series of sections to each other.
-    :func:`~stmap.pp.icp`
+    :func:`stmap.pp.icp`
         The registration on arrays.
 
     Examples
@@ -842,12 +842,12 @@ def align_sections(
 
     See Also
     --------
-    :func:`~stmap.pp.register`
+    :func:`stmap.pp.register`
         Registers one element onto another.
-    :func:`~stmap.pp.stack_sections`
+    :func:`stmap.pp.stack_sections`
         Stacks aligned sections into one 3D table.
     :doc:`/tutorials/impute3d`
-        Serial sections of a HER2+ tumour stacked and imputed in 3D.
+        Tutorial.
 
     Examples
     --------

@@ -58,10 +58,10 @@ def coordinate_units(
 
     See Also
     --------
-    :func:`~stmap.pp.to_spatialdata`
+    :func:`stmap.pp.to_spatialdata`
         Records the unit of a converted AnnData (``mpp=``).
     :doc:`/tutorials/xenium`
-        Lengths in micrometres on a Xenium section.
+        Tutorial.
 
     Examples
     --------

@@ -54,7 +54,7 @@ class GridSpec:
 
     See Also
     --------
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Takes a grid (``grid=``) and stores its own in ``.uns[key_added]['grid']``.
 
     Examples
@@ -587,14 +587,14 @@ def density(
 
     See Also
     --------
-    :func:`~stmap.tl.rank_densities`
+    :func:`stmap.tl.rank_densities`
         Ranks reference classes by how well their maps match a query's.
-    :func:`~stmap.pl.density`
+    :func:`stmap.pl.density`
         Draws the maps.
-    :func:`~stmap.kernels.kde_grid`
+    :func:`stmap.kernels.kde_grid`
         The estimate on plain arrays.
     :doc:`/tutorials/density`
-        Which cell class does a labelled population look like?
+        Tutorial.
 
     Examples
     --------

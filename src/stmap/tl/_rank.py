@@ -114,7 +114,7 @@ def density_scores(
 
     See Also
     --------
-    :func:`~stmap.tl.rank_densities`
+    :func:`stmap.tl.rank_densities`
         The same scores on density images of a SpatialData, ranked.
 
     Examples
@@ -432,14 +432,14 @@ def rank_densities(
 
     See Also
     --------
-    :func:`~stmap.tl.density`
+    :func:`stmap.tl.density`
         Makes the density images.
-    :func:`~stmap.tl.density_scores`
+    :func:`stmap.tl.density_scores`
         Every score on plain arrays.
-    :func:`~stmap.pl.density_ranking`
+    :func:`stmap.pl.density_ranking`
         Draws the ranking.
     :doc:`/tutorials/density`
-        Which cell class does a labelled population look like?
+        Tutorial.
 
     Examples
     --------

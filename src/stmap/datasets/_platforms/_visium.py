@@ -178,12 +178,12 @@ def synthetic_visium(
 
     See Also
     --------
-    :func:`~stmap.datasets.synthetic_visium_hd`
+    :func:`stmap.datasets.synthetic_visium_hd`
         The same for Visium HD.
-    :func:`~stmap.datasets.synthetic_tissue`
+    :func:`stmap.datasets.synthetic_tissue`
         The tissue the folder is made from.
     :doc:`/tutorials/your_own_data`
-        Space Ranger output to stmap.
+        Tutorial.
 
     Examples
     --------

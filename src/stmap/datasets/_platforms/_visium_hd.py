@@ -223,12 +223,12 @@ def synthetic_visium_hd(
 
     See Also
     --------
-    :func:`~stmap.datasets.synthetic_visium`
+    :func:`stmap.datasets.synthetic_visium`
         The same for Visium.
-    :func:`~stmap.datasets.large_visium_hd`
+    :func:`stmap.datasets.large_visium_hd`
         A whole capture area, written as zarr.
     :doc:`/tutorials/your_own_data`
-        Space Ranger output to stmap.
+        Tutorial.
 
     Examples
     --------

@@ -156,10 +156,10 @@ def synthetic_xenium(
 
     See Also
     --------
-    :func:`~stmap.datasets.large_xenium`
+    :func:`stmap.datasets.large_xenium`
         A whole section, written as zarr.
     :doc:`/tutorials/xenium`
-        Cell types and genes outside the panel on a Xenium section.
+        Tutorial.
 
     Examples
     --------

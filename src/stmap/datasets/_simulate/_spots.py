@@ -131,9 +131,9 @@ def simulate_spots(
 
     See Also
     --------
-    :func:`~stmap.datasets.simulate_tissue`
+    :func:`stmap.datasets.simulate_tissue`
         Places reference cells into a tissue.
-    :func:`~stmap.tl.map_cells`
+    :func:`stmap.tl.map_cells`
         Recovers the cells of each spot.
 
     Examples

@@ -146,12 +146,12 @@ def synthetic_tissue(
 
     See Also
     --------
-    :func:`~stmap.datasets.simulate_spots`
+    :func:`stmap.datasets.simulate_spots`
         Aggregates cells into spots.
-    :func:`~stmap.datasets.synthetic_visium`
+    :func:`stmap.datasets.synthetic_visium`
         The tissue written as a Space Ranger output folder.
     :doc:`/tutorials/xenium`
-        Cell types and genes outside the panel, starting from this tissue.
+        Tutorial.
 
     Examples
     --------

@@ -35,7 +35,7 @@ def pbmc_counts() -> AnnData:
 
     See Also
     --------
-    :func:`~stmap.datasets.simulate_tissue`
+    :func:`stmap.datasets.simulate_tissue`
         Places these cells into a tissue.
 
     Examples
@@ -134,9 +134,9 @@ def simulate_tissue(
 
     See Also
     --------
-    :func:`~stmap.datasets.simulate_spots`
+    :func:`stmap.datasets.simulate_spots`
         Aggregates the cells into spots.
-    :func:`~stmap.datasets.pbmc_counts`
+    :func:`stmap.datasets.pbmc_counts`
         The default reference.
 
     Examples

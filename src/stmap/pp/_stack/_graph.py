@@ -44,7 +44,7 @@ def disc_iou(d: ArrayLike, r1: ArrayLike, r2: ArrayLike) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.pp.graph_arrays`
+    :func:`stmap.pp.graph_arrays`
         Joins the spots of neighbouring sections by this overlap.
 
     Examples
@@ -284,9 +284,9 @@ def graph_arrays(
 
     See Also
     --------
-    :func:`~stmap.pp.spot_graph_3d`
+    :func:`stmap.pp.spot_graph_3d`
         The same graph on a stacked table.
-    :func:`~stmap.pp.disc_iou`
+    :func:`stmap.pp.disc_iou`
         The overlap of two discs.
 
     Examples

@@ -214,9 +214,9 @@ def spot_graph_3d(
 
     See Also
     --------
-    :func:`~stmap.pp.graph_arrays`
+    :func:`stmap.pp.graph_arrays`
         The same graph on plain arrays.
-    :func:`~stmap.tl.impute_3d`
+    :func:`stmap.tl.impute_3d`
         Propagates expression over this graph.
 
     Examples

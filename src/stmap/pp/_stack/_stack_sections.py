@@ -172,14 +172,14 @@ def stack_sections(
 
     See Also
     --------
-    :func:`~stmap.pp.spot_graph_3d`
+    :func:`stmap.pp.spot_graph_3d`
         The 3D spot graph of the stack.
-    :func:`~stmap.tl.impute_3d`
+    :func:`stmap.tl.impute_3d`
         Imputes expression on the unmeasured sections.
-    :func:`~stmap.pl.sections_3d`
+    :func:`stmap.pl.sections_3d`
         Draws the sections.
     :doc:`/tutorials/impute3d`
-        One measured section of a HER2+ tumour, five imputed.
+        Tutorial.
 
     Examples
     --------

@@ -139,14 +139,14 @@ def detect_ctr(
 
     See Also
     --------
-    :func:`~stmap.tl.train_ctr`
+    :func:`stmap.tl.train_ctr`
         Trains the model.
-    :func:`~stmap.pl.ctr`
+    :func:`stmap.pl.ctr`
         Draws the calls over the H&E.
-    :func:`~stmap.metrics.gmm_threshold`
+    :func:`stmap.metrics.gmm_threshold`
         The default threshold.
     :doc:`/tutorials/ctr`
-        Train on one HER2+ patient, detect in another.
+        Tutorial.
 
     Examples
     --------

@@ -45,9 +45,9 @@ class CTRModel:
 
     See Also
     --------
-    :func:`~stmap.tl.train_ctr`
+    :func:`stmap.tl.train_ctr`
         Makes it.
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Applies it.
 
     Examples

@@ -163,14 +163,14 @@ def train_ctr(
 
     See Also
     --------
-    :func:`~stmap.tl.detect_ctr`
+    :func:`stmap.tl.detect_ctr`
         Applies the model to a sample.
-    :func:`~stmap.pp.histology_features`
+    :func:`stmap.pp.histology_features`
         Writes the histology features the model reads.
-    :class:`~stmap.models.SpaCRDNet`
+    :class:`stmap.models.SpaCRDNet`
         The network.
     :doc:`/tutorials/ctr`
-        Train on one HER2+ patient, detect in another.
+        Tutorial.
 
     Examples
     --------

@@ -76,9 +76,9 @@ def predict_maps(
 
     See Also
     --------
-    :func:`~stmap.tl.gene_maps`
+    :func:`stmap.tl.gene_maps`
         Predicts the maps of a trained model over a SpatialData's H&E.
-    :func:`~stmap.tl.disc_means`
+    :func:`stmap.tl.disc_means`
         Averages the maps over the spots.
 
     Examples
@@ -176,9 +176,9 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.tl.predict_maps`
+    :func:`stmap.tl.predict_maps`
         Makes the maps.
-    :func:`~stmap.models.spot_means`
+    :func:`stmap.models.spot_means`
         The same average inside the network's training tiles (torch).
 
     Examples

@@ -55,9 +55,9 @@ class GeneMapModel:
 
     See Also
     --------
-    :func:`~stmap.tl.train_gene_maps`
+    :func:`stmap.tl.train_gene_maps`
         Makes it.
-    :func:`~stmap.tl.gene_maps`
+    :func:`stmap.tl.gene_maps`
         Applies it (``model=``).
 
     Examples

@@ -128,7 +128,7 @@ def prior_raster(
 
     See Also
     --------
-    :func:`~stmap.tl.train_gene_maps`
+    :func:`stmap.tl.train_gene_maps`
         Feeds this prior to the network (``prior='idw'``).
 
     Examples

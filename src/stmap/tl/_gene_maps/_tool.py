@@ -276,14 +276,14 @@ def train_gene_maps(
 
     See Also
     --------
-    :func:`~stmap.tl.gene_maps`
+    :func:`stmap.tl.gene_maps`
         Applies the model (or trains and applies in one call).
-    :class:`~stmap.models.GeneMapNet`
+    :class:`stmap.models.GeneMapNet`
         The network.
-    :func:`~stmap.pl.gene_maps`
+    :func:`stmap.pl.gene_maps`
         Draws the maps over the H&E.
     :doc:`/tutorials/gene_maps`
-        ERBB2 and a few markers over a HER2+ tumour's H&E.
+        Tutorial.
 
     Examples
     --------
@@ -490,12 +490,12 @@ def gene_maps(
 
     See Also
     --------
-    :func:`~stmap.tl.train_gene_maps`
+    :func:`stmap.tl.train_gene_maps`
         Trains a model to apply to other sections.
-    :func:`~stmap.pl.gene_maps`
+    :func:`stmap.pl.gene_maps`
         Draws the maps over the H&E.
     :doc:`/tutorials/gene_maps`
-        ERBB2 and a few markers over a HER2+ tumour's H&E.
+        Tutorial.
 
     Examples
     --------

@@ -42,9 +42,9 @@ class Impute3DModel:
 
     See Also
     --------
-    :func:`~stmap.tl.train_impute_3d`
+    :func:`stmap.tl.train_impute_3d`
         Makes it.
-    :func:`~stmap.tl.impute_3d`
+    :func:`stmap.tl.impute_3d`
         Applies it (``model=``).
 
     Examples

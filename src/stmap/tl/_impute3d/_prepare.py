@@ -39,7 +39,7 @@ def asign_target(counts: Any) -> np.ndarray:
 
     See Also
     --------
-    :func:`~stmap.tl.impute_3d`
+    :func:`stmap.tl.impute_3d`
         Predicts expression on this scale.
 
     Examples

@@ -240,12 +240,12 @@ def train_impute_3d(
 
     See Also
     --------
-    :func:`~stmap.tl.impute_3d`
+    :func:`stmap.tl.impute_3d`
         Applies the model (or trains and applies in one call).
-    :class:`~stmap.models.ASIGNNet`
+    :class:`stmap.models.ASIGNNet`
         The network.
     :doc:`/tutorials/impute3d`
-        One measured section of a HER2+ tumour, five imputed.
+        Tutorial.
 
     Examples
     --------
@@ -450,14 +450,14 @@ def impute_3d(
 
     See Also
     --------
-    :func:`~stmap.tl.train_impute_3d`
+    :func:`stmap.tl.train_impute_3d`
         Trains a model to apply to other stacks.
-    :func:`~stmap.pp.stack_sections`
+    :func:`stmap.pp.stack_sections`
         Makes the stack.
-    :func:`~stmap.pl.sections_3d`
+    :func:`stmap.pl.sections_3d`
         Draws the imputed sections.
     :doc:`/tutorials/impute3d`
-        One measured section of a HER2+ tumour, five imputed.
+        Tutorial.
 
     Examples
     --------
