@@ -438,10 +438,11 @@ def large_xenium(
 def large_reference(
     *, n_cells: int = 100_000, n_genes: int = 2000, n_types: int = 12, library_size: float = 2000.0, seed: int = 0
 ) -> AnnData:
-    """A single-cell reference of the cell types of :func:`large_visium_hd` / :func:`large_xenium` (same seed).
+    """A single-cell reference with the cell types of the large spatial data sets of the same seed.
 
-    Types are balanced; counts are Poisson draws of a log-normal library size times the type profile, without the
-    spatial platform's per-gene factor.
+    The cell types are those of :func:`~stmap.datasets.large_visium_hd` and :func:`~stmap.datasets.large_xenium`
+    with the same ``seed``, ``n_types`` and ``n_genes``. Types are balanced; counts are Poisson draws of a
+    log-normal library size times the type profile, without the spatial platform's per-gene factor.
 
     Parameters
     ----------

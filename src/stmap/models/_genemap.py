@@ -111,7 +111,7 @@ class GeneMapNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, C, H, W)`` -> ``(image (B, 3, H, W) in [0, 1], genes (B, G, H, W))``.
 
-        ``C`` is :attr:`in_channels`: RGB in ``[0, 1]``, then the ``n_priors`` per-gene prior blocks and the
+        ``C`` is ``in_channels``: RGB in ``[0, 1]``, then the ``n_priors`` per-gene prior blocks and the
         distance channel.
         """
         skips = []

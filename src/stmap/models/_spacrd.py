@@ -194,7 +194,7 @@ def clip_loss(zg: torch.Tensor, zi: torch.Tensor, tau: float) -> torch.Tensor:
 def spacrd_losses(
     net: SpaCRDNet, out: dict[str, torch.Tensor], y: torch.Tensor, *, margin: float = 3.0
 ) -> dict[str, torch.Tensor]:
-    """VAE and classification losses of :class:`SpaCRDNet` for a batch :cite:p:`xue2026spacrd`.
+    """VAE and classification losses of :class:`~stmap.models.SpaCRDNet` for a batch :cite:p:`xue2026spacrd`.
 
     Parameters
     ----------

@@ -23,7 +23,7 @@ __all__ = ["fit", "FitHistory", "save_checkpoint", "load_checkpoint"]
 
 @dataclass
 class FitHistory:
-    """What :func:`fit` did.
+    """What :func:`~stmap.models.fit` did.
 
     Attributes
     ----------
@@ -316,7 +316,7 @@ def load_checkpoint(
     kind: str | None = None,
     required: tuple[str, ...] = (),
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Load a model saved with :func:`save_checkpoint`.
+    """Load a model saved with :func:`~stmap.models.save_checkpoint`.
 
     Every way a file can be something else is a :class:`~stmap.StmapInputError` ``"<path> is not a stmap <kind>
     file (saved by <kind>.save): <why>"``, raised before a model is built: not a torch file (random bytes, text),
