@@ -2,14 +2,16 @@
 
 Rows (cells) have capacities, columns (spot slots of one type) demands. The score matrix ``rows x columns`` is never
 held: it is computed in blocks of columns whose size follows a memory budget, and each block leaves two candidate
-sets behind, the best ``k`` rows of every column and (merged across blocks) the best ``k`` columns of every row. The
-union is sorted once and filled greedily (best edges first, capacities decremented; a numba loop). Slots still open
-are repaired on the residual problem (rows with capacity x columns with demand), which is small after the first
-pass; what is left after that is filled with any free row, pairs kept distinct where possible.
+sets behind (a numba pass over the block): the best ``k`` rows of every column and (merged across blocks) the best
+``k`` columns of every row. When the block scores are an approximation (e.g. features projected on a few
+components), ``pair_score`` re-scores the union of candidates exactly. The union is sorted once and filled greedily
+(best edges first, capacities decremented; a numba loop). Slots still open are repaired on the residual problem
+(rows with capacity x columns with demand), which is small after the first pass; what is left after that is filled
+with any free row, pairs kept distinct where possible.
 
-Cost: one ``rows x columns x d`` product and ``O(E log E)`` for the ``E = k (rows + columns)`` candidate edges; memory:
-the budget plus the edges. The first-pass candidates cover both sides, so a popular row cannot leave a column
-without candidates, and a row outside every column's top ``k`` still has its own best columns.
+Cost: one ``rows x columns`` pass of block scores and ``O(E log E)`` for the ``E = k (rows + columns)`` candidate
+edges; memory: the budget plus the edges. The first-pass candidates cover both sides, so a popular row cannot leave
+a column without candidates, and a row outside every column's top ``k`` still has its own best columns.
 """
 
 from __future__ import annotations
@@ -17,39 +19,81 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numba import njit, prange
 
-__all__ = ["fill_slots"]
+__all__ = ["fill_slots", "search_candidates", "row_top"]
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-
-def _loop():
-    from numba import njit
-
-    @njit(cache=True)
-    def loop(order, rows, cols, row_cap, col_cap, take):  # pragma: no cover - compiled
-        for e in order:
-            r = rows[e]
-            c = cols[e]
-            if row_cap[r] > 0 and col_cap[c] > 0:
-                row_cap[r] -= 1
-                col_cap[c] -= 1
-                take[e] = True
-
-    return loop
+#: Rows per chunk of the row-side pass (one thread keeps the best columns of these rows).
+_ROW_CHUNK = 1024
 
 
-_LOOP = None
+@njit(cache=True)
+def _heap_replace(vals, idx, v, i):  # pragma: no cover - compiled
+    """Replace the root (minimum) of the min-heap ``vals`` (with payload ``idx``) by ``(v, i)`` and sift it down."""
+    n = vals.size
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= n:
+            break
+        if c + 1 < n and vals[c + 1] < vals[c]:
+            c += 1
+        if vals[c] >= v:
+            break
+        vals[p] = vals[c]
+        idx[p] = idx[c]
+        p = c
+    vals[p] = v
+    idx[p] = i
+
+
+@njit(parallel=True, cache=True)
+def _best_rows_of_cols(St, col_val, col_idx):  # pragma: no cover - compiled
+    """The best rows of every column (min-heaps); ``St`` is the block transposed, ``(columns, rows)``."""
+    for j in prange(St.shape[0]):
+        vals = col_val[j]
+        idx = col_idx[j]
+        for i in range(St.shape[1]):
+            v = St[j, i]
+            if v > vals[0]:
+                _heap_replace(vals, idx, v, i)
+
+
+@njit(parallel=True, cache=True)
+def _best_cols_of_rows(St, col0, best_val, best_idx):  # pragma: no cover - compiled
+    """Merge the block (``St``: columns ``col0 + j`` x rows) into the running best columns of every row (min-heaps)."""
+    n_c, n_r = St.shape
+    for ch in prange((n_r + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        i0, i1 = ch * _ROW_CHUNK, min((ch + 1) * _ROW_CHUNK, n_r)
+        thr = np.empty(i1 - i0, dtype=best_val.dtype)
+        for i in range(i0, i1):
+            thr[i - i0] = best_val[i, 0]
+        for j in range(n_c):
+            for i in range(i0, i1):
+                v = St[j, i]
+                if v > thr[i - i0]:
+                    _heap_replace(best_val[i], best_idx[i], v, col0 + j)
+                    thr[i - i0] = best_val[i, 0]
+
+
+@njit(cache=True)
+def _greedy_loop(order, rows, cols, row_cap, col_cap, take):  # pragma: no cover - compiled
+    for e in order:
+        r = rows[e]
+        c = cols[e]
+        if row_cap[r] > 0 and col_cap[c] > 0:
+            row_cap[r] -= 1
+            col_cap[c] -= 1
+            take[e] = True
 
 
 def _greedy(rows: np.ndarray, cols: np.ndarray, scores: np.ndarray, row_cap: np.ndarray, col_cap: np.ndarray):
     """Take edges best first while both ends have capacity (ties: the earlier edge)."""
-    global _LOOP
-    if _LOOP is None:
-        _LOOP = _loop()
     order = np.argsort(-scores, kind="stable").astype(np.int64)
     take = np.zeros(rows.size, dtype=np.bool_)
-    _LOOP(order, rows.astype(np.int64), cols.astype(np.int64), row_cap, col_cap, take)
+    _greedy_loop(order, rows.astype(np.int64), cols.astype(np.int64), row_cap, col_cap, take)
     return take
 
 
@@ -57,41 +101,82 @@ def _block_cols(n_rows: int, budget_bytes: float) -> int:
     return int(max(1, budget_bytes // (4 * max(n_rows, 1))))
 
 
-def _candidates(score: ScoreFn, rows: np.ndarray, cols: np.ndarray, k: int, budget_bytes: float):
-    """Edges ``(r, c, s)``: the best ``k`` rows of every column and the best ``k`` columns of every row."""
-    import torch
+def search_candidates(
+    score: ScoreFn,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    k: int,
+    k_col: int | None = None,
+    budget_bytes: float = 64e6,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct pairs ``(r, c, s)``: the best ``k`` columns of every row and the best ``k_col`` rows of every column.
 
+    ``score(rows, cb)`` is called on blocks of columns ``cb`` (``budget_bytes`` of float32 scores each); ``s`` are
+    the block scores. A block returned as the transpose of a C-contiguous ``(columns, rows)`` array is read in place.
+    ``k_col`` defaults to ``k``.
+    """
     n_r = rows.size
-    kr, kc = min(k, n_r), min(k, cols.size)
-    best_c = torch.full((n_r, kc), -1, dtype=torch.int64)  # running best columns of each row
-    best_s = torch.full((n_r, kc), -torch.inf, dtype=torch.float32)
+    kr, kc = min(k if k_col is None else k_col, n_r), min(k, cols.size)
+    best_val = np.full((n_r, kc), -np.inf, dtype=np.float32)
+    best_idx = np.full((n_r, kc), -1, dtype=np.int64)
     er, ec, es = [], [], []
     step = _block_cols(n_r, budget_bytes)
     for start in range(0, cols.size, step):
         cb = cols[start : start + step]
-        S = torch.from_numpy(np.ascontiguousarray(score(rows, cb), dtype=np.float32))  # (n_r, len(cb))
-        val, top = torch.topk(S, kr, dim=0)  # best rows of each column
-        er.append(rows[top.numpy()].T.ravel())
-        ec.append(np.repeat(cb, kr))
-        es.append(val.numpy().T.ravel())
-        vb, ib = torch.topk(S, min(kc, cb.size), dim=1)  # merged into the running best columns of each row
-        alls = torch.cat([best_s, vb], dim=1)
-        allc = torch.cat([best_c, torch.from_numpy(cb)[ib]], dim=1)
-        best_s, keep = torch.topk(alls, kc, dim=1)
-        best_c = torch.gather(allc, 1, keep)
-    ok = (best_c >= 0).numpy()
+        St = np.asarray(score(rows, cb)).T
+        if St.dtype != np.float32 or not St.flags.c_contiguous:
+            St = np.ascontiguousarray(St, dtype=np.float32)
+        col_val = np.full((cb.size, kr), -np.inf, dtype=np.float32)
+        col_idx = np.full((cb.size, kr), -1, dtype=np.int64)
+        _best_rows_of_cols(St, col_val, col_idx)
+        _best_cols_of_rows(St, start, best_val, best_idx)
+        ok = col_idx >= 0
+        er.append(rows[col_idx[ok]])
+        ec.append(np.repeat(cb, kr).reshape(cb.size, kr)[ok])
+        es.append(col_val[ok])
+    ok = best_idx >= 0
     er.append(np.repeat(rows, kc).reshape(n_r, kc)[ok])
-    ec.append(best_c.numpy()[ok])
-    es.append(best_s.numpy()[ok])
-    r, c, s = np.concatenate(er), np.concatenate(ec), np.concatenate(es).astype(np.float64)
-    return _unique_edges(r, c, s, int(cols.max()) + 1 if cols.size else 1)
-
-
-def _unique_edges(r: np.ndarray, c: np.ndarray, s: np.ndarray, n_cols: int):
-    code = r.astype(np.int64) * n_cols + c.astype(np.int64)
+    ec.append(cols[best_idx[ok]])
+    es.append(best_val[ok])
+    r, c, sc = np.concatenate(er), np.concatenate(ec), np.concatenate(es).astype(np.float64)
+    code = r.astype(np.int64) * (int(cols.max()) + 1) + c
     _, first = np.unique(code, return_index=True)
     first.sort()
-    return r[first], c[first], s[first]
+    return r[first], c[first], sc[first]
+
+
+def _candidates(
+    score: ScoreFn, pair_score: ScoreFn | None, rows: np.ndarray, cols: np.ndarray, k: int, budget_bytes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct candidate pairs of both sides, scored by ``pair_score`` when given (else the block scores)."""
+    r, c, s = search_candidates(score, rows, cols, k, budget_bytes=budget_bytes)
+    if pair_score is not None:
+        s = np.asarray(pair_score(r, c), dtype=np.float64)
+    return r, c, s
+
+
+def row_top(r: np.ndarray, c: np.ndarray, s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best ``k`` edges ``(r, c, s)`` of every row ``r`` (ties: the earlier edge)."""
+    order = np.argsort(-s, kind="stable")
+    order = order[np.argsort(r[order], kind="stable")]
+    rs = r[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(rs)) + 1]
+    rank = np.arange(rs.size) - np.repeat(starts, np.diff(np.r_[starts, rs.size]))
+    keep = order[rank < k]
+    return r[keep], c[keep], s[keep]
+
+
+def _block_pairs(score: ScoreFn) -> ScoreFn:
+    """Pair scores from the block scores, one column at a time (small problems only)."""
+
+    def pairs(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        out = np.empty(r.size)
+        for col in np.unique(c):
+            sel = np.flatnonzero(c == col)
+            out[sel] = np.asarray(score(r[sel], np.array([col])))[:, 0]
+        return out
+
+    return pairs
 
 
 def _not_used(r: np.ndarray, c: np.ndarray, used_sorted: np.ndarray, n_cols: int) -> np.ndarray:
@@ -127,13 +212,44 @@ def _fill_rest(ar: np.ndarray, ac: np.ndarray, row_cap: np.ndarray, col_cap: np.
     return np.concatenate([ar, pick]), np.concatenate([ac, need])
 
 
+def _repair(
+    score: ScoreFn,
+    pair_score: ScoreFn | None,
+    state: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    *,
+    k: int,
+    budget_bytes: float,
+    max_rounds: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy rounds on the residual problem (rows and columns with capacity left, unused pairs only)."""
+    ar, ac, row_cap, col_cap = state
+    n_cols = col_cap.size
+    for _ in range(max_rounds):
+        res_r, res_c = np.flatnonzero(row_cap > 0), np.flatnonzero(col_cap > 0)
+        if res_r.size == 0 or res_c.size == 0:
+            break
+        kk = max(k, 2 * int(col_cap[res_c].max()))
+        r, c, s = _candidates(score, pair_score, res_r, res_c, kk, budget_bytes)
+        ok = _not_used(r, c, np.sort(ar.astype(np.int64) * n_cols + ac), n_cols)
+        r, c, s = r[ok], c[ok], s[ok]
+        before = int(col_cap.sum())
+        t = _greedy(r, c, s, row_cap, col_cap)
+        ar, ac = np.concatenate([ar, r[t]]), np.concatenate([ac, c[t]])
+        if int(col_cap.sum()) == before:
+            break
+    return ar, ac
+
+
 def fill_slots(
     score: ScoreFn,
     row_cap: np.ndarray,
     col_cap: np.ndarray,
     *,
     k: int = 20,
-    budget_bytes: float = 256e6,
+    search_k: int | None = None,
+    pair_score: ScoreFn | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
+    budget_bytes: float = 64e6,
     max_rounds: int = 4,
     fill: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -142,13 +258,23 @@ def fill_slots(
     Parameters
     ----------
     score
-        ``score(row_idx, col_idx) -> (len(row_idx), len(col_idx))`` block of scores (higher is better).
+        ``score(row_idx, col_idx) -> (len(row_idx), len(col_idx))`` block of scores (higher is better), exact or,
+        with ``pair_score``, an approximation used to find candidates.
     row_cap
         ``(n_rows,)`` non-negative integer capacities.
     col_cap
         ``(n_cols,)`` non-negative integer demands.
     k
         Candidates kept per row and per column.
+    search_k
+        Candidates searched per row and per column (default ``k``); more than ``k`` helps when ``score`` is an
+        approximation that ``pair_score`` corrects.
+    pair_score
+        ``pair_score(rows, cols) -> (n,)`` exact scores of the pairs ``(rows[e], cols[e])``; ``None``: the block
+        scores are exact.
+    candidates
+        First-pass candidate pairs ``(rows, cols)`` (e.g. :func:`search_candidates` of an earlier, similar problem):
+        no search, the pairs are scored by ``pair_score``. Repair rounds search as usual.
     budget_bytes
         Memory for one block of scores (columns per block = budget / (4 * rows), float32).
     max_rounds
@@ -158,32 +284,26 @@ def fill_slots(
 
     Returns
     -------
-    ``(rows, cols)`` of the assigned pairs and the first-pass candidate edges ``(rows, cols, scores)``.
+    ``(rows, cols)`` of the assigned pairs, and the first-pass candidates ``(rows, cols, scores)`` (exact scores;
+    :func:`row_top` keeps the best of each row).
     """
     row_cap = np.asarray(row_cap, dtype=np.int64).copy()
     col_cap = np.asarray(col_cap, dtype=np.int64).copy()
-    n_cols = col_cap.size
-    rows = np.flatnonzero(row_cap > 0)
-    cols = np.flatnonzero(col_cap > 0)
+    rows, cols = np.flatnonzero(row_cap > 0), np.flatnonzero(col_cap > 0)
     empty = np.zeros(0, dtype=np.int64)
     if rows.size == 0 or cols.size == 0:
         return empty, empty, (empty, empty, np.zeros(0))
-    cand = _candidates(score, rows, cols, k, budget_bytes)
-    take = _greedy(*cand, row_cap, col_cap)
-    ar, ac = cand[0][take], cand[1][take]
-    for _ in range(max_rounds):
-        res_r, res_c = np.flatnonzero(row_cap > 0), np.flatnonzero(col_cap > 0)
-        if res_r.size == 0 or res_c.size == 0:
-            break
-        kk = max(k, 2 * int(col_cap[res_c].max()))
-        r, c, s = _candidates(score, res_r, res_c, kk, budget_bytes)
-        ok = _not_used(r, c, np.sort(ar.astype(np.int64) * n_cols + ac), n_cols)
-        r, c, s = r[ok], c[ok], s[ok]
-        before = int(col_cap.sum())
-        t = _greedy(r, c, s, row_cap, col_cap)
-        ar, ac = np.concatenate([ar, r[t]]), np.concatenate([ac, c[t]])
-        if int(col_cap.sum()) == before:
-            break
+    ks = k if search_k is None else max(k, search_k)
+    if candidates is None:
+        r, c, s = _candidates(score, pair_score, rows, cols, ks, budget_bytes)
+    else:
+        r, c = (np.asarray(x, dtype=np.int64) for x in candidates)
+        keep = (row_cap[r] > 0) & (col_cap[c] > 0)
+        r, c = r[keep], c[keep]
+        s = np.asarray((pair_score or _block_pairs(score))(r, c), dtype=np.float64)
+    take = _greedy(r, c, s, row_cap, col_cap)
+    state = (r[take], c[take], row_cap, col_cap)
+    ar, ac = _repair(score, pair_score, state, k=ks, budget_bytes=budget_bytes, max_rounds=max_rounds)
     if fill and col_cap.sum() > 0:
-        ar, ac = _fill_rest(ar, ac, row_cap, col_cap, n_cols)
-    return ar.astype(np.int64), ac.astype(np.int64), cand
+        ar, ac = _fill_rest(ar, ac, row_cap, col_cap, col_cap.size)
+    return ar.astype(np.int64), ac.astype(np.int64), (r, c, s)

@@ -4,6 +4,10 @@ Model: ``y_jg ~ Poisson(sum_t w_jt * p_tg * s_g)``, with ``p_t`` the reference's
 ``t`` (rows sum to 1), ``w_jt >= 0`` the counts of spot ``j`` that come from type ``t`` and ``s_g > 0`` a per-gene
 platform scaling (geometric mean 1). Fitted by multiplicative (EM / Lee-Seung) updates, which keep ``w`` and ``s``
 non-negative and never increase the Poisson loss; vectorised over all spots, on any torch device.
+
+Large sparse counts on the CPU (at least :data:`SPARSE_MIN_ENTRIES` spots x genes) take the same updates on the
+non-zeros only (:mod:`stmap.kernels._poisson`, float64): ``Y / mu`` is zero wherever ``Y`` is, so an iteration costs
+``O(nnz x types)`` and no dense ``spots x genes`` array is made. Both paths agree to float32 round-off.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import sparse
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PoissonDeconvolution", "fit_poisson_deconvolution", "split_counts"]
+__all__ = ["PoissonDeconvolution", "fit_poisson_deconvolution", "split_counts", "SPARSE_MIN_ENTRIES"]
+
+#: Sparse counts of at least this many entries (spots x genes) are fitted on their non-zeros on the CPU.
+SPARSE_MIN_ENTRIES = 5e7
 
 
 @dataclass
@@ -48,7 +56,7 @@ def _loss(Y: torch.Tensor, mu: torch.Tensor) -> float:
 
 
 def fit_poisson_deconvolution(
-    Y: np.ndarray,
+    Y: np.ndarray | sparse.spmatrix,
     profiles: np.ndarray,
     *,
     platform_effect: bool = True,
@@ -63,7 +71,7 @@ def fit_poisson_deconvolution(
     Parameters
     ----------
     Y
-        ``(n_spots, n_genes)`` dense counts.
+        ``(n_spots, n_genes)`` counts, dense or sparse.
     profiles
         ``(n_types, n_genes)`` non-negative profiles, each row summing to 1.
     platform_effect
@@ -86,8 +94,11 @@ def fit_poisson_deconvolution(
     import torch
 
     dev = torch.device(device)
+    n_entries = Y.shape[0] * Y.shape[1]
+    if dev.type == "cpu" and sparse.issparse(Y) and n_entries >= SPARSE_MIN_ENTRIES:
+        return _fit_sparse(sparse.csr_matrix(Y), profiles, platform_effect, max_iter, tol, record_every)
     n_threads = torch.get_num_threads()
-    if dev.type == "cpu" and np.size(Y) < 2_000_000:
+    if dev.type == "cpu" and n_entries < 2_000_000:
         torch.set_num_threads(1)  # small problems: thread start-up costs more than the work (20x on 2 busy cores)
     try:
         return _fit(Y, profiles, platform_effect, max_iter, tol, record_every, dev, batch_size)
@@ -95,8 +106,61 @@ def fit_poisson_deconvolution(
         torch.set_num_threads(n_threads)
 
 
+def _dense_tensor(Y: np.ndarray | sparse.spmatrix, dev: torch.device, block: int = 65536) -> torch.Tensor:
+    """``Y`` as a dense float32 tensor on ``dev``; sparse input is densified block by block (one block on the host)."""
+    import torch
+
+    if not sparse.issparse(Y):
+        return torch.as_tensor(np.asarray(Y, dtype=np.float32), device=dev)
+    Y = sparse.csr_matrix(Y)
+    out = torch.empty(Y.shape, dtype=torch.float32, device=dev)
+    for a in range(0, Y.shape[0], block):
+        out[a : a + block] = torch.as_tensor(Y[a : a + block].toarray().astype(np.float32, copy=False), device=dev)
+    return out
+
+
+def _converged(history: list[float], cur: float, tol: float) -> bool:
+    """Record the loss; whether it improved by less than ``tol`` (relative) since the last record."""
+    prev = history[-1] if history else None
+    history.append(cur)
+    return prev is not None and abs(prev - cur) <= tol * max(abs(cur), 1.0)
+
+
+def _fit_sparse(
+    Y: sparse.csr_matrix,
+    profiles: np.ndarray,
+    platform_effect: bool,
+    max_iter: int,
+    tol: float,
+    record_every: int,
+) -> PoissonDeconvolution:
+    """The updates of :func:`_fit` on the non-zeros of ``Y`` (numba, float64; same start, same stopping rule)."""
+    from stmap.kernels._poisson import poisson_em_step
+
+    P = np.maximum(np.asarray(profiles, dtype=np.float32), np.float32(1e-9)).astype(np.float64)
+    P = P / P.sum(axis=1, keepdims=True)
+    n, g = Y.shape
+    tot = np.asarray(Y.sum(axis=1), dtype=np.float64).ravel()
+    W = np.ascontiguousarray(np.repeat(np.maximum(tot / P.shape[0], 1e-6)[:, None], P.shape[0], axis=1))
+    s = np.ones(g)
+    history: list[float] = []
+    it = 0
+    for it in range(1, max_iter + 1):
+        check = it % record_every == 0 or it == max_iter
+        den_s = W.sum(axis=0) @ P if platform_effect else None
+        lsum, num_s = poisson_em_step(Y, W, P * s, s, want_loss=check, platform=platform_effect)
+        if num_s is not None and den_s is not None:
+            s = np.clip(s * num_s / np.maximum(den_s, 1e-12), 1e-3, 1e3)
+            gm = float(np.exp(np.log(s).mean()))
+            s = s / gm
+            W *= gm
+        if check and _converged(history, lsum / n, tol):
+            break
+    return PoissonDeconvolution(W, s, history, it)
+
+
 def _fit(
-    Y: np.ndarray,
+    Y: np.ndarray | sparse.spmatrix,
     profiles: np.ndarray,
     platform_effect: bool,
     max_iter: int,
@@ -107,7 +171,7 @@ def _fit(
 ) -> PoissonDeconvolution:
     import torch
 
-    Yt = torch.as_tensor(np.asarray(Y, dtype=np.float32), device=dev)
+    Yt = _dense_tensor(Y, dev)
     P = torch.as_tensor(np.asarray(profiles, dtype=np.float32), device=dev).clamp_min(1e-9)
     P = P / P.sum(dim=1, keepdim=True)
     n, g = Yt.shape

@@ -17,11 +17,20 @@ from scipy import sparse
 
 from stmap.kernels._assign import capacity_assign
 
+from ._place_large import SparseState, cell_features_dense
+
 if TYPE_CHECKING:
     from ._composition import Composition
     from ._prepare import MappingInputs
 
-__all__ = ["Placement", "place_cells"]
+__all__ = ["Placement", "place_cells", "LARGE_WORK"]
+
+#: Above this many scores per round (reference cells x spots needing their type x genes, summed over types) the
+#: placement takes the sparse path: candidates from features projected on their leading components, exact scores
+#: for the candidates only, counts and expected counts kept at the spots' non-zeros (:mod:`._place_large`).
+LARGE_WORK = 5e10
+
+_Assigned = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -40,11 +49,7 @@ class Placement:
 
 def _cell_features(Xt: sparse.csr_matrix, lib: np.ndarray) -> np.ndarray:
     """Cells' departure from their type's mean profile, ``(x_i - L_i p_t) / sqrt(L_i)`` (Pearson-like residuals)."""
-    X = np.asarray(Xt.todense(), dtype=np.float32)
-    pbar = (X / lib[:, None].astype(np.float32)).mean(axis=0)
-    X -= lib[:, None].astype(np.float32) * pbar[None, :]
-    X /= np.sqrt(lib[:, None]).astype(np.float32)
-    return X
+    return cell_features_dense(np.asarray(Xt.todense(), dtype=np.float32), lib)
 
 
 def _pseudobulk(X: sparse.csr_matrix, cells: np.ndarray, spots: np.ndarray, m: int) -> np.ndarray:
@@ -54,33 +59,53 @@ def _pseudobulk(X: sparse.csr_matrix, cells: np.ndarray, spots: np.ndarray, m: i
 
 
 def _refined_mu(
-    inp: MappingInputs, comp: Composition, yhat: np.ndarray, demand: np.ndarray, t: int, spots_t: np.ndarray
+    Yd: np.ndarray, comp: Composition, yhat: np.ndarray, demand: np.ndarray, t: int, spots_t: np.ndarray
 ) -> np.ndarray:
     """Expected counts of the spots ``spots_t``: the other types' placed cells plus type ``t``'s mean x its slots."""
     ref_mu = yhat[spots_t] + (demand[spots_t, None] * comp.lib_t[t]) * comp.prof[t][None, :].astype(np.float32)
     ref_mu *= comp.gene_scale[None, :].astype(np.float32)
-    kappa = inp.Y[spots_t].sum(axis=1) / np.maximum(ref_mu.sum(axis=1), 1e-12)
+    kappa = Yd.sum(axis=1) / np.maximum(ref_mu.sum(axis=1), 1e-12)
     return np.maximum(ref_mu * kappa[:, None], 1e-12)
 
 
-def _assign_type(
-    inp: MappingInputs,
-    cells_t: np.ndarray,
-    spots_t: np.ndarray,
-    mu: np.ndarray,
-    demand: np.ndarray,
-    row_cap: int,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Cells of one type into its slots ``demand`` (rows of ``cells_t``, fitted-spot columns, candidates)."""
-    zc = _cell_features(inp.Xg[cells_t], inp.lib_c[cells_t])
-    zs = np.zeros((inp.Y.shape[0], zc.shape[1]), dtype=np.float32)
-    zs[spots_t] = inp.Y[spots_t] / mu - 1.0
+class _DenseState:
+    """Exact placement on dense ``spots x genes`` arrays (small problems): exact scores of every pair of a type."""
 
-    def score(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return zc[r] @ zs[c].T
+    def __init__(self, inp: MappingInputs, comp: Composition) -> None:
+        self.inp, self.comp = inp, comp
+        self.m = inp.Y.shape[0]  # fitted spots (all but the empty ones)
+        Ps = (comp.prof * comp.gene_scale[None, :]).astype(np.float32)
+        self.mu0 = np.maximum(comp.weights.astype(np.float32) @ Ps, 1e-12)
+        self.Xgd = inp.Xg.astype(np.float32)
+        self.yhat = np.zeros((self.m, len(inp.genes)), dtype=np.float32)  # counts of the cells placed so far
 
-    return capacity_assign(score, np.full(cells_t.size, row_cap, dtype=np.int64), demand, k=k)
+    def move(self, t: int, cells_t: np.ndarray, r: np.ndarray, spots: np.ndarray, sign: float) -> None:
+        """Add (``sign=1``) or take out (``-1``) the cells ``cells_t[r]`` of type ``t`` placed in ``spots``."""
+        self.yhat += sign * _pseudobulk(self.Xgd, cells_t[r], spots, self.m)
+
+    def assign(
+        self, t: int, rnd: int, cells_t: np.ndarray, demand: np.ndarray, row_cap: int, k: int, last: bool
+    ) -> _Assigned:
+        """Cells of type ``t`` into its slots ``demand`` (rows of ``cells_t``, fitted-spot columns, candidates)."""
+        inp = self.inp
+        spots_t = np.flatnonzero(demand > 0)
+        Yd = inp.Y[spots_t].toarray().astype(np.float32, copy=False)
+        mu = self.mu0[spots_t] if rnd == 0 else _refined_mu(Yd, self.comp, self.yhat, demand, t, spots_t)
+        zc = _cell_features(inp.Xg[cells_t], inp.lib_c[cells_t])
+        zs = Yd / mu - 1.0  # rows of spots_t only
+        pos = np.full(self.m, -1, dtype=np.int64)
+        pos[spots_t] = np.arange(spots_t.size)
+
+        def score(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return zc[r] @ zs[pos[c]].T
+
+        return capacity_assign(score, np.full(cells_t.size, row_cap, dtype=np.int64), demand, k=k)
+
+
+def _type_work(inp: MappingInputs, slots: np.ndarray) -> float:
+    """Scores the exact placement computes per round: cells x spots needing the type x genes, summed over types."""
+    n_c = np.bincount(inp.codes, minlength=inp.n_types).astype(float)
+    return float((n_c * (slots > 0).sum(axis=0)).sum() * len(inp.genes))
 
 
 def place_cells(
@@ -93,29 +118,25 @@ def place_cells(
     n_refine: int,
     verbose: bool,
 ) -> Placement:
-    """Fill the slots ``(n_fitted, n_types)``; a reference cell of type ``t`` fills at most ``row_cap[t]`` of them."""
+    """Fill the slots ``(n_fitted, n_types)``; a reference cell of type ``t`` fills at most ``row_cap[t]`` of them.
+
+    Problems above :data:`LARGE_WORK` scores per round take the sparse path (:mod:`._place_large`).
+    """
     from tqdm.auto import tqdm
 
-    m = inp.Y.shape[0]  # fitted spots (all but the empty ones)
-    Ps = (comp.prof * comp.gene_scale[None, :]).astype(np.float32)
-    mu0 = np.maximum(comp.weights.astype(np.float32) @ Ps, 1e-12)
-    Xgd = inp.Xg.astype(np.float32)
-    yhat = np.zeros((m, len(inp.genes)), dtype=np.float32)  # reference counts of the cells placed so far, per spot
+    state = SparseState(inp, comp) if _type_work(inp, slots) > LARGE_WORK else _DenseState(inp, comp)
     placed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     cands: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     active = [t for t in range(inp.n_types) if slots[:, t].sum() > 0]
     for rnd in tqdm(range(n_refine + 1), desc="placing cells", disable=not verbose):
         for t in active:
-            demand = slots[:, t]
             cells_t = np.flatnonzero(inp.codes == t)
-            spots_t = np.flatnonzero(demand > 0)
             if t in placed:  # take this type's cells out of the running sum
-                yhat -= _pseudobulk(Xgd, cells_t[placed[t][0]], placed[t][1], m)
-            mu = mu0[spots_t] if rnd == 0 else _refined_mu(inp, comp, yhat, demand, t, spots_t)
-            r, c, cand = _assign_type(inp, cells_t, spots_t, mu, demand, row_cap[t], n_candidates)
+                state.move(t, cells_t, *placed[t], -1.0)
+            r, c, cand = state.assign(t, rnd, cells_t, slots[:, t], row_cap[t], n_candidates, rnd == n_refine)
             placed[t] = (r, c)
             cands[t] = (cells_t[cand[0]], cand[1], cand[2])
-            yhat += _pseudobulk(Xgd, cells_t[r], c, m)
+            state.move(t, cells_t, r, c, 1.0)
     return _collect(inp, placed, cands, active)
 
 

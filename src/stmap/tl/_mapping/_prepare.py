@@ -47,8 +47,8 @@ class MappingInputs:
     Xg: sparse.csr_matrix
     #: ``(n_cells,)`` library size of each reference cell on the mapping genes.
     lib_c: np.ndarray
-    #: ``(n_fitted, n_genes)`` float32 counts of the spots with counts on the mapping genes.
-    Y: np.ndarray
+    #: ``(n_fitted, n_genes)`` float32 counts (CSR) of the spots with counts on the mapping genes.
+    Y: sparse.csr_matrix
     #: Rows of the spot table that are fitted and receive cells (the others have no counts).
     fitted: np.ndarray
     #: Cells per fitted spot when given (or one per segmented cell), else ``None`` (estimated).
@@ -104,9 +104,10 @@ def _select_genes(
     return gl, gi_s, gi_c
 
 
-def _fitted_spots(Y: np.ndarray, spots: AnnData, n_genes: int) -> np.ndarray:
+def _fitted_spots(Y: sparse.csr_matrix, spots: AnnData, n_genes: int) -> np.ndarray:
     """Rows with counts on the mapping genes (raises when none has; warns about the others)."""
-    empty = Y.sum(axis=1) <= 0  # e.g. Visium HD bins or Xenium cells without panel counts: nothing to deconvolve
+    # e.g. Visium HD bins or Xenium cells without panel counts: nothing to deconvolve
+    empty = np.asarray(Y.sum(axis=1)).ravel() <= 0
     if empty.all():
         raise StmapInputError(
             f"No spot has counts on the {n_genes} mapping genes; check that the spot table holds raw counts of the "
@@ -158,7 +159,7 @@ def prepare_inputs(
     cats = [str(c) for c in types.categories]
     gi_s, gi_c = spots.var_names.get_indexer(gl), sc_adata.var_names.get_indexer(gl)
     gl, gi_s, gi_c = _select_genes(gl, gi_s, gi_c, genes, Xc, codes, len(cats), n_markers)
-    Y = np.asarray(Xs[:, gi_s].todense(), dtype=np.float32)
+    Y = sparse.csr_matrix(Xs[:, gi_s], dtype=np.float32)
     Xg = Xc[:, gi_c].tocsr()
     lib_c = np.asarray(Xg.sum(axis=1)).ravel()
     fitted = _fitted_spots(Y, spots, len(gl))
