@@ -26,6 +26,11 @@ N_PANELS = {"spatial": 1, "mapping": 3, "ctr": 3, "density": 2, "density_ranking
 TRAILING = ["ax", "figsize", "dpi", "save", "show"]
 
 
+def colorbars(fig) -> list[Axes]:
+    """The colour-bar Axes of ``fig`` in drawing order: figure-level ones and those inset beside their panel."""
+    return [c for a in fig.axes for c in (a, *a.child_axes) if getattr(c, "_colorbar", None) is not None]
+
+
 @pytest.fixture(autouse=True)
 def _close():
     yield
@@ -183,7 +188,7 @@ class TestFigures:
             axs = st.pl.mapping(s, key="run2", table_key="spots", cell_types=MAPPED[:1], show=False)
             assert len(axs) == 1  # no placed-cells table under this key: fractions only
             v = spots.obsm[other.fractions][MAPPED[0]].to_numpy()
-            cbar = axs[0].figure.axes[-1]
+            cbar = colorbars(axs[0].figure)[-1]
             np.testing.assert_allclose(cbar.get_ylim(), (v.min(), v.max()))  # the colour scale spans run2's values
         finally:
             del spots.obsm[other.fractions]
@@ -199,7 +204,7 @@ class TestFigures:
         pad = 0.04 * max(hi - lo)  # the margin: 4 % of the larger side of the spots' extent
         np.testing.assert_allclose([x0, y0, x1, y1], [lo[0] - pad, lo[1] - pad, hi[0] + pad, hi[1] + pad])
         assert ax.get_xlabel() == "x (µm)" and ax.get_ylabel() == "y (µm)"
-        assert ax.get_legend() is not None and not ax.figure.axes[1:]  # legend, no colour bar
+        assert ax.get_legend() is not None and not colorbars(ax.figure)  # legend, no colour bar
 
     def test_ticks_at_round_micrometres_when_a_unit_is_not_one(self):
         import anndata as ad
@@ -220,11 +225,11 @@ class TestFigures:
         np.testing.assert_allclose(shown, pos * 0.5)  # labels are micrometres
         assert np.all(np.isclose(shown % 50, 0) | np.isclose(shown % 50, 50)) and len(shown) >= 3  # round ones
         assert ax.get_xlabel() == "x (µm)"
-        assert ax.figure.axes[1].get_ylabel() == "v"  # the colour bar, beside the axes
+        assert colorbars(ax.figure)[0].get_ylabel() == "v"  # the colour bar, beside the axes
 
     def test_density_colour_bar_names_the_unit(self, tissue):
         axs = st.pl.density(tissue, show=False)
-        cbar = axs[0].figure.axes[-1]
+        cbar = colorbars(axs[0].figure)[-1]
         assert cbar.get_ylabel() == "density (per mm²)"
         img = np.asarray(tissue.images[Key.default.density].data)
         # drawn values are the map's own (per µm²); the ticks read per mm² (x 1e6)
@@ -263,7 +268,7 @@ class TestFigures:
             np.testing.assert_allclose(a.get_xlim(), want_x)
             np.testing.assert_allclose(a.get_ylim(), want_y)
             assert a.get_xlabel() == "x (µm)"
-        assert axs[0, 0].figure.axes[-1].get_ylabel() == "log1p(counts per 10⁴)"
+        assert colorbars(axs[0, 0].figure)[-1].get_ylabel() == "log1p(counts per 10⁴)"
 
     def test_sections_3d_rows_without_empty_bands(self, stack):
         axs = st.pl.sections_3d(stack, gene="gene_0", show=False)

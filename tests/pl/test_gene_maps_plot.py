@@ -76,7 +76,9 @@ class TestGeneMapsPlot:
         axs = st.pl.gene_maps(sdata, genes=GENES[:2], show=False)
         assert axs.shape == (2, 2)  # one row per gene: spots | map
         fig = axs[0, 0].figure
-        assert len(fig.axes) == 2 * 2 + 2  # four panels and one shared colour bar per gene
+        assert len(fig.axes) == 2 * 2  # four panels
+        cbars = [[c for c in a.child_axes if getattr(c, "_colorbar", None) is not None] for a in axs.ravel()]
+        assert [len(c) for c in cbars] == [0, 1, 0, 1]  # one colour bar per gene, beside its map (shared with spots)
         assert [a.get_title() for a in axs[:, 1]] == ["g0: gene map", "g1: gene map"]
         plt.close(fig)
         axs = st.pl.gene_maps(sdata, show_spots=False, show=False)  # default: every channel

@@ -27,6 +27,7 @@ __all__ = ["ctr"]
     key=Instance((str,)),
     label_key=[Instance((str,)), None],
     size=[Interval(float, 0, None, "neither"), None],
+    ncols=Interval(int, 1, None),
     **PLOT_PARAMS,
 )
 @inject_docs()
@@ -39,6 +40,7 @@ def ctr(
     image_key: str | bool | None = None,
     coordinate_system: str | None = None,
     size: float | None = None,
+    ncols: int = 2,
     ax: Sequence[Axes] | None = None,
     figsize: tuple[float, float] | None = None,
     dpi: float | None = None,
@@ -62,6 +64,9 @@ def ctr(
         Coordinate system to draw in; default: the one the tools choose (see :func:`stmap.pl.spatial`).
     size
         Spot size (see :func:`stmap.pl.spatial`).
+    ncols
+        Panels per row; the default of two keeps the figure narrow enough for a page column (the labels panel goes
+        to a second row).
     {plot}
 
     Returns
@@ -89,7 +94,7 @@ def ctr(
     panel_list = _panels(keys.prob, keys.call, label_key, meta, metrics)
 
     what = "probability, call, labels"
-    fig, axs, own = panels(ax, len(panel_list), ncols=3, panel=(4.6, 3.8), figsize=figsize, dpi=dpi, what=what)
+    fig, axs, own = panels(ax, len(panel_list), ncols=ncols, panel=(4.6, 3.8), figsize=figsize, dpi=dpi, what=what)
     for a, (color, title, kw) in zip(axs, panel_list, strict=True):
         draw(a, ctx, color, image_key=image_key, size=size, title=title, **kw)
     return finish(fig, axs, own=own, save=save, show=show, dpi=dpi)

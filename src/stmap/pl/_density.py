@@ -104,8 +104,11 @@ def density(
     um = _um_per_unit(sdata, cs)
     factor, label = _density_unit(_norm_of(sdata, key), um, len(shape), z, float(step[-1]), arrays)
 
-    fig, axs, own = panels(ax, len(sel), ncols=ncols, panel=(4.0, 3.3), figsize=figsize, dpi=dpi, what="groups")
     limits = _support(arrays, lo, step, pts, extent)
+    aspect = float(np.clip((limits[3] - limits[2]) / max(limits[1] - limits[0], 1e-9), 0.2, 5.0))
+    # panels 4 in wide (axes ~2.6 in, tick labels and colour bar), as tall as the data's aspect asks: no empty bands
+    panel = (4.0, 2.6 * aspect + 1.0)
+    fig, axs, own = panels(ax, len(sel), ncols=ncols, panel=panel, figsize=figsize, dpi=dpi, what="groups")
     for a, g, arr in zip(axs, sel, arrays, strict=True):
         im = a.imshow(arr, extent=extent, cmap=cmap, origin="upper", interpolation="nearest")
         if pts is not None:

@@ -32,6 +32,7 @@ _MAX_PX = 800
     ncols=Interval(int, 1, None),
     alpha=Interval(float, 0, 1),
     show_spots=Instance((bool,)),
+    mask_outside=Instance((bool,)),
     size=Interval(float, 0, None, "neither"),
     max_pixels=Interval(int, 1, None),
     **PLOT_PARAMS,
@@ -51,6 +52,7 @@ def gene_maps(
     cmap: str = "magma",
     alpha: float = 0.75,
     show_spots: bool = True,
+    mask_outside: bool = True,
     size: float = 1.0,
     max_pixels: int = _MAX_PX,
     ax: Sequence[Axes] | None = None,
@@ -67,7 +69,10 @@ def gene_maps(
     to it), so a map that reproduces the spots looks like a smooth, finer version of them. The view is cropped to
     the spots (plus a small margin) unless ``crop`` says otherwise, and the axes read micrometres when the unit is
     known. Images are placed with their transformation to the coordinate system and read lazily at a pyramid level
-    (or stride) suited to the figure, restricted to the view.
+    (or stride) suited to the figure, restricted to the view. Outside the tissue is not shown: map pixels farther
+    than one spot pitch (the median distance between neighbouring spots) from the nearest measured spot are left
+    transparent, as the map there is an extrapolation without data (``mask_outside=False`` draws the whole map).
+    This is a display mask only; the map element is not changed.
 
     Parameters
     ----------
@@ -95,6 +100,9 @@ def gene_maps(
         Opacity of the map over the H&E.
     show_spots
         Draw the panel of measured spots beside each map.
+    mask_outside
+        Leave map pixels farther than one spot pitch from the nearest spot transparent (outside the tissue is not
+        shown); ``False`` draws the map everywhere.
     size
         Factor on the spots' measured diameter.
     max_pixels
@@ -158,11 +166,13 @@ def gene_maps(
         if he_img is not None:
             _imshow(row[-1], *he_img)
         map_img = _read(src.maps, window, max_pixels, channel=src.channels.index(g))
+        if mask_outside:
+            map_img = (_outside_masked(map_img[0], map_img[1], ctx.coords, diam), map_img[1])
         im = _imshow(row[-1], *map_img, cmap=cmap, norm=norm, alpha=alpha if he_img is not None else 1.0)
         row[-1].set_title(f"{g}: gene map")
         for a in row:
             spatial_axes(a, um, limits)
-        colorbar(fig, mappable if mappable is not None else im, list(row), _unit(params))
+        colorbar(fig, mappable if mappable is not None else im, row[-1], _unit(params))  # beside the row's map
     return finish(fig, axs.reshape(len(src.genes), per), own=own, save=save, show=show, dpi=dpi)
 
 
@@ -298,6 +308,40 @@ def _read(img: Any, window, max_pixels: int, *, rgb: bool = False, channel: int 
         data = data.astype(np.float32)
     M = T @ np.array([[step, 0, x0], [0, step, y0], [0, 0, 1.0]])
     return data, M
+
+
+def _spot_pitch(xy: np.ndarray, diam: np.ndarray | None = None) -> float | None:
+    """Median distance from each spot to its nearest neighbour (one spot: its diameter; ``None`` if unknown)."""
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=float)[:, :2]
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if len(xy) >= 2:
+        d, _ = cKDTree(xy).query(xy, k=2)
+        pitch = float(np.median(d[:, 1]))
+        if pitch > 0:
+            return pitch
+    if diam is not None and np.isfinite(np.asarray(diam, dtype=float)).any():
+        return float(np.nanmedian(np.asarray(diam, dtype=float)))
+    return None
+
+
+def _outside_masked(data: np.ndarray, M: np.ndarray, xy: np.ndarray, diam: np.ndarray | None) -> np.ndarray:
+    """``data`` (a map read by :func:`_read`) with NaN (drawn transparent) farther than one spot pitch from a spot."""
+    from scipy.spatial import cKDTree
+
+    reach = _spot_pitch(xy, diam)
+    pts = np.asarray(xy, dtype=float)[:, :2]
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if reach is None or len(pts) == 0:
+        return data
+    h, w = data.shape[:2]
+    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)  # pixel centres
+    centres = np.column_stack([jj.ravel(), ii.ravel()]) @ M[:2, :2].T + M[:2, 2]
+    dist, _ = cKDTree(pts).query(centres, k=1, distance_upper_bound=reach)
+    out = np.array(data, dtype=np.float32, copy=True)
+    out[~np.isfinite(dist).reshape(h, w)] = np.nan
+    return out
 
 
 def _imshow(ax: Any, data: np.ndarray, M: np.ndarray, **kw: Any) -> Any:

@@ -11,9 +11,9 @@ import numpy as np
 from stmap._core._constants import Key
 from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError, unknown_key
-from stmap._core._params import Instance, Options, validate_params
+from stmap._core._params import Instance, Interval, Options, validate_params
 
-from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, panels, spatial_axes
+from ._utils import PLOT_PARAMS, colorbar, data_limits, finish, fit_width, panels, spatial_axes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -32,6 +32,7 @@ _CP10K = "log1p(counts per 10⁴)"
     sections=[Instance((list, tuple)), None],
     show_measured=Instance((bool,)),
     mode=Options({"layers", "3d"}),
+    ncols=Interval(int, 1, None),
     **PLOT_PARAMS,
 )
 @inject_docs()
@@ -46,6 +47,7 @@ def sections_3d(
     mode: Literal["layers", "3d"] = "layers",
     section_key: str = Key.obs.section,
     cmap: str = "viridis",
+    ncols: int = 3,
     ax: Axes | Sequence[Axes] | None = None,
     figsize: tuple[float, float] | None = None,
     dpi: float | None = None,
@@ -80,6 +82,9 @@ def sections_3d(
         ``obs`` column of the sections.
     cmap
         Colour map.
+    ncols
+        Sections per figure row in ``'layers'`` mode: more sections wrap into further blocks of rows (measured above
+        imputed in each block), so that the figure fits a page column; one colour bar beside the whole grid.
     {plot}
 
     Returns
@@ -115,17 +120,41 @@ def sections_3d(
         _draw_3d(axs[0], xyz, rows[-1][1], in_sel, norm, cmap, f"{gene} ({rows[-1][0]})", label)
         return finish(fig, axs[0], own=own, save=save, show=show, dpi=dpi)
     lim = data_limits(xyz[in_sel, :2], _radius(t, xyz, in_sel)[in_sel])
-    aspect = float(np.clip((lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), 0.2, 5.0))
-    # panels 2.6 in wide at the data's aspect, plus room for the tick/row labels and the colour bar: no empty bands
-    size = (2.6 * len(order) + 1.9, (2.5 * aspect + 0.1) * len(rows) + 0.75) if figsize is None else figsize
-    what = f"{len(rows)} x {len(order)}: rows {[r for r, _ in rows]}"
-    fig, axs, own = panels(ax, len(rows) * len(order), ncols=len(order), figsize=size, dpi=dpi, what=what)
-    grid = axs.reshape(len(rows), len(order))
+    fig, grid, own = _layer_grid(ax, len(rows), len(order), ncols, lim, figsize, dpi, [r for r, _ in rows])
     members = np.column_stack([(sec == s).to_numpy() for s in order])
     coll = _draw_layers(grid, rows, members, order, xyz, t, lim, norm, cmap)
     if coll is not None:
         colorbar(fig, coll, list(grid.ravel()), label, shrink=0.8)
     return finish(fig, grid, own=own, save=save, show=show, dpi=dpi)
+
+
+def _layer_grid(
+    ax: Any, n_rows: int, n_sections: int, ncols: int, lim: Any, figsize: Any, dpi: Any, names: list[str]
+) -> tuple[Any, np.ndarray, bool]:
+    """The Axes of the layers mode as ``(n_rows, n_sections)``: sections wrapped into blocks of ``ncols`` columns.
+
+    A new figure has one block of ``n_rows`` figure rows per ``ncols`` sections; cells a short last block leaves
+    empty are hidden. Passed ``ax`` are used in order (rows first, as before).
+    """
+    what = f"{n_rows} x {n_sections}: rows {names}"
+    if ax is not None:
+        _, axs, own = panels(ax, n_rows * n_sections, what=what)
+        return axs[0].get_figure(), axs.reshape(n_rows, n_sections), own
+    ncols = max(1, min(int(ncols), n_sections))
+    blocks = int(np.ceil(n_sections / ncols))
+    aspect = float(np.clip((lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), 0.2, 5.0))
+    # panels 2.6 in wide at the data's aspect, plus room for the tick/row labels and the colour bar: no empty bands
+    size = fit_width(2.6 * ncols + 1.9, ((2.5 * aspect + 0.1) * n_rows + 0.75) * blocks) if figsize is None else figsize
+    fig, flat, own = panels(None, blocks * n_rows * ncols, ncols=ncols, figsize=size, dpi=dpi, what=what)
+    cells = flat.reshape(blocks, n_rows, ncols)
+    grid = np.empty((n_rows, n_sections), dtype=object)
+    for c in range(n_sections):
+        grid[:, c] = cells[c // ncols, :, c % ncols]
+    for b in range(blocks):
+        for c in range(n_sections - b * ncols, ncols):
+            for a in cells[b, :, c]:
+                a.set_axis_off()
+    return fig, grid, own
 
 
 def _stack_table(sdata: Any, table_key: str) -> AnnData:
@@ -235,9 +264,10 @@ def _draw_layers(
             else:
                 a.text(0.5, 0.5, "not measured", ha="center", va="center", transform=a.transAxes, color="grey")
             spatial_axes(a, 1.0, lim, labels=False)  # the stack is in micrometres
-            first, last = c == 0, r_i == len(rows) - 1
+            first = c == 0 or a.get_subplotspec() is None or a.get_subplotspec().colspan.start == 0
+            last = r_i == len(rows) - 1
             a.tick_params(labelleft=first, labelbottom=last, labelsize="small")
-            a.set_title(f"{s}" if r_i == 0 else "", fontsize=10)
+            a.set_title(f"{s}" if r_i == 0 else "", fontsize=10)  # each block of rows names its sections
             a.set_ylabel(f"{name}\ny (µm)" if first else "")
             a.set_xlabel("x (µm)" if last else "")
     return coll

@@ -39,6 +39,13 @@ PLOT_PARAMS: dict[str, Any] = {
 #: Margin around the data when a spatial panel is cropped to it, as a fraction of the larger side of the data.
 MARGIN = 0.04
 
+#: Largest default figure width in inches: a figure wider than this, shown at the width of a documentation page or
+#: notebook column, would draw its ticks, labels and legends too small to read. ``figsize`` overrides it.
+MAX_WIDTH = 10.0
+
+#: Gap between a panel and its colour bar, and the bar's width, as fractions of the panel's drawn width.
+CBAR_PAD, CBAR_WIDTH = 0.04, 0.05
+
 
 def panels(
     ax: Any,
@@ -62,7 +69,8 @@ def panels(
     ncols
         Columns of a new grid (capped at ``n``).
     panel
-        Default ``(width, height)`` of one panel in inches (the figure's default size is the grid of them).
+        Default ``(width, height)`` of one panel in inches. The figure's default size is the grid of them, scaled
+        down to at most :data:`MAX_WIDTH` wide (fonts keep their size, so they stay readable in a page column).
     figsize, dpi
         Size and resolution of a new figure.
     what
@@ -84,7 +92,7 @@ def panels(
         return axs[0].get_figure(), axs[:n], False
     ncols = max(1, min(int(ncols), n))
     nrows = int(np.ceil(n / ncols))
-    size = (panel[0] * ncols, panel[1] * nrows) if figsize is None else tuple(figsize)
+    size = fit_width(panel[0] * ncols, panel[1] * nrows) if figsize is None else tuple(figsize)
     subplot_kw = None if projection is None else {"projection": projection}
     fig, grid = plt.subplots(
         nrows, ncols, figsize=size, dpi=dpi, squeeze=False, layout="constrained", subplot_kw=subplot_kw
@@ -93,6 +101,12 @@ def panels(
     for extra in flat[n:]:
         extra.set_axis_off()
     return fig, np.asarray(flat[:n], dtype=object), True
+
+
+def fit_width(width: float, height: float) -> tuple[float, float]:
+    """``(width, height)`` scaled down (aspect kept) to at most :data:`MAX_WIDTH` inches wide."""
+    scale = min(1.0, MAX_WIDTH / width) if width > 0 else 1.0
+    return width * scale, height * scale
 
 
 def finish(fig: Figure, axes: Any, *, own: bool, save: str | Path | None, show: bool | None, dpi: float | None) -> Any:
@@ -180,7 +194,7 @@ def spatial_axes(
     """Equal aspect, y down, limits ``(xmin, xmax, ymin, ymax)``, and axes labelled in µm when the unit is known.
 
     Drawing stays in coordinate-system units; ticks are placed at round micrometres and labelled in micrometres
-    (``um_per_unit`` µm per unit). Without a known unit the axes read ``x`` / ``y`` in coordinate units.
+    (``um_per_unit`` µm per unit). Without a known unit the axes say so: ``x (coordinate units)``.
     """
     if limits is not None:
         ax.set_xlim(limits[0], limits[1])
@@ -194,7 +208,7 @@ def spatial_axes(
             axis.set_major_formatter(_scaled_formatter(float(um_per_unit)))
         xl, yl = "x (µm)", "y (µm)"
     else:
-        xl, yl = "x", "y"
+        xl, yl = "x (coordinate units)", "y (coordinate units)"
     ax.set_xlabel(xl if labels else "")
     ax.set_ylabel(yl if labels else "")
 
@@ -202,9 +216,20 @@ def spatial_axes(
 def colorbar(fig: Any, mappable: Any, ax: Any, label: str, *, factor: float = 1.0, **kw: Any) -> Colorbar:
     """A colour bar beside ``ax`` (seen by the layout engine) with ``label`` and ticks at round ``value * factor``.
 
-    ``factor`` converts the drawn values to the unit of the label (e.g. per µm² -> per mm²) without touching the data.
+    For one Axes the bar is an inset of it, just right of the panel as drawn (after equal aspect shrinks it), so it
+    stays beside its panel however wide the grid cell is and never reaches above the panel into its title; the
+    layout engine makes room for it. For a sequence of Axes (a bar shared by a grid) it is the figure's colour bar
+    beside the whole grid. ``factor`` converts the drawn values to the unit of the label (e.g. per µm² -> per mm²)
+    without touching the data.
     """
-    cb = fig.colorbar(mappable, ax=ax, shrink=kw.pop("shrink", 0.85), **kw)
+    from matplotlib.axes import Axes as _Axes
+
+    shrink = float(kw.pop("shrink", 0.85))
+    if isinstance(ax, _Axes):
+        cax = ax.inset_axes((1.0 + CBAR_PAD, (1.0 - shrink) / 2, CBAR_WIDTH, shrink))
+        cb = fig.colorbar(mappable, cax=cax, **kw)
+    else:
+        cb = fig.colorbar(mappable, ax=ax, shrink=shrink, **kw)
     if factor != 1.0:
         cb.locator = _scaled_locator(factor)
         cb.formatter = _scaled_formatter(factor)
