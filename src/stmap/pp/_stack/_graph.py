@@ -124,14 +124,37 @@ def _unit_rows(features: np.ndarray, standardize: bool) -> np.ndarray:
     return f / np.where(norm > 0, norm, 1.0)
 
 
+#: Largest block of similarities computed at once (rows x candidates); larger problems merge column blocks.
+_SIM_BLOCK = 2**24
+
+
 def _top_k(f: np.ndarray, rows_i: np.ndarray, near: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     """For each of ``rows_i``: the ``kk`` most similar of ``near`` (positions into ``near``) and their similarity."""
+    if len(rows_i) * len(near) > _SIM_BLOCK and kk < len(near):
+        return _top_k_blocked(f, rows_i, near, kk)
     sim = f[rows_i] @ f[near].T
     if kk >= len(near):  # every candidate
         top = np.tile(np.arange(kk), (len(rows_i), 1))
         return top, np.take_along_axis(sim, top, axis=1)
     top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
     return top, np.take_along_axis(sim, top, axis=1)
+
+
+def _top_k_blocked(f: np.ndarray, rows_i: np.ndarray, near: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_top_k` over blocks of candidates, keeping a running top ``kk`` (memory: rows x block)."""
+    fr = f[rows_i]
+    step = max(kk, _SIM_BLOCK // max(len(rows_i), 1))
+    best_i = np.zeros((len(rows_i), 0), dtype=np.int64)
+    best_v = np.zeros((len(rows_i), 0))
+    for a in range(0, len(near), step):
+        sim = fr @ f[near[a : a + step]].T
+        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(a, a + sim.shape[1]), sim.shape)], axis=1)
+        cand_v = np.concatenate([best_v, sim], axis=1)
+        if cand_v.shape[1] > kk:
+            top = np.argpartition(-cand_v, kk - 1, axis=1)[:, :kk]
+            cand_i, cand_v = np.take_along_axis(cand_i, top, axis=1), np.take_along_axis(cand_v, top, axis=1)
+        best_i, best_v = cand_i, cand_v
+    return best_i, best_v
 
 
 def _similarity_graph(

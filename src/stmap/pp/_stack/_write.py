@@ -99,20 +99,30 @@ def stack_elements(secs: list[Section], mats: list[np.ndarray], zs: np.ndarray) 
 
 
 def _counts(table: AnnData, genes: list[str]) -> sparse.csr_matrix:
+    """The section's counts on ``genes`` (CSR float32, canonical; zero columns for genes it lacks)."""
     import pandas as pd
 
     x = table.layers.get(Key.layers.counts, table.X)
     x = sparse.csr_matrix(x, dtype=np.float32)
     idx = pd.Index(list(map(str, table.var_names))).get_indexer(genes)
     have = np.flatnonzero(idx >= 0)
+    if len(have) == len(genes):  # every gene: select (and order) the columns, no coordinate round trip
+        if np.array_equal(idx, np.arange(x.shape[1])) and x.has_canonical_format:
+            return x
+        out = x[:, idx]
+        out.sum_duplicates()  # canonical: sorted indices, as a COO -> CSR conversion gives them
+        return out
     sub = x[:, idx[have]].tocoo()
     return sparse.csr_matrix((sub.data, (sub.row, have[sub.col])), shape=(x.shape[0], len(genes)), dtype=np.float32)
 
 
 def _stack_counts(secs: list[Section], genes: list[str]) -> sparse.csr_matrix:
     """Counts on ``genes`` of every section, stacked (rows of unmeasured sections are 0)."""
-    blocks = [_counts(s.table, genes) if s.measured else sparse.csr_matrix((s.table.n_obs, len(genes))) for s in secs]
-    return sparse.vstack(blocks).tocsr().astype(np.float32)
+    blocks = [
+        _counts(s.table, genes) if s.measured else sparse.csr_matrix((s.table.n_obs, len(genes)), dtype=np.float32)
+        for s in secs
+    ]
+    return sparse.vstack(blocks, format="csr", dtype=np.float32)
 
 
 def _stack_obs(secs: list[Section], section_key: str) -> pd.DataFrame:

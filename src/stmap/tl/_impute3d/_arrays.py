@@ -24,6 +24,12 @@ class Problem:
     has: np.ndarray
     feat_cat: np.ndarray | None
     graphs: dict[str, sparse.csr_matrix]
+    key: np.ndarray | None = None  # space-filling order of the spots in the plane (batches of nearby spots)
+
+    @property
+    def n_edges(self) -> int:
+        """Edges of the graph, every type (stored entries of the symmetric matrices)."""
+        return int(sum(g.nnz for g in self.graphs.values()))
 
 
 def standardize_levels(levels: list[np.ndarray], has: np.ndarray, codes: np.ndarray, per_section: bool) -> list:
@@ -73,7 +79,10 @@ def problem(
         layers_apart=gp.layers_apart,
         disc_scale=gp.disc_scale,
     )
-    return Problem(Y, measured, lv, has, feat_cat, graphs)
+    from ._batch import morton
+
+    r = float(np.median(np.broadcast_to(np.asarray(radius, float), (len(Y),))))
+    return Problem(Y, measured, lv, has, feat_cat, graphs, morton(np.asarray(xyz, float)[:, :2], r))
 
 
 def scaling(pb: Problem) -> tuple[np.ndarray, np.ndarray]:

@@ -69,9 +69,57 @@ def forward(net: Any, T: Any, p: Any, b: Batch, lv: Any = None, *, mix: bool = F
     return net.finish(conv, p[tg])
 
 
-def chunks(n: int, size: int) -> list[np.ndarray]:
-    """``range(n)`` in consecutive pieces of ``size``."""
-    return [np.arange(a, min(a + size, n)) for a in range(0, n, size)]
+def morton(xy: np.ndarray, step: float) -> np.ndarray:
+    """A space-filling (Morton, Z-order) key of every point on a grid of ``step``: runs of keys are compact regions."""
+    q = np.floor((xy - xy.min(0)) / max(step, 1e-12))
+    q = np.clip(q, 0, 2**21 - 1).astype(np.uint64)
+    out = np.zeros(len(xy), dtype=np.uint64)
+    for bit in range(21):
+        one = np.uint64(1)
+        for axis in (0, 1):
+            out |= ((q[:, axis] >> np.uint64(bit)) & one) << np.uint64(2 * bit + axis)
+    return out
+
+
+@dataclass
+class Runs:
+    """Spots sorted by their key; a batch is a few runs of consecutive spots, i.e. a few compact regions."""
+
+    ids: np.ndarray
+    keys: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray, key: np.ndarray) -> Runs:
+        """``ids`` sorted by ``key``."""
+        order = np.argsort(key[ids], kind="stable")
+        return cls(ids[order], key[ids][order])
+
+    def sample(self, size: int, n_runs: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """About ``size`` spots in ``n_runs`` runs at random places (all if ``size`` covers them); their key ranges."""
+        n = len(self.ids)
+        if size >= n:
+            return np.sort(self.ids), [(int(self.keys[0]), int(self.keys[-1]))] if n else []
+        piece = -(-size // n_runs)
+        starts = rng.integers(0, n - piece + 1, size=n_runs)
+        idx = np.unique(np.concatenate([np.arange(s, s + piece) for s in starts]))
+        ranges = [(int(self.keys[s]), int(self.keys[s + piece - 1])) for s in starts]
+        return np.sort(self.ids[idx]), ranges
+
+    def within(self, ranges: list[tuple[int, int]], cap: int, rng: np.random.Generator) -> np.ndarray:
+        """The spots whose keys fall in ``ranges`` (at most ``cap``, a random subset beyond)."""
+        parts = [
+            np.arange(np.searchsorted(self.keys, lo, "left"), np.searchsorted(self.keys, hi, "right"))
+            for lo, hi in ranges
+        ]
+        idx = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        if len(idx) > cap:
+            idx = rng.choice(idx, size=cap, replace=False)
+        return np.sort(self.ids[idx])
+
+
+def chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
+    """``order`` in consecutive pieces of ``size``."""
+    return [order[a : a + size] for a in range(0, len(order), size)]
 
 
 def tokens(net: Any, T: Any, p: Any, size: int) -> Any:
@@ -79,20 +127,20 @@ def tokens(net: Any, T: Any, p: Any, size: int) -> Any:
     import torch
 
     out = []
-    for idx in chunks(len(p), size):
+    for idx in chunks(np.arange(len(p)), size):
         i = torch.as_tensor(idx, device=T.dev)
         out.append(net.tokens([f[i] for f in T.feats], T.has[i], p[i]))
     return torch.cat(out, 0)
 
 
-def predict(net: Any, T: Any, p: Any, size: int) -> tuple[Any, Any]:
-    """``(mixed, network)`` for every spot, ``size`` target spots at a time (eval mode, no gradients)."""
+def predict(net: Any, T: Any, p: Any, size: int, key: np.ndarray | None = None) -> Any:
+    """The mixed prediction for every spot, ``size`` nearby target spots at a time (eval mode, no gradients)."""
     import torch
 
     lv = tokens(net, T, p, size)
-    mixed, outs = [], []
-    for idx in chunks(len(p), size):
-        m, o, _ = forward(net, T, p, batch(T.graphs, idx, T.dev), lv, mix=True)
-        mixed.append(m)
-        outs.append(o)
-    return torch.cat(mixed, 0), torch.cat(outs, 0)
+    out = torch.empty_like(p)
+    order = np.arange(len(p)) if key is None else np.argsort(key, kind="stable")
+    for idx in chunks(order, size):
+        idx = np.sort(idx)
+        out[torch.as_tensor(idx, device=T.dev)] = forward(net, T, p, batch(T.graphs, idx, T.dev), lv, mix=True)[0]
+    return out

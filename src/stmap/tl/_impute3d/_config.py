@@ -7,17 +7,17 @@ from typing import Any
 
 #: Edge types of the 3D spot graph, in the order of the network's edge-type code.
 EDGE_TYPES = ("overlap", "similarity", "spatial")
-#: ``batch_size=None``: stacks of at most this many spots train and predict on the whole graph at once.
-FULL_GRAPH_MAX_SPOTS = 20_000
-#: ``batch_size=None`` on larger stacks: target spots per training step and per prediction batch.
+#: ``batch_size=None``: graphs of at most this many edges (all types) train and predict as a whole, at once.
+FULL_GRAPH_MAX_EDGES = 1_000_000
+#: ``batch_size=None`` on larger graphs: target spots per training step and per prediction batch.
 DEFAULT_BATCH_SIZE = 4096
 
 
-def resolve_batch_size(batch_size: int | None, n_spots: int) -> int | None:
+def resolve_batch_size(batch_size: int | None, n_edges: int) -> int | None:
     """The batch size to use: ``None`` (the whole graph at once) or a number of target spots."""
     if batch_size is not None:
         return int(batch_size)
-    return None if n_spots <= FULL_GRAPH_MAX_SPOTS else DEFAULT_BATCH_SIZE
+    return None if n_edges <= FULL_GRAPH_MAX_EDGES else DEFAULT_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class TrainParams:
     n_masks: int = 20
     n_masks_batched: int = 2  # in batches each step samples its targets anew: a few masks suffice
     batch_size: int | None = None
+    batch_runs: int = 4  # compact regions per training batch
     use_histology_prior: bool = True
     holdout_fraction: float = 0.25
     mix_shrink: float = 10.0

@@ -30,9 +30,8 @@ def predict_arrays(
         if lean:
             from ._batch import predict
 
-            mixed, _ = predict(net, T, p, int(batch_size))
+            pred = predict(net, T, p, int(batch_size), pb.key).cpu().numpy()
             model.sources = None
-            pred = mixed.cpu().numpy()
             pred *= model.std.astype(np.float32)
             pred += model.mean.astype(np.float32)
             pred[pb.measured] = pb.Y[pb.measured]

@@ -143,10 +143,11 @@ spatial_key
     Aligned ``(x, y, z)`` coordinates (micrometres).
 batch_size
     Target spots per training step and per prediction batch, each read with the spots whose edges reach it, so
-    memory is bounded by the batch, not the stack. ``None``: the whole graph at once for stacks of up to
-    20,000 spots, else 4096. In batches an epoch is one step on ``batch_size`` masked spots (and as many held-out
-    ones) sampled anew, 2 masks are propagated instead of 20, and the propagation, target and prior are float32;
-    prediction in batches gives the numbers of the whole graph (to float32 round-off).""",
+    memory is bounded by the batch, not the stack. ``None``: the whole graph at once when it has at most
+    1,000,000 edges (all types; e.g. legacy ST or Visium serial sections), else 4096. In batches an epoch is one
+    step on ``batch_size`` masked spots in a few compact regions (and the held-out spots there), sampled anew; 2
+    masks are propagated instead of 20; the propagation, target and prior are float32. Prediction in batches gives
+    the numbers of the whole graph (to float32 round-off).""",
     "imp_training": """\
 graph
     Edge types used by the propagation and the graph attention: any of ``'overlap'``, ``'similarity'``,
@@ -276,9 +277,9 @@ def train_impute_3d(
         spatial_key=spatial_key,
     )
     start = logg.info(f"train_impute_3d: {int(inp.measured.sum())} measured spots, {len(inp.genes)} genes")
-    bs = resolve_batch_size(batch_size, len(inp.measured))
-    tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction, batch_size=bs)
-    model = _fit(inp, inp.problem(gp), gp, tp, seed, dev, verbose)
+    pb = inp.problem(gp)
+    tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=resolve_batch_size(batch_size, pb.n_edges))
+    model = _fit(inp, pb, gp, tp, seed, dev, verbose)
     logg.info("    finished", time=start, deep=f"trained on {len(inp.genes)} genes, {epochs} epochs")
     return model
 
@@ -490,15 +491,16 @@ def impute_3d(
     n_meas = int(inp.measured.sum())
     start = logg.info(f"impute_3d: {n_meas} measured -> {len(inp.measured) - n_meas} spots, {len(inp.genes)} genes")
     pretrained = model is not None
-    bs = resolve_batch_size(batch_size, len(inp.measured))
     if model is None:  # train first, on the same graph
         gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
-        pb = inp.problem(gp)
-        tp = TrainParams(epochs=epochs, hidden=hidden, mask_fraction=mask_fraction, batch_size=bs)
-        model = _fit(inp, pb, gp, tp, seed, dev, verbose)
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
-        pb = inp.problem(gp)
+    pb = inp.problem(gp)
+    bs = resolve_batch_size(batch_size, pb.n_edges)
+    if model is None:
+        model = _fit(
+            inp, pb, gp, TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=bs), seed, dev, verbose
+        )
     with torch_threads():
         pred = predict_arrays(pb, model, gp, dev=dev, batch_size=bs)
     params = run_params(

@@ -85,20 +85,25 @@ def _step(T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainPar
 
 
 def _batch_step(
-    T: Tensors, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams, rng: np.random.Generator
+    T: Tensors, pb: Problem, masks: list, hold: np.ndarray, prior_tr: Any, tp: TrainParams, rng: np.random.Generator
 ) -> Callable[[Any, Any, int], Any]:
-    """The loss of one epoch in batches: ``batch_size`` masked and held-out spots, sampled anew, with their graph."""
+    """The loss of one epoch in batches: ``batch_size`` masked spots in a few compact regions, the held-out spots there.
+
+    Nearby targets share their graph neighbours, so a batch reads few spots besides its targets.
+    """
     import torch
 
-    from ._batch import batch, forward
+    from ._batch import Runs, batch, forward
 
     size = int(T.batch_size or 1)
-    pools = [m.cpu().numpy() for m, _ in masks]
+    key = pb.key if pb.key is not None else np.arange(len(pb.measured), dtype=np.uint64)
+    pools = [Runs.of(m.cpu().numpy(), key) for m, _ in masks]
+    held = Runs.of(np.asarray(hold, dtype=np.int64), key)
 
     def step(net: Any, idx: Any, epoch: int) -> Any:
         k = epoch % len(masks)
-        bm = np.sort(rng.choice(pools[k], size=min(size, len(pools[k])), replace=False))
-        bh = np.sort(rng.choice(hold, size=min(size, len(hold)), replace=False)) if len(hold) else hold
+        bm, ranges = pools[k].sample(size, tp.batch_runs, rng)
+        bh = held.within(ranges, size, rng)
         p = masks[k][1]
         _, out, per_level = forward(net, T, p, batch(T.graphs, np.concatenate([bm, bh]), T.dev))
         n, h_t = len(bm), torch.as_tensor(bh, device=T.dev)
@@ -156,7 +161,9 @@ def train_arrays(
     prior_tr = _honest_prior(pb, Z, prior_fit, T, hold, rest_mask)
     masks = _masks(T, rest, rest_mask, gp, tp, rng)
     step = (
-        _step(T, masks, hold, prior_tr, tp) if tp.batch_size is None else _batch_step(T, masks, hold, prior_tr, tp, rng)
+        _step(T, masks, hold, prior_tr, tp)
+        if tp.batch_size is None
+        else _batch_step(T, pb, masks, hold, prior_tr, tp, rng)
     )
     hist = fit(
         net,
