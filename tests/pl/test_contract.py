@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata as sd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 
@@ -284,3 +285,101 @@ class TestFigures:
 
 def test_matplotlib_backend_is_agg():
     assert matplotlib.get_backend().lower() == "agg"
+
+
+class TestPageFit:
+    """Figures that read in a documentation page column (~75 characters): sizes, colour bars, titles, masks."""
+
+    @staticmethod
+    def _extent(artist, fig):
+        """Bounding box of ``artist`` as drawn, in inches."""
+        return artist.get_window_extent(fig.canvas.get_renderer()).transformed(fig.dpi_scale_trans.inverted())
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_default_width_fits_the_page(self, name, plot_call):
+        from stmap.pl._utils import MAX_WIDTH
+
+        out = plot_call(name, show=False)
+        fig = np.ravel(np.asarray(out, dtype=object))[0].figure
+        assert fig.get_size_inches()[0] <= MAX_WIDTH + 1e-9
+        plt.close(fig)
+
+    def test_ctr_two_panels_per_row(self, plot_call):
+        axs = plot_call("ctr", show=False)
+        fig = axs[0].figure
+        fig.canvas.draw()
+        x0 = [round(a.get_position().x0, 3) for a in axs]
+        assert x0[0] == x0[2] != x0[1]  # the labels panel starts a second row
+
+    @pytest.mark.parametrize("name", ["mapping", "ctr", "density", "gene_maps", "spatial"])
+    def test_colour_bars_beside_their_panel(self, name, plot_call):
+        """Each colour bar starts just right of its panel as drawn and stays within the panel's height."""
+        kw = {"color": "tumor_r01"} if name == "spatial" else {}
+        out = plot_call(name, show=False, figsize=(12.0, 3.4) if name == "mapping" else None, **kw)
+        fig = np.ravel(np.asarray(out, dtype=object))[0].figure
+        fig.canvas.draw()
+        cbars = [(a, c) for a in fig.axes for c in a.child_axes if getattr(c, "_colorbar", None) is not None]
+        assert cbars and len(cbars) == len(colorbars(fig))
+        for panel, cbar in cbars:
+            p, c = panel.get_position(), cbar.get_position()  # after equal aspect: the drawn boxes
+            gap = (c.x0 - p.x1) * fig.get_size_inches()[0]
+            assert 0 <= gap < 0.25  # inches: attached, not at the far side of a wide cell
+            assert c.y0 >= p.y0 - 1e-9 and c.y1 <= p.y1 + 1e-9
+            assert not self._extent(panel.title, fig).overlaps(self._extent(cbar, fig))
+        plt.close(fig)
+
+    def test_density_title_clear_of_the_colour_bar_and_axes_in_units(self, tissue):
+        long = "a group with a long name that wraps"
+        img = tissue.images[Key.default.density]
+        s = sd.SpatialData(images={"d": img.assign_coords(c=[long, "immune"])})
+        axs = st.pl.density(s, key="d", show=False)
+        fig = axs[0].figure
+        fig.canvas.draw()
+        for a in axs:
+            (cbar,) = a.child_axes
+            assert not self._extent(a.title, fig).overlaps(self._extent(cbar, fig))
+            assert a.get_xlabel() == "x (coordinate units)"  # no unit recorded: said so, never a bare "x"
+        plt.close(fig)
+
+    def test_sections_3d_wraps_into_blocks(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            secs = st.datasets.simulate_stack(6, n_genes=3, seed=1, grid=6, image=False)
+            s = st.pp.stack_sections(secs, transforms="warped")
+        t = s.tables[Key.table.stack]
+        t.layers[Key.imputed_layer()] = np.log1p(t.layers["counts"].toarray())
+        axs = st.pl.sections_3d(s, gene="gene_0", show=False)
+        assert axs.shape == (2, 6)  # (measured/imputed, sections), whatever the layout
+        fig = axs[0, 0].figure
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] <= 10.0
+        x0 = {round(a.get_position().x0, 3) for a in axs.ravel()}
+        y0 = [a.get_position().y0 for a in axs[:, 0]] + [a.get_position().y0 for a in axs[:, 3]]
+        assert len(x0) == 3 and y0 == sorted(y0, reverse=True)  # 3 columns; S3-S5 in a second block below
+        assert axs[0, 3].get_title() == "S3" and "y (µm)" in axs[1, 3].get_ylabel()
+        assert len(colorbars(fig)) == 1  # one colour scale for every panel
+        plt.close(fig)
+
+    def test_gene_maps_not_shown_outside_the_spots_reach(self, tissue, names):
+        from scipy.spatial.distance import cdist
+
+        axs = st.pl.gene_maps(tissue, genes=names.genes[:1], table_key="spots", show=False)
+        xy = st._core.resolve(tissue, "spots").coords
+        d = cdist(xy, xy)
+        np.fill_diagonal(d, np.inf)
+        pitch = np.median(d.min(1))
+        im = axs[0, 1].images[-1]  # the map over the H&E
+        arr = np.ma.masked_invalid(im.get_array())
+        x0, x1, y1, y0 = im.get_extent()
+        h, w = arr.shape
+        cx = x0 + (np.arange(w) + 0.5) * (x1 - x0) / w
+        cy = y0 + (np.arange(h) + 0.5) * (y1 - y0) / h
+        centres = np.column_stack([np.repeat(cx[None], h, 0).ravel(), np.repeat(cy[:, None], w, 1).ravel()])
+        dmin = cdist(centres, xy).min(1).reshape(h, w)
+        far, clear = dmin > pitch, np.abs(dmin - pitch) > 1e-6 * pitch  # (pixels on the boundary: either)
+        assert far.any() and (~far).any()
+        np.testing.assert_array_equal(np.ma.getmaskarray(arr)[clear], far[clear])  # transparent beyond one pitch
+        plt.close(axs[0, 0].figure)
+        axs = st.pl.gene_maps(tissue, genes=names.genes[:1], table_key="spots", mask_outside=False, show=False)
+        assert not np.ma.getmaskarray(np.ma.masked_invalid(axs[0, 1].images[-1].get_array())).any()
+        plt.close(axs[0, 0].figure)

@@ -36,7 +36,7 @@ CASES = {
     "spatial_categorical": ("spatial", {"figsize": (4.6, 3.6)}),
     "spatial_gene": ("spatial", {"color": "tumor_r01", "cmap": "magma", "figsize": (4.4, 3.6)}),
     "mapping": ("mapping", {"figsize": (12.0, 3.4)}),
-    "ctr": ("ctr", {"figsize": (10.0, 3.0)}),
+    "ctr": ("ctr", {"figsize": (7.0, 5.6)}),  # the default layout: two panels per row
     "density": ("density", {"figsize": (6.0, 2.8)}),
     "density_ranking": ("density_ranking", {"figsize": (5.6, 4.0)}),
     "gene_maps": ("gene_maps", {"figsize": (6.0, 5.4)}),

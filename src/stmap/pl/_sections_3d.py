@@ -284,4 +284,4 @@ def _draw_3d(
     ax.set_ylabel("y (µm)")
     ax.set_zlabel("z (µm)")
     ax.set_title(title)
-    colorbar(ax.get_figure(), sc, ax, label, shrink=0.6)
+    colorbar(ax.get_figure(), sc, [ax], label, shrink=0.6)  # beside the 3D box (an inset would cover the z labels)
