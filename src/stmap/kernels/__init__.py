@@ -16,6 +16,8 @@ _WHERE = {
     "kde_direct": "._kde",
     "capacity_assign": "._assign",
     "largest_remainder": "._assign",
+    "fill_slots": "._fill",
+    "search_candidates": "._fill",
 }
 
 __all__ = list(_WHERE)

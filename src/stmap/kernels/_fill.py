@@ -111,9 +111,36 @@ def search_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct pairs ``(r, c, s)``: the best ``k`` columns of every row and the best ``k_col`` rows of every column.
 
-    ``score(rows, cb)`` is called on blocks of columns ``cb`` (``budget_bytes`` of float32 scores each); ``s`` are
-    the block scores. A block returned as the transpose of a C-contiguous ``(columns, rows)`` array is read in place.
-    ``k_col`` defaults to ``k``.
+    One pass over the ``rows x cols`` scores, a block of columns at a time; no block is kept.
+
+    Parameters
+    ----------
+    score
+        ``score(rows, cb) -> (len(rows), len(cb))`` scores of a block of columns ``cb`` (higher is better). A block
+        returned as the transpose of a C-contiguous ``(len(cb), len(rows))`` float32 array is read in place.
+    rows
+        Row indices to search.
+    cols
+        Column indices to search.
+    k
+        Best columns kept for every row.
+    k_col
+        Best rows kept for every column (default ``k``).
+    budget_bytes
+        Memory of one block of float32 scores (columns per block = budget / (4 * rows)).
+
+    Returns
+    -------
+    Rows, columns and block scores of the distinct pairs, sorted by row then column.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap.kernels import search_candidates
+    >>> S = np.arange(12.0).reshape(3, 4)
+    >>> r, c, s = search_candidates(lambda a, b: S[np.ix_(a, b)], np.arange(3), np.arange(4), 1)
+    >>> list(zip(r.tolist(), c.tolist()))
+    [(0, 3), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
     """
     n_r = rows.size
     kr, kc = min(k if k_col is None else k_col, n_r), min(k, cols.size)
@@ -141,7 +168,6 @@ def search_candidates(
     r, c, sc = np.concatenate(er), np.concatenate(ec), np.concatenate(es).astype(np.float64)
     code = r.astype(np.int64) * (int(cols.max()) + 1) + c
     _, first = np.unique(code, return_index=True)
-    first.sort()
     return r[first], c[first], sc[first]
 
 
@@ -240,6 +266,33 @@ def _repair(
     return ar, ac
 
 
+def _optimum_unit(cand: tuple[np.ndarray, np.ndarray, np.ndarray], ar, ac, col_cap: np.ndarray, pairs: ScoreFn):
+    """Unit row capacities: the best assignment on the graph of the candidates and the pairs already assigned.
+
+    Columns are expanded into their slots and scipy's sparse Jonker-Volgenant (LAPJVsp) matches every slot; the
+    assigned pairs make the graph's full matching exist. Returns ``None`` when it does not (e.g. repeated pairs).
+    """
+    from scipy import sparse
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    r, c, s = cand
+    n_cols = col_cap.size
+    extra = ~np.isin(ar * n_cols + ac, r * n_cols + c)
+    R, C = np.concatenate([r, ar[extra]]), np.concatenate([c, ac[extra]])
+    S = np.concatenate([s, np.asarray(pairs(ar[extra], ac[extra]), dtype=np.float64)])
+    d = col_cap[C]
+    first = np.r_[0, np.cumsum(col_cap)[:-1]]
+    slot = np.repeat(first[C], d) + np.arange(int(d.sum())) - np.repeat(np.cumsum(d) - d, d)
+    rows_u, ri = np.unique(np.repeat(R, d), return_inverse=True)
+    w = np.repeat(S, d)
+    M = sparse.csr_matrix((w - w.min() + 1.0, (ri, slot)), shape=(rows_u.size, int(col_cap.sum())))
+    try:
+        mr, ms = min_weight_full_bipartite_matching(M, maximize=True)
+    except ValueError:
+        return None
+    return rows_u[mr], np.repeat(np.arange(n_cols), col_cap)[ms]
+
+
 def fill_slots(
     score: ScoreFn,
     row_cap: np.ndarray,
@@ -280,15 +333,27 @@ def fill_slots(
     max_rounds
         Repair rounds on the residual problem.
     fill
-        Fill every open slot at the end with any free row (``True``), or leave demands as upper bounds.
+        Fill every open slot at the end with any free row (``True``), or leave demands as upper bounds. With unit
+        row capacities and enough rows, the filled assignment is then made optimal on the graph of the candidates
+        and the pairs assigned (scipy's sparse Jonker-Volgenant matching).
 
     Returns
     -------
     ``(rows, cols)`` of the assigned pairs, and the first-pass candidates ``(rows, cols, scores)`` (exact scores;
     :func:`row_top` keeps the best of each row).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmap.kernels import fill_slots
+    >>> S = np.array([[3.0, 1.0], [2.0, 0.0], [0.0, 2.5]])
+    >>> rows, cols, _ = fill_slots(lambda r, c: S[np.ix_(r, c)], np.ones(3), np.array([1, 1]), k=2)
+    >>> sorted(zip(rows.tolist(), cols.tolist()))
+    [(0, 0), (2, 1)]
     """
-    row_cap = np.asarray(row_cap, dtype=np.int64).copy()
-    col_cap = np.asarray(col_cap, dtype=np.int64).copy()
+    row_cap0 = np.asarray(row_cap, dtype=np.int64)
+    demand = np.asarray(col_cap, dtype=np.int64)
+    row_cap, col_cap = row_cap0.copy(), demand.copy()
     rows, cols = np.flatnonzero(row_cap > 0), np.flatnonzero(col_cap > 0)
     empty = np.zeros(0, dtype=np.int64)
     if rows.size == 0 or cols.size == 0:
@@ -306,4 +371,8 @@ def fill_slots(
     ar, ac = _repair(score, pair_score, state, k=ks, budget_bytes=budget_bytes, max_rounds=max_rounds)
     if fill and col_cap.sum() > 0:
         ar, ac = _fill_rest(ar, ac, row_cap, col_cap, col_cap.size)
+    unit = fill and row_cap0.max() <= 1 and demand.sum() <= row_cap0.sum()
+    best = _optimum_unit((r, c, s), ar, ac, demand, pair_score or _block_pairs(score)) if unit else None
+    if best is not None:
+        ar, ac = best
     return ar.astype(np.int64), ac.astype(np.int64), (r, c, s)

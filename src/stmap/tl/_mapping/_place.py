@@ -17,8 +17,6 @@ from scipy import sparse
 
 from stmap.kernels._assign import capacity_assign
 
-from ._place_large import SparseState, cell_features_dense
-
 if TYPE_CHECKING:
     from ._composition import Composition
     from ._prepare import MappingInputs
@@ -45,6 +43,14 @@ class Placement:
     cand_cells: np.ndarray
     cand_spots: np.ndarray
     cand_scores: np.ndarray
+
+
+def cell_features_dense(X: np.ndarray, lib: np.ndarray) -> np.ndarray:
+    """``(x_i - L_i p_t) / sqrt(L_i)`` of dense float32 counts ``X`` (modified in place and returned)."""
+    pbar = (X / lib[:, None].astype(np.float32)).mean(axis=0)
+    X -= lib[:, None].astype(np.float32) * pbar[None, :]
+    X /= np.sqrt(lib[:, None]).astype(np.float32)
+    return X
 
 
 def _cell_features(Xt: sparse.csr_matrix, lib: np.ndarray) -> np.ndarray:
@@ -123,6 +129,8 @@ def place_cells(
     Problems above :data:`LARGE_WORK` scores per round take the sparse path (:mod:`._place_large`).
     """
     from tqdm.auto import tqdm
+
+    from ._place_large import SparseState  # numba kernels: imported on first use
 
     state = SparseState(inp, comp) if _type_work(inp, slots) > LARGE_WORK else _DenseState(inp, comp)
     placed: dict[int, tuple[np.ndarray, np.ndarray]] = {}

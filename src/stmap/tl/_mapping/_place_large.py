@@ -24,6 +24,8 @@ from scipy import sparse
 from stmap.kernels._fill import fill_slots, row_top, search_candidates
 from stmap.kernels._nnz import dot_at_nnz, pair_dots, scatter_rows
 
+from ._place import cell_features_dense
+
 if TYPE_CHECKING:
     from ._composition import Composition
     from ._prepare import MappingInputs
@@ -41,14 +43,6 @@ def search_dtype() -> Any:
     cpu = getattr(torch, "cpu", None)
     fast = any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return torch.bfloat16 if fast else torch.float32
-
-
-def cell_features_dense(X: np.ndarray, lib: np.ndarray) -> np.ndarray:
-    """``(x_i - L_i p_t) / sqrt(L_i)`` of dense float32 counts ``X`` (modified in place and returned)."""
-    pbar = (X / lib[:, None].astype(np.float32)).mean(axis=0)
-    X -= lib[:, None].astype(np.float32) * pbar[None, :]
-    X /= np.sqrt(lib[:, None]).astype(np.float32)
-    return X
 
 
 def _row_ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
