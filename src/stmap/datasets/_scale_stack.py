@@ -12,6 +12,7 @@ lazy synthetic H&E whose tint follows the tissue domains (``image=True``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,27 @@ __all__ = ["large_stack"]
 TRUTH_STACK = "truth_stack"
 #: ``varm`` entry with the cell-type profiles (genes x types, columns sum to 1) the counts are drawn from.
 TRUTH_PROFILES = "truth_profiles"
-_Z_GRID = 3  # grid of the type fields along z (over the whole stack)
 _MARGIN_UM = 200.0
 
 
-def _mixture_3d(seed: int, n_types: int, xyz01: np.ndarray, sharpness: float) -> np.ndarray:
-    """Local type probabilities at positions in [0, 1]^3 from smooth random 3D fields (observations x types)."""
+def _z_grid(depth_um: float, extent_um: float) -> tuple[float, int]:
+    """Field-grid units per micrometre (along z as in the plane) and the z grid points covering the stack's depth."""
+    per_um = (_FIELD_GRID - 1) / extent_um
+    return per_um, int(math.ceil(depth_um * per_um)) + 4
+
+
+def _mixture_3d(seed: int, n_types: int, xy01: np.ndarray, z: tuple[float, int], sharpness: float) -> np.ndarray:
+    """Local type probabilities from smooth random 3D fields (observations x types).
+
+    ``xy01``: positions in the plane in [0, 1]^2; ``z``: ``(position in grid units, grid points along z)``.
+    """
     from scipy.ndimage import map_coordinates
 
-    gen = np.random.default_rng([seed, 21])
-    fields = gen.normal(size=(n_types, _FIELD_GRID, _FIELD_GRID, _Z_GRID))
-    scale = np.array([_FIELD_GRID - 1, _FIELD_GRID - 1, _Z_GRID - 1], dtype=float)
-    upper = scale[:, None]
-    coords = np.clip(xyz01[:, [1, 0, 2]].T * upper, 0, upper)  # (row, col, z)
+    zg, n_z = z
+    gen = np.random.default_rng([seed, 21, n_z])
+    fields = gen.normal(size=(n_types, _FIELD_GRID, _FIELD_GRID, n_z))
+    rc = np.clip(xy01[:, ::-1] * (_FIELD_GRID - 1), 0, _FIELD_GRID - 1)  # (row, col)
+    coords = np.r_[rc.T, np.full((1, len(xy01)), zg)]
     logits = np.stack([map_coordinates(f, coords, order=3, mode="nearest") for f in fields], axis=1)
     w = np.exp(sharpness * (logits - logits.max(axis=1, keepdims=True)))
     return w / w.sum(axis=1, keepdims=True)
@@ -69,7 +78,7 @@ def _features(
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def _tint(seed: int, chunks: tuple, mats: np.ndarray, extent: tuple[float, float], z01: float, n_types: int) -> Any:
+def _tint(seed: int, chunks: tuple, mats: np.ndarray, extent: float, z: tuple[float, int], n_types: int) -> Any:
     """A lazy ``(3, y, x)`` int16 tint of the H&E by the local cell-type mixture, on the image's chunks."""
     import dask.array as da
 
@@ -81,110 +90,120 @@ def _tint(seed: int, chunks: tuple, mats: np.ndarray, extent: tuple[float, float
         ys, xs = np.arange(y0, y1, step) + step / 2, np.arange(x0, x1, step) + step / 2
         gx, gy = np.meshgrid(xs, ys)
         um = np.c_[gx.ravel(), gy.ravel()] @ mats[:2, :2].T + mats[:2, 2]
-        xyz = np.c_[um[:, 0] / extent[0], um[:, 1] / extent[1], np.full(len(um), z01)]
-        rgb = (_mixture_3d(seed, n_types, xyz, 3.0) @ stains).reshape(len(ys), len(xs), 3)
+        rgb = (_mixture_3d(seed, n_types, um / extent, z, 3.0) @ stains).reshape(len(ys), len(xs), 3)
         full = np.repeat(np.repeat(rgb, step, axis=0), step, axis=1)[: y1 - y0, : x1 - x0]
         return np.moveaxis(full, -1, 0).astype(np.int16)
 
     return da.map_blocks(block, dtype=np.int16, chunks=chunks)
 
 
-def _image(
-    seed: int, shape: tuple[int, int], mats: np.ndarray, extent: tuple, z01: float, n: int, density: float, mpp: float
-) -> Any:
-    """The section's lazy H&E: nuclei on pink stroma (:func:`large_visium_hd`'s), tinted by the tissue domains."""
-    h, w = shape
-    base = _he_image(seed, h, w, 3.0 / mpp, density, 4096)
-    tint = _tint(seed, base.chunks, mats, extent, z01, n)
-    return (base.astype(np.int16) + tint).clip(0, 255).astype(np.uint8)
+@dataclass(frozen=True)
+class _Geometry:
+    """The capture area shared by the sections, and the stack's extent along ``z`` on the type fields' grid."""
+
+    side: int  # bins per row
+    n_bins: int
+    bin_um: float
+    mpp: float
+    z_per_um: float  # field-grid units per micrometre
+    n_z: int  # field-grid points along z
+
+    @property
+    def extent_um(self) -> float:
+        """Side of the capture area with its margins, micrometres."""
+        return 2 * _MARGIN_UM + self.side * self.bin_um
+
+    def z(self, z_um: float) -> tuple[float, int]:
+        """A section's position on the fields' grid (``_mixture_3d``'s ``z``)."""
+        return 1.5 + z_um * self.z_per_um, self.n_z
 
 
-def _section(
-    i: int,
-    *,
-    seed: int,
-    model: Any,
-    side: int,
-    n_bins: int,
-    bin_um: float,
-    mpp: float,
-    z01: float,
-    mat: np.ndarray,
-    cells_per_bin: float,
-    n_features: int | None,
-    feature_noise: float,
-    image: bool,
-    dataset_id: str,
-    chunk_rows: int,
-    z_um: float,
-) -> Any:
-    """One section as a SpatialData (counts lazy)."""
-    import geopandas as gpd
-    import shapely
+def _image(seed: int, g: _Geometry, mat: np.ndarray, z: tuple[float, int], n_types: int, cells_per_bin: float) -> Any:
+    """The section's lazy H&E pyramid: nuclei on pink stroma (:func:`large_visium_hd`'s), tinted by the domains."""
+    from spatialdata.models import Image2DModel
+
+    px = g.bin_um / g.mpp
+    h = int(math.ceil((2 * _MARGIN_UM + math.ceil(g.n_bins / g.side) * g.bin_um) / g.mpp))
+    w = int(math.ceil(g.extent_um / g.mpp))
+    base = _he_image(seed, h, w, 3.0 / g.mpp, cells_per_bin / px**2, 4096)
+    tint = _tint(seed, base.chunks, mat, g.extent_um, z, n_types)
+    arr = (base.astype(np.int16) + tint).clip(0, 255).astype(np.uint8)
+    return Image2DModel.parse(arr, dims=("c", "y", "x"), scale_factors=[2, 2, 2, 2], chunks=(3, 4096, 4096))
+
+
+def _obs(g: _Geometry, region: str) -> pd.DataFrame:
+    """The reader's ``obs``: bins row by row, named like Space Ranger's barcodes."""
+    idx = np.arange(g.n_bins)
+    row, col = idx // g.side, idx % g.side
+    tag = f"{int(round(g.bin_um)):03d}"
+    index = pd.Index([f"s_{tag}um_{r:05d}_{c:05d}-1" for r, c in zip(row, col, strict=True)])
+    cols = {"in_tissue": 1, "array_row": row, "array_col": col, "location_id": idx}
+    return pd.DataFrame({**cols, "region": pd.Categorical([region] * g.n_bins)}, index=index)
+
+
+def _corners_px(g: _Geometry) -> np.ndarray:
+    """Top-left corner of every bin, full-resolution pixels of the section's own frame."""
+    idx = np.arange(g.n_bins)
+    return np.c_[_MARGIN_UM + (idx % g.side) * g.bin_um, _MARGIN_UM + (idx // g.side) * g.bin_um] / g.mpp
+
+
+def _table(i: int, seed: int, model: Any, g: _Geometry, mat: np.ndarray, z_um: float, opts: dict[str, Any]) -> Any:
+    """Section ``i``'s table (lazy counts) with its truth and, with ``n_features``, the synthetic features."""
     from anndata import AnnData
-    from spatialdata import SpatialData
-    from spatialdata.models import Image2DModel, ShapesModel, TableModel
-    from spatialdata.transformations import Identity
+    from spatialdata.models import TableModel
 
     sec_seed = int(np.random.default_rng([seed, 26, i]).integers(2**31))
-    idx = np.arange(n_bins)
-    row, col = idx // side, idx % side
-    px = bin_um / mpp
-    x0, y0 = (_MARGIN_UM + col * bin_um) / mpp, (_MARGIN_UM + row * bin_um) / mpp
-    um = np.c_[x0 + px / 2, y0 + px / 2] @ mat[:2, :2].T + mat[:2, 2]  # bin centres in the aligned frame
-    extent_um = 2 * _MARGIN_UM + side * bin_um
-    xyz01 = np.c_[um / extent_um, np.full(n_bins, z01)]
-    mix = _mixture_3d(seed, len(model.types), xyz01, 3.0)
-    n_cells = 1 + np.random.default_rng([sec_seed, 6]).binomial(2, (cells_per_bin - 1) / 2, size=n_bins)
+    px = g.bin_um / g.mpp
+    um = (_corners_px(g) + px / 2) @ mat[:2, :2].T + mat[:2, 2]  # bin centres in the aligned frame
+    mix = _mixture_3d(seed, len(model.types), um / g.extent_um, g.z(z_um), 3.0)
+    n_cells = 1 + np.random.default_rng([sec_seed, 6]).binomial(2, (opts["cells_per_bin"] - 1) / 2, size=g.n_bins)
     cells = _cells_of_units(sec_seed, mix, n_cells)
-    tag = f"{int(round(bin_um)):03d}"
-    cs = f"{dataset_id}_S{i}"
-    region = f"{cs}_square_{tag}um"
-    index = pd.Index([f"s_{tag}um_{r:05d}_{c:05d}-1" for r, c in zip(row, col, strict=True)])
-    obs = pd.DataFrame(
-        {
-            "in_tissue": 1,
-            "array_row": row,
-            "array_col": col,
-            "location_id": idx,
-            "region": pd.Categorical([region] * n_bins),
-        },
-        index=index,
-    )
+    region = f"{opts['cs']}_square_{int(round(g.bin_um)):03d}um"
+    obs = _obs(g, region)
     prof = model.profiles * model.platform[None, :]
     prof /= prof.sum(axis=1, keepdims=True)
-    lib_mean = 60.0 * bin_um**2 / 64.0
-    X = _lazy_counts(sec_seed, prof, cells, lib_mean, n_bins, chunk_rows)
+    lib_mean = 60.0 * g.bin_um**2 / 64.0
+    X = _lazy_counts(sec_seed, prof, cells, lib_mean, g.n_bins, opts["chunk_rows"])
     table = AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
-    truth = _truth(cells, n_bins, model.types, index)
+    truth = _truth(cells, g.n_bins, model.types, obs.index)
     table.obsm[TRUTH_COUNTS] = truth
     table.obsm["spatial_true"] = um
     table.uns[TRUTH_TYPES] = np.asarray(model.types)
     table.uns[TRUTH_STACK] = {"section": f"S{i}", "z_um": z_um, "transform": mat, "library_mean": lib_mean}
     table.varm[TRUTH_PROFILES] = prof.T
-    if n_features is not None:
+    if opts["n_features"] is not None:
         own = truth.to_numpy(dtype=float)
         own /= own.sum(1, keepdims=True)
-        wide = _mixture_3d(seed, len(model.types), xyz01, 1.0)
-        table.obsm[Key.obsm.histology] = _features(seed, sec_seed, own, mix, wide, n_features, feature_noise)
-        table.uns[Key.obsm.histology] = {"n_features_per_scale": [n_features] * 3, "extractor": "synthetic"}
-    table = TableModel.parse(table, region=region, region_key="region", instance_key="location_id")
+        wide = _mixture_3d(seed, len(model.types), um / g.extent_um, g.z(z_um), 1.0)
+        k = int(opts["n_features"])
+        table.obsm[Key.obsm.histology] = _features(seed, sec_seed, own, mix, wide, k, opts["feature_noise"])
+        table.uns[Key.obsm.histology] = {"n_features_per_scale": [k] * 3, "extractor": "synthetic"}
+    return TableModel.parse(table, region=region, region_key="region", instance_key="location_id")
+
+
+def _section(i: int, seed: int, model: Any, g: _Geometry, mat: np.ndarray, z_um: float, opts: dict[str, Any]) -> Any:
+    """One section as a SpatialData in the reader's layout (counts and image lazy)."""
+    import geopandas as gpd
+    import shapely
+    from spatialdata import SpatialData
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity, set_transformation
+
+    table = _table(i, seed, model, g, mat, z_um, opts)
+    region = table.uns["spatialdata_attrs"]["region"]
+    x0, y0 = _corners_px(g).T
+    px = g.bin_um / g.mpp
     squares = shapely.box(x0, y0, x0 + px, y0 + px)
-    shapes = ShapesModel.parse(gpd.GeoDataFrame(geometry=squares, index=idx), transformations={cs: Identity()})
+    shapes = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=squares, index=np.arange(g.n_bins)), transformations={opts["cs"]: Identity()}
+    )
     images = {}
-    if image:
-        n_rows_grid = math.ceil(n_bins / side)
-        h = int(math.ceil((2 * _MARGIN_UM + n_rows_grid * bin_um) / mpp))
-        w = int(math.ceil((2 * _MARGIN_UM + side * bin_um) / mpp))
-        density = cells_per_bin / px**2
-        arr = _image(sec_seed, (h, w), mat, (extent_um, extent_um), z01, len(model.types), density, mpp)
-        images[f"{cs}_full_image"] = Image2DModel.parse(
-            arr,
-            dims=("c", "y", "x"),
-            scale_factors=[2, 2, 2, 2],
-            transformations={cs: Identity()},
-            chunks=(3, 4096, 4096),
-        )
+    if opts["image"]:
+        sec_seed = int(np.random.default_rng([seed, 26, i]).integers(2**31))
+        img = _image(sec_seed, g, mat, g.z(z_um), len(model.types), opts["cells_per_bin"])
+        set_transformation(img, Identity(), to_coordinate_system=opts["cs"])
+        images[f"{opts['cs']}_full_image"] = img
+    tag = f"{int(round(g.bin_um)):03d}"
     sdata = SpatialData(images=images, shapes={region: shapes}, tables={f"square_{tag}um": table})
     sdata.attrs["spatialdata_io_reader"] = "visium_hd"
     return sdata
@@ -327,26 +346,17 @@ def large_stack(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _model(seed, n_types, n_genes, platform_sd)
     side = math.ceil(math.sqrt(n_bins))
-    centre_um = _MARGIN_UM + side * bin_um / 2
+    extent_um = 2 * _MARGIN_UM + side * bin_um
+    g = _Geometry(side, n_bins, bin_um, mpp, *_z_grid((n_sections - 1) * z_step_um, extent_um))
+    opts = {
+        "cells_per_bin": cells_per_bin,
+        "n_features": n_features,
+        "feature_noise": feature_noise,
+        "image": image,
+        "chunk_rows": chunk_rows,
+    }
     for i, p in enumerate(paths):
-        mat = _rigid(seed, i, max_angle, max_shift_um, centre_um, mpp)
-        sdata = _section(
-            i,
-            seed=seed,
-            model=model,
-            side=side,
-            n_bins=n_bins,
-            bin_um=bin_um,
-            mpp=mpp,
-            z01=i / max(n_sections - 1, 1),
-            mat=mat,
-            cells_per_bin=cells_per_bin,
-            n_features=n_features,
-            feature_noise=feature_noise,
-            image=image,
-            dataset_id=dataset_id,
-            chunk_rows=chunk_rows,
-            z_um=float(i * z_step_um),
-        )
+        mat = _rigid(seed, i, max_angle, max_shift_um, _MARGIN_UM + side * bin_um / 2, mpp)
+        sdata = _section(i, seed, model, g, mat, float(i * z_step_um), {**opts, "cs": f"{dataset_id}_S{i}"})
         sdata.write(p, overwrite=overwrite)
     return paths
