@@ -102,8 +102,8 @@ def mapping(
     n = len(types) + int(has_cells)
     lim = data_limits(ctx.coords)
     # as tall as the data at the panels' width (after the figure is fitted to the page): no empty bands
-    panel = aspect_panel(4.4, (lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), min(ncols, n))
-    fig, axs, own = panels(ax, n, ncols=ncols, panel=panel, figsize=figsize, dpi=dpi, what="fractions, cells")
+    cell = aspect_panel(4.4, (lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), min(ncols, n))
+    fig, axs, own = panels(ax, n, ncols=ncols, panel=cell, figsize=figsize, dpi=dpi, what="fractions, cells")
     panel = resolve(plot_data, ctx.table_key, coordinate_system=None if ctx.sdata is None else ctx.coordinate_system)
     for a, t in zip(axs, types, strict=False):
         draw(a, panel, columns[t], image_key=image_key, cmap=cmap, title=t, label="fraction of cells")
