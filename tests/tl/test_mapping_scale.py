@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata as sd
 from scipy import sparse
 
 import stmap as st
@@ -128,3 +129,32 @@ class TestSparsePlacement:
             zip(b.row.tolist(), b.col.tolist(), strict=True)
         )
         np.testing.assert_allclose(rec[True].toarray(), rec[False].toarray(), atol=1e-4)
+
+
+class TestMemorySafety:
+    def test_refuses_before_computing(self, tissue, monkeypatch):
+        from stmap.tl._mapping import _memory
+
+        monkeypatch.setattr(_memory, "available_bytes", lambda: 1e6)
+        sdata = sd.deepcopy(tissue)
+        ref = sdata.tables["cells"].copy()
+        monkeypatch.setattr(warnings, "showwarning", lambda *a, **k: None)
+        with pytest.raises(st.StmapInputError, match=r"genes='markers'.*n_markers"):
+            st.tl.map_cells(sdata, ref, table_key="spots", cells_per_spot="n_cells")
+        assert "stmap_cell_type_fractions" not in sdata.tables["spots"].obsm and "spots_cells" not in sdata.tables
+        assert "stmap_mapping" not in ref.obsm
+
+    def test_estimate_grows_with_what_is_placed(self, tissue):
+        from stmap.tl._mapping import _memory
+        from stmap.tl._mapping._prepare import prepare_inputs
+
+        ctx = st._core.resolve(tissue, "spots")
+        kw = {"cell_type_key": TYPES_KEY, "genes": None, "n_markers": 100, "layer": None, "sc_layer": None}
+        inp = prepare_inputs(ctx, tissue.tables["cells"], cells_per_spot="n_cells", **kw)
+        one = _memory.estimate_peak_bytes(inp, mode="regular", mean_cells=None, large=False)
+        placed = int(inp.n_given.sum())
+        inp.n_given = inp.n_given * 2  # twice the cells per spot: a placed-cells table twice as long
+        two = _memory.estimate_peak_bytes(inp, mode="regular", mean_cells=None, large=False)
+        per_cell = inp.Xc.nnz / inp.Xc.shape[0] * 8  # float32 values and int32 indices of a reference row
+        assert two["results"] - one["results"] == pytest.approx(placed * (per_cell + 200))
+        assert two["placement"] == one["placement"] and two["composition"] == one["composition"]

@@ -305,6 +305,7 @@ def fill_slots(
     budget_bytes: float = 64e6,
     max_rounds: int = 4,
     fill: bool = True,
+    exact_limit: float = 1e7,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Assign rows to columns, best scores first, under row capacities and column demands.
 
@@ -333,9 +334,11 @@ def fill_slots(
     max_rounds
         Repair rounds on the residual problem.
     fill
-        Fill every open slot at the end with any free row (``True``), or leave demands as upper bounds. With unit
-        row capacities and enough rows, the filled assignment is then made optimal on the graph of the candidates
-        and the pairs assigned (scipy's sparse Jonker-Volgenant matching).
+        Fill every open slot at the end with any free row (``True``), or leave demands as upper bounds.
+    exact_limit
+        With unit row capacities, enough rows and at most this many rows x slots (as
+        :func:`capacity_assign`), the filled assignment is made optimal on the graph of the candidates and the
+        pairs assigned (scipy's sparse Jonker-Volgenant matching; its time is hard to bound on large graphs).
 
     Returns
     -------
@@ -371,7 +374,8 @@ def fill_slots(
     ar, ac = _repair(score, pair_score, state, k=ks, budget_bytes=budget_bytes, max_rounds=max_rounds)
     if fill and col_cap.sum() > 0:
         ar, ac = _fill_rest(ar, ac, row_cap, col_cap, col_cap.size)
-    unit = fill and row_cap0.max() <= 1 and demand.sum() <= row_cap0.sum()
+    small = float(rows.size) * int(demand.sum()) <= exact_limit
+    unit = fill and small and row_cap0.max() <= 1 and demand.sum() <= row_cap0.sum()
     best = _optimum_unit((r, c, s), ar, ac, demand, pair_score or _block_pairs(score)) if unit else None
     if best is not None:
         ar, ac = best

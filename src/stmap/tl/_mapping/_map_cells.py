@@ -28,11 +28,12 @@ from stmap._core import _logging as logg
 from stmap._core._names import check_name
 
 from ._composition import fit_composition
-from ._place import place_cells
+from ._memory import check_memory
+from ._place import place_cells, sparse_path
 from ._prepare import prepare_inputs
 from ._single_cell import singlet_labels
 from ._slots import cells_per_spot as spot_cell_numbers
-from ._slots import make_slots
+from ._slots import make_slots, mean_cells_prior
 from ._validate import check_reference
 from ._write import reference_results, run_record, write_cells_table, write_reference, write_spots
 
@@ -237,7 +238,8 @@ def map_cells(
     StmapInputError
         Invalid parameters, no or too few shared genes, missing cell types, NaN/infinite/negative or non-numeric
         counts, normalised ``X`` without ``layers['counts']``, reference cells (or every spot) without counts on the
-        mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative. Nothing is written.
+        mapping genes, duplicated names, ``cells_per_spot`` of the wrong length or negative, or a run whose estimated
+        peak memory exceeds the memory available (the message names what makes it smaller). Nothing is written.
         Spots without counts on the mapping genes (empty Visium HD bins, Xenium cells without panel counts) are not
         an error: they get no cells and NaN fractions, with a warning.
     """
@@ -256,6 +258,8 @@ def map_cells(
         layer=layer,
         sc_layer=sc_layer,
     )
+    mean_cells = mean_cells_per_spot if mean_cells_per_spot is not None else mean_cells_prior(ctx, log=False)
+    check_memory(inp, mode=mode, mean_cells=mean_cells, large=sparse_path(inp))  # refuse before computing
     dev = resolve_device(device)
     gen = seed_everything(seed)
     with torch_threads():

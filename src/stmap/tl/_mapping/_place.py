@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from ._composition import Composition
     from ._prepare import MappingInputs
 
-__all__ = ["Placement", "place_cells", "LARGE_WORK"]
+__all__ = ["Placement", "place_cells", "sparse_path", "LARGE_WORK", "LARGE_ENTRIES"]
 
 #: Above this many scores per round (reference cells x spots needing their type x genes, summed over types) the
 #: placement takes the sparse path: candidates from features projected on their leading components, exact scores
 #: for the candidates only, counts and expected counts kept at the spots' non-zeros (:mod:`._place_large`).
 LARGE_WORK = 5e10
+#: ... or above this many fitted spots x genes (the exact path holds ~6 dense float32 arrays of that size).
+LARGE_ENTRIES = 2.5e7
 
 _Assigned = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -108,10 +110,20 @@ class _DenseState:
         return capacity_assign(score, np.full(cells_t.size, row_cap, dtype=np.int64), demand, k=k)
 
 
-def _type_work(inp: MappingInputs, slots: np.ndarray) -> float:
-    """Scores the exact placement computes per round: cells x spots needing the type x genes, summed over types."""
+def _type_work(inp: MappingInputs, slots: np.ndarray | None) -> float:
+    """Scores the exact placement computes per round: cells x spots needing the type x genes, summed over types.
+
+    Without ``slots``, the most it can be (every spot needs every type).
+    """
+    if slots is None:
+        return float(inp.codes.size) * inp.Y.shape[0] * len(inp.genes)
     n_c = np.bincount(inp.codes, minlength=inp.n_types).astype(float)
     return float((n_c * (slots > 0).sum(axis=0)).sum() * len(inp.genes))
+
+
+def sparse_path(inp: MappingInputs, slots: np.ndarray | None = None) -> bool:
+    """Whether the placement takes the sparse path (:data:`LARGE_WORK`, :data:`LARGE_ENTRIES`)."""
+    return _type_work(inp, slots) > LARGE_WORK or float(inp.Y.shape[0]) * len(inp.genes) > LARGE_ENTRIES
 
 
 def place_cells(
@@ -126,13 +138,14 @@ def place_cells(
 ) -> Placement:
     """Fill the slots ``(n_fitted, n_types)``; a reference cell of type ``t`` fills at most ``row_cap[t]`` of them.
 
-    Problems above :data:`LARGE_WORK` scores per round take the sparse path (:mod:`._place_large`).
+    Problems above :data:`LARGE_WORK` scores per round or :data:`LARGE_ENTRIES` spots x genes take the sparse
+    path (:mod:`._place_large`).
     """
     from tqdm.auto import tqdm
 
     from ._place_large import SparseState  # numba kernels: imported on first use
 
-    state = SparseState(inp, comp) if _type_work(inp, slots) > LARGE_WORK else _DenseState(inp, comp)
+    state = SparseState(inp, comp) if sparse_path(inp, slots) else _DenseState(inp, comp)
     placed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     cands: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     active = [t for t in range(inp.n_types) if slots[:, t].sum() > 0]

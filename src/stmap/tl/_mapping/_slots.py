@@ -28,12 +28,13 @@ _CELL_AREA_UM2 = 150.0
 _DEFAULT_MEAN_CELLS = 5.0
 
 
-def mean_cells_prior(ctx: TableContext) -> float:
+def mean_cells_prior(ctx: TableContext, *, log: bool = True) -> float:
     """Mean cells per spot from the spot area (one cell per 150 um^2), else 5 (logged)."""
     d = ctx.diameters
     um = ctx.um_per_unit
     if d is None or um is None:
-        logg.info(f"    no spot size in micrometres: assuming {_DEFAULT_MEAN_CELLS:g} cells per spot on average")
+        if log:
+            logg.info(f"    no spot size in micrometres: assuming {_DEFAULT_MEAN_CELLS:g} cells per spot on average")
         return _DEFAULT_MEAN_CELLS
     area = np.pi * (np.median(d) * um / 2.0) ** 2
     return max(1.0, float(area / _CELL_AREA_UM2))
