@@ -114,13 +114,12 @@ def _positions_in_spots(ps: np.ndarray, coords: np.ndarray, radius: np.ndarray, 
     sizes = np.diff(np.r_[starts, ps.size])
     rot = np.asarray(gen.uniform(0, 2 * np.pi, size=coords.shape[0]))
     golden = np.pi * (3.0 - np.sqrt(5.0))
-    for s0, k in zip(starts, sizes, strict=True):
-        j = ps[s0]
-        i = np.arange(k)
-        r = 0.9 * radius[j] * np.sqrt((i + 0.5) / k)
-        a = rot[j] + i * golden
-        xy[s0 : s0 + k, 0] = coords[j, 0] + r * np.cos(a)
-        xy[s0 : s0 + k, 1] = coords[j, 1] + r * np.sin(a)
+    i = np.arange(ps.size) - np.repeat(starts, sizes)  # rank of each cell in its spot
+    k = np.repeat(sizes, sizes)
+    r = 0.9 * radius[ps] * np.sqrt((i + 0.5) / k)
+    a = rot[ps] + i * golden
+    xy[:, 0] = coords[ps, 0] + r * np.cos(a)
+    xy[:, 1] = coords[ps, 1] + r * np.sin(a)
     return xy
 
 
