@@ -13,7 +13,7 @@ from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
 from stmap._core._params import Instance, Interval, validate_params
 
-from ._utils import PLOT_PARAMS, aspect_panel, data_limits, finish, panels
+from ._utils import PLOT_PARAMS, data_limits, finish, panels
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -95,8 +95,8 @@ def ctr(
 
     what = "probability, call, labels"
     lim = data_limits(ctx.coords)
-    # as tall as the data at the panels' width (after the figure is fitted to the page): no empty bands
-    panel = aspect_panel(4.6, (lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), min(ncols, len(panel_list)))
+    aspect = float(np.clip((lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), 0.2, 5.0))
+    panel = (4.6, 3.0 * aspect + 1.0)  # axes ~3 in wide beside a legend, as tall as the data: no empty bands
     fig, axs, own = panels(ax, len(panel_list), ncols=ncols, panel=panel, figsize=figsize, dpi=dpi, what=what)
     for a, (color, title, kw) in zip(axs, panel_list, strict=True):
         draw(a, ctx, color, image_key=image_key, size=size, title=title, **kw)

@@ -13,7 +13,7 @@ from stmap._core import Key, StmapInputError, inject_docs, is_spatialdata, resol
 from stmap._core._params import Instance, Interval, validate_params
 
 from ._spatial import draw
-from ._utils import PLOT_PARAMS, aspect_panel, data_limits, finish, panels
+from ._utils import PLOT_PARAMS, data_limits, finish, panels
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -101,8 +101,8 @@ def mapping(
 
     n = len(types) + int(has_cells)
     lim = data_limits(ctx.coords)
-    # as tall as the data at the panels' width (after the figure is fitted to the page): no empty bands
-    cell = aspect_panel(4.4, (lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), min(ncols, n))
+    aspect = float(np.clip((lim[3] - lim[2]) / max(lim[1] - lim[0], 1e-9), 0.2, 5.0))
+    cell = (4.4, 2.8 * aspect + 1.0)  # axes ~2.8 in wide beside a colour bar, as tall as the data: no empty bands
     fig, axs, own = panels(ax, n, ncols=ncols, panel=cell, figsize=figsize, dpi=dpi, what="fractions, cells")
     panel = resolve(plot_data, ctx.table_key, coordinate_system=None if ctx.sdata is None else ctx.coordinate_system)
     for a, t in zip(axs, types, strict=False):

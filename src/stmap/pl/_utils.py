@@ -109,20 +109,6 @@ def fit_width(width: float, height: float) -> tuple[float, float]:
     return width * scale, height * scale
 
 
-def aspect_panel(
-    width: float, aspect: float, ncols: int, *, beside: float = 1.6, above: float = 1.0
-) -> tuple[float, float]:
-    """Default ``(width, height)`` of a panel whose Axes show data of ``aspect`` (height / width) at equal scale.
-
-    ``beside`` inches of a panel go to tick labels and a colour bar or legend, ``above`` to the title and x label;
-    the height is chosen so that the figure, once :func:`fit_width` scales ``ncols`` panels to :data:`MAX_WIDTH`,
-    has no empty band between rows.
-    """
-    scale = min(1.0, MAX_WIDTH / (width * max(int(ncols), 1)))
-    axes_w = max(width * scale - beside, 0.5)
-    return width, (axes_w * float(np.clip(aspect, 0.2, 5.0)) + above) / scale
-
-
 def finish(fig: Figure, axes: Any, *, own: bool, save: str | Path | None, show: bool | None, dpi: float | None) -> Any:
     """Save ``fig`` if asked, then show it, close it or hand back ``axes`` (scanpy's ``savefig_or_show`` rules).
 
