@@ -133,13 +133,13 @@ def tokens(net: Any, T: Any, p: Any, size: int) -> Any:
     return torch.cat(out, 0)
 
 
-def predict(net: Any, T: Any, p: Any, size: int, key: np.ndarray | None = None) -> Any:
-    """The mixed prediction for every spot, ``size`` nearby target spots at a time (eval mode, no gradients)."""
+def predict(net: Any, T: Any, p: Any, size: int, targets: np.ndarray, key: np.ndarray | None = None) -> Any:
+    """The mixed prediction at ``targets`` (other rows 0), ``size`` nearby targets at a time (eval, no gradients)."""
     import torch
 
     lv = tokens(net, T, p, size)
-    out = torch.empty_like(p)
-    order = np.arange(len(p)) if key is None else np.argsort(key, kind="stable")
+    out = torch.zeros_like(p)
+    order = targets if key is None else targets[np.argsort(key[targets], kind="stable")]
     for idx in chunks(order, size):
         idx = np.sort(idx)
         out[torch.as_tensor(idx, device=T.dev)] = forward(net, T, p, batch(T.graphs, idx, T.dev), lv, mix=True)[0]

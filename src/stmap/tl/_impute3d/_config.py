@@ -49,6 +49,7 @@ class TrainParams:
     n_masks_batched: int = 2  # in batches each step samples its targets anew: a few masks suffice
     batch_size: int | None = None
     batch_runs: int = 4  # compact regions per training batch
+    prior_max_rows: int = 50_000  # in batches, the histology prior is fitted on at most this many spots
     use_histology_prior: bool = True
     holdout_fraction: float = 0.25
     mix_shrink: float = 10.0

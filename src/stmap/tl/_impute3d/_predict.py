@@ -17,8 +17,8 @@ def predict_arrays(
     """The prediction for every spot on the target scale (measured spots keep their own values).
 
     ``batch_size=None``: the whole graph at once, each source alone left in ``model.sources`` (diagnostics). Otherwise
-    ``batch_size`` target spots at a time with their graph neighbours (the same numbers to float32 round-off, float32
-    output, ``model.sources`` left ``None``).
+    the unmeasured spots, ``batch_size`` at a time with their graph neighbours (the same numbers to float32
+    round-off, float32 output, ``model.sources`` left ``None``).
     """
     import torch
 
@@ -30,7 +30,8 @@ def predict_arrays(
         if lean:
             from ._batch import predict
 
-            pred = predict(net, T, p, int(batch_size), pb.key).cpu().numpy()
+            unmeasured = np.flatnonzero(~pb.measured)  # measured spots keep their own values: not predicted
+            pred = predict(net, T, p, int(batch_size), unmeasured, pb.key).cpu().numpy()
             model.sources = None
             pred *= model.std.astype(np.float32)
             pred += model.mean.astype(np.float32)

@@ -77,6 +77,23 @@ class Inputs:
     has: np.ndarray | None
     computed: Computed | None
 
+    def check_memory(self, gp: GraphParams, batch_size: int | None) -> None:
+        """Refuse, naming the knob, when the run would not fit in the available memory (before building anything)."""
+        from ._memory import check_memory
+
+        k = (gp.k_similar, gp.k_spatial)
+        g = gp.graph
+        check_memory(
+            self.xyz,
+            self.codes,
+            self.radius,
+            len(self.genes),
+            graph=g,
+            disc_scale=gp.disc_scale,
+            k=k,
+            batch_size=batch_size,
+        )
+
     def problem(self, gp: GraphParams) -> Problem:
         """The problem on arrays (standardised features, the graph) for the graph parameters ``gp``."""
         return problem(self.Y, self.measured, self.xyz, self.codes, self.radius, self.levels, self.has, gp)

@@ -7,11 +7,17 @@ from typing import Any
 import numpy as np
 
 
-def ridge_prior(X: np.ndarray, Z: np.ndarray, train: np.ndarray) -> dict[str, Any]:
-    """Linear histology prior: ridge of ``Z`` on ``X`` fitted on ``train`` rows (penalty by efficient LOO)."""
+def ridge_prior(X: np.ndarray, Z: np.ndarray, train: np.ndarray, max_rows: int | None = None) -> dict[str, Any]:
+    """Linear histology prior: ridge of ``Z`` on ``X`` fitted on ``train`` rows (penalty by efficient LOO).
+
+    ``max_rows``: fit on at most this many of them (a seeded random subset; a few features need few spots).
+    """
     from sklearn.linear_model import RidgeCV
 
-    full = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(X[train], Z[train])
+    rows = np.flatnonzero(train)
+    if max_rows is not None and len(rows) > max_rows:
+        rows = np.sort(np.random.default_rng(0).choice(rows, size=max_rows, replace=False))
+    full = RidgeCV(alphas=np.logspace(0, 5, 11)).fit(X[rows], Z[rows])
     fit = {"coef": full.coef_.T.astype(np.float64), "intercept": np.asarray(full.intercept_, dtype=np.float64)}
     fit["alpha"] = float(full.alpha_)
     return fit

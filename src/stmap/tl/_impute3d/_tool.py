@@ -236,8 +236,9 @@ def train_impute_3d(
     ------
     StmapInputError
         No measured spot, a single section, unknown genes/keys, features of the wrong shape, measured counts that are
-        NaN/infinite, negative or non-numeric, a normalised ``X`` without ``layers['counts']``, or a parameter of the
-        wrong type or out of range.
+        NaN/infinite, negative or non-numeric, a normalised ``X`` without ``layers['counts']``, a parameter of the
+        wrong type or out of range, or a run that would not fit in the available memory (estimated before anything
+        is built; the message names the knobs: ``genes``, ``disc_scale``, ``batch_size``, ``graph``).
 
     See Also
     --------
@@ -277,6 +278,7 @@ def train_impute_3d(
         spatial_key=spatial_key,
     )
     start = logg.info(f"train_impute_3d: {int(inp.measured.sum())} measured spots, {len(inp.genes)} genes")
+    inp.check_memory(gp, batch_size)
     pb = inp.problem(gp)
     tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=resolve_batch_size(batch_size, pb.n_edges))
     model = _fit(inp, pb, gp, tp, seed, dev, verbose)
@@ -428,7 +430,8 @@ def impute_3d(
 
     ``.layers['imputed']`` (``'<key_added>_imputed'`` for another ``key_added``)
         ``ln((c + 1) / sum(c + 1))`` of the imputed genes for every spot (measured spots: their own values); NaN in
-        the other genes' columns.
+        the other genes' columns. Beyond 2.5 x 10^8 values (spots x genes of the table) a lazy dask array, computed
+        block by block when read or written.
     ``.obsm[key_added]``
         The same for the imputed genes only (DataFrame, columns = genes).
     ``.obs[key_added + '_measured']``
@@ -495,6 +498,7 @@ def impute_3d(
         gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
+    inp.check_memory(gp, batch_size)
     pb = inp.problem(gp)
     bs = resolve_batch_size(batch_size, pb.n_edges)
     if model is None:

@@ -21,14 +21,20 @@ def _holdout(measured: np.ndarray, fraction: float, rng: np.random.Generator) ->
 
 
 def _honest_prior(
-    pb: Problem, Z: np.ndarray, prior_fit: dict | None, T: Tensors, hold: np.ndarray, rest_mask: np.ndarray
+    pb: Problem,
+    Z: np.ndarray,
+    prior_fit: dict | None,
+    T: Tensors,
+    hold: np.ndarray,
+    rest_mask: np.ndarray,
+    tp: TrainParams,
 ) -> Any:
     """The prior the mix sees on the held-out spots: refitted without them (when there are enough other spots)."""
     import torch
 
     if prior_fit is None or pb.feat_cat is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
         return T.prior
-    fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask)
+    fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask, tp.prior_max_rows if T.batch_size else None)
     p = (
         apply_prior(fit, pb.feat_cat, pb.has, Z.shape)
         if T.batch_size is None
@@ -141,7 +147,7 @@ def train_arrays(
     Z = standardized(pb, mean, std, lean=tp.batch_size is not None)
     prior_fit = None  # features (feat_cat: every level side by side) on enough measured spots: a ridge prior
     if pb.feat_cat is not None and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10:
-        prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured)
+        prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured, tp.prior_max_rows if tp.batch_size else None)
     T = tensors(pb, Z, prior_fit, gp.propagate, dev, tp.batch_size)
     config: dict[str, Any] = {
         "level_dims": [int(f.shape[1]) for f in pb.levels],
@@ -158,7 +164,7 @@ def train_arrays(
     hold, rest = _holdout(pb.measured, tp.holdout_fraction, rng)
     rest_mask = np.zeros(len(Z), bool)
     rest_mask[rest] = True
-    prior_tr = _honest_prior(pb, Z, prior_fit, T, hold, rest_mask)
+    prior_tr = _honest_prior(pb, Z, prior_fit, T, hold, rest_mask, tp)
     masks = _masks(T, rest, rest_mask, gp, tp, rng)
     step = (
         _step(T, masks, hold, prior_tr, tp)

@@ -16,6 +16,32 @@ from ._prepare import Inputs
 if TYPE_CHECKING:
     from scipy import sparse
 
+#: Above this many values (spots x every gene of the table) the imputed layer is a lazy dask array, computed block by
+#: block (on reading, plotting or writing to zarr) from the imputed genes: NaN in every other column.
+DENSE_LAYER_MAX = 250_000_000
+
+
+def imputed_layer(pred: np.ndarray, gidx: np.ndarray, n_vars: int) -> Any:
+    """``(spots, n_vars)`` float32: ``pred`` in the columns ``gidx``, NaN elsewhere (dask above ``DENSE_LAYER_MAX``)."""
+    n = len(pred)
+    if n * n_vars <= DENSE_LAYER_MAX:
+        full = np.full((n, n_vars), np.nan, dtype=np.float32)
+        full[:, gidx] = pred
+        return full
+    import dask.array as da
+
+    values = np.asarray(pred, dtype=np.float32)
+    rows = max(1, 2**24 // max(n_vars, 1))
+
+    def block(block_info: Any = None) -> np.ndarray:
+        (r0, r1), _ = block_info[None]["array-location"]
+        out = np.full((r1 - r0, n_vars), np.nan, dtype=np.float32)
+        out[:, gidx] = values[r0:r1]
+        return out
+
+    chunks = (tuple(min(rows, n - a) for a in range(0, n, rows)), (n_vars,))
+    return da.map_blocks(block, dtype=np.float32, chunks=chunks)
+
 
 def run_params(inp: Inputs, model: Impute3DModel, gp: GraphParams, *, features_key: str | None, **more: Any) -> dict:
     """``uns[key_added]['params']``: the run's choices, the model's graph and training parameters."""
@@ -52,11 +78,10 @@ def write(
     import pandas as pd
 
     keys = Key.impute_3d(key_added)
-    full = np.full((inp.adata.n_obs, inp.adata.n_vars), np.nan, dtype=np.float32)
-    full[:, inp.gidx] = pred
+    pred32 = np.asarray(pred, dtype=np.float32)
     res = Results(inp.ctx, key_added, params)
-    res.layer(keys.layer, full)
-    res.obsm(keys.key, pd.DataFrame(pred.astype(np.float32), index=inp.adata.obs_names, columns=inp.genes))
+    res.layer(keys.layer, imputed_layer(pred32, inp.gidx, inp.adata.n_vars))
+    res.obsm(keys.key, pd.DataFrame(pred32, index=inp.adata.obs_names, columns=inp.genes, copy=False))
     res.obs(keys.measured, inp.measured)
     if inp.computed is not None and features_key is not None:
         res.obsm(features_key, inp.computed[0])
