@@ -25,6 +25,7 @@ class Problem:
     feat_cat: np.ndarray | None
     graphs: dict[str, sparse.csr_matrix]
     key: np.ndarray | None = None  # space-filling order of the spots in the plane (batches of nearby spots)
+    batch_size: int | None = None  # target spots per batch (``None``: the whole graph at once)
 
     @property
     def n_edges(self) -> int:
@@ -87,8 +88,8 @@ def problem(
 
 def scaling(pb: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and standard deviation (1 where constant) of the target over the measured spots."""
-    mean = pb.Y[pb.measured].mean(0)
-    std = pb.Y[pb.measured].std(0)
+    mean = pb.Y[pb.measured].mean(0, dtype=np.float64)
+    std = pb.Y[pb.measured].std(0, dtype=np.float64)
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
@@ -126,7 +127,14 @@ def standardized(pb: Problem, mean: np.ndarray, std: np.ndarray, *, lean: bool =
 
 
 def tensors(
-    pb: Problem, Z: np.ndarray, prior_fit: dict | None, propagate: bool, dev: Any, batch_size: int | None = None
+    pb: Problem,
+    Z: np.ndarray,
+    prior_fit: dict | None,
+    propagate: bool,
+    dev: Any,
+    batch_size: int | None = None,
+    *,
+    with_prior: bool = True,
 ) -> Tensors:
     """Everything the network reads, on ``dev``; the prior (``prior_fit``) is available where a spot has an image.
 
@@ -138,9 +146,9 @@ def tensors(
         ei, ea, A = edges(pb.graphs, torch)
         ei, ea = ei.to(dev), ea.to(dev)
         prior = apply_prior(prior_fit, pb.feat_cat, pb.has, Z.shape)
-    else:
+    else:  # training in batches reads the prior on held-out spots only (``with_prior=False``)
         ei, ea, A = None, None, adjacency(pb.graphs)
-        prior = apply_prior32(prior_fit, pb.feat_cat, pb.has, Z.shape)
+        prior = apply_prior32(prior_fit, pb.feat_cat, pb.has, Z.shape) if with_prior else None
     avail = np.c_[np.full(len(Z), propagate), pb.has & (prior_fit is not None), np.ones(len(Z), bool)]
     return Tensors(
         Z=Z,
@@ -151,7 +159,7 @@ def tensors(
         A=A,
         Y=torch.as_tensor(Z, dtype=torch.float32, device=dev),
         measured=torch.as_tensor(pb.measured, device=dev),
-        prior=torch.as_tensor(prior, dtype=torch.float32, device=dev),
+        prior=None if prior is None else torch.as_tensor(prior, dtype=torch.float32, device=dev),
         avail=torch.as_tensor(avail, device=dev),
         dev=dev,
         graphs=pb.graphs,

@@ -11,7 +11,7 @@ from stmap._core._constants import Key
 from stmap._core._errors import StmapInputError, unknown_key
 
 from ._arrays import Problem, problem
-from ._config import GraphParams
+from ._config import GraphParams, resolve_batch_size
 from ._features import Computed, read_features, split_levels
 
 if TYPE_CHECKING:
@@ -94,9 +94,17 @@ class Inputs:
             batch_size=batch_size,
         )
 
-    def problem(self, gp: GraphParams) -> Problem:
-        """The problem on arrays (standardised features, the graph) for the graph parameters ``gp``."""
-        return problem(self.Y, self.measured, self.xyz, self.codes, self.radius, self.levels, self.has, gp)
+    def problem(self, gp: GraphParams, batch_size: int | None = None) -> Problem:
+        """The problem on arrays (standardised features, the graph) for the graph parameters ``gp``.
+
+        Its ``batch_size`` is resolved on the built graph (:func:`resolve_batch_size`); in batches the target is kept
+        in float32 (the largest array of a large stack).
+        """
+        pb = problem(self.Y, self.measured, self.xyz, self.codes, self.radius, self.levels, self.has, gp)
+        pb.batch_size = resolve_batch_size(batch_size, pb.n_edges)
+        if pb.batch_size is not None:
+            self.Y = pb.Y = pb.Y.astype(np.float32)
+        return pb
 
 
 def _sections(adata: AnnData, section_key: str) -> tuple[np.ndarray, list[str]]:

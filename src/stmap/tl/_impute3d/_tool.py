@@ -23,7 +23,7 @@ from stmap._core import _logging as logg
 from stmap._core._params import Constraint
 
 from ._arrays import Problem
-from ._config import EDGE_TYPES, GraphParams, TrainParams, graph_params, resolve_batch_size
+from ._config import EDGE_TYPES, GraphParams, TrainParams, graph_params
 from ._model import Impute3DModel
 from ._predict import predict_arrays
 from ._prepare import Inputs, prepare
@@ -279,8 +279,8 @@ def train_impute_3d(
     )
     start = logg.info(f"train_impute_3d: {int(inp.measured.sum())} measured spots, {len(inp.genes)} genes")
     inp.check_memory(gp, batch_size)
-    pb = inp.problem(gp)
-    tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=resolve_batch_size(batch_size, pb.n_edges))
+    pb = inp.problem(gp, batch_size)
+    tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=pb.batch_size)
     model = _fit(inp, pb, gp, tp, seed, dev, verbose)
     logg.info("    finished", time=start, deep=f"trained on {len(inp.genes)} genes, {epochs} epochs")
     return model
@@ -499,16 +499,14 @@ def impute_3d(
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
     inp.check_memory(gp, batch_size)
-    pb = inp.problem(gp)
-    bs = resolve_batch_size(batch_size, pb.n_edges)
+    pb = inp.problem(gp, batch_size)
     if model is None:
-        model = _fit(
-            inp, pb, gp, TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=bs), seed, dev, verbose
-        )
+        tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=pb.batch_size)
+        model = _fit(inp, pb, gp, tp, seed, dev, verbose)
     with torch_threads():
-        pred = predict_arrays(pb, model, gp, dev=dev, batch_size=bs)
+        pred = predict_arrays(pb, model, gp, dev=dev, batch_size=pb.batch_size)
     params = run_params(
-        inp, model, gp, features_key=features_key, device=str(dev), pretrained=pretrained, batch_size=bs
+        inp, model, gp, features_key=features_key, device=str(dev), pretrained=pretrained, batch_size=pb.batch_size
     )
     out, written = write(inp, pred, pb.graphs, model, params, features_key=features_key, key_added=key_added, copy=copy)
     logg.info("    finished", time=start, deep=f"added {written}")

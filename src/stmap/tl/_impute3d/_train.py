@@ -29,17 +29,22 @@ def _honest_prior(
     rest_mask: np.ndarray,
     tp: TrainParams,
 ) -> Any:
-    """The prior the mix sees on the held-out spots: refitted without them (when there are enough other spots)."""
+    """The prior the mix sees on the held-out spots: refitted without them (when there are enough other spots).
+
+    In batches: ``(held-out spots sorted, their prior)``, the prior on those spots only.
+    """
     import torch
 
-    if prior_fit is None or pb.feat_cat is None or not len(hold) or (pb.has & rest_mask).sum() < 10:
+    refit = prior_fit is not None and pb.feat_cat is not None and len(hold) and (pb.has & rest_mask).sum() >= 10
+    if T.batch_size is not None:
+        ids = np.sort(hold)
+        fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask, tp.prior_max_rows) if refit else prior_fit
+        X = None if pb.feat_cat is None else pb.feat_cat[ids]
+        vals = apply_prior32(fit, X, pb.has[ids], (len(ids), Z.shape[1]))
+        return ids, torch.as_tensor(vals, device=T.dev)
+    if not refit:
         return T.prior
-    fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask, tp.prior_max_rows if T.batch_size else None)
-    p = (
-        apply_prior(fit, pb.feat_cat, pb.has, Z.shape)
-        if T.batch_size is None
-        else apply_prior32(fit, pb.feat_cat, pb.has, Z.shape)
-    )
+    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)
     return torch.as_tensor(p, dtype=torch.float32, device=T.dev)
 
 
@@ -113,7 +118,8 @@ def _batch_step(
         p = masks[k][1]
         _, out, per_level = forward(net, T, p, batch(T.graphs, np.concatenate([bm, bh]), T.dev))
         n, h_t = len(bm), torch.as_tensor(bh, device=T.dev)
-        h = (p[h_t], prior_tr[h_t], out[n:], T.avail[h_t], T.Y[h_t]) if len(bh) else None
+        prior_h = prior_tr[1][torch.as_tensor(np.searchsorted(prior_tr[0], bh), device=T.dev)]
+        h = (p[h_t], prior_h, out[n:], T.avail[h_t], T.Y[h_t]) if len(bh) else None
         return _loss(net, out[:n], [pl[:n] for pl in per_level], T.Y[torch.as_tensor(bm, device=T.dev)], h, tp)
 
     return step
@@ -148,7 +154,7 @@ def train_arrays(
     prior_fit = None  # features (feat_cat: every level side by side) on enough measured spots: a ridge prior
     if pb.feat_cat is not None and tp.use_histology_prior and (pb.has & pb.measured).sum() >= 10:
         prior_fit = ridge_prior(pb.feat_cat, Z, pb.has & pb.measured, tp.prior_max_rows if tp.batch_size else None)
-    T = tensors(pb, Z, prior_fit, gp.propagate, dev, tp.batch_size)
+    T = tensors(pb, Z, prior_fit, gp.propagate, dev, tp.batch_size, with_prior=tp.batch_size is None)
     config: dict[str, Any] = {
         "level_dims": [int(f.shape[1]) for f in pb.levels],
         "n_genes": int(Z.shape[1]),
