@@ -142,6 +142,7 @@ def tensors(
     """
     import torch
 
+    prior: np.ndarray | None
     if batch_size is None:
         ei, ea, A = edges(pb.graphs, torch)
         ei, ea = ei.to(dev), ea.to(dev)

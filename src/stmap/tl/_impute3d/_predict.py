@@ -27,11 +27,11 @@ def predict_arrays(
     net = model.net.to(dev).eval()
     with torch.no_grad():
         p = propagated(T, pb.measured, gp)
-        if lean:
+        if batch_size is not None:
             from ._batch import predict
 
             unmeasured = np.flatnonzero(~pb.measured)  # measured spots keep their own values: not predicted
-            pred = predict(net, T, p, int(batch_size), unmeasured, pb.key).cpu().numpy()
+            pred = predict(net, T, p, batch_size, unmeasured, pb.key).cpu().numpy()
             model.sources = None
             pred *= model.std.astype(np.float32)
             pred += model.mean.astype(np.float32)

@@ -35,16 +35,16 @@ def _honest_prior(
     """
     import torch
 
-    refit = prior_fit is not None and pb.feat_cat is not None and len(hold) and (pb.has & rest_mask).sum() >= 10
+    X = pb.feat_cat
+    refit = X is not None and prior_fit is not None and len(hold) > 0 and (pb.has & rest_mask).sum() >= 10
     if T.batch_size is not None:
         ids = np.sort(hold)
-        fit = ridge_prior(pb.feat_cat, Z, pb.has & rest_mask, tp.prior_max_rows) if refit else prior_fit
-        X = None if pb.feat_cat is None else pb.feat_cat[ids]
-        vals = apply_prior32(fit, X, pb.has[ids], (len(ids), Z.shape[1]))
+        fit = ridge_prior(X, Z, pb.has & rest_mask, tp.prior_max_rows) if refit and X is not None else prior_fit
+        vals = apply_prior32(fit, None if X is None else X[ids], pb.has[ids], (len(ids), Z.shape[1]))
         return ids, torch.as_tensor(vals, device=T.dev)
-    if not refit:
+    if not refit or X is None:
         return T.prior
-    p = apply_prior(ridge_prior(pb.feat_cat, Z, pb.has & rest_mask), pb.feat_cat, pb.has, Z.shape)
+    p = apply_prior(ridge_prior(X, Z, pb.has & rest_mask), X, pb.has, Z.shape)
     return torch.as_tensor(p, dtype=torch.float32, device=T.dev)
 
 
