@@ -59,6 +59,20 @@ class _Field:
         return out
 
 
+def _section_spots(
+    rng: np.random.Generator, i: int, grid: int, spot_spacing: float, extent: float, centre: np.ndarray
+) -> np.ndarray:
+    """Spot centres of section ``i`` in the aligned frame: a shifted lattice inside the section's outline."""
+    shift = rng.uniform(-0.5, 0.5, 2) * spot_spacing
+    lat = np.stack(np.meshgrid(np.arange(grid), np.arange(grid)), -1).reshape(-1, 2) * spot_spacing + shift
+    # an asymmetric outline (ellipse plus a lobe) that changes with depth, so sections can be registered
+    ax = (0.42 + 0.04 * np.sin(i + rng.uniform(0, 1))) * extent
+    lobe = centre + np.array([0.3, 0.28]) * extent
+    inside = (((lat - centre) / np.array([ax, 0.6 * ax])) ** 2).sum(1) <= 1.0
+    inside |= np.linalg.norm(lat - lobe, axis=1) <= (0.2 + 0.02 * np.cos(i)) * extent
+    return lat[inside]
+
+
 def simulate_stack(
     n_sections: int = 5,
     *,
@@ -163,14 +177,7 @@ def simulate_stack(
     for i in range(n_sections):
         name = f"S{i}"
         z = i * z_step
-        shift = rng.uniform(-0.5, 0.5, 2) * spot_spacing
-        lat = np.stack(np.meshgrid(np.arange(grid), np.arange(grid)), -1).reshape(-1, 2) * spot_spacing + shift
-        # an asymmetric outline (ellipse plus a lobe) that changes with depth, so sections can be registered
-        ax = (0.42 + 0.04 * np.sin(i + rng.uniform(0, 1))) * extent
-        lobe = centre + np.array([0.3, 0.28]) * extent
-        inside = (((lat - centre) / np.array([ax, 0.6 * ax])) ** 2).sum(1) <= 1.0
-        inside |= np.linalg.norm(lat - lobe, axis=1) <= (0.2 + 0.02 * np.cos(i)) * extent
-        p = lat[inside]  # aligned frame, um
+        p = _section_spots(rng, i, grid, spot_spacing, extent, centre)  # aligned frame, um
         xyz = np.c_[p, np.full(len(p), z)]
         true_t = _rigid(rng.uniform(-max_angle, max_angle), tuple(rng.uniform(-max_shift, max_shift, 2)))
         inv = np.linalg.inv(true_t)
