@@ -2,12 +2,14 @@
 
 Rows (cells) have capacities, columns (spot slots of one type) demands. The score matrix ``rows x columns`` is never
 held: it is computed in blocks of columns whose size follows a memory budget, and each block leaves two candidate
-sets behind (a numba pass over the block): the best ``k`` rows of every column and (merged across blocks) the best
-``k`` columns of every row. When the block scores are an approximation (e.g. features projected on a few
-components), ``pair_score`` re-scores the union of candidates exactly. The union is sorted once and filled greedily
-(best edges first, capacities decremented; a numba loop). Slots still open are repaired on the residual problem
-(rows with capacity x columns with demand), which is small after the first pass; what is left after that is filled
-with any free row, pairs kept distinct where possible.
+sets behind (numba min-heaps over the block): the best ``k`` rows of every column and (merged across blocks) the
+best ``k`` columns of every row (:func:`search_candidates`). When the block scores are an approximation (e.g. low
+precision products), ``pair_score`` re-scores the union of candidates exactly; candidates found for an earlier,
+similar problem can be given instead of searching. The union is sorted once and filled greedily (best edges first,
+capacities decremented; a numba loop). Slots still open are repaired on the residual problem (rows with capacity x
+columns with demand), which is small after the first pass; what is left after that is filled with any free row,
+pairs kept distinct where possible. Small problems with unit row capacities are then solved optimally on the
+candidate graph (as :func:`~stmap.kernels.capacity_assign` solves them on all pairs).
 
 Cost: one ``rows x columns`` pass of block scores and ``O(E log E)`` for the ``E = k (rows + columns)`` candidate
 edges; memory: the budget plus the edges. The first-pass candidates cover both sides, so a popular row cannot leave

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -90,8 +89,3 @@ def poisson_em_step(
     _step(Y.indptr, Y.indices, Y.data, W, PsT, denom_w, inv_s, want_loss, platform, num_s, loss_parts)
     loss = float(loss_parts.sum()) if want_loss else float("nan")
     return loss, (num_s.sum(axis=0) if platform else None)
-
-
-def threads_for(work: float) -> int:
-    """Threads for ``work`` non-zeros x types: one below a few million (a parallel launch costs more)."""
-    return numba.get_num_threads() if work >= 5e6 else 1

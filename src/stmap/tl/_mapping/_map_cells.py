@@ -150,6 +150,13 @@ def map_cells(
     constraints. No dense ``cells x cells`` matrix is made, and ``cells x spots`` scores only for one block of cells
     of one type at a time.
 
+    At capture-area sizes (a Visium HD area of 650,000 bins, a Xenium section of 500,000 cells, a 100,000-cell
+    reference) the spot counts stay sparse: the composition is fitted on their non-zeros, and the placement keeps
+    expected counts only where spots have counts, finds each type's candidate pairs from bfloat16 score blocks
+    (float32 on CPUs without bfloat16 units) and scores them exactly; refinement rounds re-score the first round's
+    candidates. Smaller problems take the exact dense path. A run whose estimated peak memory exceeds the memory
+    available is refused before computing, with the settings that make it smaller.
+
     Parameters
     ----------
     {sdata}
