@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+
+# The notebooks' kernels inherit this environment: a non-interactive MPLBACKEND (CI exports Agg for the tests) would
+# stop ipykernel from choosing its inline backend, and the executed tutorials would have no figures.
+os.environ.pop("MPLBACKEND", None)
 from datetime import datetime
 from importlib.metadata import metadata
 from pathlib import Path

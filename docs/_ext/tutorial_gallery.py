@@ -110,6 +110,20 @@ def _image_outputs(notebook: Path) -> list[bytes]:
     return images
 
 
+def _html_images(page: Path) -> list[bytes]:
+    """PNG outputs of a built page, in page order (when the executed notebook is not on disk yet)."""
+    import re
+
+    if not page.is_file():
+        return []
+    out = []
+    for src in re.findall(r'<img[^>]+src="([^"]+\.png)"', page.read_text(encoding="utf-8")):
+        f = (page.parent / src).resolve()
+        if "_images" in f.parts and f.is_file():
+            out.append(f.read_bytes())
+    return out
+
+
 def _write_thumbnails(app, exception) -> None:
     if exception is not None or app.builder.format != "html":
         return
@@ -122,6 +136,8 @@ def _write_thumbnails(app, exception) -> None:
     for docname in sorted({d for docs in app.env.domaindata.get("stmap_gallery", {}).values() for d in docs}):
         notebook = executed / f"{docname}.ipynb"
         images = _image_outputs(notebook) if notebook.is_file() else []
+        if not images:  # a fresh build: read the figures from the written page
+            images = _html_images(Path(app.outdir) / f"{docname}.html")
         index = choice.get(docname, 0)
         if not images or index >= len(images):
             logger.warning(f"tutorial-gallery: no figure {index} in the executed notebook of {docname!r}")
@@ -149,6 +165,6 @@ def setup(app):
     app.add_directive("tutorial-gallery", TutorialGallery)
     app.connect("env-purge-doc", _purge)
     app.connect("env-merge-info", _merge)
-    app.connect("build-finished", _write_thumbnails)
+    app.connect("build-finished", _write_thumbnails, priority=900)  # after myst-nb has written its outputs
     app.connect("html-page-context", _notebook_download, priority=400)  # before the book theme builds its menu
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -345,7 +345,7 @@ def fill_slots(
     Returns
     -------
     ``(rows, cols)`` of the assigned pairs, and the first-pass candidates ``(rows, cols, scores)`` (exact scores;
-    :func:`row_top` keeps the best of each row).
+    ``row_top`` keeps the best of each row).
 
     Examples
     --------

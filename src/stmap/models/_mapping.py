@@ -29,7 +29,7 @@ SPARSE_MIN_ENTRIES = 5e7
 
 @dataclass
 class PoissonDeconvolution:
-    """Result of :func:`fit_poisson_deconvolution`.
+    """Result of :func:`~stmap.models.fit_poisson_deconvolution`.
 
     Attributes
     ----------
