@@ -5,19 +5,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 #: Edge types of the 3D spot graph, in the order of the network's edge-type code.
 EDGE_TYPES = ("overlap", "similarity", "spatial")
 #: ``batch_size=None``: graphs of at most this many edges (all types) train and predict as a whole, at once.
 FULL_GRAPH_MAX_EDGES = 1_000_000
-#: ``batch_size=None`` on larger graphs: target spots per training step and per prediction batch.
-DEFAULT_BATCH_SIZE = 4096
+#: ``batch_size=None`` on larger graphs: target spots per training step (and prediction batch) such that a batch
+#: reads about this many edges (the network's time and memory per step), between the bounds below.
+DEFAULT_BATCH_EDGES = 200_000
+BATCH_SIZE_BOUNDS = (256, 4096)
 
 
-def resolve_batch_size(batch_size: int | None, n_edges: int) -> int | None:
+def resolve_batch_size(batch_size: int | None, n_edges: int, n_spots: int) -> int | None:
     """The batch size to use: ``None`` (the whole graph at once) or a number of target spots."""
     if batch_size is not None:
         return int(batch_size)
-    return None if n_edges <= FULL_GRAPH_MAX_EDGES else DEFAULT_BATCH_SIZE
+    if n_edges <= FULL_GRAPH_MAX_EDGES:
+        return None
+    lo, hi = BATCH_SIZE_BOUNDS
+    return int(np.clip(DEFAULT_BATCH_EDGES * n_spots // max(n_edges, 1), lo, hi))
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def check_memory(
 ) -> None:
     """Raise before anything heavy when the estimated peak exceeds the available memory (or ``limit`` bytes)."""
     n_edges = estimate_edges(xyz, codes, radius, graph, disc_scale, k)
-    tp = TrainParams(batch_size=resolve_batch_size(batch_size, int(n_edges)))
+    tp = TrainParams(batch_size=resolve_batch_size(batch_size, int(n_edges), len(xyz)))
     parts = estimate_bytes(len(xyz), n_genes, n_edges, tp)
     need, have = sum(parts.values()), available_bytes() if limit is None else float(limit)
     if need <= have:

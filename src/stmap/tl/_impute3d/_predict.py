@@ -17,7 +17,7 @@ def predict_arrays(
     """The prediction for every spot on the target scale (measured spots keep their own values).
 
     ``batch_size=None``: the whole graph at once, each source alone left in ``model.sources`` (diagnostics). Otherwise
-    the unmeasured spots, ``batch_size`` at a time with their graph neighbours (the same numbers to float32
+    the unmeasured spots, ``2 * batch_size`` at a time with their graph neighbours (the same numbers to float32
     round-off, float32 output, ``model.sources`` left ``None``).
     """
     import torch
@@ -31,7 +31,7 @@ def predict_arrays(
             from ._batch import predict
 
             unmeasured = np.flatnonzero(~pb.measured)  # measured spots keep their own values: not predicted
-            pred = predict(net, T, p, batch_size, unmeasured, pb.key).cpu().numpy()
+            pred = predict(net, T, p, 2 * batch_size, unmeasured, pb.key).cpu().numpy()  # no gradients kept
             model.sources = None
             pred *= model.std.astype(np.float32)
             pred += model.mean.astype(np.float32)

@@ -101,7 +101,7 @@ class Inputs:
         in float32 (the largest array of a large stack).
         """
         pb = problem(self.Y, self.measured, self.xyz, self.codes, self.radius, self.levels, self.has, gp)
-        pb.batch_size = resolve_batch_size(batch_size, pb.n_edges)
+        pb.batch_size = resolve_batch_size(batch_size, pb.n_edges, len(pb.measured))
         if pb.batch_size is not None:
             self.Y = pb.Y = pb.Y.astype(np.float32)
         return pb

@@ -142,12 +142,14 @@ section_key
 spatial_key
     Aligned ``(x, y, z)`` coordinates (micrometres).
 batch_size
-    Target spots per training step and per prediction batch, each read with the spots whose edges reach it, so
-    memory is bounded by the batch, not the stack. ``None``: the whole graph at once when it has at most
-    1,000,000 edges (all types; e.g. legacy ST or Visium serial sections), else 4096. In batches an epoch is one
-    step on ``batch_size`` masked spots in a few compact regions (and the held-out spots there), sampled anew; 2
-    masks are propagated instead of 20; the propagation, target and prior are float32. Prediction in batches gives
-    the numbers of the whole graph (to float32 round-off).""",
+    Target spots per training step (twice as many per prediction batch), each read with the spots whose edges
+    reach it, so memory is bounded by the batch, not the stack. ``None``: the whole graph at once when it has at most
+    1,000,000 edges (all types; e.g. legacy ST or Visium serial sections), else as many spots as read about
+    200,000 edges (256 to 4096; e.g. about 1900 for 16 um Visium HD bins with ``disc_scale=3``). In batches an
+    epoch is one step on ``batch_size`` masked spots in a few compact regions (and the held-out spots there),
+    sampled anew; 2 masks are propagated instead of 20; the target, propagation and prior are float32, and the
+    prior is fitted on at most 50,000 spots. Prediction in batches gives the numbers of the whole graph (to float32
+    round-off).""",
     "imp_training": """\
 graph
     Edge types used by the propagation and the graph attention: any of ``'overlap'``, ``'similarity'``,
