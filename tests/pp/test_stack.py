@@ -117,6 +117,20 @@ class TestGraphArrays:
         assert np.diff(g.indptr).max() >= 3
         assert (g.data > 0).all() and (g.data <= 1 + 1e-6).all()
 
+    def test_similarity_in_candidate_blocks_equals_at_once(self, monkeypatch):
+        # large stacks compare each spot with the other sections' spots block by block (memory bounded): the same
+        # top-k as all candidates at once
+        from stmap.pp._stack import _graph
+
+        rng = np.random.default_rng(4)
+        xyz, codes, _ = _two_grids(n=12, layers=4)
+        feat = rng.normal(size=(len(xyz), 6))
+        once = graph_arrays(xyz, codes, 50.0, feat, k_similar=5, layers_apart=2)["similarity"]
+        monkeypatch.setattr(_graph, "_SIM_BLOCK", 700)  # blocks of 5 candidates per row instead of up to 432
+        blocks = graph_arrays(xyz, codes, 50.0, feat, k_similar=5, layers_apart=2)["similarity"]
+        assert once.nnz == blocks.nnz > 0
+        assert (once != blocks).nnz == 0  # the same pairs and values (measured: identical)
+
     def test_bad_inputs(self):
         xyz, codes, m = _two_grids()
         with pytest.raises(StmapInputError, match="section_codes"):
