@@ -275,6 +275,11 @@ class Key:
         return f"{image}_gene_maps"
 
     @staticmethod
+    def tissue(image: str) -> str:
+        """Name of the labels element of the tissue mask of an H&E image (``st.pp.detect_tissue``)."""
+        return f"{image}_tissue"
+
+    @staticmethod
     def gene_map_keys(image: str, key_added: str | None = None) -> GeneMapKeys:
         """All names written by one ``st.tl.gene_maps`` run on ``image`` with this ``key_added``."""
         element = Key.gene_maps(image) if key_added is None else key_added
