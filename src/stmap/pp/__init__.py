@@ -12,6 +12,7 @@ from ._extractors import (
 from ._histology import histology_features
 from ._register import align_sections, apply_transform, fit_transform, icp, register
 from ._stack import disc_iou, graph_arrays, spot_graph_3d, stack_sections
+from ._tissue import detect_tissue, tissue_mask
 from ._units import coordinate_units
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "coordinate_units",
     "histology_features",
     "detect_blobs",
+    "detect_tissue",
+    "tissue_mask",
     "register",
     "align_sections",
     "fit_transform",
