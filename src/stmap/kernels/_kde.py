@@ -469,6 +469,137 @@ def estimate_grid_bytes(shape: Sequence[int], dtype: Any = np.float64, n_grids: 
     return int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize * (n_grids + 1))
 
 
+#: Points per block: arrays of points are binned block by block (partial grids summed in block order), here or on
+#: the workers of an active dask.distributed client, so the result does not depend on where the blocks ran.
+BLOCK_POINTS = 1 << 22
+
+
+@njit(cache=True)
+def _extent(coords, weights, use_w):
+    """Per-axis min/max of the finite points, their number and total weight (one pass)."""
+    n, d = coords.shape
+    mins = np.full(d, np.inf)
+    maxs = np.full(d, -np.inf)
+    n_ok = 0
+    wsum = 0.0
+    for p in range(n):
+        ok = True
+        for a in range(d):
+            if not math.isfinite(coords[p, a]):
+                ok = False
+                break
+        if not ok:
+            continue
+        n_ok += 1
+        wsum += weights[p] if use_w else 1.0
+        for a in range(d):
+            v = coords[p, a]
+            if v < mins[a]:
+                mins[a] = v
+            if v > maxs[a]:
+                maxs[a] = v
+    return mins, maxs, n_ok, wsum
+
+
+def _bin_block(
+    coords: Any, weights: Any, lo: Sequence[float], step: Sequence[float], shape: Sequence[int], dtype: Any
+) -> tuple[np.ndarray, int, int, float]:
+    """One block of points binned onto a new grid: ``(grid, n_points, n_finite, finite_weight)``."""
+    c = np.ascontiguousarray(np.asarray(coords), dtype=np.float64)
+    w = None if weights is None else np.ascontiguousarray(np.asarray(weights), dtype=np.float64)
+    grid = np.zeros(tuple(shape), dtype=dtype)
+    linear_binning(c, lo, step, shape, weights=w, out=grid)
+    _, _, n_ok, wsum = _extent(c, w if w is not None else np.empty(0), w is not None)
+    return grid, int(c.shape[0]), int(n_ok), float(wsum)
+
+
+def _client() -> Any:
+    """The active dask.distributed client, or ``None`` (distributed is not imported unless the user did)."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        return None
+
+
+def _blocks(coords: Any, weights: Any) -> list[tuple[Any, Any]]:
+    """Blocks of (coordinates, weights): a dask array's row chunks, or slices of ``BLOCK_POINTS`` rows."""
+    if type(coords).__module__.startswith("dask"):
+        if coords.numblocks[1] != 1:
+            coords = coords.rechunk({1: -1})
+        cb = coords.to_delayed().ravel()
+        if weights is None:
+            return [(c, None) for c in cb]
+        if not type(weights).__module__.startswith("dask"):
+            import dask.array as da
+
+            weights = da.from_array(np.asarray(weights), chunks=(coords.chunks[0],))
+        else:
+            weights = weights.rechunk((coords.chunks[0],))
+        return list(zip(cb, weights.to_delayed().ravel(), strict=True))
+    n = int(coords.shape[0])
+    sl = [slice(s, s + BLOCK_POINTS) for s in range(0, max(n, 1), BLOCK_POINTS)]
+    return [(coords[s], None if weights is None else weights[s]) for s in sl]
+
+
+def _bin_all(
+    coords: Any, weights: Any, lo: Sequence[float], step: Sequence[float], shape: Sequence[int], dtype: Any
+) -> tuple[np.ndarray, int, int, float]:
+    """Bin every block and sum the partial grids in block order: ``(grid, n_points, n_finite, finite_weight)``.
+
+    With an active dask.distributed client the blocks are binned on its workers (each returns a partial grid);
+    otherwise here, one block at a time (memory: one block and two grids, whatever the number of points). The
+    partial grids are added in the same order either way, so both give the same grid bit for bit.
+    """
+    blocks = _blocks(coords, weights)
+    client = _client()
+    lazy = type(coords).__module__.startswith("dask")
+    if client is not None:
+        import dask
+
+        if lazy:
+            parts = [dask.delayed(_bin_block)(c, w, lo, step, shape, dtype) for c, w in blocks]
+            futures = client.compute(parts)
+        else:
+            futures = [client.submit(_bin_block, c, w, lo, step, shape, dtype, pure=False) for c, w in blocks]
+        results = (f.result() for f in futures)
+    else:
+
+        def _local():
+            for c, w in blocks:
+                if lazy:
+                    c = c.compute()
+                    w = None if w is None else w.compute()
+                yield _bin_block(c, w, lo, step, shape, dtype)
+
+        results = _local()
+    grid: np.ndarray | None = None
+    n_all = n_ok = 0
+    wsum = 0.0
+    for g, n, k, ws in results:
+        if grid is None:
+            grid = g
+        else:
+            grid += g
+        n_all, n_ok, wsum = n_all + n, n_ok + k, wsum + ws
+    assert grid is not None
+    return grid, n_all, n_ok, wsum
+
+
+def _support_nodes(sig: np.ndarray, step: np.ndarray, truncate: float) -> np.ndarray:
+    """Padding per axis that holds every point reaching the grid: the kernel's taps plus one binning node.
+
+    The taps are those of :func:`gaussian_kernel_1d`; a point binned beyond them reaches no node of the grid.
+    """
+    r = [0 if s == 0 else max(1, int(math.ceil(truncate * s / h))) + 1 for s, h in zip(sig, step, strict=True)]
+    return np.asarray(r, dtype=np.int64)
+
+
 @validate_params(
     norm=Options({"density", "counts", "cells_per_voxel"}),
     truncate=Interval(float, 0, None, "neither"),
@@ -491,11 +622,20 @@ def kde_grid(
 ) -> tuple[np.ndarray, int, float]:
     """Gaussian KDE of points at the nodes of a regular grid (binned, second-order accurate in the grid step).
 
+    Points outside the grid count: the grid is padded by the kernel's support (``truncate`` standard deviations,
+    only as far as the points reach), the points are binned onto the padded grid, smoothed, and the padding is
+    cropped, so a point just outside the bounds adds the part of its kernel that falls inside. Points farther than
+    the support from every node contribute nothing to any node, exactly as with the truncated kernel inside the
+    grid; they still count in the normalisation (``norm='density'`` divides by the total weight of all points).
+
+    Points are binned in blocks (a dask array's row chunks, or ``BLOCK_POINTS`` rows of an array), one partial
+    grid per block, summed in block order; with an active dask.distributed client the blocks are binned on its
+    workers. Memory: one block and two grids (padded), whatever the number of points.
+
     Parameters
     ----------
     coords
-        ``(n, d)`` coordinates (numpy, or a dask array chunked along rows: each chunk is binned, the grids are
-        summed, and the sum is convolved once).
+        ``(n, d)`` coordinates (numpy, or a dask array chunked along rows: each chunk is read and binned once).
     bandwidth
         Gaussian standard deviation, one value or one per axis (coordinate units).
     lo
@@ -505,7 +645,7 @@ def kde_grid(
     shape
         Number of nodes along each axis (``shape[a] >= 2``).
     weights
-        Point weights (same chunking as ``coords`` for dask).
+        Point weights (an array, or a dask array for dask coordinates).
     norm
         ``'density'``: integrates to 1 over space (units 1/volume); ``'counts'``: total weight x density (points per
         unit volume); ``'cells_per_voxel'``: expected number of points per voxel (``counts * prod(step)``).
@@ -523,8 +663,9 @@ def kde_grid(
 
     Returns
     -------
-    ``(grid, n_dropped, total_weight)``: the estimate, the number of points outside the grid (skipped), and the
-    total weight of the points that were used.
+    ``(grid, n_dropped, total_weight)``: the estimate, the number of points skipped for non-finite coordinates,
+    and the total weight of the other points (all of them, inside the grid or not), which ``norm='density'``
+    divides by.
 
     See Also
     --------
@@ -548,35 +689,52 @@ def kde_grid(
     >>> exact = kernels.kde_direct(points, np.array([[0.0, 0.0]]), 0.5)
     >>> bool(abs(grid[40, 40] - exact[0]) < 1e-3)  # node (0, 0)
     True
+
+    Half of the grid: the points beyond its edge still add their kernels' mass inside it.
+
+    >>> half, _, _ = kernels.kde_grid(points, 0.5, lo=(-4.0, -4.0), step=(0.1, 0.1), shape=(41, 81))
+    >>> float(np.abs(half - grid[:41]).max()) < 1e-12
+    True
     """
-    grid = np.zeros(tuple(int(s) for s in shape), dtype=dtype)
-    dropped = 0
-    if type(coords).__module__.startswith("dask"):
-        blocks = coords.to_delayed().ravel()
-        wblocks = None if weights is None else weights.to_delayed().ravel()
-        for b, blk in enumerate(blocks):
-            c = np.asarray(blk.compute())
-            w = None if wblocks is None else np.asarray(wblocks[b].compute())
-            _, nd = linear_binning(c, lo, step, shape, weights=w, out=grid)
-            dropped += nd
-    else:
-        _, dropped = linear_binning(coords, lo, step, shape, weights=weights, out=grid)
-    if weights is None and not type(coords).__module__.startswith("dask"):
-        total = float(coords.shape[0] - dropped)  # every point inside the grid binned a weight of 1
-    else:
-        total = float(grid.sum(dtype=np.float64))
-    sig = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (grid.ndim,)).copy()
+    shape = tuple(int(s) for s in shape)
+    d = len(shape)
+    stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (d,)).copy()
+    lo_arr = np.broadcast_to(np.asarray(lo, dtype=np.float64), (d,)).copy()
+    sig = np.broadcast_to(np.asarray(bandwidth, dtype=np.float64), (d,)).copy()
     if bias_correction:
-        stp = np.broadcast_to(np.asarray(step, dtype=np.float64), (grid.ndim,))
         var = sig**2 - stp**2 / 6.0
         sig = np.where(var > 0, np.sqrt(np.maximum(var, 0)), sig)
+    full = _support_nodes(sig, stp, truncate)
+    lazy = type(coords).__module__.startswith("dask")
+    if lazy:  # one pass over the points: pad by the whole support
+        pad_lo = pad_hi = full
+    else:
+        coords = np.ascontiguousarray(coords, dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[1] != d:
+            raise ValueError(f"Expected {d} coordinate columns matching the grid, got array of shape {coords.shape}.")
+        if weights is not None:
+            weights = np.ascontiguousarray(weights, dtype=np.float64)
+        mins, maxs, n_ok, _ = _extent(coords, np.empty(0), False)
+        hi_arr = lo_arr + (np.asarray(shape) - 1) * stp
+        if n_ok:  # pad only as far as the points reach
+            pad_lo = np.clip(np.ceil((lo_arr - mins) / stp), 0, full).astype(np.int64)
+            pad_hi = np.clip(np.ceil((maxs - hi_arr) / stp), 0, full).astype(np.int64)
+        else:
+            pad_lo = pad_hi = np.zeros(d, dtype=np.int64)
+    shape_p = tuple(int(s) for s in np.asarray(shape) + pad_lo + pad_hi)
+    lo_p = tuple(float(v) for v in lo_arr - pad_lo * stp)
+    grid, n_all, n_ok, wsum = _bin_all(coords, weights, lo_p, tuple(stp), shape_p, dtype)
+    total = float(n_ok) if weights is None else float(wsum)
     scale = 1.0
     if norm == "density" and total > 0:
         scale = 1.0 / total
     elif norm == "cells_per_voxel":
-        scale = float(np.prod(np.asarray(step, dtype=np.float64)))
-    gaussian_smooth(grid, sig, step, truncate=truncate, method=method, scale=scale)  # normalised in the same pass
-    return grid, dropped, total
+        scale = float(np.prod(stp))
+    gaussian_smooth(grid, sig, tuple(stp), truncate=truncate, method=method, scale=scale)  # normalised in the pass
+    if (pad_lo > 0).any() or (pad_hi > 0).any():
+        crop = tuple(slice(int(a), int(a) + n) for a, n in zip(pad_lo, shape, strict=True))
+        grid = np.ascontiguousarray(grid[crop])
+    return grid, n_all - n_ok, total
 
 
 @njit(parallel=True, cache=True)

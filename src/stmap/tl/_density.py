@@ -336,7 +336,7 @@ def _estimate(
         totals.append(total)
         n_dropped += dropped
     if n_dropped:
-        logg.warning(f"{n_dropped} point(s) outside the grid were dropped.")
+        logg.warning(f"{n_dropped} point(s) with non-finite coordinates were skipped.")
     return out, n_points, totals, n_dropped
 
 
@@ -536,7 +536,9 @@ def density(
         Number of nodes per axis; the nodes are at ``np.linspace(lo, hi, n)`` of each axis of ``bounds``.
     bounds
         ``((x0, x1), (y0, y1)[, (z0, z1)])``: first and last node per axis; default the points' extent padded by
-        ``3 * bandwidth``.
+        ``3 * bandwidth``. Points outside the bounds count: each adds the part of its kernel that falls inside
+        (the grid is padded by the kernel's support while binning, then cropped), and ``norm='density'``
+        divides by all points; points farther than ``truncate`` bandwidths contribute exactly nothing.
     voxel_size
         Node spacing when ``grid_shape`` is not given (default ``bandwidth / 3``).
     weights
