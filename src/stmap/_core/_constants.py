@@ -33,6 +33,11 @@ class MappingKeys:
     label: str
     #: ``.obs`` of single-cell targets: its probability.
     confidence: str
+    #: ``.obsm`` of the spot table: lower / upper ends of the composition intervals (``intervals=`` runs).
+    fractions_lower: str
+    fractions_upper: str
+    #: ``.obs`` of the reference (greedy mode) and of the placed-cells table: the placement's confidence.
+    placement_confidence: str
     #: ``.uns[mapping]`` entry of the spot table with ``copy=True``: what the run writes on the reference otherwise
     #: (``cell_ids``, ``spot_ids``, ``scores``, ``assignment``, greedy mode ``spot``).
     reference: str = "reference"
@@ -223,6 +228,9 @@ class Key:
             assignment=f"{key_added}_assignment",
             label=f"{prefix}_cell_type",
             confidence=f"{prefix}_cell_type_confidence",
+            fractions_lower=f"{prefix}_cell_type_fractions_lower",
+            fractions_upper=f"{prefix}_cell_type_fractions_upper",
+            placement_confidence=f"{prefix}_placement_confidence",
         )
 
     @staticmethod
