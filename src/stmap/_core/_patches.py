@@ -13,7 +13,7 @@ from ._resolve import ImageContext, TableContext
 if TYPE_CHECKING:
     import dask.array as da
 
-__all__ = ["PatchSpec", "patch_spec", "extract_patches"]
+__all__ = ["PatchSpec", "patch_spec", "extract_patches", "PatchTile", "patch_tiles", "read_window", "cut_patches"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,126 @@ def extract_patches(
     return stacked[inverse].rechunk({0: chunk_size})
 
 
+@dataclass(frozen=True)
+class PatchTile:
+    """The patches of one image tile: which centres, and the window of each level that holds all their pixels.
+
+    Attributes
+    ----------
+    rows
+        Indices (into the centres) of the patches whose centre lies in the tile.
+    windows
+        Per pyramid level used, ``(y0, y1, x0, x1)`` in that level's pixels: the tile plus a halo of half a patch,
+        clipped to the image (read once per level).
+    corners
+        Per patch spec (in the order given), ``(xs, ys)`` top-left corners relative to its level's window.
+    """
+
+    rows: np.ndarray
+    windows: dict[int, tuple[int, int, int, int]]
+    corners: list[tuple[np.ndarray, np.ndarray]]
+
+
+def _corners(image: ImageContext, centers: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners ``(x0, y0)`` of the patches in pixels of ``spec.level`` (as :func:`extract_patches`)."""
+    s = spec.size_px
+    px = image.to_pixels(np.asarray(centers, dtype=float), spec.level)
+    x0 = np.floor(px[:, 0] - s / 2.0 + 0.5).astype(np.int64)
+    y0 = np.floor(px[:, 1] - s / 2.0 + 0.5).astype(np.int64)
+    return x0, y0
+
+
+def _tile_edges(chunks: tuple[int, ...], tile_px: int) -> np.ndarray:
+    """Tile boundaries along one axis: the dask chunk boundaries, chunks longer than ``tile_px`` split evenly."""
+    edges = [0]
+    for c in chunks:
+        k = max(1, -(-int(c) // tile_px))
+        edges += [edges[-1] + round(c * (i + 1) / k) for i in range(k)]
+    return np.asarray(edges[1:], dtype=np.int64)
+
+
+def patch_tiles(
+    image: ImageContext, centers: np.ndarray, specs: list[PatchSpec], *, tile_px: int = 4096
+) -> list[PatchTile]:
+    """Group patch centres by the image tile they fall in, so each tile is read once for all its patches.
+
+    Tiles follow the chunks of level 0 (a zarr image's chunks; chunks wider than ``tile_px`` are split), so a tile
+    reads one stored chunk plus a halo of half a patch from its neighbours. Patches of every spec (e.g. several
+    scales) are cut from the same reads: one window per pyramid level, covering all of them.
+
+    Parameters
+    ----------
+    image
+        The image.
+    centers
+        ``(n, 2)`` centres ``(x, y)`` in the image's coordinate system.
+    specs
+        One :class:`PatchSpec` per scale.
+    tile_px
+        Largest tile side in level-0 pixels.
+
+    Returns
+    -------
+    The non-empty tiles, in raster order.
+    """
+    centers = np.asarray(centers, dtype=float)
+    arr0 = image.levels[0]
+    _, h0, w0 = arr0.shape
+    chunks = getattr(arr0, "chunks", ((arr0.shape[0],), (h0,), (w0,)))
+    ye, xe = _tile_edges(chunks[1], tile_px), _tile_edges(chunks[2], tile_px)
+    c0 = image.to_pixels(centers, 0)
+    ty = np.searchsorted(ye, np.clip(np.floor(c0[:, 1]), 0, h0 - 1), side="right")
+    tx = np.searchsorted(xe, np.clip(np.floor(c0[:, 0]), 0, w0 - 1), side="right")
+    key = ty * len(xe) + tx
+    order = np.argsort(key, kind="stable")
+    splits = np.flatnonzero(np.diff(key[order])) + 1
+    corners = [_corners(image, centers, spec) for spec in specs]
+    tiles = []
+    for rows in np.split(order, splits):
+        if not len(rows):
+            continue
+        windows: dict[int, tuple[int, int, int, int]] = {}
+        for spec, (x0, y0) in zip(specs, corners, strict=True):
+            _, h, w = image.levels[spec.level].shape
+            xs, ys = x0[rows], y0[rows]
+            # as extract_patches: the window holds every in-image pixel of these patches (at least one pixel)
+            bx0, by0 = min(max(int(xs.min()), 0), w - 1), min(max(int(ys.min()), 0), h - 1)
+            bx1, by1 = (
+                max(min(int(xs.max()) + spec.size_px, w), bx0 + 1),
+                max(min(int(ys.max()) + spec.size_px, h), by0 + 1),
+            )
+            if spec.level in windows:
+                wy0, wy1, wx0, wx1 = windows[spec.level]
+                by0, by1, bx0, bx1 = min(by0, wy0), max(by1, wy1), min(bx0, wx0), max(bx1, wx1)
+            windows[spec.level] = (by0, by1, bx0, bx1)
+        rel = [
+            (x0[rows] - windows[spec.level][2], y0[rows] - windows[spec.level][0])
+            for spec, (x0, y0) in zip(specs, corners, strict=True)
+        ]
+        tiles.append(PatchTile(rows=rows, windows=windows, corners=rel))
+    return tiles
+
+
+def read_window(image: ImageContext, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels ``(c, y0:y1, x0:x1)`` of one level as numpy (read in the calling thread or worker)."""
+    y0, y1, x0, x1 = window
+    block = image.levels[level][:, y0:y1, x0:x1]
+    if hasattr(block, "compute"):
+        block = block.compute(scheduler="synchronous")
+    return np.asarray(block)
+
+
+def cut_patches(
+    window: np.ndarray, xs: np.ndarray, ys: np.ndarray, spec: PatchSpec, *, fill_value: float = 0
+) -> np.ndarray:
+    """Cut (and resample) ``(n, c, out_px, out_px)`` patches with top-left corners ``xs, ys`` relative to ``window``.
+
+    The same pixels and resampling as :func:`extract_patches` (whatever the window, as long as it holds every
+    in-image pixel of the patches).
+    """
+    return _cut_batch(window, np.asarray(xs), np.asarray(ys), spec.size_px, spec.out_px, fill_value)
+
+
 def _cut_batch(
     window: np.ndarray, xs: np.ndarray, ys: np.ndarray, size: int, out_px: int, fill_value: float
 ) -> np.ndarray:
@@ -145,12 +265,28 @@ def _cut_batch(
             out[i, :, sy0 - y : sy1 - y, sx0 - x : sx1 - x] = window[:, sy0:sy1, sx0:sx1]
     if out_px == size:
         return out
-    from skimage.transform import resize
-
-    res = resize(
-        out.astype(np.float32), (len(xs), c, out_px, out_px), order=1, anti_aliasing=out_px < size, preserve_range=True
-    )
+    # patches x channels as one axis: resize does not mix them (zoom 1, anti-aliasing sigma 0 along it), and a 3D zoom
+    # weighs 8 instead of 16 neighbours per pixel (the same sums, bit for bit, twice as fast). NaN pixels would leak
+    # into the neighbouring slices through those zero weights: such slices are resized one by one.
+    flat = out.astype(np.float32).reshape(len(xs) * c, size, size)
+    shape = (out_px, out_px)
+    if np.issubdtype(out.dtype, np.floating) and np.isnan(flat).any():
+        res = np.stack(
+            [
+                np.full(shape, np.nan, np.float32) if np.isnan(sl).all() else _resize(sl, shape, out_px < size)
+                for sl in flat
+            ]
+        )
+    else:
+        res = _resize(flat, (len(flat), *shape), out_px < size)
+    res = res.reshape(len(xs), c, out_px, out_px)
     if np.issubdtype(out.dtype, np.integer):
         info = np.iinfo(out.dtype)
         res = np.clip(np.round(res), info.min, info.max)
     return res.astype(out.dtype)
+
+
+def _resize(a: np.ndarray, shape: tuple[int, ...], anti_aliasing: bool) -> np.ndarray:
+    from skimage.transform import resize
+
+    return resize(a, shape, order=1, anti_aliasing=anti_aliasing, preserve_range=True)

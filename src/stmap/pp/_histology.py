@@ -16,7 +16,15 @@ from stmap._core._docs import inject_docs
 from stmap._core._errors import StmapInputError
 from stmap._core._image import intensity_range, nan_count, to_rgb_uint8, warn_nan
 from stmap._core._params import Instance, Interval, validate_params
-from stmap._core._patches import PatchSpec, extract_patches, patch_spec
+from stmap._core._patches import (
+    PatchSpec,
+    PatchTile,
+    cut_patches,
+    extract_patches,
+    patch_spec,
+    patch_tiles,
+    read_window,
+)
 from stmap._core._regions import region_image, resolve_regions
 from stmap._core._write import Results
 
@@ -197,8 +205,6 @@ def histology_features(
     >>> spots.uns["X_histology"]["feature_names"][:3]
     ['s1_tissue_fraction', 's1_rgb_r_mean', 's1_rgb_r_std']
     """
-    import dask
-
     whole, regions = resolve_regions(sdata, table_key, coordinate_system=coordinate_system)
     multi = len(regions) > 1 or whole.region is None
     imgs = _region_images(whole, regions, image_key) if multi else [whole.image(image_key)]  # type: ignore[arg-type]
@@ -212,16 +218,14 @@ def histology_features(
     specs = specs_by_region[0]
 
     divisors = [intensity_range(img) for _, img in todo]
+    if not any(len(reg.rows) for reg, _ in todo):
+        raise StmapInputError("The table has no spots to featurise.")
     start = logg.info(f"computing histology features ({_name(extractor)}, {len(scales)} scale(s))")
-    lazies_by_region = [
-        [extract_patches(img, reg.ctx.coords, spec, fill_value=0, chunk_size=batch_size) for spec in sp]
-        for (reg, img), sp in zip(todo, specs_by_region, strict=True)
-    ]
     with nullcontext() if extractor == "handcrafted" else torch_threads():
-        fns = _extractor_fns(extractor, lazies_by_region, divisors, len(specs), seed, device, verbose)
+        fns = _extractor_fns(extractor, todo, specs_by_region, divisors, seed, device, verbose)
         blocks_by_region = [
-            _stream(lz, fns, batch_size, verbose, dask, divisor=dv, name=img.name)
-            for lz, dv, (_, img) in zip(lazies_by_region, divisors, todo, strict=True)
+            _by_tiles(img, reg.ctx.coords, sp, fns, batch_size, verbose, divisor=dv, name=img.name)
+            for (reg, img), sp, dv in zip(todo, specs_by_region, divisors, strict=True)
         ]
     d_scale = [b.shape[1] for b in blocks_by_region[0]]
     feats = np.full((whole.adata.n_obs, sum(d_scale)), np.nan, dtype=np.float32)
@@ -320,14 +324,15 @@ def _check_image(ctx: Any, img: Any, u: float, patch_um: float, scales: tuple[fl
 
 def _extractor_fns(
     extractor: Any,
-    lazies_by_region: list[list[Any]],
+    todo: list,
+    specs_by_region: list[list[PatchSpec]],
     divisors: list[float],
-    n_scales: int,
     seed: int,
     device: str | None,
     verbose: bool,
 ) -> list[Callable[[np.ndarray], np.ndarray]]:
     """One feature function per scale: the handcrafted one, a given callable, or a CNN trained on this slide."""
+    n_scales = len(specs_by_region[0])
     if extractor == "handcrafted":
         from ._extractors import handcrafted_features
 
@@ -339,6 +344,10 @@ def _extractor_fns(
     from ._extractors import train_slide_cnn
 
     # one small CNN per scale, trained self-supervised on all of this slide's patches
+    lazies_by_region = [
+        [extract_patches(img, reg.ctx.coords, spec, fill_value=0) for spec in sp]
+        for (reg, img), sp in zip(todo, specs_by_region, strict=True)
+    ]
     allp = [dask.compute(*lz, scheduler="synchronous") for lz in lazies_by_region]
     return [
         train_slide_cnn(
@@ -396,35 +405,32 @@ def _name(extractor: Any) -> str:
     return extractor if isinstance(extractor, str) else getattr(extractor, "name", None) or repr(extractor)[:80]
 
 
-def _stream(
-    lazies: list,
+class _Opaque:
+    """Holds the image so that dask passes it to tasks as it is (a dask array argument would be computed whole)."""
+
+    def __init__(self, image: Any) -> None:
+        self.image = image
+
+
+def _tile_features(
+    held: _Opaque,
+    tile: PatchTile,
+    specs: list[PatchSpec],
     fns: list[Callable],
     batch_size: int,
-    verbose: bool,
-    dask: Any,
-    *,
-    divisor: float = 255.0,
-    name: str | None = "image",
-) -> list[np.ndarray]:
-    """Featurise patches batch by batch; the patches of all scales of a batch are read in one dask computation.
-
-    ``divisor``: the image's intensity range (``stmap._core._image.intensity_range``); NaN pixels read as white, with a
-    warning naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
-    """
-    from tqdm.auto import tqdm
-
-    n = lazies[0].shape[0]
-    if n == 0:
-        raise StmapInputError("The table has no spots to featurise.")
-    out: list[list[np.ndarray]] = [[] for _ in lazies]
-    n_nan = n_px = 0
-    for s in tqdm(range(0, n, batch_size), desc="histology features", disable=not verbose, leave=False):
-        batches = dask.compute(*[lz[s : s + batch_size] for lz in lazies], scheduler="synchronous")
-        for k, (fn, batch) in enumerate(zip(fns, batches, strict=True)):
-            batch = np.asarray(batch)
+    divisor: float,
+    name: str,
+) -> tuple[list[np.ndarray], int, int]:
+    """Features of one tile's patches: its windows read once, patches cut in numpy, featurised in batches."""
+    windows = {lv: read_window(held.image, lv, w) for lv, w in tile.windows.items()}
+    out, n_nan, n_px = [], 0, 0
+    for spec, fn, (xs, ys) in zip(specs, fns, tile.corners, strict=True):
+        blocks = []
+        for s in range(0, len(xs), batch_size):
+            batch = cut_patches(windows[spec.level], xs[s : s + batch_size], ys[s : s + batch_size], spec)
             n_nan += nan_count(batch[:, :3])
             n_px += batch[:, :3].size
-            batch = to_rgb_uint8(batch, divisor, name=name or "image")
+            batch = to_rgb_uint8(batch, divisor, name=name)
             f = np.asarray(fn(batch), dtype=np.float32)
             if f.ndim != 2 or f.shape[0] != len(batch):
                 raise StmapInputError(
@@ -434,7 +440,75 @@ def _stream(
                 raise StmapInputError(
                     "The extractor returned NaN or infinite features; check the extractor (and its weights)."
                 )
-            out[k].append(f)
+            blocks.append(f)
+        out.append(np.concatenate(blocks))
+    return out, n_nan, n_px
+
+
+def _by_tiles(
+    image: Any,
+    centers: np.ndarray,
+    specs: list[PatchSpec],
+    fns: list[Callable],
+    batch_size: int,
+    verbose: bool,
+    *,
+    divisor: float = 255.0,
+    name: str | None = "image",
+) -> list[np.ndarray]:
+    """Featurise every spot's patches tile by tile (:func:`stmap._core._patches.patch_tiles`), one dask task a tile.
+
+    The tasks run on dask's current scheduler (threads by default, the workers of a ``dask.distributed`` client when
+    one is active); each reads its tile's windows once and writes ``(n_tile, D)`` blocks, placed into preallocated
+    float32 arrays. Memory is bounded by a tile per worker, whatever the number of spots.
+
+    ``divisor``: the image's intensity range (``stmap._core._image.intensity_range``); NaN pixels read as white, with a
+    warning naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
+    """
+    import dask
+
+    n = len(centers)
+    if n == 0:
+        return [np.zeros((0, 0), dtype=np.float32) for _ in specs]
+    tiles = patch_tiles(image, centers, specs)
+    held = _Opaque(image)
+    task = dask.delayed(_tile_features, pure=False)
+    jobs = [task(held, t, specs, fns, batch_size, divisor, name or "image") for t in tiles]
+    with _progress(verbose, len(jobs)):
+        results = dask.compute(*jobs)
+    dims = [r.shape[1] for r in results[0][0]]
+    out = [np.empty((n, d), dtype=np.float32) for d in dims]
+    n_nan = n_px = 0
+    for tile, (blocks, nn, npx) in zip(tiles, results, strict=True):
+        for o, b in zip(out, blocks, strict=True):
+            o[tile.rows] = b
+        n_nan, n_px = n_nan + nn, n_px + npx
     if name is not None:
         warn_nan(name, n_nan, n_px, "patches' pixel values", stacklevel=4)
-    return [np.concatenate(o) for o in out]
+    return out
+
+
+def _progress(verbose: bool, total: int) -> Any:
+    """A tqdm bar over finished dask tasks (local schedulers); nothing when not verbose."""
+    if not verbose:
+        return nullcontext()
+    from dask.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    class _Bar(Callback):
+        outer: int | None = None  # the tiles' computation (tasks read their windows in nested ones)
+
+        def _start(self, dsk: Any) -> None:
+            if self.outer is None:
+                self.outer = id(dsk)
+                self.bar = tqdm(total=total, desc="histology features (tiles)", leave=False)
+
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if str(key).startswith("_tile_features"):
+                self.bar.update(1)
+
+        def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+            if id(dsk) == self.outer:
+                self.bar.close()
+
+    return _Bar()
