@@ -276,3 +276,48 @@ def test_invalid_parameter_is_refused_and_nothing_changes(tissue, func, name, va
     with pytest.raises(st.StmapInputError, match=name):
         func(tissue, **{"table_key": "spots", **FAST, name: value})
     _unchanged(tissue, before)
+
+
+@pytest.fixture(scope="module")
+def model(tissue):
+    return train_gene_maps(tissue, genes=GENES[:2], table_key="spots", **FAST)
+
+
+class TestTissueMask:
+    def _maps(self, tissue, model, **kw):
+        out = gene_maps(tissue, table_key="spots", model=model, copy=True, verbose=False, **kw)
+        return np.asarray(out.images["he_gene_maps"].values), out.tables["spots"].obsm["stmap_gene_maps"].to_numpy()
+
+    def test_nan_off_tissue_only(self, tissue, model):
+        full, spots_full = self._maps(tissue, model, tissue_mask=False)
+        part, spots_part = self._maps(tissue, model)
+        assert np.isfinite(full).all()
+        off = np.isnan(part)
+        assert off.any(0).tolist() == off.all(0).tolist()  # the same pixels in every gene
+        # synthetic_tissue(0): the tissue covers about half of the image (the planted regions: 52%)
+        assert 0.3 < off[0].mean() < 0.7
+        np.testing.assert_array_equal(part[~off], full[~off])  # on the tissue: the same maps
+        np.testing.assert_array_equal(spots_part, spots_full)  # spot averages: from the unmasked maps
+
+    def test_stored_and_named_masks(self, tissue, model):
+        t = sd.deepcopy(tissue)
+        fly, _ = self._maps(t, model)
+        st.pp.detect_tissue(t, "he")
+        stored, _ = self._maps(t, model)
+        np.testing.assert_array_equal(np.isnan(stored), np.isnan(fly))  # the stored mask is the on-the-fly one
+        from spatialdata.models import Labels2DModel
+        from spatialdata.transformations import get_transformation
+
+        half = np.zeros(t.labels["he_tissue"].shape, dtype=np.int32)
+        half[:, : half.shape[1] // 2] = 1
+        tr = get_transformation(t.labels["he_tissue"], get_all=True)
+        t.labels["left"] = Labels2DModel.parse(half, dims=("y", "x"), transformations=tr)
+        left, _ = self._maps(t, model, tissue_mask="left")
+        w = left.shape[2]
+        assert np.isfinite(left[:, :, : w // 2 - 1]).all() and np.isnan(left[:, :, w // 2 + 1 :]).all()
+
+    def test_unknown_mask_refused_before_training(self, tissue):
+        before = tissue.tables["spots"].copy()
+        with pytest.raises(st.StmapKeyError, match="nope"):
+            gene_maps(tissue, genes=GENES[:1], table_key="spots", tissue_mask="nope", **FAST)
+        _unchanged(tissue, before)

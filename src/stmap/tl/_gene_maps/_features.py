@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -76,7 +76,6 @@ def feature_grid(
 
     from stmap._core._patches import extract_patches, patch_spec
     from stmap.pp._extractors import handcrafted_features
-    from stmap.pp._histology import _stream
 
     y0, x0, y1, x1 = box
     ys = np.arange(y0 + stride / 2, y1, stride)
@@ -89,11 +88,24 @@ def feature_grid(
     sub, spec0 = _patch_source(img, spec, pts)
     divisor = intensity_range(img)
     lazy = extract_patches(sub, pts, spec0, fill_value=divisor, chunk_size=512)  # white beyond the image
-    (f,) = _stream([lazy], [handcrafted_features], 512, verbose, dask, divisor=divisor, name=None)
+    f = _featurise(lazy, handcrafted_features, 512, verbose, dask, divisor)
     mu, sd = f.mean(0), f.std(0)
     f = (f - mu) / np.where(sd > 1e-8, sd, 1.0)
     feats = f.T.reshape(-1, len(ys), len(xs)).astype(np.float32)
     return FeatureGrid(feats=feats, oy=float(ys[0]), ox=float(xs[0]), stride=float(stride))
+
+
+def _featurise(lazy: Any, fn: Any, batch_size: int, verbose: bool, dask: Any, divisor: float) -> np.ndarray:
+    """Features of lazy patches ``(n, c, p, p)``, batch by batch (one synchronous dask computation a batch)."""
+    from tqdm.auto import tqdm
+
+    from stmap._core._image import to_rgb_uint8
+
+    out = []
+    for s in tqdm(range(0, lazy.shape[0], batch_size), desc="histology features", disable=not verbose, leave=False):
+        batch = np.asarray(dask.compute(lazy[s : s + batch_size], scheduler="synchronous")[0])
+        out.append(np.asarray(fn(to_rgb_uint8(batch, divisor, name="image")), dtype=np.float32))
+    return np.concatenate(out)
 
 
 def _patch_source(img: ImageContext, spec: PatchSpec, pts: np.ndarray) -> tuple[ImageContext, PatchSpec]:

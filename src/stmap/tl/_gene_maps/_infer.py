@@ -11,6 +11,7 @@ import numpy as np
 
 from stmap._core import StmapInputError
 
+from ._mask import masked
 from ._prepare import disc_stencil
 from ._priors import histology_values, lazy_idw, lazy_window, spot_spacing, uses_histology, uses_idw
 from ._train import section_grid
@@ -274,8 +275,13 @@ def infer(
     dtype: str,
     lazy: bool | None,
     verbose: bool,
+    mask: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Maps:
-    """Maps of ``model``'s genes over the whole section, in ``dtype``, and their average over every spot disc."""
+    """Maps of ``model``'s genes over the whole section, in ``dtype``, and their average over every spot disc.
+
+    ``mask`` (from :func:`._mask.section_mask`): the maps are NaN off the tissue; the spot averages are those of the
+    unmasked maps (a spot on the tissue's edge keeps its whole disc).
+    """
     maps = predict_maps(model.net, network_input(sec, model, grid, verbose), device=device, reconstruct=reconstruct)
     n_genes = len(sec.genes)
     genes = (maps[:n_genes] * _col(model.std) + _col(model.mean)).astype(dtype)
@@ -284,6 +290,9 @@ def infer(
         genes = genes.persist()
     spots = disc_means(genes, sec.centers, sec.radius)  # in the stored units
     spots[sec.outside] = np.nan
+    if mask is not None:
+        genes = masked(genes, mask)
+        genes = genes if keep_lazy else genes.persist()
     rec = None
     if reconstruct:
         rec = (maps[n_genes:].clip(0, 1) * 255).round().astype(np.uint8)

@@ -25,6 +25,7 @@ from stmap._core import _logging as logg
 
 from ._genes import select_genes
 from ._infer import infer
+from ._mask import check_mask, section_mask
 from ._model import GeneMapModel
 from ._prepare import PX_PER_SPOT, model_pixel_size, prepare, resolve_section, round_tile, train_spots
 from ._train import fit_model
@@ -69,6 +70,7 @@ _APPLY = {
     "reconstruct": Instance((bool,)),
     "dtype": Options({"float32", "float16"}),
     "lazy": [Instance((bool,)), None],
+    "tissue_mask": Instance((bool, str)),
     "key_added": _OPTIONAL_STR,
     "copy": Instance((bool,)),
 }
@@ -363,6 +365,7 @@ def gene_maps(
     reconstruct: bool = ...,
     dtype: Literal["float32", "float16"] = ...,
     lazy: bool | None = ...,
+    tissue_mask: bool | str = ...,
     seed: int = ...,
     device: str | None = ...,
     key_added: str | None = ...,
@@ -395,6 +398,7 @@ def gene_maps(
     reconstruct: bool = ...,
     dtype: Literal["float32", "float16"] = ...,
     lazy: bool | None = ...,
+    tissue_mask: bool | str = ...,
     seed: int = ...,
     device: str | None = ...,
     key_added: str | None = ...,
@@ -428,6 +432,7 @@ def gene_maps(
     reconstruct: bool = False,
     dtype: Literal["float32", "float16"] = "float32",
     lazy: bool | None = None,
+    tissue_mask: bool | str = True,
     seed: int = 0,
     device: str | None = None,
     key_added: str | None = None,
@@ -463,6 +468,11 @@ def gene_maps(
     lazy
         Keep the maps as a lazy dask array (computed when written or read: use it for images too large for memory;
         ``sdata.write`` streams the tiles). Default: computed now unless larger than 2 GiB.
+    tissue_mask
+        The maps are NaN off the tissue: beyond the tissue the network extrapolates (e.g. a tumour gene brightest on
+        empty glass), which is no prediction. ``True``: the image's mask ``'<image>_tissue'``
+        (:func:`stmap.pp.detect_tissue`) if there is one, else the same mask computed now (not written); a string:
+        that labels element; ``False``: the whole image. The spot averages use the unmasked maps.
     {seed}
     {device}
     key_added
@@ -475,7 +485,8 @@ def gene_maps(
     -------
     ``None``, or with ``copy=True`` the modified copy. Writes:
 
-    - image element ``"<image>_gene_maps"`` (``c, y, x``; channels = genes, units of the targets), with the
+    - image element ``"<image>_gene_maps"`` (``c, y, x``; channels = genes, units of the targets; NaN off the
+      tissue unless ``tissue_mask=False``), with the
       working resolution's transformation to the image's coordinate system, so it overlays the H&E;
     - ``table.obsm['stmap_gene_maps']``: DataFrame (spots x genes) of the maps averaged over each spot's disc;
     - ``table.obs['stmap_gene_maps_train']``: whether the spot was used for training (fed the priors);
@@ -521,6 +532,7 @@ def gene_maps(
     """
     start = logg.info("computing gene maps")
     dev, verbose = resolve_device(device), resolve_verbose(verbose)
+    check_mask(sdata, tissue_mask)
     grid = None
     if model is None:
         sec, model, grid = _train_section(
@@ -560,10 +572,13 @@ def gene_maps(
             depth=depth,
             train_mask=train_mask,
         )
+    mask = section_mask(sec, tissue_mask)
     with torch_threads():
-        maps = infer(sec, model, grid, device=dev, reconstruct=reconstruct, dtype=dtype, lazy=lazy, verbose=verbose)
+        maps = infer(
+            sec, model, grid, device=dev, reconstruct=reconstruct, dtype=dtype, lazy=lazy, verbose=verbose, mask=mask
+        )
     keys = Key.gene_map_keys(sec.img.name, key_added)
-    params = run_params(sec, model, layer=layer, device=dev, dtype=dtype)
+    params = run_params(sec, model, layer=layer, device=dev, dtype=dtype) | {"tissue_mask": tissue_mask}
     out, written = write(sec, model, maps, keys, params, copy)
     logg.info("    finished", time=start, deep=f"added image {keys.element!r} and {written}")
     return out
