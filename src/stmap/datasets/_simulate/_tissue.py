@@ -13,11 +13,12 @@ from scipy import sparse
 from stmap._core._constants import Key
 from stmap._core._device import rng as _rng
 from stmap._core._docs import inject_docs
-from stmap._core._params import Instance, Interval, validate_params
+from stmap._core._params import Instance, Interval, Options, validate_params
 from stmap._core._validate import check_counts
 
 from ._inputs import check_nonempty, get_counts, get_labels
 from ._names import KEY, POSITIVE, SEED, UNS_TISSUE, seed_record
+from ._states import STATES, pick_states, state_order
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,6 +70,8 @@ def pbmc_counts() -> AnnData:
     domain_smoothness=[POSITIVE, None],
     cell_spacing=POSITIVE,
     concentration=POSITIVE,
+    cell_states=Options(set(STATES)),
+    state_noise=Interval(float, 0, None),
     seed=SEED,
 )
 @inject_docs()
@@ -82,6 +85,8 @@ def simulate_tissue(
     domain_smoothness: float | None = None,
     cell_spacing: float = 12.0,
     concentration: float = 0.5,
+    cell_states: str = "random",
+    state_noise: float = 0.1,
     seed: int | np.random.Generator | None = 0,
 ) -> AnnData:
     """Place real reference cells into a 2D tissue with spatially coherent domains.
@@ -117,6 +122,16 @@ def simulate_tissue(
         Mean distance between neighbouring cells in micrometres.
     concentration
         Dirichlet concentration of the domain mixtures: small values give domains dominated by few types.
+    cell_states
+        Which reference cell of its type a tissue cell copies. ``'random'`` (default): any, so only the types vary in
+        space. ``'gradient'`` and ``'regions'``: cells also vary *within* their type in space. Each type's reference
+        cells are ordered along their first principal component (log-normalised expression; a real within-type
+        programme), and a cell copies the cell whose rank matches a linear gradient across the tissue in a random
+        direction per type (``'gradient'``), or a cell of the sub-state (a third of that order) its domain favours
+        for the type (``'regions'``). The truth is in ``obs['state']`` (the copied cell's rank quantile).
+    state_noise
+        Noise of the within-type programme: the standard deviation (in rank quantiles) added to the gradient, or the
+        probability of copying a cell of any sub-state in ``'regions'``.
     {seed}
 
     Returns
@@ -158,6 +173,10 @@ def simulate_tissue(
     domain = _domains(gen, xy, side, n_domains, smooth)
     mix = _mixtures(gen, types, n_domains, float(concentration))
     cell_type, pick = _draw_cells(gen, types, mix[domain])
+    quantile = None
+    if cell_states != "random":  # the same types as 'random' (same draws), other copies
+        quantile = state_order(X, types)
+        pick = pick_states(gen, cell_states, types, quantile, cell_type, xy, domain, n_domains, float(state_noise))
     params = {
         "n_cells": n_cells,
         "n_domains": n_domains,
@@ -165,10 +184,14 @@ def simulate_tissue(
         "domain_smoothness": smooth,
         "cell_spacing": cell_spacing,
         "concentration": float(concentration),
+        "cell_states": cell_states,
+        "state_noise": float(state_noise),
         "seed": seed_record(seed),
         "reference": "pbmc68k_reduced" if cell_type_key is None and key == "cell_type" else "user",
     }
     out = _cells_table(reference, X, types, xy, cell_type, domain, pick, n_domains)
+    if quantile is not None:
+        out.obs["state"] = quantile[pick]
     out.uns[UNS_TISSUE] = {
         "params": params,
         "domain_composition": pd.DataFrame(
