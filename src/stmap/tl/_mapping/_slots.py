@@ -19,7 +19,7 @@ from stmap.kernels._assign import largest_remainder
 if TYPE_CHECKING:
     from stmap._core import TableContext
 
-__all__ = ["cells_per_spot", "greedy_quotas", "make_slots", "mean_cells_prior"]
+__all__ = ["cells_per_spot", "greedy_capacities", "greedy_quotas", "make_slots", "mean_cells_prior"]
 
 #: Cells per square micrometre assumed when estimating cells per spot without a prior (one cell per 150 um^2,
 #: i.e. about 12 um between cell centres).
@@ -77,6 +77,10 @@ def make_slots(
     if mode == "regular":
         slots = largest_remainder(F, n_spot) if label is None else np.eye(T, dtype=np.int64)[label]
         return slots, [int(np.ceil(slots[:, t].sum() / n_t[t])) for t in range(T)]
+    return greedy_quotas(F, greedy_capacities(n_spot, n_t), n_t.astype(np.int64)), [1] * T
+
+
+def greedy_capacities(n_spot: np.ndarray, n_t: np.ndarray) -> np.ndarray:
+    """Greedy mode's spot capacities: ``n_j`` scaled to the number of reference cells (largest remainder)."""
     n_cells = int(round(float(n_t.sum())))
-    cap = largest_remainder(n_spot[None, :].astype(float), np.array([n_cells]))[0]
-    return greedy_quotas(F, cap, n_t.astype(np.int64)), [1] * T
+    return largest_remainder(n_spot[None, :].astype(float), np.array([n_cells]))[0]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._place import Placement
     from ._prepare import MappingInputs
 
-__all__ = ["write_spots", "run_record", "reference_results", "write_reference", "write_cells_table"]
+__all__ = ["write_spots", "write_intervals", "run_record", "reference_results", "write_reference", "write_cells_table"]
 
 
 def write_spots(
@@ -44,6 +44,15 @@ def write_spots(
         res.obs(keys.confidence, conf_all)
 
 
+def write_intervals(res: Results, keys: MappingKeys, inp: MappingInputs, lo_hi: tuple[np.ndarray, np.ndarray]) -> None:
+    """Lower and upper ends of the fractions' intervals (NaN for spots without counts)."""
+    sid = inp.ctx.adata.obs_names
+    for key, arr in zip((keys.fractions_lower, keys.fractions_upper), lo_hi, strict=True):
+        full = np.full((inp.ctx.adata.n_obs, inp.n_types), np.nan)
+        full[inp.fitted] = arr
+        res.obsm(key, pd.DataFrame(full, index=sid, columns=inp.cats))
+
+
 def run_record(inp: MappingInputs, comp: Composition, *, mode: str, single: bool, cells_table: str) -> dict[str, Any]:
     """What ``.uns[key_added]`` of the spot table holds besides the parameters."""
     return {
@@ -58,8 +67,13 @@ def run_record(inp: MappingInputs, comp: Composition, *, mode: str, single: bool
     }
 
 
-def reference_results(inp: MappingInputs, pl: Placement, sc_adata: AnnData, mode: str) -> dict[str, Any]:
-    """Per reference cell: candidate scores and placements over the spots (sparse), and in greedy mode its spot."""
+def reference_results(
+    inp: MappingInputs, pl: Placement, sc_adata: AnnData, mode: str, confidence: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Per reference cell: candidate scores and placements over the spots (sparse), in greedy mode its spot.
+
+    Where computed (greedy mode on small problems), also the placement's confidence.
+    """
     n_cells, m_all = sc_adata.n_obs, inp.ctx.adata.n_obs
     sid = inp.ctx.adata.obs_names
     ok = np.isfinite(pl.cand_scores)
@@ -79,6 +93,8 @@ def reference_results(inp: MappingInputs, pl: Placement, sc_adata: AnnData, mode
         spot_of = np.full(n_cells, -1, dtype=np.int64)
         spot_of[pl.cells] = pl.spots
         out["spot"] = pd.Categorical.from_codes(spot_of, categories=list(map(str, sid)))
+        if confidence is not None:
+            out["placement_confidence"] = np.asarray(confidence, dtype=float)
     return out
 
 
@@ -91,6 +107,8 @@ def write_reference(
     res.uns(keys.mapping, {"spot_ids": ref["spot_ids"], "spot_table": table_name, "mode": mode}, adata=sc_adata)
     if "spot" in ref:
         res.obs(keys.spot, ref["spot"], adata=sc_adata)
+    if "placement_confidence" in ref:
+        res.obs(keys.placement_confidence, ref["placement_confidence"], adata=sc_adata)
 
 
 def _spot_radius(ctx: TableContext, coords: np.ndarray) -> np.ndarray:
@@ -132,8 +150,12 @@ def write_cells_table(
     key_added: str,
     cell_type_key: str,
     gen: np.random.Generator,
+    confidence: np.ndarray | None = None,
 ) -> None:
-    """Table of the placed cells (reference counts, spot, type) annotating new points inside their spots."""
+    """Table of the placed cells (reference counts, spot, type) annotating new points inside their spots.
+
+    Where computed (greedy mode on small problems), the table also holds the placement's confidence.
+    """
     ctx = inp.ctx
     coords = ctx.coords
     xy = _positions_in_spots(pl.spots, coords, _spot_radius(ctx, coords), gen)
@@ -147,6 +169,8 @@ def write_cells_table(
         },
         index=[f"placed_{i:0{width}d}" for i in range(pl.cells.size)],
     )
+    if confidence is not None:
+        obs[Key.mapping(key_added).placement_confidence] = np.asarray(confidence, dtype=float)[pl.cells]
     tab = AnnData(X=inp.Xc[pl.cells], obs=obs, var=pd.DataFrame(index=sc_adata.var_names.astype(str)))
     tab.obsm[Key.obsm.spatial] = xy
     name, pts_name = Key.table.cells(inp.table_name, key_added), Key.table.cells_points(inp.table_name, key_added)

@@ -1,0 +1,131 @@
+"""Greedy mode on small problems: every reference cell to one spot by its own counts' likelihood under the spot.
+
+A cell of type ``t`` is scored against spot ``j`` by the multinomial log-likelihood of its counts under the part of
+the spot's counts that the composition fit gives to type ``t`` (the EM split ``y_jg w_jt p_tg / mu_jg``, shrunk
+towards the type's mean profile by one pseudo-count), plus the log of the cells of type ``t`` the fit expects in
+the spot (a soft composition prior instead of hard per-type quotas):
+
+``s_ij = sum_g x_ig log q_jtg + log(E_jt + 0.01)``.
+
+The split profile carries what the spot holds *within* the type (a cell state that varies in space), the prior what
+it holds between types; the spots' capacities are their cell numbers scaled to the reference (no per-type slots),
+so a cell whose type the fit misjudged can still go where its counts fit. The assignment is exact (linear sum
+assignment) when small, greedy on top-``k`` candidates otherwise (:func:`stmap.kernels.capacity_assign`).
+
+The confidence of a placement is the posterior probability of the chosen spot among the cell's candidates,
+``softmax(s_i / tau)``, with the temperature ``tau`` the quasi-Poisson dispersion of the composition fit (the
+spots' Pearson chi-square per degree of freedom): counts more variable than Poisson make the likelihood
+overconfident by about that factor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from stmap.kernels._assign import capacity_assign
+
+from ._place import Placement
+
+if TYPE_CHECKING:
+    from ._composition import Composition
+    from ._prepare import MappingInputs
+
+__all__ = ["place_greedy", "PSEUDO_COUNT", "PRIOR_FLOOR"]
+
+#: Pseudo-count of the type's mean profile added to a spot's split counts (chosen on seed 2 of the benchmark's
+#: simulations, benchmarks/mapping_quality.py; reported seeds differ).
+PSEUDO_COUNT = 1.0
+#: Floor added to the expected cells of a type in a spot before its log (a type the fit finds absent stays possible).
+PRIOR_FLOOR = 1e-2
+#: Above this many cells x spots the scores are computed per block instead of held at once.
+_DENSE_SCORES = 2e7
+
+
+class _Scores:
+    """``s_ij`` for blocks of cells (rows) and fitted spots (columns), one type at a time."""
+
+    def __init__(self, inp: MappingInputs, comp: Composition, n_spot: np.ndarray) -> None:
+        self.inp, self.comp = inp, comp
+        self.Y = inp.Y.toarray().astype(np.float64)
+        self.Ps = comp.prof * comp.gene_scale[None, :]
+        self.mu = np.maximum(comp.weights @ self.Ps, 1e-12)
+        E = comp.cells_eq / np.maximum(comp.cells_eq.sum(axis=1, keepdims=True), 1e-300)
+        self.logE = np.log(E * n_spot[:, None] + PRIOR_FLOOR)
+        pbar = comp.prof.mean(axis=0)
+        self.base = 0.9 * comp.prof + 0.1 * pbar[None, :] + 1e-9  # never a zero probability
+        self.base /= self.base.sum(axis=1, keepdims=True)
+        self.full: np.ndarray | None = None
+        n, m = inp.codes.size, self.Y.shape[0]
+        if float(n) * m <= _DENSE_SCORES:
+            self.full = self._block(np.arange(n), np.arange(m))
+
+    def _log_q(self, t: int, c: np.ndarray) -> np.ndarray:
+        Yt = self.Y[c] * (self.comp.weights[c, t : t + 1] * self.Ps[t][None, :]) / self.mu[c]
+        Q = (Yt + PSEUDO_COUNT * self.base[t][None, :]) / (Yt.sum(axis=1, keepdims=True) + PSEUDO_COUNT)
+        return np.log(Q)
+
+    def _block(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        out = np.empty((r.size, c.size), dtype=np.float64)
+        codes = self.inp.codes[r]
+        for t in np.unique(codes):
+            rows = np.flatnonzero(codes == t)
+            Xt = self.inp.Xg[r[rows]]
+            out[rows] = np.asarray(Xt @ self._log_q(int(t), c).T) + self.logE[c, t][None, :]
+        return out
+
+    def __call__(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        if self.full is not None:
+            return self.full[np.ix_(r, c)]
+        return self._block(r, c)
+
+
+def dispersion(inp: MappingInputs, comp: Composition) -> float:
+    """Quasi-Poisson dispersion of the composition fit: Pearson chi-square per degree of freedom (at least 1)."""
+    Ps = comp.prof * comp.gene_scale[None, :]
+    mu = np.maximum(comp.weights @ Ps, 1e-12)
+    Y = inp.Y.toarray()
+    m, g = Y.shape
+    chi2 = float((((Y - mu) ** 2) / mu).sum())
+    return max(chi2 / max(m * (g - inp.n_types), 1), 1.0)
+
+
+def place_greedy(
+    inp: MappingInputs, comp: Composition, n_spot: np.ndarray, cap: np.ndarray, *, n_candidates: int
+) -> tuple[Placement, np.ndarray]:
+    """Every reference cell into one fitted spot (capacities ``cap`` sum to the cells), and each one's confidence.
+
+    ``n_spot``: the cells in each fitted spot (the composition prior's scale).
+    """
+    score = _Scores(inp, comp, n_spot.astype(np.float64))
+    n = inp.codes.size
+    rows, cols, (cr, cc, cs) = capacity_assign(score, np.ones(n, dtype=np.int64), cap, k=n_candidates)
+    spot_of = np.full(n, -1, dtype=np.int64)
+    spot_of[rows] = cols
+    conf = _confidence(spot_of, cr, cc, cs, score, dispersion(inp, comp))
+    order = np.lexsort((rows, cols))
+    pl = Placement(rows[order], inp.fitted[cols[order]], cr, inp.fitted[cc], cs)
+    return pl, conf
+
+
+def _confidence(
+    spot_of: np.ndarray, cr: np.ndarray, cc: np.ndarray, cs: np.ndarray, score: _Scores, tau: float
+) -> np.ndarray:
+    """``softmax(s_i / tau)`` of each cell's spot among its candidates (the spot itself added when not one)."""
+    n = spot_of.size
+    own = np.empty(n)
+    if score.full is not None:
+        own[:] = score.full[np.arange(n), spot_of]
+    else:
+        for j in np.unique(spot_of):
+            r = np.flatnonzero(spot_of == j)
+            own[r] = score(r, np.array([j]))[:, 0]
+    is_own = cc == spot_of[cr]
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, cr, cs)
+    top = np.maximum(top, own)
+    z = np.zeros(n)
+    np.add.at(z, cr[~is_own], np.exp((cs[~is_own] - top[cr[~is_own]]) / tau))
+    z += np.exp((own - top) / tau)
+    return np.exp((own - top) / tau) / z
