@@ -63,9 +63,30 @@ def test_density_on_workers_equals_local(client):
     sdata = st.datasets.synthetic_tissue(seed=0)
     kw = {"points_key": "cell_points", "groupby": "cell_type", "bandwidth": 25.0, "voxel_size": 8.0}
     local = st.tl.density(sdata, key_added="d_local", copy=True, **kw)
-    with client.as_current():
+    with client.as_current(), distributed.get_task_stream(client) as ts:
         remote = st.tl.density(sdata, key_added="d_local", copy=True, **kw)
+    assert len(ts.data) >= 6  # one binning task per cell type ran on the workers
     np.testing.assert_array_equal(_pixels(local.images["d_local"]), _pixels(remote.images["d_local"]))
+
+
+def test_density_point_blocks_on_workers_equal_local(client):
+    import dask.array as da
+
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(60_000, 2)) * [3.0, 2.0]
+    pts = da.from_array(xy, chunks=(7_000, 2))  # 9 blocks of points, some outside the bounds
+    w = da.from_array(rng.uniform(0.5, 2.0, 60_000), chunks=7_000)
+    kw = {"bandwidth": 0.4, "grid_shape": (96, 80), "bounds": ((-6, 6), (-5, 5))}
+    local = st.tl.density(pts, weights=w.compute(), **kw)
+    with client.as_current(), distributed.get_task_stream(client) as ts:
+        remote = st.tl.density(pts, weights=w.compute(), **kw)
+    assert (
+        sum("bin_block" in t["key"][0] if isinstance(t["key"], tuple) else "bin_block" in t["key"] for t in ts.data)
+        >= 9
+    )
+    np.testing.assert_array_equal(local, remote)  # partial grids of the same blocks, added in the same order
+    whole = st.tl.density(xy, weights=w.compute(), **kw)  # one block of points, in memory
+    np.testing.assert_allclose(local, whole, rtol=1e-9, atol=1e-12 * whole.max())
 
 
 @pytest.mark.slow

@@ -897,3 +897,78 @@ def map_scores(s, q, s_thr, q_floor, s_tot, q_tot, floor_u, q_plogp):
     if js2 < 0.0:
         js2 = 0.0
     return n_region, sse, s_region, s_missed, sum_s, sum_ss, sum_sq, sum_qq, sum_q, js2, kl
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def map_sums(s, q, pn, s_thr, q_floor, inv_s, floor_u, a_buf, h_buf):
+    """The log-free sums of :func:`map_scores` in one serial pass, and the arguments of its two logarithms.
+
+    Parameters
+    ----------
+    s, q
+        Flat class and query maps.
+    pn
+        The query map normalised to sum 1 (float64, computed once per query).
+    s_thr, q_floor
+        As in :func:`map_scores`.
+    inv_s
+        ``1 / sum(s)`` (0 for an empty class map).
+    floor_u
+        Added to the normalised class map in KL.
+    a_buf, h_buf
+        float64 buffers of ``s.size``, filled with ``sn + floor_u`` and ``max((pn + sn) / 2, tiny)`` (``sn = s *
+        inv_s``) for :func:`numpy.log` (SIMD) to take in place before :func:`map_log_sums`.
+
+    Returns
+    -------
+    ``(n_region, sse_region, s_region, s_missed, sum_s, sum_ss, sum_sq)``.
+
+    Notes
+    -----
+    Serial and ``nogil``: the caller runs one class per thread.
+    """
+    n = s.size
+    n_region = 0.0
+    sse = 0.0
+    s_region = 0.0
+    s_missed = 0.0
+    sum_s = 0.0
+    sum_ss = 0.0
+    sum_sq = 0.0
+    tiny = 1e-300
+    for i in range(n):
+        sv = np.float64(s[i])
+        qv = np.float64(q[i])
+        sum_s += sv
+        sum_ss += sv * sv
+        sum_sq += sv * qv
+        r = 1.0 if sv > s_thr else 0.0  # branch-free: the loop vectorises
+        d = sv - qv
+        n_region += r
+        sse += r * d * d
+        s_region += r * sv
+        s_missed += (r * sv) if qv < q_floor else 0.0
+        sn = sv * inv_s
+        a_buf[i] = sn + floor_u
+        h = 0.5 * (pn[i] + sn)
+        h_buf[i] = max(h, tiny)
+    return int(n_region), sse, s_region, s_missed, sum_s, sum_ss, sum_sq
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def map_log_sums(s, pn, inv_s, log_a, log_h):
+    """``(sum pn log a, sum sn log a, sum m log h)``, ``m = pn + sn = 2 h``, from the logs of :func:`map_sums`' buffers.
+
+    ``m`` is recomputed; ``m = 0`` adds 0, as ``m log m`` at ``m = 0`` in :func:`map_scores`.
+    """
+    plogs = 0.0
+    slogs = 0.0
+    mlogm = 0.0
+    for i in range(s.size):
+        sn = np.float64(s[i]) * inv_s
+        p = pn[i]
+        la = log_a[i]
+        plogs += p * la
+        slogs += sn * la
+        mlogm += (p + sn) * log_h[i]  # m = 0 where h was floored to 1e-300: adds 0 * log(1e-300) = 0
+    return plogs, slogs, mlogm

@@ -26,27 +26,49 @@ METHODS = ("cellmap2d", "pearson", "cosine", "js", "kl", "emd", "mixture")
 _HIGHER_BETTER = {"cellmap2d": True, "pearson": True, "cosine": True, "js": False, "kl": False, "emd": False}
 
 
-def _mixture_em(p: np.ndarray, q: np.ndarray, n_iter: int = 300, tol: float = 1e-7) -> np.ndarray:
-    """Mixture weights ``w >= 0, sum 1`` maximising ``sum_v q_v log sum_k w_k p_kv`` (EM); ``p``: (G, V) densities."""
+def _mixture_em(
+    pt: np.ndarray, scale: np.ndarray, q: np.ndarray, n_iter: int = 300, tol: float = 1e-7, block: int = 1024
+) -> np.ndarray:
+    """Mixture weights ``w >= 0, sum 1`` maximising ``sum_v q_v log sum_k w_k p_kv`` (EM).
+
+    ``p_kv = pt[v, k] * scale[k]``: ``pt`` holds the class maps at the support voxels as stored (``(V, G)``),
+    ``scale`` their ``1 / sum``. Each iteration reads ``pt`` once, in blocks of ``block`` voxels that stay in cache
+    for both products (mixture, then the update), the blocks split in two halves summed in a fixed order (on two
+    threads when there are two): the same weights whatever the thread count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1, "blas"):  # matrix-vector products: extra BLAS threads only contend (5x slower on 2 cores)
-        return _mixture_em_loop(p, q, n_iter, tol)
+    p = np.ascontiguousarray(pt, dtype=np.float64)  # float32 maps convert exactly
+    sc = np.asarray(scale, dtype=np.float64)
+    qn = np.asarray(q, dtype=np.float64) / float(q.sum())
+    v, g = p.shape
+    blocks = [(a, min(a + block, v)) for a in range(0, v, block)]
+    halves = [blocks[: len(blocks) // 2], blocks[len(blocks) // 2 :]]
 
+    def part(bl: list[tuple[int, int]], ws: np.ndarray) -> np.ndarray:
+        acc = np.zeros(g)
+        for a, b in bl:
+            pb = p[a:b]
+            mix = pb @ ws
+            acc += np.divide(qn[a:b], mix, out=np.zeros(b - a), where=mix > 0) @ pb
+        return acc
 
-def _mixture_em_loop(p: np.ndarray, q: np.ndarray, n_iter: int, tol: float) -> np.ndarray:
-    g = p.shape[0]
     w = np.full(g, 1.0 / g)
-    qn = q / q.sum()
-    for _ in range(n_iter):
-        mix = w @ p
-        ratio = np.divide(qn, mix, out=np.zeros_like(qn), where=mix > 0)
-        w_new = w * (p @ ratio)
-        w_new /= w_new.sum()
-        if np.abs(w_new - w).max() < tol:
+    n_threads = 2 if numba.get_num_threads() >= 2 and len(blocks) > 1 else 1
+    # matrix-vector products on blocks: extra BLAS threads only contend
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(n_threads) as pool:
+        for _ in range(n_iter):
+            ws = w * sc
+            a0, a1 = pool.map(part, halves, (ws, ws))
+            w_new = w * (a0 + a1) * sc
+            w_new /= w_new.sum()
+            done = np.abs(w_new - w).max() < tol
             w = w_new
-            break
-        w = w_new
+            if done:
+                break
     return w
 
 
@@ -157,8 +179,9 @@ class _Query:
         if keep.size > max_voxels:  # systematic subsample of the support keeps the EM cheap (300 classes: < 1 s)
             keep = keep[:: int(np.ceil(keep.size / max_voxels))]
         self.keep = keep
-        self.p_support: list[np.ndarray] = []
-        self.rows: list[dict[str, float]] = []
+        q64 = self.flat.astype(np.float64)
+        self.pn = q64 / self.tot
+        self.sum_q, self.sum_qq = float(q64.sum()), float((q64 * q64).sum())
 
 
 def _as3d(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -179,8 +202,16 @@ def _scores_many(
     eps: float = 1e-12,
     max_voxels: int = 20_000,
 ) -> list[pd.DataFrame]:
-    """:func:`density_scores` of several queries: each class map is read and summarised once."""
-    from ..kernels._kde import grid_stats
+    """:func:`density_scores` of several queries: each class map is read and summarised once.
+
+    Classes are scored on several threads (one class per thread at a time: each reads its map, sums it in one
+    serial ``nogil`` pass and takes the two logarithms per voxel with numpy's SIMD ``log``), so at most as many
+    class maps as threads are in memory.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
 
     n_cls = len(reference)
     names = [str(i) for i in range(n_cls)] if classes is None else [str(c) for c in classes]
@@ -190,20 +221,29 @@ def _scores_many(
     qs = [_Query(q, shape, support, max_voxels) for q in queries]
     steps = [1.0] * len(shape) if step is None else list(step)
     floor_u = eps / float(np.prod(shape))
-    bad: list[str] = []
-    for k in range(n_cls):
+    local = threading.local()
+
+    def one(k: int) -> tuple[list[dict[str, float]], list[np.ndarray], float] | None:
+        from ..kernels._kde import grid_stats
+
         s3 = _class_map(reference[k], names[k], shape)
         s_tot, s_max, margs = grid_stats(s3.reshape(_as3d(shape)))
         if not (np.isfinite(s_tot) and np.isfinite(s_max)):  # NaN/inf anywhere propagates to the sum and the max
-            bad.append(names[k])
-            continue
-        if bad:  # the error names every bad class; no need to score the rest
-            continue
+            return None
         s = s3.ravel()
+        if getattr(local, "bufs", None) is None:
+            local.bufs = (np.empty(s.size), np.empty(s.size))
         s_cdf = [np.cumsum(m) / s_tot for m in margs[: len(shape)]] if s_tot > 0 else None
+        rows, supp = [], []
         for qd in qs:
-            qd.rows.append(_row(s, s_tot, s_max, s_cdf, qd, threshold, query_floor, floor_u, steps))
-            qd.p_support.append(np.take(s, qd.keep).astype(np.float64) / s_tot if s_tot > 0 else np.zeros(qd.keep.size))
+            rows.append(_row(s, s_tot, s_max, s_cdf, qd, threshold, query_floor, floor_u, steps, local.bufs))
+            supp.append(np.take(s, qd.keep))  # as stored; scaled by 1 / s_tot in the EM
+        return rows, supp, 1.0 / s_tot if s_tot > 0 else 0.0
+
+    n_threads = max(1, min(numba.get_num_threads(), n_cls))
+    with ThreadPoolExecutor(n_threads) as pool:
+        results = list(pool.map(one, range(n_cls)))
+    bad = [names[k] for k, r in enumerate(results) if r is None]
     if bad:
         raise StmapInputError(
             f"The reference map(s) of class(es) {bad} hold NaN or infinite values, which no score can rank (they "
@@ -212,9 +252,12 @@ def _scores_many(
             "(`np.nan_to_num`) before ranking."
         )
     out = []
-    for qd in qs:
-        df = pd.DataFrame(qd.rows, index=pd.Index(names, name="class"))
-        df["mixture"] = _mixture_em(np.asarray(qd.p_support, dtype=np.float64), qd.flat[qd.keep].astype(np.float64))
+    for j, qd in enumerate(qs):
+        rows = [r[0][j] for r in results if r is not None]
+        pt = np.stack([r[1][j] for r in results if r is not None], axis=1)  # (support voxels, classes)
+        scale = np.array([r[2] for r in results if r is not None])
+        df = pd.DataFrame(rows, index=pd.Index(names, name="class"))
+        df["mixture"] = _mixture_em(pt, scale, qd.flat[qd.keep])
         out.append(df)
     return out
 
@@ -239,14 +282,27 @@ def _row(
     query_floor: float,
     floor_u: float,
     step: list[float],
+    bufs: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, float]:
-    """Every score (except the mixture weight) of one class map against one query, from one fused pass."""
-    from ..kernels._kde import map_scores
+    """Every score (except the mixture weight) of one class map against one query.
+
+    The sums of :func:`~stmap.kernels._kde.map_scores`, split in two serial passes around numpy's SIMD ``log`` of
+    the two per-voxel arguments (``sn + u`` and ``(pn + sn) / 2``), 3-4x faster than ``math.log`` per voxel.
+    """
+    from ..kernels._kde import map_log_sums, map_sums
 
     v = float(qd.flat.size)
-    nr, sse, s_reg, s_miss, ss, sss, ssq, sqq, sq, js2, kl = map_scores(
-        s, qd.flat, threshold * s_max, query_floor * qd.max, s_tot, qd.tot, floor_u, qd.plogp
+    inv_s = 1.0 / s_tot if s_tot > 0 else 0.0
+    la, lh = bufs
+    nr, sse, s_reg, s_miss, ss, sss, ssq = map_sums(
+        s, qd.flat, qd.pn, threshold * s_max, query_floor * qd.max, inv_s, floor_u, la, lh
     )
+    np.log(la, out=la)
+    np.log(lh, out=lh)
+    plogs, slogs, mlogm = map_log_sums(s, qd.pn, inv_s, la, lh)
+    js2 = max(qd.plogp + slogs - mlogm, 0.0)
+    kl = qd.plogp - plogs
+    sqq, sq = qd.sum_qq, qd.sum_q
     ok = nr > 0 and s_max > 0
     mse = sse / nr if ok else np.nan
     pen = s_miss / (s_reg + 1e-8) if ok else np.nan
