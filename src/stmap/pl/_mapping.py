@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from stmap._core._resolve import TableContext
 
-__all__ = ["mapping"]
+__all__ = ["mapping", "mapping_confidence"]
 
 #: Columns of the placed-cells table that are not the cell type.
 _CELL_ID_COLUMNS = ("cell_id", "spot_id", Key.obs.region, Key.obs.instance)
@@ -176,3 +176,113 @@ def _cell_type_column(cells: AnnData, meta: Any) -> str:
     if not rest:
         raise StmapInputError("The placed-cells table has no cell-type column; pass `cells=False`.")
     return str(rest[0])
+
+
+@validate_params(
+    key=Instance((str,)),
+    truth=[Instance((pd.Series, dict)), None],
+    n_bins=Interval(int, 2, None),
+    **PLOT_PARAMS,
+)
+@inject_docs()
+def mapping_confidence(
+    sdata: SpatialData,
+    *,
+    key: str = Key.default.mapping,
+    table_key: str | None = None,
+    truth: pd.Series | dict[str, str] | None = None,
+    n_bins: int = 5,
+    ax: Sequence[Axes] | None = None,
+    figsize: tuple[float, float] | None = None,
+    dpi: float | None = None,
+    save: str | Path | None = None,
+    show: bool | None = None,
+) -> np.ndarray | None:
+    """How sure the greedy placement is of each cell: the confidence's histogram, and against the truth if known.
+
+    Reads the placed-cells table of a greedy :func:`stmap.tl.map_cells` run
+    (``obs[Key.mapping(key).placement_confidence]``). With ``truth`` (the true spot of each reference cell, e.g. a
+    simulation's ``cells.obs['spot_id']``), a second panel is the reliability diagram: the share of cells in their
+    true spot against the mean confidence, per confidence bin (on the diagonal when the confidence is calibrated),
+    with the number of cells per bin.
+
+    Parameters
+    ----------
+    sdata
+        :class:`spatialdata.SpatialData` after a greedy :func:`stmap.tl.map_cells` run.
+    key
+        ``key_added`` of that run.
+    {table_key}
+    truth
+        True spot id per reference cell id (:class:`pandas.Series` or dict); cells without one are left out.
+    n_bins
+        Equal-width confidence bins.
+    {plot}
+
+    Returns
+    -------
+    {plot_returns}
+    One panel without ``truth``, two with it.
+
+    Examples
+    --------
+    >>> import stmap as st
+    >>> sdata = st.datasets.synthetic_tissue(0, n_cells=300)
+    >>> cells = sdata.tables["cells"]
+    >>> st.tl.map_cells(sdata, cells.copy(), table_key="spots", mode="greedy", cells_per_spot="n_cells")
+    >>> axs = st.pl.mapping_confidence(sdata, table_key="spots", truth=cells.obs["spot_id"], show=False)
+    >>> len(axs)
+    2
+    """
+    ctx = resolve(sdata, table_key)
+    conf_key = Key.mapping(key).placement_confidence
+    name = Key.table.cells(str(ctx.table_key), key)
+    tables = getattr(sdata, "tables", {})
+    if name not in tables or conf_key not in tables[name].obs:
+        raise StmapInputError(
+            f"No placement confidence in table {name!r} (obs[{conf_key!r}]): run `st.tl.map_cells(..., "
+            f"mode='greedy', key_added={key!r})` on a problem small enough for the exact placement first."
+        )
+    obs = tables[name].obs
+    conf = obs[conf_key].to_numpy(dtype=float)
+    fig, axs, own = panels(ax, 1 + int(truth is not None), ncols=2, panel=(3.6, 3.2), figsize=figsize, dpi=dpi)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    axs[0].hist(conf, bins=edges, color="0.4")
+    axs[0].set(xlabel="placement confidence", ylabel="placed cells", title="confidence")
+    if truth is not None:
+        t = pd.Series(truth).astype(object)
+        true_spot = t.reindex(obs["cell_id"].astype(str).to_numpy()).to_numpy()
+        has = pd.notna(true_spot)
+        hit = obs["spot_id"].astype(str).to_numpy()[has] == true_spot[has].astype(str)
+        table = reliability_table(conf[has], hit, edges)
+        a = axs[1]
+        a.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+        a.plot(table["mean_confidence"], table["accuracy"], "o-", color="C0")
+        for _, row in table.iterrows():
+            a.annotate(
+                f"{int(row['n'])}",
+                (row["mean_confidence"], row["accuracy"]),
+                fontsize=7,
+                xytext=(3, -9),
+                textcoords="offset points",
+            )
+        a.set(
+            xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence", ylabel="cells in their true spot", title="reliability"
+        )
+    return finish(fig, axs, own=own, save=save, show=show, dpi=dpi)
+
+
+def reliability_table(conf: np.ndarray, hit: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
+    """Per confidence bin: cells, mean confidence and share of hits (bins without cells left out)."""
+    b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, edges.size - 2)
+    rows = [
+        {
+            "bin": f"[{edges[k]:.1f}, {edges[k + 1]:.1f}]",
+            "n": int((b == k).sum()),
+            "mean_confidence": float(conf[b == k].mean()),
+            "accuracy": float(hit[b == k].mean()),
+        }
+        for k in range(edges.size - 1)
+        if (b == k).any()
+    ]
+    return pd.DataFrame(rows, columns=["bin", "n", "mean_confidence", "accuracy"])

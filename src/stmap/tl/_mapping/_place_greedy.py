@@ -12,10 +12,11 @@ it holds between types; the spots' capacities are their cell numbers scaled to t
 so a cell whose type the fit misjudged can still go where its counts fit. The assignment is exact (linear sum
 assignment) when small, greedy on top-``k`` candidates otherwise (:func:`stmap.kernels.capacity_assign`).
 
-The confidence of a placement is the posterior probability of the chosen spot among the cell's candidates,
-``softmax(s_i / tau)``, with the temperature ``tau`` the quasi-Poisson dispersion of the composition fit (the
-spots' Pearson chi-square per degree of freedom): counts more variable than Poisson make the likelihood
-overconfident by about that factor.
+The confidence of a placement is the probability of the chosen spot under the capacities: an entropic transport
+plan (Sinkhorn) of ``exp(s / tau)`` on each cell's candidate spots, rows summing to 1 and columns to the spots'
+capacities, so a cell competing with better-fitting cells for its best spot is not sure of it. The temperature
+``tau`` is the quasi-Poisson dispersion of the composition fit (the spots' Pearson chi-square per degree of
+freedom: counts more variable than Poisson make the likelihood overconfident) times :data:`TEMPERATURE_FACTOR`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = ["place_greedy", "PSEUDO_COUNT", "PRIOR_FLOOR"]
 PSEUDO_COUNT = 1.0
 #: Floor added to the expected cells of a type in a spot before its log (a type the fit finds absent stays possible).
 PRIOR_FLOOR = 1e-2
+#: Factor on the dispersion in the confidence's temperature (chosen on seed 2 of benchmarks/mapping_quality.py).
+TEMPERATURE_FACTOR = 10.0
 #: Above this many cells x spots the scores are computed per block instead of held at once.
 _DENSE_SCORES = 2e7
 
@@ -103,16 +106,37 @@ def place_greedy(
     rows, cols, (cr, cc, cs) = capacity_assign(score, np.ones(n, dtype=np.int64), cap, k=n_candidates)
     spot_of = np.full(n, -1, dtype=np.int64)
     spot_of[rows] = cols
-    conf = _confidence(spot_of, cr, cc, cs, score, dispersion(inp, comp))
+    conf = _confidence(spot_of, cap, cr, cc, cs, score, TEMPERATURE_FACTOR * dispersion(inp, comp))
     order = np.lexsort((rows, cols))
     pl = Placement(rows[order], inp.fitted[cols[order]], cr, inp.fitted[cc], cs)
     return pl, conf
 
 
+def _segment_lse(x: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
+    """``log(sum(exp(x)))`` within each segment ``seg`` (``-inf`` for an empty one)."""
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, seg, x)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    acc = np.zeros(n)
+    np.add.at(acc, seg, np.exp(x - safe[seg]))
+    with np.errstate(divide="ignore"):
+        return np.log(acc) + safe
+
+
 def _confidence(
-    spot_of: np.ndarray, cr: np.ndarray, cc: np.ndarray, cs: np.ndarray, score: _Scores, tau: float
+    spot_of: np.ndarray,
+    cap: np.ndarray,
+    cr: np.ndarray,
+    cc: np.ndarray,
+    cs: np.ndarray,
+    score: _Scores,
+    tau: float,
+    n_iter: int = 100,
 ) -> np.ndarray:
-    """``softmax(s_i / tau)`` of each cell's spot among its candidates (the spot itself added when not one)."""
+    """Probability of each cell's spot under the capacities (entropic transport of ``s / tau``, Sinkhorn).
+
+    The plan lives on the candidate edges and each cell's own spot; its rows sum to 1, its columns to the capacities.
+    """
     n = spot_of.size
     own = np.empty(n)
     if score.full is not None:
@@ -121,11 +145,16 @@ def _confidence(
         for j in np.unique(spot_of):
             r = np.flatnonzero(spot_of == j)
             own[r] = score(r, np.array([j]))[:, 0]
-    is_own = cc == spot_of[cr]
-    top = np.full(n, -np.inf)
-    np.maximum.at(top, cr, cs)
-    top = np.maximum(top, own)
-    z = np.zeros(n)
-    np.add.at(z, cr[~is_own], np.exp((cs[~is_own] - top[cr[~is_own]]) / tau))
-    z += np.exp((own - top) / tau)
-    return np.exp((own - top) / tau) / z
+    keep = cc != spot_of[cr]
+    er = np.concatenate([np.arange(n), cr[keep]])
+    ec = np.concatenate([spot_of, cc[keep]])
+    x = np.concatenate([own, cs[keep]]) / tau
+    m = cap.size
+    log_cap = np.log(np.maximum(cap.astype(np.float64), 1e-300))
+    f, g = np.zeros(n), np.zeros(m)
+    for _ in range(n_iter):
+        f = -_segment_lse(x + g[ec], er, n)
+        g = log_cap - _segment_lse(x + f[er], ec, m)
+        g[~np.isfinite(g)] = 0.0
+    f = -_segment_lse(x + g[ec], er, n)  # rows last: each cell's probabilities sum to 1
+    return np.minimum(np.exp(x[:n] + f + g[spot_of]), 1.0)
