@@ -511,7 +511,12 @@ def density(
 
     Points are binned linearly onto the grid nodes (second-order accurate) and smoothed with a separable Gaussian
     (:mod:`stmap.kernels`, numba, parallel; FFT for wide kernels). The result is the KDE at the nodes
-    ``lo + i * step`` of every axis.
+    ``lo + i * step`` of every axis, of all the points: those beyond the bounds add the part of their kernel that
+    falls inside.
+
+    Points are read and binned in blocks (a dask array's chunks, e.g. a lazy points element), so memory does not
+    grow with their number; under an active ``dask.distributed`` client the blocks are binned on its workers
+    and the partial grids summed here, with the same result as without the client.
 
     Parameters
     ----------

@@ -424,8 +424,8 @@ def rank_densities(
 
     The ranking of CellMap2D :cite:p:`topilko2025cellmap2d`, with other scores beside it.
 
-    Every score is computed for every class in one pass over the reference maps (one channel in memory at a
-    time); ``method`` picks the one that orders the result.
+    Every score is computed for every class in one pass over the reference maps (classes on several threads, one
+    channel per thread in memory at a time); ``method`` picks the one that orders the result.
 
     ``'cellmap2d'``
         The published score: in the class's relevant region ``S > threshold * max S``, ``mse`` = mean squared
