@@ -465,8 +465,12 @@ def gaussian_smooth(
 # ---------------------------------------------------------------------------------------------------------------------
 @validate_params(n_grids=Interval(int, 0, None))
 def estimate_grid_bytes(shape: Sequence[int], dtype: Any = np.float64, n_grids: int = 1) -> int:
-    """Bytes needed to hold ``n_grids`` grids of ``shape`` (plus one working grid)."""
-    return int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize * (n_grids + 1))
+    """Bytes needed to hold ``n_grids`` grids of ``shape`` plus the working grids of :func:`kde_grid`.
+
+    Those are three: the sum of the blocks, one block's partial grid, and the copy cropped from the padded grid
+    (the padding, at most the kernel's support, is not counted).
+    """
+    return int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize * (n_grids + 3))
 
 
 #: Points per block: arrays of points are binned block by block (partial grids summed in block order), here or on
