@@ -179,7 +179,10 @@ def map_cells(
         ``'regular'``: each spot receives exactly ``n_j`` cells, a cell filling at most its fair share
         ``ceil(slots_t / cells_t)`` of its type's slots (cells may be reused when the reference has fewer cells than
         slots). ``'greedy'``: every reference cell gets exactly one spot; spot capacities are ``n_j`` scaled to the
-        number of cells.
+        number of cells. Below the sparse path's size each cell goes where its own counts are most likely under its
+        type's share of the spot's counts, with the fitted composition as a soft prior (no per-type slots: cells
+        that vary within their type in space land where they fit), and gets a placement confidence; above it,
+        cells fill per-type slots as in regular mode.
     {table_key}
     {coordinate_system}
     cell_type_key
@@ -254,11 +257,15 @@ def map_cells(
       spots similarity scores, top ``n_candidates`` per cell, among spots that need the cell's type),
       ``.obsm['stmap_mapping_assignment']`` (sparse cells x spots number of placements),
       ``.uns['stmap_mapping']['spot_ids']`` (the columns), and in greedy mode ``.obs['stmap_spot']`` (assigned spot
-      id). With ``copy=True`` the same in the returned spot table's ``.uns['stmap_mapping']['reference']``:
-      ``cell_ids`` (the reference's ``obs_names``, the rows), ``spot_ids``, ``scores``, ``assignment`` and in greedy
-      mode ``spot`` (categorical); :func:`~stmap.tl.project_genes` reads it from there;
+      id) and ``.obs['stmap_placement_confidence']`` (probability of that spot under the spots' capacities; below
+      the sparse path's size). With ``copy=True`` the same in the returned spot table's
+      ``.uns['stmap_mapping']['reference']``: ``cell_ids`` (the reference's ``obs_names``, the rows), ``spot_ids``,
+      ``scores`` (greedy mode below the sparse path's size: the cells' log-likelihood scores), ``assignment`` and in
+      greedy mode ``spot`` (categorical) and ``placement_confidence``; :func:`~stmap.tl.project_genes` reads it from
+      there;
     - (SpatialData only) table ``'<table>_cells'``: one row per placed cell (``obs['cell_id']``, ``obs['spot_id']``,
-      ``obs[cell_type_key]``, the reference counts in ``X``, ``obsm['spatial']``), annotating a new points element
+      ``obs[cell_type_key]``, in greedy mode ``obs['stmap_placement_confidence']``, the reference counts in ``X``,
+      ``obsm['spatial']``), annotating a new points element
       ``'<table>_cells_points'`` of the placed cells inside their spot's radius, in the spots' coordinate system.
 
     Raises
