@@ -713,11 +713,13 @@ def kde_grid(
     if lazy:  # one pass over the points: pad by the whole support
         pad_lo = pad_hi = full
     else:
-        coords = np.ascontiguousarray(coords, dtype=np.float64)
+        coords = np.asarray(coords)  # float32 stays float32: blocks are converted one at a time
+        if coords.dtype.kind != "f":
+            coords = coords.astype(np.float64)
         if coords.ndim != 2 or coords.shape[1] != d:
             raise ValueError(f"Expected {d} coordinate columns matching the grid, got array of shape {coords.shape}.")
         if weights is not None:
-            weights = np.ascontiguousarray(weights, dtype=np.float64)
+            weights = np.asarray(weights, dtype=np.float64)
         mins, maxs, n_ok, _ = _extent(coords, np.empty(0), False)
         hi_arr = lo_arr + (np.asarray(shape) - 1) * stp
         if n_ok:  # pad only as far as the points reach
