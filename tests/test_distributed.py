@@ -87,6 +87,14 @@ def test_density_point_blocks_on_workers_equal_local(client):
     np.testing.assert_allclose(local, whole, rtol=1e-9, atol=1e-12 * whole.max())
 
 
+def test_density_called_in_a_task_bins_on_its_worker(client):
+    xy = np.random.default_rng(1).normal(size=(5_000, 2))
+    kw = {"bandwidth": 0.4, "grid_shape": (64, 64), "bounds": ((-3, 3), (-3, 3))}
+    # one-thread workers: a task that waited on tasks of its own would block its worker; it bins in place instead
+    remote = client.submit(st.tl.density, xy, **kw).result(timeout=60)
+    np.testing.assert_array_equal(remote, st.tl.density(xy, **kw))
+
+
 @pytest.mark.slow
 def test_gene_map_inference_on_workers_equals_local(client):
     import torch

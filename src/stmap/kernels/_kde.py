@@ -523,8 +523,13 @@ def _client() -> Any:
 
     if "distributed" not in sys.modules:
         return None
-    from distributed import get_client
+    from distributed import get_client, get_worker
 
+    try:
+        get_worker()
+        return None  # called inside a task on a worker: bin there (waiting on new tasks could block the worker)
+    except ValueError:
+        pass
     try:
         return get_client()
     except ValueError:
