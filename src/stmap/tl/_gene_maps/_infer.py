@@ -100,27 +100,28 @@ def predict_maps(
     mult = net.multiple
     halo = int(math.ceil((net.receptive_radius if halo is None else halo) / mult) * mult)
     chunk = max(mult, int(math.ceil(chunk / mult) * mult), halo)
-    img = da.asarray(image).astype(np.float32)
-    img = img.rechunk(((img.shape[0],), _split(img.shape[1], chunk, halo), _split(img.shape[2], chunk, halo)))
+    img = image if isinstance(image, np.ndarray) else da.asarray(image)
+    _, h, w = img.shape
+    chunks = (_split(h, chunk, halo), _split(w, chunk, halo))
     n_out = net.n_genes + (3 if reconstruct else 0)
     dev = resolve_device(device)
     net = net.to(dev).eval()
-    ny, nx = len(img.chunks[1]), len(img.chunks[2])
 
-    def block_fn(block: np.ndarray, block_info: Any = None) -> np.ndarray:
-        # `block` carries `halo` extra pixels on each side that is not an image edge (boundary="none"): the padding
-        # to the size multiple then happens at the image's bottom/right edge only, as in a whole-image pass
-        iy, ix = block_info[0]["chunk-location"][1:]
-        out = _run(net, block, mult, dev, reconstruct)
-        top, left = (halo if iy > 0 else 0), (halo if ix > 0 else 0)
-        bottom = out.shape[1] - (halo if iy < ny - 1 else 0)
-        right = out.shape[2] - (halo if ix < nx - 1 else 0)
-        return out[:, top:bottom, left:right]
+    def block_fn(block_info: Any = None) -> np.ndarray:
+        # each tile reads its own window, extended by `halo` pixels on each side that is not an image edge (every
+        # chunk but the last is followed by at least `halo` pixels): the padding to the size multiple then happens at
+        # the image's bottom/right edge only, as in a whole-image pass. Reading the window inside the tile's task
+        # (not as upstream dask tasks) keeps one window per worker in memory: the scheduler cannot run ahead reading
+        # and holding the input of tiles that wait for the network
+        (ys, ye), (xs, xe) = block_info[None]["array-location"][1:]
+        y0, x0, y1, x1 = max(0, ys - halo), max(0, xs - halo), min(h, ye + halo), min(w, xe + halo)
+        win = img[:, y0:y1, x0:x1]
+        if not isinstance(win, np.ndarray):
+            win = win.compute(scheduler="synchronous")
+        out = _run(net, np.asarray(win, dtype=np.float32), mult, dev, reconstruct)
+        return out[:, ys - y0 : ye - y0, xs - x0 : xe - x0]
 
-    ov = da.overlap.overlap(img, depth={0: 0, 1: halo, 2: halo}, boundary="none")
-    return ov.map_blocks(
-        block_fn, dtype=np.float32, chunks=((n_out,), *img.chunks[1:]), meta=np.empty((0, 0, 0), np.float32)
-    )
+    return da.map_blocks(block_fn, dtype=np.float32, chunks=((n_out,), *chunks), meta=np.empty((0, 0, 0), np.float32))
 
 
 def _split(n: int, chunk: int, halo: int) -> tuple[int, ...]:
