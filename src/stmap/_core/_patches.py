@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -232,8 +232,11 @@ def patch_tiles(
     return tiles
 
 
-def read_window(image: ImageContext, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
-    """The pixels ``(c, y0:y1, x0:x1)`` of one level as numpy (read in the calling thread or worker)."""
+def read_window(image: Any, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixels ``(c, y0:y1, x0:x1)`` of one level as numpy (read in the calling thread or worker).
+
+    ``image``: anything with ``levels`` (an :class:`ImageContext`; lazy or numpy levels).
+    """
     y0, y1, x0, x1 = window
     block = image.levels[level][:, y0:y1, x0:x1]
     if hasattr(block, "compute"):

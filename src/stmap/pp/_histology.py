@@ -406,10 +406,22 @@ def _name(extractor: Any) -> str:
 
 
 class _Opaque:
-    """Holds the image so that dask passes it to tasks as it is (a dask array argument would be computed whole)."""
+    """The image's levels, held so that dask passes them to tasks as they are (not computed whole as an argument).
 
-    def __init__(self, image: Any) -> None:
-        self.image = image
+    Levels up to ``_READ_WHOLE`` bytes are read once here (e.g. a JPEG-backed lazy image, which would be decoded
+    again for every tile); larger ones are read tile by tile inside the tasks.
+    """
+
+    def __init__(self, image: Any, levels: list[int]) -> None:
+        self.levels = list(image.levels)
+        for lv in levels:
+            arr = self.levels[lv]
+            if hasattr(arr, "compute") and arr.nbytes <= _READ_WHOLE:
+                self.levels[lv] = np.asarray(arr.compute())
+
+
+#: Image levels up to this size are read whole once rather than tile by tile (bytes).
+_READ_WHOLE = 2**28
 
 
 def _tile_features(
@@ -422,7 +434,7 @@ def _tile_features(
     name: str,
 ) -> tuple[list[np.ndarray], int, int]:
     """Features of one tile's patches: its windows read once, patches cut in numpy, featurised in batches."""
-    windows = {lv: read_window(held.image, lv, w) for lv, w in tile.windows.items()}
+    windows = {lv: read_window(held, lv, w) for lv, w in tile.windows.items()}
     out, n_nan, n_px = [], 0, 0
     for spec, fn, (xs, ys) in zip(specs, fns, tile.corners, strict=True):
         blocks = []
@@ -471,7 +483,7 @@ def _by_tiles(
     if n == 0:
         return [np.zeros((0, 0), dtype=np.float32) for _ in specs]
     tiles = patch_tiles(image, centers, specs)
-    held = _Opaque(image)
+    held = dask.delayed(_Opaque(image, sorted({s.level for s in specs})), pure=True)  # one key: sent to workers once
     task = dask.delayed(_tile_features, pure=False)
     jobs = [task(held, t, specs, fns, batch_size, divisor, name or "image") for t in tiles]
     with _progress(verbose, len(jobs)):
