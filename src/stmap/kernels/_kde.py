@@ -561,22 +561,35 @@ def _bin_all(
 ) -> tuple[np.ndarray, int, int, float]:
     """Bin every block and sum the partial grids in block order: ``(grid, n_points, n_finite, finite_weight)``.
 
-    With an active dask.distributed client the blocks are binned on its workers (each returns a partial grid);
-    otherwise here, one block at a time (memory: one block and two grids, whatever the number of points). The
-    partial grids are added in the same order either way, so both give the same grid bit for bit.
+    With an active dask.distributed client the blocks are binned on its workers (each returns a partial grid, at
+    most two blocks per worker in flight); otherwise here, one block at a time (memory: one block and two grids,
+    whatever the number of points). The partial grids are added in the same order either way, so both give the
+    same grid bit for bit.
     """
     blocks = _blocks(coords, weights)
     client = _client()
     lazy = type(coords).__module__.startswith("dask")
     if client is not None:
-        import dask
 
-        if lazy:
-            parts = [dask.delayed(_bin_block)(c, w, lo, step, shape, dtype) for c, w in blocks]
-            futures = client.compute(parts)
-        else:
-            futures = [client.submit(_bin_block, c, w, lo, step, shape, dtype, pure=False) for c, w in blocks]
-        results = (f.result() for f in futures)
+        def _remote():
+            import collections
+
+            import dask
+
+            # at most two blocks per worker in flight: the workers hold a few partial grids, not one per block
+            window = max(2, 2 * len(client.scheduler_info().get("workers", {})))
+            pending: collections.deque = collections.deque()
+            for c, w in blocks:
+                if lazy:
+                    pending.append(client.compute(dask.delayed(_bin_block)(c, w, lo, step, shape, dtype)))
+                else:
+                    pending.append(client.submit(_bin_block, c, w, lo, step, shape, dtype, pure=False))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+        results = _remote()
     else:
 
         def _local():
