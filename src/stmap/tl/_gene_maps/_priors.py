@@ -21,6 +21,8 @@ PRIORS = ("idw+histology", "idw", "histology", None)
 _PRIOR_K, _PRIOR_POWER = 8, 2.0
 #: The distance channel saturates at this many spot spacings.
 _PRIOR_FAR = 5.0
+#: Pixels whose prior is computed at once (bounds the neighbours' values held: pixels x k x genes).
+_IDW_BATCH = 32_768
 
 
 def uses_idw(prior: str | None) -> bool:
@@ -55,16 +57,21 @@ def idw_window(
         out[g] = 1.0
         return out
     tree = cKDTree(points) if tree is None else tree
-    yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
-    q = np.c_[xx.ravel(), yy.ravel()].astype(np.float64)
     k = min(_PRIOR_K, len(points))
-    d, i = tree.query(q, k=k)
-    if k == 1:
-        d, i = d[:, None], i[:, None]
-    wt = 1.0 / np.maximum(d, 0.5) ** _PRIOR_POWER
-    est = np.einsum("pk,pkg->pg", wt, values[i]) / wt.sum(1, keepdims=True)
-    out[:g] = est.T.reshape(g, h, w)
-    out[g] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0).reshape(h, w)
+    flat = out.reshape(g + 1, h * w)
+    # rows of pixels at a time: the neighbours' values (pixels x k x G float64) of a whole 512-px window of 50 genes
+    # would take 800 MB; each pixel's arithmetic is the same in any batch
+    step = max(1, _IDW_BATCH // max(w, 1)) * w
+    for s in range(0, h * w, step):
+        p = np.arange(s, min(s + step, h * w))
+        q = np.c_[x0 + p % w, y0 + p // w].astype(np.float64)
+        d, i = tree.query(q, k=k)
+        if k == 1:
+            d, i = d[:, None], i[:, None]
+        wt = 1.0 / np.maximum(d, 0.5) ** _PRIOR_POWER
+        est = np.einsum("pk,pkg->pg", wt, values[i]) / wt.sum(1, keepdims=True)
+        flat[:g, p] = est.T
+        flat[g, p] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0)
     return out
 
 
