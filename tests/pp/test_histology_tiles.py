@@ -175,3 +175,21 @@ class TestTiles:
         ):
             remote = st.pp.histology_features(sdata, patch_um=40.0, copy=True).tables["table"].obsm["X_histology"]
         np.testing.assert_array_equal(remote, local)
+
+
+def test_lazy_he_nuclei_are_dilated_centres():
+    # the stamped nuclei equal scipy's binary dilation of the centres by the disk (the generator's first form)
+    from scipy import ndimage
+
+    from stmap.datasets._scale import _he_image
+
+    seed, h, w, r, density = 3, 300, 350, 5, 2e-3
+    got = _he_image(seed, h, w, r, density, 4096).compute()
+    gen = np.random.default_rng([seed, 5, 0, 0])
+    centres = np.zeros((h, w), bool)
+    n = gen.poisson(density * h * w)
+    centres[gen.integers(0, h, n), gen.integers(0, w, n)] = True
+    nuc = ndimage.binary_dilation(centres, structure=np.hypot(*np.mgrid[-r : r + 1, -r : r + 1]) <= r)
+    noise = gen.normal(0.0, 6.0, size=(h, w))
+    rgb = np.where(nuc[None], np.array([95.0, 60, 140])[:, None, None], np.array([232.0, 182, 205])[:, None, None])
+    np.testing.assert_array_equal(got, np.clip(rgb + noise[None], 0, 255).astype(np.uint8))
