@@ -66,7 +66,12 @@ def _lognorm(adata):
     return b
 
 
-def _scores(y, s) -> dict:
+SCORES: dict[str, np.ndarray] = {}  # "<task>|<method>|<seed>" -> scores, "<task>|y" -> labels (--dump-scores)
+
+
+def _scores(y, s, key: str | None = None) -> dict:
+    if key is not None:
+        SCORES[key] = np.asarray(s, dtype=float)
     ok = ~np.isnan(y)
     yt, s = y[ok].astype(bool), np.asarray(s, dtype=float)[ok]
     tied = st.metrics.gmm_threshold(s, covariance_type="tied")  # detect_ctr's default
@@ -79,13 +84,18 @@ def _scores(y, s) -> dict:
     }
 
 
-def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list[int], runs: list[Run]) -> None:
+def run_task(
+    name: str, data: dict, sources: list[str], target: str, seeds: list[int], runs: list[Run], methods=None
+) -> None:
     tgt = data[target]
     y = tgt.tables[target].obs[LABEL].to_numpy()
+    SCORES[f"{name}|y"] = y
     src = {k: data[k] for k in sources}
 
     # our models, several seeds: mean metrics, total time of one seed (train + detect)
     for method, modality in (("stmap", "both"), ("stmap_expression", "expression"), ("stmap_histology", "histology")):
+        if methods and method not in methods:
+            continue
         srcs = {k: v for k, v in src.items() if modality != "histology" or v.images}
         per_seed, times, mems = [], [], []
         for seed in seeds:
@@ -97,7 +107,8 @@ def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list
                 res = st.tl.detect_ctr(tgt, model, table_key=target, copy=True)
                 return res.tables[target].obs["stmap_ctr_prob"].to_numpy(), model.info["train_seconds"]
 
-            r = measure(name, method, fn, lambda out: {**_scores(y, out[0]), "train_s": out[1]})
+            key = f"{name}|{method}|{seed}"
+            r = measure(name, method, fn, lambda out, key=key: {**_scores(y, out[0], key), "train_s": out[1]})
             per_seed.append(r.metrics)
             times.append(r.seconds)
             mems.append(r.peak_mb)
@@ -125,7 +136,9 @@ def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list
         train_s = time.perf_counter() - t0
         return clf.predict_proba(lt[:, common].X.toarray()[:, top])[:, 1], train_s
 
-    runs.append(measure(name, "logreg", logreg, lambda out: {**_scores(y, out[0]), "train_s": out[1]}))
+    runs.append(
+        measure(name, "logreg", logreg, lambda out: {**_scores(y, out[0], f"{name}|logreg|0"), "train_s": out[1]})
+    )
     print(runs[-1], flush=True)
 
     def meta():
@@ -134,7 +147,7 @@ def run_task(name: str, data: dict, sources: list[str], target: str, seeds: list
         x = lt[:, genes].X.toarray()
         return ((x - x.mean(0)) / (x.std(0) + 1e-9)).mean(1)
 
-    runs.append(measure(name, "meta_gene", meta, lambda s: {**_scores(y, s), "train_s": 0.0}))
+    runs.append(measure(name, "meta_gene", meta, lambda s: {**_scores(y, s, f"{name}|meta_gene|0"), "train_s": 0.0}))
     print(runs[-1], flush=True)
 
 
@@ -144,6 +157,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the torch models on A1")
     p.add_argument("--loso-seeds", type=int, default=1, help="seeds of the torch models per LOSO fold")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--folds", default=None, help="comma-separated LOSO folds (default: C2..C6)")
+    p.add_argument("--no-a1", action="store_true", help="skip the A1 transfer task")
+    p.add_argument("--methods", default=None, help="comma-separated torch models to run (default: all three)")
+    p.add_argument("--dump-scores", default=None, help="write every method's scores and the labels to this .npz")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -155,11 +172,17 @@ def main() -> None:
     seeds = list(range(args.seeds))
     runs: list[Run] = []
     csecs = [s for s in SECTIONS if s.startswith("C")]
-    run_task("A1", data, csecs, "A1", seeds, runs)
+    if not args.no_a1:
+        run_task("A1", data, csecs, "A1", seeds, runs)
     if args.loso:
-        for held in csecs[1:]:
+        for held in args.folds.split(",") if args.folds else csecs[1:]:
             srcs = [s for s in csecs if s != held]
-            run_task(f"LOSO {held}", data, srcs, held, list(range(args.loso_seeds)), runs)
+            methods = args.methods.split(",") if args.methods else None
+            run_task(f"LOSO {held}", data, srcs, held, list(range(args.loso_seeds)), runs, methods)
+    if args.dump_scores:
+        np.savez(args.dump_scores, **SCORES)
+    if args.dump_scores and (args.no_a1 or args.folds):
+        return  # partial run: scores only, results/ctr.json untouched
     report("ctr", runs, ours="stmap", higher_is_better={"roc_auc": True, "ap": True, "f1_gmm": True})
 
 

@@ -203,16 +203,27 @@ class CTRModel:
         return g, f, has_g, has_i
 
     def _predict(self, s: Sample, device: Any, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Cancer probability and VAE posterior ``(mu, log var)`` of every spot of a prepared sample."""
+        """Cancer probability and VAE posterior ``(mu, log var)`` of every spot of a prepared sample.
+
+        Batches of ``batch_size`` spots; each batch encodes only the spots it involves (itself and its neighbours), so
+        the time is linear in the number of spots.
+        """
         import torch
 
         self.net.eval()
         g, f, has_g, has_i = self._inputs(s, device)
-        tok = torch.from_numpy(s.nbr).to(device)
-        probs, lat = [], []
+        n = len(s.nbr)
+        prob = np.empty(n, dtype=np.float64)
+        lat: np.ndarray | None = None
         with torch.no_grad():
-            for st in range(0, len(s.nbr), batch_size):
-                out = self.net(g, f, tok[st : st + batch_size], has_g, has_i)
-                probs.append(torch.sigmoid(out["logit"]).cpu().numpy())
-                lat.append(torch.cat([out["mu"], out["logvar"]], -1).cpu().numpy())
-        return np.concatenate(probs).astype(np.float64), np.concatenate(lat).astype(np.float32)
+            for st in range(0, n, batch_size):
+                uniq, inv = np.unique(s.nbr[st : st + batch_size], return_inverse=True)
+                u = torch.from_numpy(uniq).to(device)
+                tok = torch.from_numpy(inv.reshape(-1, s.nbr.shape[1])).to(device)
+                out = self.net(None if g is None else g[u], None if f is None else f[u], tok, has_g[u], has_i[u])
+                prob[st : st + batch_size] = torch.sigmoid(out["logit"]).cpu().numpy()
+                mu_lv = torch.cat([out["mu"], out["logvar"]], -1).cpu().numpy()
+                if lat is None:
+                    lat = np.empty((n, mu_lv.shape[1]), dtype=np.float32)
+                lat[st : st + batch_size] = mu_lv
+        return prob, lat if lat is not None else np.zeros((0, 0), dtype=np.float32)
