@@ -49,6 +49,25 @@ class TestNetwork:
         # same arithmetic on the same windows: only float rounding of the convolutions differs
         np.testing.assert_allclose(tiled, _whole_pass(net, img), atol=1e-5)
 
+    def test_skipped_tiles_are_nan_and_others_unchanged(self):
+        torch.manual_seed(0)
+        net = GeneMapNet(2, width=4, depth=2).eval()
+        img = np.random.default_rng(2).random((3, 150, 230)).astype(np.float32)
+        whole = predict_maps(net, img, chunk=48, reconstruct=True).compute()
+        part = predict_maps(net, img, chunk=48, reconstruct=True, skip=lambda y0, y1, x0, x1: x0 >= 96).compute()
+        np.testing.assert_array_equal(part[:, :, :96], whole[:, :, :96])  # the same windows run
+        assert np.isnan(part[:2, :, 96:]).all() and (part[2:, :, 96:] == 1.0).all()  # genes NaN, reconstruction white
+
+    def test_disc_means_leave_out_nan_pixels(self):
+        maps = np.random.default_rng(3).random((2, 40, 40))
+        maps[:, :, 20:] = np.nan
+        c = np.array([[19.0, 10.0], [30.0, 30.0]])  # a disc across the NaN edge, one entirely in NaN
+        got = disc_means(maps, c, radius=4.0)
+        dy, dx = _disc_stencil(4.0)
+        ref = np.nanmean(maps[:, 10 + dy, 19 + dx], axis=1)
+        np.testing.assert_allclose(got[0], ref)
+        assert np.isnan(got[1]).all()
+
     def test_receptive_radius_bounds_the_influence(self):
         torch.manual_seed(1)
         net = GeneMapNet(2, width=4, depth=2).eval()

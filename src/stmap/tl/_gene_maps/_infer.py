@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ def predict_maps(
     halo: int | None = None,
     device: Any = None,
     reconstruct: bool = False,
+    skip: Callable[[int, int, int, int], bool] | None = None,
 ) -> Any:
     """Run a gene-map network over a whole image in overlapping tiles (lazy dask in, lazy dask out).
 
@@ -70,6 +72,9 @@ def predict_maps(
         Torch device; default :attr:`stmap.settings.device`.
     reconstruct
         Also return the reconstructed RGB.
+    skip
+        ``skip(y0, y1, x0, x1)`` true: the tile ``[y0, y1) x [x0, x1)`` is not run (e.g. no tissue in it); its genes
+        are NaN and its reconstruction white.
 
     Returns
     -------
@@ -114,6 +119,10 @@ def predict_maps(
         # (not as upstream dask tasks) keeps one window per worker in memory: the scheduler cannot run ahead reading
         # and holding the input of tiles that wait for the network
         (ys, ye), (xs, xe) = block_info[None]["array-location"][1:]
+        if skip is not None and skip(ys, ye, xs, xe):
+            out = np.full((n_out, ye - ys, xe - xs), np.nan, dtype=np.float32)
+            out[net.n_genes :] = 1.0
+            return out
         y0, x0, y1, x1 = max(0, ys - halo), max(0, xs - halo), min(h, ye + halo), min(w, xe + halo)
         win = img[:, y0:y1, x0:x1]
         if not isinstance(win, np.ndarray):
@@ -160,8 +169,8 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
     """Mean of an image over discs around points, streamed block by block (bounded memory on huge images).
 
     Each block adds its pixels' values to the sums of the discs it holds, so only one block (per worker) is in
-    memory. A disc holds the pixels within ``radius`` of the pixel nearest its centre; pixels off the image are left
-    out of the mean.
+    memory. A disc holds the pixels within ``radius`` of the pixel nearest its centre; pixels off the image and NaN
+    pixels are left out of the mean.
 
     Parameters
     ----------
@@ -174,7 +183,7 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
 
     Returns
     -------
-    ``(n, C)`` float64 means (NaN for a disc entirely off the image).
+    ``(n, C)`` float64 means (NaN for a disc entirely off the image or NaN).
 
     See Also
     --------
@@ -215,19 +224,26 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
         ly, lx = yy[sel] - ybounds[iy], xx[sel] - xbounds[ix]
         tasks.append(dask.delayed(_block_sums)(blocks[iy, ix], ly, lx, spot[sel]))
     sums = np.zeros((len(centers), g), dtype=np.float64)
-    for u, part in dask.compute(*tasks):
+    n = np.zeros((len(centers), g), dtype=np.float64)
+    for u, part, count in dask.compute(*tasks):
         sums[u] += part
-    n = np.bincount(spot, minlength=len(centers)).astype(np.float64)
+        n[u] += count
     with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / n[:, None]
+        return sums / n
 
 
-def _block_sums(block: np.ndarray, ly: np.ndarray, lx: np.ndarray, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The spots ``u`` with pixels in this block and the sums of their pixels' values ``(len(u), C)``."""
+def _block_sums(
+    block: np.ndarray, ly: np.ndarray, lx: np.ndarray, sp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The spots ``u`` with pixels in this block, the sums of their finite pixels' values and their counts."""
     u, inv = np.unique(sp, return_inverse=True)
+    vals = np.asarray(block[:, ly, lx], dtype=np.float64).T
+    ok = np.isfinite(vals)
     sums = np.zeros((u.size, block.shape[0]), dtype=np.float64)
-    np.add.at(sums, inv, np.asarray(block[:, ly, lx], dtype=np.float64).T)
-    return u, sums
+    counts = np.zeros((u.size, block.shape[0]), dtype=np.float64)
+    np.add.at(sums, inv, np.where(ok, vals, 0.0))
+    np.add.at(counts, inv, ok.astype(np.float64))
+    return u, sums, counts
 
 
 def _col(v: np.ndarray) -> np.ndarray:
@@ -283,7 +299,17 @@ def infer(
     ``mask`` (from :func:`._mask.section_mask`): the maps are NaN off the tissue; the spot averages are those of the
     unmasked maps (a spot on the tissue's edge keeps its whole disc).
     """
-    maps = predict_maps(model.net, network_input(sec, model, grid, verbose), device=device, reconstruct=reconstruct)
+    skip = None
+    if mask is not None:  # tiles without tissue are not run (their maps would be NaN anyway)
+        from stmap.pp._tissue import tissue_window
+
+        lab, to_lab = mask
+
+        def skip(y0: int, y1: int, x0: int, x1: int) -> bool:
+            return not tissue_window(lab, to_lab, y0, x0, y1 - y0, x1 - x0).any()
+
+    net_in = network_input(sec, model, grid, verbose)
+    maps = predict_maps(model.net, net_in, device=device, reconstruct=reconstruct, skip=skip)
     n_genes = len(sec.genes)
     genes = (maps[:n_genes] * _col(model.std) + _col(model.mean)).astype(dtype)
     keep_lazy = (int(np.prod(genes.shape)) * np.dtype(dtype).itemsize > _LAZY_BYTES) if lazy is None else bool(lazy)
