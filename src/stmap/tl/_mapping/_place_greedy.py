@@ -1,22 +1,27 @@
-"""Greedy mode on small problems: every reference cell to one spot by its own counts' likelihood under the spot.
+"""Greedy mode on small problems: every reference cell to one spot by its own counts.
 
-A cell of type ``t`` is scored against spot ``j`` by the multinomial log-likelihood of its counts under the part of
-the spot's counts that the composition fit gives to type ``t`` (the EM split ``y_jg w_jt p_tg / mu_jg``, shrunk
-towards the type's mean profile by one pseudo-count), plus the log of the cells of type ``t`` the fit expects in
-the spot (a soft composition prior instead of hard per-type quotas):
+Up to :data:`EM_LIMIT` cells x spots x genes, the spots' counts are deconvolved into the individual reference cells
+(:func:`cell_deconvolution`: each spot a Poisson mixture of cells, each cell's shares over the spots summing to 1,
+Tangram's objective under a Poisson likelihood), the shares are smoothed over each spot's first ring (a spatial
+prior: a cell that fits a spot fits its neighbours) and ``s_ij = log(share + 1e-6)``.
 
+Larger problems score each cell of type ``t`` against spot ``j`` by the multinomial log-likelihood of its counts
+under the part of the spot's counts that the composition fit gives to type ``t`` (the EM split
+``y_jg w_jt p_tg / mu_jg``, shrunk towards the type's mean profile by one pseudo-count), plus the log of the cells of
+type ``t`` the fit expects in the spot (a soft composition prior instead of hard per-type quotas):
 ``s_ij = sum_g x_ig log q_jtg + log(E_jt + 0.01)``.
 
-The split profile carries what the spot holds *within* the type (a cell state that varies in space), the prior what
-it holds between types; the spots' capacities are their cell numbers scaled to the reference (no per-type slots),
-so a cell whose type the fit misjudged can still go where its counts fit. The assignment is exact (linear sum
-assignment) when small, greedy on top-``k`` candidates otherwise (:func:`stmap.kernels.capacity_assign`).
+Either way the spots' capacities are their cell numbers scaled to the reference (no per-type slots), so a cell
+whose type the fit misjudged can still go where its counts fit, and cells that vary within their type in space go
+where their own state fits. The assignment is exact (linear sum assignment) when small, greedy on top-``k``
+candidates otherwise (:func:`stmap.kernels.capacity_assign`).
 
 The confidence of a placement is the probability of the chosen spot under the capacities: an entropic transport
 plan (Sinkhorn) of ``exp(s / tau)`` on each cell's candidate spots, rows summing to 1 and columns to the spots'
-capacities, so a cell competing with better-fitting cells for its best spot is not sure of it. The temperature
-``tau`` is the quasi-Poisson dispersion of the composition fit (the spots' Pearson chi-square per degree of
-freedom: counts more variable than Poisson make the likelihood overconfident) times :data:`TEMPERATURE_FACTOR`.
+capacities, so a cell competing with better-fitting cells for its best spot is not sure of it. ``tau`` is 1 for the
+deconvolution's shares (already probabilities); for the likelihood scores it is the quasi-Poisson dispersion of the
+composition fit (the spots' Pearson chi-square per degree of freedom: counts more variable than Poisson make the
+likelihood overconfident) times :data:`TEMPERATURE_FACTOR`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ PSEUDO_COUNT = 1.0
 PRIOR_FLOOR = 1e-2
 #: Factor on the dispersion in the confidence's temperature (chosen on seed 2 of benchmarks/mapping_quality.py).
 TEMPERATURE_FACTOR = 10.0
+#: Cell-level deconvolution up to this many cells x spots x genes (its iterations cost that much each).
+EM_LIMIT = 5e8
+#: Iterations of the cell-level deconvolution (chosen on seeds 2 and 6 of benchmarks/mapping_quality.py).
+EM_ITER = 200
+#: Weight of a spot's ring in the smoothed shares (a spatial prior: a cell that fits a spot fits its neighbours).
+RING_WEIGHT = 1.0
 #: Above this many cells x spots the scores are computed per block instead of held at once.
 _DENSE_SCORES = 2e7
 
@@ -94,19 +105,80 @@ def dispersion(inp: MappingInputs, comp: Composition) -> float:
     return max(chi2 / max(m * (g - inp.n_types), 1), 1.0)
 
 
+class _Fixed:
+    """Scores held as one dense ``cells x spots`` array (the cell-level deconvolution's)."""
+
+    def __init__(self, full: np.ndarray) -> None:
+        self.full = full
+
+    def __call__(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return self.full[np.ix_(r, c)]
+
+
+def cell_deconvolution(inp: MappingInputs, n_iter: int = EM_ITER) -> np.ndarray:
+    """``(cells, spots)`` share of each reference cell in each fitted spot (cell-level Poisson deconvolution).
+
+    The spots' counts are Poisson mixtures of the individual cells (EM, each cell's shares summing to 1, one capture
+    factor per spot): the objective of Tangram's cell mode (every spot explained by the cells mapped to it, every
+    cell spread over the spots) under a Poisson likelihood; cells of one type compete for the spots their own counts
+    explain.
+    """
+    Y = inp.Y.toarray().astype(np.float64)
+    X = inp.Xg.toarray().astype(np.float64)
+    L = X.sum(axis=1)
+    B = np.full((X.shape[0], Y.shape[0]), 1.0 / Y.shape[0])
+    for _ in range(n_iter):
+        P = B.T @ X
+        c = Y.sum(axis=1) / np.maximum(P.sum(axis=1), 1e-12)
+        mu = np.maximum(c[:, None] * P, 1e-12)
+        B *= (c[:, None] * ((Y / mu) @ X.T)).T / L[:, None]
+        B /= np.maximum(B.sum(axis=1, keepdims=True), 1e-300)
+    return B
+
+
+def _neighbour_smooth(inp: MappingInputs, B: np.ndarray) -> np.ndarray:
+    """``B`` plus its mean over each spot's first ring (spots within 1.2 grid steps), weight :data:`RING_WEIGHT`."""
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(inp.ctx.coords, dtype=np.float64)[inp.fitted]
+    if xy.shape[0] < 3:
+        return B
+    k = min(7, xy.shape[0])
+    d, idx = cKDTree(xy).query(xy, k=k)
+    step = float(np.median(d[:, 1]))
+    ok = d[:, 1:] <= 1.2 * step
+    rows = np.repeat(np.arange(xy.shape[0]), k - 1)[ok.ravel()]
+    W = sparse.csr_matrix((np.ones(rows.size), (rows, idx[:, 1:].ravel()[ok.ravel()])), shape=(xy.shape[0],) * 2)
+    deg = np.maximum(np.asarray(W.sum(axis=0)).ravel(), 1.0)  # spots that have this one in their ring
+    return B + RING_WEIGHT * np.asarray(W.T @ B.T).T / deg[None, :]
+
+
 def place_greedy(
     inp: MappingInputs, comp: Composition, n_spot: np.ndarray, cap: np.ndarray, *, n_candidates: int
 ) -> tuple[Placement, np.ndarray]:
     """Every reference cell into one fitted spot (capacities ``cap`` sum to the cells), and each one's confidence.
 
-    ``n_spot``: the cells in each fitted spot (the composition prior's scale).
+    ``n_spot``: the cells in each fitted spot (the composition prior's scale). Problems of at most
+    :data:`EM_LIMIT` cells x spots x genes take the cell-level deconvolution (:func:`cell_deconvolution`, its shares
+    smoothed over each spot's ring), larger ones the per-cell likelihood scores.
     """
-    score = _Scores(inp, comp, n_spot.astype(np.float64))
     n = inp.codes.size
+    score: _Scores | _Fixed
+    sure: _Scores | _Fixed  # the confidence's scores: the shares before the ring's smoothing
+    raw = None
+    if float(n) * inp.Y.shape[0] * len(inp.genes) <= EM_LIMIT:
+        B = cell_deconvolution(inp)
+        raw = np.log(B + 1e-6)
+        score, sure, tau = _Fixed(np.log(_neighbour_smooth(inp, B) + 1e-6)), _Fixed(raw), 1.0
+    else:
+        score = sure = _Scores(inp, comp, n_spot.astype(np.float64))
+        tau = TEMPERATURE_FACTOR * dispersion(inp, comp)
     rows, cols, (cr, cc, cs) = capacity_assign(score, np.ones(n, dtype=np.int64), cap, k=n_candidates)
     spot_of = np.full(n, -1, dtype=np.int64)
     spot_of[rows] = cols
-    conf = _confidence(spot_of, cap, cr, cc, cs, score, TEMPERATURE_FACTOR * dispersion(inp, comp))
+    cs_sure = cs if raw is None else raw[cr, cc]
+    conf = _confidence(spot_of, cap, cr, cc, cs_sure, sure, tau)
     order = np.lexsort((rows, cols))
     pl = Placement(rows[order], inp.fitted[cols[order]], cr, inp.fitted[cc], cs)
     return pl, conf
@@ -129,7 +201,7 @@ def _confidence(
     cr: np.ndarray,
     cc: np.ndarray,
     cs: np.ndarray,
-    score: _Scores,
+    score: _Scores | _Fixed,
     tau: float,
     n_iter: int = 100,
 ) -> np.ndarray:
