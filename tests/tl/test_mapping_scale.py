@@ -112,9 +112,10 @@ class TestSparsePlacement:
             k: metrics.assignment_accuracy(o.tables["spots"].uns["stmap_mapping"]["reference"]["spot"], truth)
             for k, o in (("exact", exact), ("large", large))
         }
-        # both solve unit-capacity problems optimally, the exact path on all pairs (linear_sum_assignment), the
-        # sparse path on its candidates; refinement rounds re-score the first round's candidates
-        assert acc["large"] > 0.85 and acc["large"] >= acc["exact"] - 0.02
+        # the sparse path fills per-type slots on its candidates (measured 0.940); small problems take the
+        # cell-level deconvolution instead (tl/_mapping/_place_greedy.py; measured 0.997), which must not be worse
+        assert acc["large"] > 0.9
+        assert acc["exact"] >= acc["large"]
 
     def test_first_round_scores_equal_exact(self, tissue):
         """Without refinement both paths score the same pairs against the same expected counts."""
