@@ -16,6 +16,7 @@ of issue 16: the maps must beat it by 0.03 on the mean of C2..C6). The maps are 
 Usage::
 
     python benchmarks/gene_maps.py [--sections C2 C3 C4 C5 C6] [--genes 50] [--gene-set mean|hvg] [--epochs 30]
+    python benchmarks/gene_maps.py --sections C2 C3 C4 C5 C6 --peers-only  # IDW, ridge, blend (~40 s a section)
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main(argv=None) -> None:
     ap.add_argument("--genes", type=int, default=50)
     ap.add_argument("--gene-set", choices=["mean", "hvg"], default="mean")
     ap.add_argument("--no-ablation", action="store_true", help="skip the histology-only model")
+    ap.add_argument("--peers-only", action="store_true", help="only the peers (writes results/gene_maps_peers.json)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -131,8 +133,9 @@ def main(argv=None) -> None:
             s["ssim"] = metrics.ssim(rec, work[:, :h, :w], data_range=1.0, channel_axis=0)
             return s
 
-        runs.append(measure(name, "stmap", run_maps, score_maps))
-        if not args.no_ablation:
+        if not args.peers_only:
+            runs.append(measure(name, "stmap", run_maps, score_maps))
+        if not (args.no_ablation or args.peers_only):
             runs.append(measure(name, "stmap_idw_prior_only", lambda f=run_maps: f(prior="idw"), score_maps))
             runs.append(measure(name, "stmap_no_prior", lambda f=run_maps: f(prior=None), score_maps))
 
@@ -167,7 +170,11 @@ def main(argv=None) -> None:
             seconds, peak = float(np.mean([r.seconds for r in mine])), float(np.max([r.peak_mb for r in mine]))
             means = {k: float(np.mean([r.metrics[k] for r in mine])) for k in keys}
             runs.append(Run(f"mean of {len(mine)} sections", method, seconds, peak, means))
-    report("gene_maps", runs, higher_is_better={"pearson_mean": True, "pearson_median": True, "ssim": True})
+    report(
+        "gene_maps_peers" if args.peers_only else "gene_maps",
+        runs,
+        higher_is_better={"pearson_mean": True, "pearson_median": True, "ssim": True},
+    )
 
 
 if __name__ == "__main__":
