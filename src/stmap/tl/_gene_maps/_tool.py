@@ -448,7 +448,7 @@ def gene_maps(
     spots. Without a model, one is trained on this section first (:func:`stmap.tl.train_gene_maps` with the same
     parameters), then applied.
     The maps are predicted over the whole image, streamed through overlapping tiles
-    (:func:`stmap.tl.predict_maps`).
+    (:func:`stmap.tl.predict_maps`); with ``tissue_mask`` on, tiles without tissue are not run (NaN).
 
     Parameters
     ----------
