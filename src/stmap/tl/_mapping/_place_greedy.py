@@ -141,7 +141,10 @@ def _neighbour_smooth(inp: MappingInputs, B: np.ndarray) -> np.ndarray:
     from scipy import sparse
     from scipy.spatial import cKDTree
 
-    xy = np.asarray(inp.ctx.coords, dtype=np.float64)[inp.fitted]
+    try:
+        xy = np.asarray(inp.ctx.coords, dtype=np.float64)[inp.fitted]
+    except (KeyError, ValueError):  # a plain AnnData without coordinates: no ring
+        return B
     if xy.shape[0] < 3:
         return B
     k = min(7, xy.shape[0])
@@ -160,14 +163,16 @@ def place_greedy(
     """Every reference cell into one fitted spot (capacities ``cap`` sum to the cells), and each one's confidence.
 
     ``n_spot``: the cells in each fitted spot (the composition prior's scale). Problems of at most
-    :data:`EM_LIMIT` cells x spots x genes take the cell-level deconvolution (:func:`cell_deconvolution`, its shares
-    smoothed over each spot's ring), larger ones the per-cell likelihood scores.
+    :data:`EM_LIMIT` cells x spots x genes (and ``_DENSE_SCORES`` cells x spots) take the cell-level deconvolution
+    (:func:`cell_deconvolution`, its shares smoothed over each spot's ring), larger ones the per-cell likelihood
+    scores.
     """
     n = inp.codes.size
     score: _Scores | _Fixed
     sure: _Scores | _Fixed  # the confidence's scores: the shares before the ring's smoothing
     raw = None
-    if float(n) * inp.Y.shape[0] * len(inp.genes) <= EM_LIMIT:
+    m = inp.Y.shape[0]
+    if float(n) * m * len(inp.genes) <= EM_LIMIT and float(n) * m <= _DENSE_SCORES:
         B = cell_deconvolution(inp)
         raw = np.log(B + 1e-6)
         score, sure, tau = _Fixed(np.log(_neighbour_smooth(inp, B) + 1e-6)), _Fixed(raw), 1.0
