@@ -39,6 +39,7 @@ import stmap as st
 SECTIONS = ("A1", "C1", "C2", "C3", "C4", "C5", "C6")
 MARKERS = ("ERBB2", "GRB7", "EPCAM", "KRT8", "KRT18", "KRT19", "KRT7")
 LABEL = "ctr_label"
+RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def load(scales=(1.0, 2.0)) -> dict:
@@ -67,11 +68,14 @@ def _lognorm(adata):
 
 
 SCORES: dict[str, np.ndarray] = {}  # "<task>|<method>|<seed>" -> scores, "<task>|y" -> labels (--dump-scores)
+DUMP: list[str] = []  # the --dump-scores path, written after every method (a long run keeps what it has done)
 
 
 def _scores(y, s, key: str | None = None) -> dict:
     if key is not None:
         SCORES[key] = np.asarray(s, dtype=float)
+        if DUMP:
+            np.savez(DUMP[0], **SCORES)
     ok = ~np.isnan(y)
     yt, s = y[ok].astype(bool), np.asarray(s, dtype=float)[ok]
     tied = st.metrics.gmm_threshold(s, covariance_type="tied")  # detect_ctr's default
@@ -151,6 +155,77 @@ def run_task(
     print(runs[-1], flush=True)
 
 
+def _mcc(y: np.ndarray, call: np.ndarray) -> float:
+    from sklearn.metrics import matthews_corrcoef
+
+    ok = ~np.isnan(y)
+    return float(matthews_corrcoef(y[ok].astype(bool), np.asarray(call)[ok]))
+
+
+def _source_prevalence(task: str) -> float:
+    """Cancer fraction of the labelled spots of a task's training sections (what the model was trained on)."""
+    csecs = [s for s in SECTIONS if s.startswith("C")]
+    srcs = csecs if task == "A1" else [s for s in csecs if s != task.split()[-1]]
+    n_pos = n_lab = 0
+    for sec in srcs:
+        a = st.datasets.her2st(sec).tables[sec]
+        known = a.obs["cluster"].notna().to_numpy()
+        n_pos += int(a.obs["cancer"].to_numpy()[known].astype(bool).sum())
+        n_lab += int(known.sum())
+    return n_pos / n_lab
+
+
+def threshold_table(npz: list[str]) -> dict:
+    """AUC and MCC at label-free thresholds, per task and method, from scores written with ``--dump-scores``.
+
+    stmap's call is detect_ctr's default (``threshold_method`` in its ``uns``); the baselines are cut at their own
+    label-free threshold: logistic regression at probability 0.5 (its ``predict``), the marker meta-gene (a z-score
+    mean, no probability) at a two-component GMM. Every method is also shown under the other rules.
+    """
+    from stmap.tl._ctr._threshold import call_threshold
+
+    scores: dict[str, np.ndarray] = {}
+    for f in npz:
+        scores.update(dict(np.load(f)))
+    tasks = sorted({k.split("|")[0] for k in scores}, key=lambda t: (t != "A1", t))
+    own = {"logreg": "0.5", "meta_gene": "gmm"}
+    rows = []
+    for task in tasks:
+        y = scores[f"{task}|y"]
+        prev = _source_prevalence(task)
+        for key in sorted(k for k in scores if k.startswith(task + "|") and not k.endswith("|y")):
+            _, method, seed = key.split("|")
+            s = scores[key]
+            ok = ~np.isnan(y)
+            cuts = {
+                "gmm": st.metrics.gmm_threshold(s, covariance_type="tied"),
+                "0.5": 0.5,
+                "stmap_rule": call_threshold(s, None, 0, prevalence=prev)[0] if method.startswith("stmap") else np.nan,
+            }
+            row = {"task": task, "method": method, "seed": int(seed), "source_prevalence": prev}
+            row["roc_auc"] = st.metrics.roc_auc(y[ok].astype(bool), s[ok])
+            for name, cut in cuts.items():
+                row[f"mcc_{name}"] = _mcc(y, s > cut) if np.isfinite(cut) else np.nan
+            rule = "stmap_rule" if method.startswith("stmap") else own.get(method, "gmm")
+            row["own_rule"] = rule
+            row["mcc_own"] = row[f"mcc_{rule}"]
+            row["threshold_own"] = float(cuts[rule])
+            row["called_fraction"] = float((s[ok] > cuts[rule]).mean())
+            row["true_fraction"] = float(y[ok].mean())
+            rows.append(row)
+    print(
+        "\n| task | method | AUC | own rule | threshold | MCC (own rule) | MCC gmm | MCC 0.5 | called / true cancer |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['task']} | {r['method']} | {r['roc_auc']:.3f} | {r['own_rule']} | {r['threshold_own']:.3f} | "
+            f"{r['mcc_own']:.3f} | {r['mcc_gmm']:.3f} | {r['mcc_0.5']:.3f} | "
+            f"{r['called_fraction']:.2f} / {r['true_fraction']:.2f} |"
+        )
+    return {"rows": rows}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--loso", action="store_true", help="also leave-one-section-out within patient C (slow)")
@@ -160,8 +235,20 @@ def main() -> None:
     p.add_argument("--folds", default=None, help="comma-separated LOSO folds (default: C2..C6)")
     p.add_argument("--no-a1", action="store_true", help="skip the A1 transfer task")
     p.add_argument("--methods", default=None, help="comma-separated torch models to run (default: all three)")
+    p.add_argument("--thresholds", nargs="+", default=None, help="score files (.npz): print the threshold table only")
     p.add_argument("--dump-scores", default=None, help="write every method's scores and the labels to this .npz")
     args = p.parse_args()
+    if args.thresholds:
+        import json
+
+        table = threshold_table(args.thresholds)
+        out = RESULTS_DIR / "ctr.json"
+        payload = json.loads(out.read_text()) if out.exists() else {}
+        payload["threshold"] = table
+        out.write_text(json.dumps(payload, indent=2))
+        return
+    if args.dump_scores:
+        DUMP.append(args.dump_scores)
     warnings.filterwarnings("ignore")
     import torch
 
@@ -173,7 +260,7 @@ def main() -> None:
     runs: list[Run] = []
     csecs = [s for s in SECTIONS if s.startswith("C")]
     if not args.no_a1:
-        run_task("A1", data, csecs, "A1", seeds, runs)
+        run_task("A1", data, csecs, "A1", seeds, runs, args.methods.split(",") if args.methods else None)
     if args.loso:
         for held in args.folds.split(",") if args.folds else csecs[1:]:
             srcs = [s for s in csecs if s != held]

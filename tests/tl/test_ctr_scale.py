@@ -34,3 +34,37 @@ def test_batched_predict_equals_whole_sample(sample):
         prob, lat = model._predict(s, "cpu", batch_size=bs)
         np.testing.assert_allclose(prob, ref_p, rtol=0, atol=1e-6)
         np.testing.assert_allclose(lat, ref_l, rtol=1e-5, atol=1e-5)
+
+
+class TestPriorShift:
+    @staticmethod
+    def _scores(pi_target, pi_source, n=40_000, seed=0):
+        # calibrated posteriors under the source prior for two Gaussian classes N(-1, 1) / N(+1, 1)
+        rng = np.random.default_rng(seed)
+        y = rng.random(n) < pi_target
+        x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+        f1, f0 = np.exp(-((x - 1) ** 2) / 2), np.exp(-((x + 1) ** 2) / 2)
+        return y, pi_source * f1 / (pi_source * f1 + (1 - pi_source) * f0)
+
+    @pytest.mark.parametrize(("pi_t", "pi_s"), [(0.85, 0.4), (0.2, 0.5), (0.5, 0.5)])
+    def test_recovers_target_prevalence_and_bayes_cut(self, pi_t, pi_s):
+        from stmap.tl._ctr._threshold import prior_shift
+
+        y, p = self._scores(pi_t, pi_s)
+        cut, pi = prior_shift(p, pi_s)
+        assert abs(pi - pi_t) < 0.02  # EM on 40,000 calibrated posteriors: within 2 points of the truth
+        # the cut is the Bayes cut for the true prior: no other cut on this ranking makes fewer errors (to 0.5 %)
+        grid = np.quantile(p, np.linspace(0.005, 0.995, 199))
+        best = min(((p > g) != y).mean() for g in grid)
+        assert ((p > cut) != y).mean() <= best + 0.005
+        if pi_t == pi_s:
+            assert abs(cut - 0.5) < 0.02
+
+    def test_call_threshold_rules(self):
+        from stmap.tl._ctr._threshold import call_threshold
+
+        _, p = self._scores(0.85, 0.4)
+        assert call_threshold(p, 0.3, 0)[1] == "given"
+        cut, how = call_threshold(p, None, 0, prevalence=0.4)
+        assert how.startswith("prior shift") and cut < 0.5  # more cancer in the target: a lower cut
+        assert call_threshold(p, None, 0)[1] == "gmm"  # a model without its training prevalence

@@ -92,8 +92,8 @@ def detect_ctr(
 
     The detector is SpaCRD's :cite:p:`xue2026spacrd`. The sample is prepared with the model's rules (its genes,
     zero-filled with a warning when the sample lacks some; per-sample min-max scaling; its ``n_neighbors`` nearest
-    spots, in any platform's spot layout), scored, and called with a threshold from a two-component Gaussian mixture
-    on the scores (:func:`stmap.metrics.gmm_threshold`) unless one is given.
+    spots, in any platform's spot layout), scored, and called at a label-free threshold unless one is given: the
+    Bayes cut for the sample's own cancer prevalence, estimated from the scores (see ``threshold``).
 
     Parameters
     ----------
@@ -102,9 +102,15 @@ def detect_ctr(
         A :class:`~stmap.tl.CTRModel` or the path of a saved one.
     {table_key}
     threshold
-        Probability above which a spot is called CTR; default from a 2-component GMM on the scores with one shared
-        width (``covariance_type='tied'``: probabilities pile up near 0 and 1, and a free-width component would
-        otherwise model the tail of the cancer mode and push the threshold towards 1).
+        Probability above which a spot is called CTR. Default (no label of the sample is used): the model's
+        probabilities are posteriors under its training prevalence ``model.prevalence`` (cancer fraction of the
+        labelled training spots); the sample's prevalence ``pi`` is estimated from its scores by EM (re-weight every
+        posterior by ``pi / prevalence`` and ``(1 - pi) / (1 - prevalence)``, set ``pi`` to their mean, repeat;
+        Saerens et al. 2002), and a spot is called where its re-weighted posterior exceeds 1/2, i.e. where the
+        probability exceeds ``1 / (1 + r)``, ``r = pi (1 - prevalence) / ((1 - pi) prevalence)`` (0.5 when the
+        prevalences agree). A tumour-rich sample is thus cut lower than the sources, a tumour-poor one higher.
+        ``threshold_method`` records both prevalences. Models saved without their prevalence fall back to a
+        2-component Gaussian mixture on the scores with one shared width (:func:`stmap.metrics.gmm_threshold`).
     label_key
         Optional ``obs`` column with known labels: ROC-AUC, AP and F1 are then stored in ``.uns``.
     positive
@@ -144,7 +150,7 @@ def detect_ctr(
     :func:`stmap.pl.ctr`
         Draws the calls over the H&E.
     :func:`stmap.metrics.gmm_threshold`
-        The default threshold.
+        The threshold of models saved without their training prevalence.
     :doc:`/tutorials/ctr`
         Tutorial.
 
@@ -175,7 +181,7 @@ def detect_ctr(
     _warn_missing_genes(s, model, ctx)
     with torch_threads():
         prob, latent = model._predict(s, dev)
-    threshold, method = call_threshold(prob, threshold, seed)
+    threshold, method = call_threshold(prob, threshold, seed, prevalence=model.prevalence)
     call = prob > threshold
     meta: dict[str, Any] = {
         "threshold": float(threshold),

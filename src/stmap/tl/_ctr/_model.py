@@ -149,6 +149,14 @@ class CTRModel:
         )
 
     @property
+    def prevalence(self) -> float | None:
+        """Cancer fraction of the labelled training spots (``None`` for a model saved without it)."""
+        n_pos, n_lab = self.info.get("n_positive"), self.info.get("n_labelled")
+        if n_pos is None or not n_lab:
+            return None
+        return float(n_pos) / float(n_lab)
+
+    @property
     def uses_genes(self) -> bool:
         """Whether the model reads expression."""
         return self.modality in ("both", "expression")
