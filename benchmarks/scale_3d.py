@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/scale_3d.py --sizes 10000 40000 150000
     python benchmarks/scale_3d.py --sizes 10000 40000 150000 --disc-scale 1.5 --tag hd_disc
+    python benchmarks/scale_3d.py --sizes 40000 --keep-earlier  # one size per (locked) run, rows merged by tag
 
 Writes ``results/scale_3d.json`` (merged with earlier runs under other tags) and prints the table in
 ``benchmarks/scale.py``'s format.
@@ -164,6 +165,7 @@ def main() -> int:
     p.add_argument("--tag", default="stack_impute_3d")
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "stmap_scale")
     p.add_argument("--timeout", type=int, default=60 * 60)
+    p.add_argument("--keep-earlier", action="store_true", help="keep this tag's rows of other sizes (one size per run)")
     p.add_argument("--child", nargs=3)
     args = p.parse_args()
     if args.child:
@@ -185,6 +187,9 @@ def main() -> int:
             row, err = None, f"did not finish in {args.timeout} s"
         rows.append({"size": size, **(row or {"error": err})})
         print(f"{args.tag:20s} {args.n_sections} x {size:>9,d}  {_row_text(row, err)}", flush=True)
+    if args.keep_earlier and args.tag in results["runs"]:
+        earlier = [r for r in results["runs"][args.tag]["rows"] if r["size"] not in args.sizes]
+        rows = sorted(earlier + rows, key=lambda r: r["size"])
     done = [r for r in rows if "seconds" in r]
     sizes = [r["size"] for r in done]
     results["runs"][args.tag] = {

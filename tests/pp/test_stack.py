@@ -72,6 +72,37 @@ class TestGraphArrays:
         assert (g != g.T).nnz == 0
         assert g.diagonal().sum() == 0
 
+    def test_max_overlaps_keeps_each_spots_nearest(self):
+        rng = np.random.default_rng(2)
+        xyz, codes, m = _two_grids(shift=(37.0, -21.0))
+        xyz[:, :2] += rng.normal(0, 10, (len(xyz), 2))
+        full = graph_arrays(xyz, codes, 120.0, layers_apart=2)["overlap"]
+        # a cap above every spot's overlaps per section: the same graph
+        big = graph_arrays(xyz, codes, 120.0, layers_apart=2, max_overlaps=10_000)["overlap"]
+        assert (big != full).nnz == 0
+        k = 3
+        g = graph_arrays(xyz, codes, 120.0, layers_apart=2, max_overlaps=k)["overlap"]
+        assert (g != g.T).nnz == 0 and g.diagonal().sum() == 0
+        # kept edges are overlaps with their uncapped weights; every kept pair is among the k nearest of one end
+        np.testing.assert_array_equal(g.toarray()[g.toarray() > 0], full.toarray()[g.toarray() > 0])
+        d = np.linalg.norm(xyz[:, None, :2] - xyz[None, :, :2], axis=-1)
+        dense = full.toarray()
+        for c in np.unique(codes):
+            for i in range(len(xyz)):
+                other = np.flatnonzero((codes == c) & (dense[i] > 0))
+                if codes[i] == c or len(other) == 0:
+                    continue
+                near = other[np.argsort(d[i, other], kind="stable")[:k]]
+                assert (g[i, near].toarray() > 0).all()  # its k nearest overlaps are kept
+                kept = np.flatnonzero(g[i].toarray().ravel() > 0)
+                kept = kept[codes[kept] == c]
+                for j in kept:  # any other kept one is among the k nearest of j
+                    if j in near:
+                        continue
+                    mine = np.flatnonzero((codes == codes[i]) & (dense[j] > 0))
+                    assert i in mine[np.argsort(d[j, mine], kind="stable")[:k]]
+        assert g.nnz < full.nnz
+
     def test_layers_apart_and_min_iou(self):
         xyz, codes, m = _two_grids(shift=(20.0, 0.0))
         g1 = graph_arrays(xyz, codes, 50.0, layers_apart=1)["overlap"]

@@ -347,6 +347,38 @@ class TestBatches:
             out.tables["stack"].obsm["stmap_impute3d"].to_numpy(),
         )
 
+    def test_large_graph_default_caps_overlaps_and_the_model_keeps_it(self, stack, monkeypatch):
+        from stmap.tl._impute3d import _config, _prepare
+
+        sd, _ = stack
+        kw = {**FIT, "epochs": 3, "copy": True}
+        whole = st.tl.impute_3d(sd, **kw).tables["stack"]
+        full = whole.obsp["stmap_impute3d_overlap"]
+        assert str(whole.uns["stmap_impute3d"]["params"]["max_overlaps"]) == "None"  # small: every overlap, as before
+        # the same stack seen as large (beyond the whole-graph limit): batches, overlaps capped per spot and section
+        monkeypatch.setattr(_prepare, "FULL_GRAPH_MAX_EDGES", 10)
+        monkeypatch.setattr(_prepare, "BATCH_MAX_OVERLAPS", 2)
+        monkeypatch.setattr(_config, "FULL_GRAPH_MAX_EDGES", 10)
+        model = st.tl.train_impute_3d(sd, **{**FIT, "epochs": 3})
+        assert model.params["max_overlaps"] == 2 and model.params["batch_size"] is not None
+        out = st.tl.impute_3d(sd, **kw).tables["stack"]
+        capped = out.obsp["stmap_impute3d_overlap"]
+        assert out.uns["stmap_impute3d"]["params"]["max_overlaps"] == 2
+        assert capped.nnz < full.nnz and (capped != capped.T).nnz == 0
+        codes = out.obs["section"].cat.codes.to_numpy()
+        for c in np.unique(codes):  # each spot keeps its 2 nearest overlaps per section, plus those that keep it
+            per = np.asarray((capped[:, codes == c] > 0).sum(1)).ravel()
+            had = np.asarray((full[:, codes == c] > 0).sum(1)).ravel()
+            assert (per >= np.minimum(had, 2)).all() and (per <= had).all()
+            assert per[codes != c].mean() <= 4
+        kept = capped.multiply(capped > 0).tocoo()
+        np.testing.assert_array_equal(np.asarray(full[kept.row, kept.col]).ravel(), kept.data)  # uncapped weights
+        # applying the trained model builds its graph again, whatever the limit
+        monkeypatch.setattr(_prepare, "FULL_GRAPH_MAX_EDGES", 10**9)
+        monkeypatch.setattr(_config, "FULL_GRAPH_MAX_EDGES", 10**9)
+        again = st.tl.impute_3d(sd, **{**kw, "model": model}).tables["stack"]
+        assert (again.obsp["stmap_impute3d_overlap"] != capped).nnz == 0
+
     def test_refuses_what_would_not_fit(self, stack, monkeypatch):
         from stmap.tl._impute3d import _memory
 

@@ -84,8 +84,28 @@ def _empty(n: int) -> sparse.csr_matrix:
     return sparse.csr_matrix((n, n), dtype=np.float32)
 
 
+def _nearest_pairs(tree_b, ia: np.ndarray, ib: np.ndarray, xy: np.ndarray, k: int, rmax: float) -> tuple:
+    """For each spot of ``ia``: its ``k`` nearest spots of ``ib`` (``tree_b``) within ``rmax``, as global ids."""
+    if len(ib) == 0 or len(ia) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    kk = min(int(k), len(ib))
+    dist, j = tree_b.query(xy[ia], k=kk, distance_upper_bound=rmax)
+    dist, j = dist.reshape(len(ia), kk), j.reshape(len(ia), kk)
+    ok = np.isfinite(dist)
+    return np.broadcast_to(ia[:, None], j.shape)[ok], ib[j[ok]], dist[ok]
+
+
+def _capped_pairs(trees: dict, idx: dict, ca, cb, xy: np.ndarray, k: int, rmax: float) -> tuple:
+    """Pairs of sections ``ca``, ``cb`` where either spot is among the other's ``k`` nearest (each pair once)."""
+    i1, j1, d1 = _nearest_pairs(trees[cb], idx[ca], idx[cb], xy, k, rmax)
+    j2, i2, d2 = _nearest_pairs(trees[ca], idx[cb], idx[ca], xy, k, rmax)
+    i, j, d = np.concatenate([i1, i2]), np.concatenate([j1, j2]), np.concatenate([d1, d2])
+    _, first = np.unique(i.astype(np.int64) * len(xy) + j, return_index=True)
+    return i[first], j[first], d[first]
+
+
 def _overlap_graph(
-    xy: np.ndarray, codes: np.ndarray, radius: np.ndarray, layers_apart: int, min_iou: float
+    xy: np.ndarray, codes: np.ndarray, radius: np.ndarray, layers_apart: int, min_iou: float, k: int | None = None
 ) -> sparse.csr_matrix:
     from scipy.spatial import cKDTree
 
@@ -98,10 +118,13 @@ def _overlap_graph(
         ca, cb = layers[a], layers[b]
         ia, ib = idx[ca], idx[cb]
         rmax = float(radius[ia].max() + radius[ib].max())
-        pairs = trees[ca].sparse_distance_matrix(trees[cb], rmax, output_type="ndarray")
-        if len(pairs) == 0:
+        if k is not None:  # KD-tree k-nearest queries from both sides: at most 2 k pairs per spot, O(n log n)
+            i, j, dist = _capped_pairs(trees, idx, ca, cb, xy, k, rmax)
+        else:
+            pairs = trees[ca].sparse_distance_matrix(trees[cb], rmax, output_type="ndarray")
+            i, j, dist = ia[pairs["i"]], ib[pairs["j"]], pairs["v"]
+        if len(i) == 0:
             continue
-        i, j, dist = ia[pairs["i"]], ib[pairs["j"]], pairs["v"]
         iou = disc_iou(dist, radius[i], radius[j])
         keep = (iou > min_iou) & (iou > 0)
         rows.append(i[keep])
@@ -244,6 +267,7 @@ def _checked_arrays(
     k_spatial=Interval(int, 0, None),
     layers_apart=Interval(int, 1, None),
     min_iou=Interval(float, 0, 1, "left"),
+    max_overlaps=[Interval(int, 1, None), None],
     spatial_weights=Options({"binary", "gaussian"}),
     standardize=Instance((bool,)),
 )
@@ -257,6 +281,7 @@ def graph_arrays(
     k_spatial: int = 6,
     layers_apart: int = 1,
     min_iou: float = 0.0,
+    max_overlaps: int | None = None,
     spatial_weights: Literal["binary", "gaussian"] = "binary",
     standardize: bool = True,
 ) -> dict[str, sparse.csr_matrix]:
@@ -283,6 +308,12 @@ def graph_arrays(
         Sections at most this many positions apart (in the order of the codes) are joined by overlap/similarity.
     min_iou
         Overlap edges need an IoU above this (and above 0).
+    max_overlaps
+        Overlap edges of a spot with each other section: only those to its ``max_overlaps`` nearest spots there (the
+        largest overlaps for equal radii), kept when either end has the other among its nearest (so the graph stays
+        symmetric; on average at most ``2 max_overlaps`` per spot and section). Bounds the edges per spot of
+        densely tiled bins (e.g. Visium HD) with large discs; found by KD-tree k-nearest queries, O(n log n).
+        ``None``: every overlap.
     spatial_weights
         ``'binary'``: every kNN edge weighs 1; ``'gaussian'``: ``exp(-d^2 / (2 s^2))`` with ``s`` the section's
         median nearest-neighbour distance.
@@ -326,7 +357,8 @@ def graph_arrays(
     [[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
     """
     xy, codes, r, f = _checked_arrays(xyz, section_codes, radius, features)
-    out = {"overlap": _overlap_graph(xy, codes, r, int(layers_apart), float(min_iou))}
+    k_max = None if max_overlaps is None else int(max_overlaps)
+    out = {"overlap": _overlap_graph(xy, codes, r, int(layers_apart), float(min_iou), k_max)}
     if f is not None:
         out["similarity"] = _similarity_graph(f, codes, int(k_similar), int(layers_apart), standardize)
     out["spatial"] = _spatial_graph(xy, codes, int(k_spatial), spatial_weights) if k_spatial > 0 else _empty(len(xy))

@@ -79,6 +79,7 @@ def problem(
         k_spatial=gp.k_spatial,
         layers_apart=gp.layers_apart,
         disc_scale=gp.disc_scale,
+        max_overlaps=gp.max_overlaps,
     )
     from ._batch import morton
 

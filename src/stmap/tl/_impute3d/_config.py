@@ -13,15 +13,22 @@ EDGE_TYPES = ("overlap", "similarity", "spatial")
 FULL_GRAPH_MAX_EDGES = 1_000_000
 #: ``batch_size=None`` on larger graphs: target spots per training step (and prediction batch) such that a batch
 #: reads about this many edges (the network's time and memory per step), between the bounds below.
-DEFAULT_BATCH_EDGES = 200_000
+DEFAULT_BATCH_EDGES = 50_000
 BATCH_SIZE_BOUNDS = (256, 4096)
+#: ``batch_size=None`` on graphs beyond ``FULL_GRAPH_MAX_EDGES``: overlap edges of a spot with each other section, at
+#: most to its this many nearest spots there (``GraphParams.max_overlaps``), so edges per spot (the time of every
+#: step, of the propagation and of the prediction) stay bounded whatever the bin size and ``disc_scale``.
+BATCH_MAX_OVERLAPS = 8
 
 
-def resolve_batch_size(batch_size: int | None, n_edges: int, n_spots: int) -> int | None:
-    """The batch size to use: ``None`` (the whole graph at once) or a number of target spots."""
+def resolve_batch_size(batch_size: int | None, n_edges: int, n_spots: int, *, batched: bool = False) -> int | None:
+    """The batch size to use: ``None`` (the whole graph at once) or a number of target spots.
+
+    ``batched``: in batches whatever the number of edges (the uncapped graph was too large for the whole graph).
+    """
     if batch_size is not None:
         return int(batch_size)
-    if n_edges <= FULL_GRAPH_MAX_EDGES:
+    if n_edges <= FULL_GRAPH_MAX_EDGES and not batched:
         return None
     lo, hi = BATCH_SIZE_BOUNDS
     return int(np.clip(DEFAULT_BATCH_EDGES * n_spots // max(n_edges, 1), lo, hi))
@@ -39,6 +46,7 @@ class GraphParams:
     layers_apart: int | None = None
     disc_scale: float = 3.0
     per_section_features: bool = True
+    max_overlaps: int | None = None  # overlap edges per spot and other section (nearest spots); None: every overlap
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ def build_graph(
     k_spatial: int = 6,
     layers_apart: int | None = None,
     disc_scale: float = 3.0,
+    max_overlaps: int | None = None,
 ) -> dict[str, sparse.csr_matrix]:
     """The 3D spot graph (see :func:`stmap.pp.spot_graph_3d`); similarity only among spots with an image.
 
@@ -33,7 +34,9 @@ def build_graph(
     n_layers = len(np.unique(codes))
     layers_apart = max(n_layers - 1, 1) if layers_apart is None else int(layers_apart)
     r_disc = np.broadcast_to(np.asarray(radius, float), (n,)) * float(disc_scale)
-    g = graph_arrays(xyz, codes, r_disc, None, k_spatial=max(k_spatial, 0), layers_apart=layers_apart)
+    g = graph_arrays(
+        xyz, codes, r_disc, None, k_spatial=max(k_spatial, 0), layers_apart=layers_apart, max_overlaps=max_overlaps
+    )
     out = {"overlap": g["overlap"], "spatial": g["spatial"]}
     sim = sparse.csr_matrix((n, n), dtype=np.float32)
     if features is not None and "similarity" in graph and has_image.sum() > k_similar:

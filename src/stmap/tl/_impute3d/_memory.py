@@ -19,11 +19,18 @@ NETWORK_BYTES_PER_EDGE = 3000
 
 
 def estimate_edges(
-    xyz: np.ndarray, codes: np.ndarray, radius: Any, graph: tuple[str, ...], disc_scale: float, k: tuple[int, int]
+    xyz: np.ndarray,
+    codes: np.ndarray,
+    radius: Any,
+    graph: tuple[str, ...],
+    disc_scale: float,
+    k: tuple[int, int],
+    max_overlaps: int | None = None,
 ) -> float:
     """Edges of the 3D graph (all types), from a sample of spots per section: overlap pairs within ``2 r disc_scale``.
 
     ``k``: ``(k_similar, k_spatial)``; their parts count at most ``2 k`` per spot (symmetrised kNN).
+    ``max_overlaps``: overlap pairs per spot and other section count at most ``2 max_overlaps`` (an upper bound).
     """
     from scipy.spatial import cKDTree
 
@@ -40,6 +47,8 @@ def estimate_edges(
             ib = np.flatnonzero(codes == b)
             reach = float(np.max(r[sample]) + np.max(r[ib]))
             hits = cKDTree(xyz[ib, :2]).query_ball_point(xyz[sample, :2], reach, return_length=True)
+            if max_overlaps is not None:
+                hits = np.minimum(hits, 2 * int(max_overlaps))
             total += len(ia) * float(np.mean(hits))
     n = len(xyz)
     return total + 2 * n * (k[0] * ("similarity" in graph) + k[1] * ("spatial" in graph))
@@ -79,10 +88,12 @@ def check_memory(
     k: tuple[int, int],
     batch_size: int | None,
     limit: float | None = None,
+    max_overlaps: int | None = None,
+    batched: bool = False,
 ) -> None:
     """Raise before anything heavy when the estimated peak exceeds the available memory (or ``limit`` bytes)."""
-    n_edges = estimate_edges(xyz, codes, radius, graph, disc_scale, k)
-    tp = TrainParams(batch_size=resolve_batch_size(batch_size, int(n_edges), len(xyz)))
+    n_edges = estimate_edges(xyz, codes, radius, graph, disc_scale, k, max_overlaps)
+    tp = TrainParams(batch_size=resolve_batch_size(batch_size, int(n_edges), len(xyz), batched=batched))
     parts = estimate_bytes(len(xyz), n_genes, n_edges, tp)
     need, have = sum(parts.values()), available_bytes() if limit is None else float(limit)
     if need <= have:

@@ -11,7 +11,7 @@ from stmap._core._constants import Key
 from stmap._core._errors import StmapInputError, unknown_key
 
 from ._arrays import Problem, problem
-from ._config import GraphParams, resolve_batch_size
+from ._config import BATCH_MAX_OVERLAPS, FULL_GRAPH_MAX_EDGES, GraphParams, resolve_batch_size
 from ._features import Computed, read_features, split_levels
 
 if TYPE_CHECKING:
@@ -76,6 +76,28 @@ class Inputs:
     levels: list[np.ndarray] | None
     has: np.ndarray | None
     computed: Computed | None
+    batched: bool = False  # ``batch_size=None`` on a graph too large for the whole graph at once
+
+    def resolve_graph(self, gp: GraphParams, batch_size: int | None, *, training: bool) -> GraphParams:
+        """The graph to build, and whether ``batch_size=None`` means batches (``self.batched``).
+
+        In batches by default (the uncapped graph's estimated edges beyond ``FULL_GRAPH_MAX_EDGES``), a model being
+        trained caps its overlaps at ``BATCH_MAX_OVERLAPS`` per spot and other section (unless ``gp`` sets its own
+        cap); a trained model keeps the graph it was trained with.
+        """
+        from dataclasses import replace
+
+        from ._memory import estimate_edges
+
+        self.batched = False
+        if batch_size is not None:
+            return gp
+        k = (gp.k_similar, gp.k_spatial)
+        n_edges = estimate_edges(self.xyz, self.codes, self.radius, gp.graph, gp.disc_scale, k)
+        self.batched = n_edges > FULL_GRAPH_MAX_EDGES
+        if self.batched and training and gp.max_overlaps is None:
+            return replace(gp, max_overlaps=BATCH_MAX_OVERLAPS)
+        return gp
 
     def check_memory(self, gp: GraphParams, batch_size: int | None) -> None:
         """Refuse, naming the knob, when the run would not fit in the available memory (before building anything)."""
@@ -92,6 +114,8 @@ class Inputs:
             disc_scale=gp.disc_scale,
             k=k,
             batch_size=batch_size,
+            max_overlaps=gp.max_overlaps,
+            batched=self.batched,
         )
 
     def problem(self, gp: GraphParams, batch_size: int | None = None) -> Problem:
@@ -101,7 +125,7 @@ class Inputs:
         in float32 (the largest array of a large stack).
         """
         pb = problem(self.Y, self.measured, self.xyz, self.codes, self.radius, self.levels, self.has, gp)
-        pb.batch_size = resolve_batch_size(batch_size, pb.n_edges, len(pb.measured))
+        pb.batch_size = resolve_batch_size(batch_size, pb.n_edges, len(pb.measured), batched=self.batched)
         if pb.batch_size is not None:
             self.Y = pb.Y = pb.Y.astype(np.float32)
         return pb

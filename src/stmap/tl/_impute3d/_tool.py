@@ -144,12 +144,15 @@ spatial_key
 batch_size
     Target spots per training step (twice as many per prediction batch), each read with the spots whose edges
     reach it, so memory is bounded by the batch, not the stack. ``None``: the whole graph at once when it has at most
-    1,000,000 edges (all types; e.g. legacy ST or Visium serial sections), else as many spots as read about
-    200,000 edges (256 to 4096; e.g. about 1900 for 16 um Visium HD bins with ``disc_scale=3``). In batches an
-    epoch is one step on ``batch_size`` masked spots in a few compact regions (and the held-out spots there),
-    sampled anew; 2 masks are propagated instead of 20; the target, propagation and prior are float32, and the
-    prior is fitted on at most 50,000 spots. Prediction in batches gives the numbers of the whole graph (to float32
-    round-off).""",
+    1,000,000 edges (all types; e.g. legacy ST or Visium serial sections), else in batches on a graph whose overlap
+    edges join each spot to at most its 8 nearest spots of every other section (kept when either end has the other
+    among its 8; a model records this and applies it with the same graph), as many spots per step as read about
+    50,000 edges (256 to 4096; e.g. about 1600 for 16 um Visium HD bins). So the edges per spot, the time of every
+    step and the number of steps (``epochs``) do not grow with the stack: time grows linearly with the spots (graph,
+    propagation, prediction). In batches an epoch is one step on ``batch_size`` masked spots in a few compact
+    regions (and the held-out spots there), sampled anew; 2 masks are propagated instead of 20; the target,
+    propagation and prior are float32, and the prior is fitted on at most 50,000 spots. A given ``batch_size``
+    keeps every overlap; prediction in batches then gives the numbers of the whole graph (to float32 round-off).""",
     "imp_training": """\
 graph
     Edge types used by the propagation and the graph attention: any of ``'overlap'``, ``'similarity'``,
@@ -280,6 +283,7 @@ def train_impute_3d(
         spatial_key=spatial_key,
     )
     start = logg.info(f"train_impute_3d: {int(inp.measured.sum())} measured spots, {len(inp.genes)} genes")
+    gp = inp.resolve_graph(gp, batch_size, training=True)
     inp.check_memory(gp, batch_size)
     pb = inp.problem(gp, batch_size)
     tp = TrainParams(epochs, hidden, mask_fraction=mask_fraction, batch_size=pb.batch_size)
@@ -500,6 +504,7 @@ def impute_3d(
         gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
+    gp = inp.resolve_graph(gp, batch_size, training=not pretrained)
     inp.check_memory(gp, batch_size)
     pb = inp.problem(gp, batch_size)
     if model is None:
