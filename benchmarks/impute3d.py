@@ -17,11 +17,21 @@ section, scored on the same spots (its time includes stacking and feature extrac
 A second ridge standardises features within each section (removes per-slide stain offsets; a stronger peer).
 stmap trains with one torch thread; its time includes building the graph.
 
+Leave one section out (``--held-out``, default C2..C6 in turn; issue 16): every other section measured (C1 too,
+without H&E), the held-out one imputed and scored; the held-out section's counts are zeroed in the table stmap
+reads. Baselines on the same spots: the nearest measured spot in 3D (copy), 6-NN inverse-distance in 3D and the
+per-section-standardised histology ridge. ``stmap`` runs with the tool's defaults. ``stmap_selected`` picks the
+graph by validation inside the measured sections only, never looking at the held-out one: among ``--candidates``
+(edge-type sets), the one with the best gene-wise Pearson when a measured H&E section next to the held-out one is
+hidden too and imputed (the held-out section stays unmeasured, its counts zeroed); the chosen setting is then
+trained on every measured section and scored once on the held-out one. The ablations of the single-measured
+protocol (``stmap_full_graph`` ...) are scored on the test sections: they describe, they do not choose defaults.
+
 Histology features are cached under ``--cache`` (default ``~/.cache/stmap/impute3d``).
 
 Usage::
 
-    python benchmarks/impute3d.py [--measured C4 C3 C5] [--epochs 200] [--no-ablations]
+    python benchmarks/impute3d.py [--measured C4 C3 C5] [--held-out C2 C3 C4 C5 C6] [--epochs 200] [--no-ablations]
 """
 
 from __future__ import annotations
@@ -118,6 +128,14 @@ def stack_features(data: dict) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- baselines (arrays in, predictions out)
 
 
+def nearest_copy3d(xyz, Y, meas):
+    """The nearest measured spot in 3D (several measured sections: the adjacent section's spot on top)."""
+    from scipy.spatial import cKDTree
+
+    _, i = cKDTree(xyz[meas]).query(xyz[~meas], k=1)
+    return Y[meas][i]
+
+
 def nearest_copy(xyz, Y, meas):
     from scipy.spatial import cKDTree
 
@@ -182,6 +200,7 @@ def run_stmap(*, xyz, codes, counts, genes, features, meas, epochs=None, seed=0,
     torch.set_num_threads(1)
     if epochs is not None:
         kw["epochs"] = epochs
+    counts = np.where(meas[:, None], counts, 0.0)  # the unmeasured spots' counts are never shown
     t = _as_table(xyz, codes, counts, genes, features if histology else None, meas)
     st.tl.impute_3d(
         t, genes=list(genes), features_key="X_histology" if histology else None, n_scales=n_scales, seed=seed, **kw
@@ -222,14 +241,99 @@ def scores(pred, truth) -> dict[str, float]:
     }
 
 
+#: Settings the validation inside the measured sections chooses from (``--candidates``): edge-type sets.
+CANDIDATES = {
+    "overlap": {"graph": ("overlap",)},
+    "overlap_spatial": {"graph": ("overlap", "spatial")},
+    "full_graph": {"graph": ("overlap", "similarity", "spatial")},
+}
+
+
+def _validation_section(held: int, codes: np.ndarray, has: np.ndarray) -> int:
+    """A measured section with H&E next to the held-out one (the next one, else the previous one)."""
+    with_he = {int(c) for c in np.unique(codes[has])}
+    for c in (held + 1, held - 1, held + 2, held - 2):
+        if c in with_he and c != held:
+            return c
+    raise ValueError("no measured section with H&E to validate on")
+
+
+def leave_one_out(args, data, xyz, Y, codes, F, has, Fsec) -> tuple[list, list[dict]]:
+    """Each of ``args.held_out`` unmeasured in turn, the others measured; baselines and stmap (default, selected)."""
+    stmap_kw = {
+        "xyz": xyz,
+        "codes": codes,
+        "counts": data["counts"],
+        "genes": data["genes"],
+        "features": data["features"],
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "n_scales": len(SCALES),
+    }
+    runs, table = [], []
+    for sec in args.held_out:
+        held = SECTIONS.index(sec)
+        meas = codes != held
+        truth = Y[~meas]
+        n_in, n_out = int(meas.sum()), int((~meas).sum())
+        name = f"HER2ST C, {sec} held out ({n_in} measured spots -> {n_out} imputed, {Y.shape[1]} genes)"
+
+        def score(pred, truth=truth):
+            return scores(pred, truth)
+
+        # choose the graph inside the measured sections: hide a measured neighbour too, impute it, score it there
+        val = _validation_section(held, codes, has)
+        inner = meas & (codes != val)
+        vmask = (codes == val)[~inner]
+        val_scores = {}
+        for cand in args.candidates:
+            pred = run_stmap(meas=inner, **stmap_kw, **CANDIDATES[cand])
+            val_scores[cand] = scores(pred[vmask], Y[codes == val])["gene_pearson"]
+            print(f"  {sec}: validation on {SECTIONS[val]}, {cand}: {val_scores[cand]:.4f}", flush=True)
+        chosen = max(val_scores, key=val_scores.get)
+        methods = {
+            "stmap": partial(run_stmap, meas=meas, **stmap_kw),
+            "nearest_copy3d": lambda meas=meas: nearest_copy3d(xyz, Y, meas),
+            "idw3d_k6": lambda meas=meas: idw3d(xyz, Y, meas, k=6),
+            "histology_ridge_per_section": lambda meas=meas: histology_ridge(Fsec, has, Y, meas),
+        }
+        if CANDIDATES[chosen] != {"graph": ("overlap",)}:  # the default graph: the same run as ``stmap``
+            methods["stmap_selected"] = partial(run_stmap, meas=meas, **stmap_kw, **CANDIDATES[chosen])
+        got = {}
+        for m, fn in methods.items():
+            runs.append(measure(name, m, fn, score))
+            got[m] = runs[-1].metrics["gene_pearson"]
+            print(f"{sec} held out {m}: {runs[-1].seconds:.1f} s {runs[-1].metrics}", flush=True)
+        got.setdefault("stmap_selected", got["stmap"])
+        best = max(v for k, v in got.items() if not k.startswith("stmap"))
+        table.append(
+            {"held_out": sec, **got, "validated_on": SECTIONS[val], "chosen": chosen, "validation": val_scores}
+            | {"margin": got["stmap"] - best, "margin_selected": got["stmap_selected"] - best}
+        )
+    base = [k for k in table[0] if k in ("nearest_copy3d", "idw3d_k6", "histology_ridge_per_section")]
+    print("\n| held out | stmap | stmap (graph chosen on measured) | " + " | ".join(base) + " | margin | chosen |")
+    print("|---" * (len(base) + 5) + "|")
+    for r in table:
+        cells = " | ".join(f"{r[b]:.3f}" for b in base)
+        print(
+            f"| {r['held_out']} | {r['stmap']:.3f} | {r['stmap_selected']:.3f} | {cells} | {r['margin']:+.3f} | "
+            f"{r['chosen']} (on {r['validated_on']}) |"
+        )
+    return runs, table
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--measured", nargs="+", default=["C4", "C3", "C5"])
+    ap.add_argument("--measured", nargs="*", default=["C4", "C3", "C5"])
+    ap.add_argument("--held-out", nargs="*", default=["C2", "C3", "C4", "C5", "C6"])
+    ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--genes", type=int, default=250)
     ap.add_argument("--z-step", type=float, default=200.0, help="um between adjacent sections")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--name", default="impute3d", help="results/<name>.json")
+    ap.add_argument("--keep-earlier", action="store_true", help="keep results/<name>.json's other datasets' rows")
     ap.add_argument("--path", default=os.environ.get("STMAP_DATA_DIR"))
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "stmap" / "impute3d"))
     args = ap.parse_args(argv)
@@ -293,7 +397,26 @@ def main(argv=None) -> None:
                 )
             runs.append(measure(name, m, fn, score))
             print(f"{sec} {m}: {runs[-1].seconds:.1f} s {runs[-1].metrics}", flush=True)
-    report("impute3d", runs, higher_is_better={"gene_pearson": True, "gene_spearman": True, "spot_pearson": True})
+    loo_runs, table = leave_one_out(args, data, xyz, Y, codes, F, has, Fsec) if args.held_out else ([], [])
+    hib = {"gene_pearson": True, "gene_spearman": True, "spot_pearson": True}
+    import json
+    from dataclasses import fields
+
+    from _harness import RESULTS, Run
+
+    earlier = {"runs": [], "leave_one_out": []}
+    if args.keep_earlier and (RESULTS / f"{args.name}.json").exists():
+        earlier = {"leave_one_out": [], **json.loads((RESULTS / f"{args.name}.json").read_text())}
+    now = {r.dataset for r in runs + loo_runs}
+    keep = [Run(**{f.name: r[f.name] for f in fields(Run)}) for r in earlier["runs"] if r["dataset"] not in now]
+    path = report(args.name, keep + runs + loo_runs, higher_is_better=hib)
+    held = {r["held_out"] for r in table}
+    table = [r for r in earlier["leave_one_out"] if r["held_out"] not in held] + table
+    table = sorted(table, key=lambda r: r["held_out"])
+    if table:
+        payload = json.loads(path.read_text())
+        payload["leave_one_out"] = table
+        path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":
