@@ -486,6 +486,7 @@ def main():
                 score_tangram(truth, spots),
             )
         )
+        done()  # cell2location is the slow one: what came before survives if it is stopped
         if c2l:
             kw = {"n_cells_per_location": float(n_true.mean()), "epochs": c2l_epochs}
             runs.append(
@@ -540,6 +541,7 @@ def main():
                 score_tangram(truth, spots, rt, held),
             )
         )
+        done()  # cell2location is the slow one: what came before survives if it is stopped
         if c2l:
             kw = {"genes": train, "n_cells_per_location": float(n_true.mean()), "epochs": c2l_epochs}
             runs.append(
@@ -562,11 +564,11 @@ def main():
         except Exception as e:  # noqa: BLE001 - data not present
             print("hippocampus skipped:", e)
         else:
-            hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note)
+            hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, done=done)
             # the tutorial's split (every 5th gene in the order both share, not sorted): 18 other training genes,
             # where stmap calls Endothelial_Tip dominant in 61% of spots
             vis = st.datasets.spacexr("hippocampus_visium")
-            hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="tutorial")
+            hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="tutorial", done=done)
         done()
 
     # speed at n*m >= 1e7 --------------------------------------------------------------------------------------------
@@ -591,6 +593,7 @@ def main():
                     score_tangram(truth, spots),
                 )
             )
+        done()  # cell2location is the slow one: what came before survives if it is stopped
         if c2l:
             kw = {"n_cells_per_location": float(n_true.mean()), "epochs": c2l_epochs}
             runs.append(
@@ -603,7 +606,7 @@ def main():
     done()
 
 
-def hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="sorted"):
+def hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="sorted", done=None):
     """Real Visium spots + Drop-seq reference: held-out genes, and which type each method calls dominant where.
 
     ``split``: every 5th shared gene held out, of the sorted shared genes ("sorted") or in the order the spot table
@@ -665,6 +668,9 @@ def hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="sorted"):
             heldout(score_tangram(None, t, None, held)),
         )
     )
+    _dominant_table(name, ds, runs, fracs)
+    if done is not None:
+        done()  # cell2location is the slow one: what came before survives if it is stopped
     if c2l:
         # mouse brain Visium: the tutorial's N_cells_per_location=30 (its example is mouse brain, too)
         kw = {"genes": train, "n_cells_per_location": 30.0, "epochs": c2l_epochs}
@@ -679,9 +685,14 @@ def hippocampus(vis, hr, runs, c2l, c2l_epochs, c2l_note, split="sorted"):
             },
         )
         runs.append(c2l_note(r))
+    _dominant_table(name, ds, runs, fracs)
+
+
+def _dominant_table(name, ds, runs, fracs):
+    """Print and record, per method, the types it calls dominant in most spots and the largest mean fractions."""
     print(f"\n{name}: share of spots in which a type has the largest fraction (top 4), and mean fraction")
     for r in runs:
-        if r.dataset != ds or r.method not in fracs:
+        if r.dataset != ds or r.method not in fracs or "dominant:" in r.note:
             continue
         f = fracs[r.method]
         dom = _dominant(f)
