@@ -483,7 +483,7 @@ def _by_tiles(
     if n == 0:
         return [np.zeros((0, 0), dtype=np.float32) for _ in specs]
     tiles = patch_tiles(image, centers, specs)
-    held = dask.delayed(_Opaque(image, sorted({s.level for s in specs})), pure=True)  # one key: sent to workers once
+    held = dask.delayed(_Opaque(image, sorted({s.level for s in specs})), pure=False)  # one key, sent once
     task = dask.delayed(_tile_features, pure=False)
     jobs = [task(held, t, specs, fns, batch_size, divisor, name or "image") for t in tiles]
     with _progress(verbose, len(jobs)):
