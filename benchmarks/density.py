@@ -261,11 +261,25 @@ def rank_300(baseline: bool = True) -> list[Run]:
     st.tl.rank_densities(None, q, ref[:3])  # compiled kernels loaded (cached on disk)
     out: dict = {}
 
+    import os
+
+    def timed(f):  # CPU seconds of the process (all threads) and the machine's load: the 2 cores are shared
+        def run():
+            c = time.process_time()
+            res = f()
+            out["cpu_s"], out["load_1min"] = time.process_time() - c, os.getloadavg()[0]
+            return res
+
+        return run
+
     def ours():
         out["new"] = st.tl.rank_densities(None, q, ref).set_index("class")
         return out["new"]
 
-    runs = [measure("300 classes on 132x80x114", "stmap", ours, lambda df: {"n": len(df)})]
+    def cpu(extra=None):
+        return {"cpu_s": out["cpu_s"], "load_1min": out["load_1min"], **(extra or {})}
+
+    runs = [measure("300 classes on 132x80x114", "stmap", timed(ours), lambda df: cpu({"n": len(df)}))]
     if baseline:
 
         def score(df):
@@ -277,9 +291,10 @@ def rank_300(baseline: bool = True) -> list[Run]:
                 .equals(df[m].rank(ascending=m in ("js", "kl", "emd"), method="first"))
                 for m in df.columns
             )
-            return {"n": len(df), "max_rel_diff_vs_stmap": float(rel.max()), "same_ranking": float(same)}
+            return cpu({"n": len(df), "max_rel_diff_vs_stmap": float(rel.max()), "same_ranking": float(same)})
 
-        runs.append(measure("300 classes on 132x80x114", "previous_stmap", lambda: _previous_scores(q, ref), score))
+        previous = timed(lambda: _previous_scores(q, ref))
+        runs.append(measure("300 classes on 132x80x114", "previous_stmap", previous, score))
     return runs
 
 
