@@ -205,24 +205,20 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
 
     maps = da.asarray(maps)
     g, h, w = maps.shape
-    dy, dx = disc_stencil(radius)
-    yy = (np.rint(centers[:, 1])[:, None] + dy[None, :]).astype(np.int64).ravel()
-    xx = (np.rint(centers[:, 0])[:, None] + dx[None, :]).astype(np.int64).ravel()
-    spot = np.repeat(np.arange(len(centers)), dy.size)
-    ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-    yy, xx, spot = yy[ok], xx[ok], spot[ok]
+    r = int(math.floor(radius))
+    cy, cx = np.rint(centers[:, 1]).astype(np.int64), np.rint(centers[:, 0]).astype(np.int64)
     ybounds, xbounds = np.cumsum((0, *maps.chunks[1])), np.cumsum((0, *maps.chunks[2]))
-    by, bx = np.searchsorted(ybounds, yy, side="right") - 1, np.searchsorted(xbounds, xx, side="right") - 1
     blocks = maps.to_delayed()[0]
     tasks = []
-    key = by * len(xbounds) + bx
-    order = np.argsort(key, kind="stable")
-    starts = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
-    for s0, s1 in zip(starts, np.r_[starts[1:], order.size], strict=True):
-        sel = order[s0:s1]
-        iy, ix = int(by[sel[0]]), int(bx[sel[0]])
-        ly, lx = yy[sel] - ybounds[iy], xx[sel] - xbounds[ix]
-        tasks.append(dask.delayed(_block_sums)(blocks[iy, ix], ly, lx, spot[sel]))
+    # each block's task gets the spots whose disc's bounding box meets it and lists their pixels itself: nothing of
+    # size spots x disc pixels is built here (16-um Visium HD: 160,000 bins x ~200 pixels)
+    for iy in range(len(ybounds) - 1):
+        rows = np.flatnonzero((cy + r >= ybounds[iy]) & (cy - r < ybounds[iy + 1]))
+        for ix in range(len(xbounds) - 1):
+            sel = rows[(cx[rows] + r >= xbounds[ix]) & (cx[rows] - r < xbounds[ix + 1])]
+            if sel.size:
+                ly, lx = cy[sel] - ybounds[iy], cx[sel] - xbounds[ix]
+                tasks.append(dask.delayed(_block_sums)(blocks[iy, ix], ly, lx, sel, radius))
     sums = np.zeros((len(centers), g), dtype=np.float64)
     n = np.zeros((len(centers), g), dtype=np.float64)
     for u, part, count in dask.compute(*tasks):
@@ -233,9 +229,18 @@ def disc_means(maps: Any, centers: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _block_sums(
-    block: np.ndarray, ly: np.ndarray, lx: np.ndarray, sp: np.ndarray
+    block: np.ndarray, cy: np.ndarray, cx: np.ndarray, spots: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The spots ``u`` with pixels in this block, the sums of their finite pixels' values and their counts."""
+    """The spots ``u`` with disc pixels in this block, the sums of their finite pixels' values and their counts.
+
+    ``cy, cx``: the spots' centre pixels in the block's pixels; ``spots``: their indices.
+    """
+    dy, dx = disc_stencil(radius)
+    _, bh, bw = block.shape
+    yy, xx = (cy[:, None] + dy[None, :]).ravel(), (cx[:, None] + dx[None, :]).ravel()
+    sp = np.repeat(spots, dy.size)
+    inside = (yy >= 0) & (yy < bh) & (xx >= 0) & (xx < bw)
+    ly, lx, sp = yy[inside], xx[inside], sp[inside]
     u, inv = np.unique(sp, return_inverse=True)
     vals = np.asarray(block[:, ly, lx], dtype=np.float64).T
     ok = np.isfinite(vals)
