@@ -170,6 +170,7 @@ def _lbp_uniform(img: np.ndarray) -> np.ndarray:
     cp = np.round(_LBP_R * np.cos(ang), 5)
     r_idx, c_idx = np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64)
     bits = np.empty((_LBP_P, n, h, w), dtype=bool)
+    top, bottom, tmp = np.empty((n, h, w)), np.empty((n, h, w)), np.empty((n, h, w))
     for i in range(_LBP_P):
         rr, cc = r_idx + rp[i], c_idx + cp[i]
         minr, minc = np.floor(rr), np.floor(cc)
@@ -185,17 +186,37 @@ def _lbp_uniform(img: np.ndarray) -> np.ndarray:
         dr, dc = (rr - minr)[:, None], (cc - minc)[None, :]
         tr = pad[:, r0 : r0 + h, c1 : c1 + w]
         bl, br = pad[:, r1 : r1 + h, c0 : c0 + w], pad[:, r1 : r1 + h, c1 : c1 + w]
-        top = (1 - dc) * tl + dc * tr
-        bottom = (1 - dc) * bl + dc * br
-        bits[i] = ((1 - dr) * top + dr * bottom) - img >= 0
+        # ((1 - dr) * ((1 - dc) * tl + dc * tr) + dr * ((1 - dc) * bl + dc * br)) - img, in place (same operations)
+        np.multiply(tl, 1 - dc, out=top)
+        np.multiply(tr, dc, out=tmp)
+        top += tmp
+        np.multiply(bl, 1 - dc, out=bottom)
+        np.multiply(br, dc, out=tmp)
+        bottom += tmp
+        top *= 1 - dr
+        bottom *= dr
+        top += bottom
+        top -= img
+        np.greater_equal(top, 0, out=bits[i])
     changes = (bits[:-1] != bits[1:]).sum(0)
     return np.where(changes <= 2, bits.sum(0), _LBP_P + 1)
 
 
+def _rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """``skimage.color.rgb2hed`` of uint8 RGB with the logarithm looked up per 8-bit value (the same numbers)."""
+    from skimage.color.colorconv import hed_from_rgb
+    from skimage.util import img_as_float
+
+    v = img_as_float(np.arange(256, dtype=np.uint8))
+    np.maximum(v, 1e-6, out=v)
+    lut = np.log(v) / np.log(1e-6)
+    stains = lut[rgb] @ hed_from_rgb
+    np.maximum(stains, 0, out=stains)
+    return stains
+
+
 def _handcrafted_chunk(rgb: np.ndarray) -> np.ndarray:
     """The handcrafted features of an ``(n, h, w, 3)`` uint8 stack, vectorised over patches (float64)."""
-    from skimage.color import rgb2hed
-
     n, h, w, _ = rgb.shape
     r, g, b = (rgb[..., c].astype(np.int16) for c in range(3))
     mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
@@ -208,7 +229,7 @@ def _handcrafted_chunk(rgb: np.ndarray) -> np.ndarray:
     cols = [frac]
     for c in range(3):
         cols += _masked_mean_std(rgb[..., c].astype(np.float64) / 255.0, wts, m)
-    hed = rgb2hed(rgb)
+    hed = _rgb2hed(rgb)
     stats = []
     for c in range(3):
         mean, std = _masked_mean_std(hed[..., c], wts, m)
