@@ -208,6 +208,20 @@ def _counts(ctx: TableContext, adata: AnnData, layer: str | None, meas: np.ndarr
     return (sparse.csr_matrix(counts) if sparse.issparse(counts) else np.asarray(counts)), lay
 
 
+def _measured_target(counts: Any, gidx: np.ndarray, meas: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The target on the measured spots (chunk by chunk, no dense copy of every spot's counts); 0 on the others.
+
+    Rows of unmeasured spots are never read (their counts may be anything): the same numbers as the whole table's
+    target on the measured rows.
+    """
+    Y = np.zeros((len(meas), len(gidx)), dtype=np.float64)
+    rows = np.flatnonzero(meas)
+    for a in range(0, len(rows), chunk):
+        r = rows[a : a + chunk]
+        Y[r] = asign_target(counts[r][:, gidx])
+    return Y
+
+
 def _positions(adata: AnnData, spatial_key: str) -> tuple[np.ndarray, np.ndarray | float]:
     from stmap.pp._stack import stack_radius
 
@@ -251,6 +265,6 @@ def prepare(
             "same features_key layout."
         )
     xyz, radius = _positions(adata, spatial_key)
-    Y = asign_target(counts[:, gidx])
+    Y = _measured_target(counts, gidx, meas)
     gene_names = list(adata.var_names[gidx])
     return Inputs(ctx, adata, names, codes, meas, lay, gene_names, gidx, Y, xyz, radius, levels, has, computed)
