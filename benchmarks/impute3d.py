@@ -22,10 +22,11 @@ without H&E), the held-out one imputed and scored; the held-out section's counts
 reads. Baselines on the same spots: the nearest measured spot in 3D (copy), 6-NN inverse-distance in 3D and the
 per-section-standardised histology ridge. ``stmap`` runs with the tool's defaults. ``stmap_selected`` picks the
 graph by validation inside the measured sections only, never looking at the held-out one: among ``--candidates``
-(edge-type sets), the one with the best gene-wise Pearson when a measured H&E section next to the held-out one is
-hidden too and imputed (the held-out section stays unmeasured, its counts zeroed); the chosen setting is then
-trained on every measured section and scored once on the held-out one. The ablations of the single-measured
-protocol (``stmap_full_graph`` ...) are scored on the test sections: they describe, they do not choose defaults.
+(edge-type sets; overlaps between adjacent sections only, ``layers_apart=1``), the one with the best gene-wise
+Pearson when a measured H&E section next to the held-out one is hidden too and imputed (the held-out section stays
+unmeasured, its counts zeroed); the chosen setting is then trained on every measured section and scored once on the
+held-out one. The ablations of the single-measured protocol (``stmap_full_graph`` ...) are scored on the test
+sections: they describe, they do not choose defaults.
 
 Histology features are cached under ``--cache`` (default ``~/.cache/stmap/impute3d``).
 
@@ -241,11 +242,13 @@ def scores(pred, truth) -> dict[str, float]:
     }
 
 
-#: Settings the validation inside the measured sections chooses from (``--candidates``): edge-type sets.
+#: Settings the validation inside the measured sections chooses from (``--candidates``): edge-type sets, and
+#: overlap/similarity edges between adjacent sections only (``layers_apart=1``).
 CANDIDATES = {
     "overlap": {"graph": ("overlap",)},
     "overlap_spatial": {"graph": ("overlap", "spatial")},
     "full_graph": {"graph": ("overlap", "similarity", "spatial")},
+    "adjacent": {"layers_apart": 1},
 }
 
 
@@ -297,7 +300,7 @@ def leave_one_out(args, data, xyz, Y, codes, F, has, Fsec) -> tuple[list, list[d
             "idw3d_k6": lambda meas=meas: idw3d(xyz, Y, meas, k=6),
             "histology_ridge_per_section": lambda meas=meas: histology_ridge(Fsec, has, Y, meas),
         }
-        if CANDIDATES[chosen] != {"graph": ("overlap",)}:  # the default graph: the same run as ``stmap``
+        if chosen != "overlap":  # the default graph: the same run as ``stmap``
             methods["stmap_selected"] = partial(run_stmap, meas=meas, **stmap_kw, **CANDIDATES[chosen])
         got = {}
         for m, fn in methods.items():

@@ -101,6 +101,7 @@ _TRAINING = {
     "disc_scale": Interval(float, 0, None, "neither"),
     "k_similar": Interval(int, 1, None),
     "k_spatial": Interval(int, 0, None),
+    "layers_apart": [Interval(int, 1, None), None],
 }
 #: Constraints of the parameters of applying a model and writing.
 _APPLY = {"model": [Instance((Impute3DModel,)), None], "key_added": _STR, "copy": Instance((bool,))}
@@ -170,7 +171,10 @@ disc_scale
 k_similar
     Neighbours of the similarity graph.
 k_spatial
-    Neighbours of the spatial graph.""",
+    Neighbours of the spatial graph.
+layers_apart
+    Sections at most this many positions apart (stacking order) are joined by overlap/similarity edges
+    (``None``: every pair of sections).""",
 }
 
 
@@ -211,6 +215,7 @@ def train_impute_3d(
     disc_scale: float = 3.0,
     k_similar: int = 12,
     k_spatial: int = 6,
+    layers_apart: int | None = None,
     seed: int = 0,
     device: str | None = None,
     verbose: bool | None = None,
@@ -269,7 +274,14 @@ def train_impute_3d(
     (67, 10)
     """
     dev, verbose = resolve_device(device), resolve_verbose(verbose)
-    gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
+    gp = GraphParams(
+        tuple(graph),
+        propagate,
+        k_similar=k_similar,
+        k_spatial=k_spatial,
+        layers_apart=layers_apart,
+        disc_scale=disc_scale,
+    )
     inp = prepare(
         sdata,
         table_key=table_key,
@@ -316,6 +328,7 @@ def impute_3d(
     disc_scale: float = ...,
     k_similar: int = ...,
     k_spatial: int = ...,
+    layers_apart: int | None = ...,
     seed: int = ...,
     device: str | None = ...,
     key_added: str = ...,
@@ -346,6 +359,7 @@ def impute_3d(
     disc_scale: float = ...,
     k_similar: int = ...,
     k_spatial: int = ...,
+    layers_apart: int | None = ...,
     seed: int = ...,
     device: str | None = ...,
     key_added: str = ...,
@@ -377,6 +391,7 @@ def impute_3d(
     disc_scale: float = 3.0,
     k_similar: int = 12,
     k_spatial: int = 6,
+    layers_apart: int | None = None,
     seed: int = 0,
     device: str | None = None,
     key_added: str = Key.default.impute_3d,
@@ -410,7 +425,7 @@ def impute_3d(
 
     Fit and apply apart, as :func:`~stmap.tl.train_ctr` / :func:`~stmap.tl.detect_ctr`: with ``model`` (from
     :func:`stmap.tl.train_impute_3d` or :meth:`stmap.tl.Impute3DModel.load`) nothing is trained: the model's genes
-    are imputed with the graph and training parameters it was trained with (``graph`` to ``k_spatial`` given here
+    are imputed with the graph and training parameters it was trained with (``graph`` to ``layers_apart`` given here
     are not used). Without a model, one is trained first (:func:`stmap.tl.train_impute_3d` with the same
     parameters), then applied.
 
@@ -504,7 +519,14 @@ def impute_3d(
     start = logg.info(f"impute_3d: {n_meas} measured -> {len(inp.measured) - n_meas} spots, {len(inp.genes)} genes")
     pretrained = model is not None
     if model is None:  # train first, on the same graph
-        gp = GraphParams(tuple(graph), propagate, k_similar=k_similar, k_spatial=k_spatial, disc_scale=disc_scale)
+        gp = GraphParams(
+            tuple(graph),
+            propagate,
+            k_similar=k_similar,
+            k_spatial=k_spatial,
+            layers_apart=layers_apart,
+            disc_scale=disc_scale,
+        )
     else:  # the graph the model was trained with
         gp = graph_params(model.params)
     gp = inp.resolve_graph(gp, batch_size, training=not pretrained)

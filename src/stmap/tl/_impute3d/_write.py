@@ -57,6 +57,7 @@ def run_params(inp: Inputs, model: Impute3DModel, gp: GraphParams, *, features_k
         "disc_scale": gp.disc_scale,
         "k_similar": gp.k_similar,
         "k_spatial": gp.k_spatial,
+        "layers_apart": gp.layers_apart,
         "max_overlaps": gp.max_overlaps,
         "seed": model.params.get("seed"),
         **more,
