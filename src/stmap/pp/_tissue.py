@@ -61,12 +61,22 @@ def _coarse(levels: list[Any], max_pixels: int) -> tuple[np.ndarray, int, int]:
             break
     arr = levels[level].transpose("c", "y", "x").data
     arr = arr if isinstance(arr, da.Array) else da.from_array(arr)
-    k = max(1, int(np.ceil(np.sqrt(arr.shape[1] * arr.shape[2] / max_pixels))))
-    arr = to_unit(rgb_channels(arr, 0), intensity_range(levels[level]))
-    if k > 1:
-        h, w = (arr.shape[1] // k) * k, (arr.shape[2] // k) * k
-        arr = da.coarsen(np.mean, arr[:, :h, :w].astype(np.float32), {1: k, 2: k})
-    return np.asarray(arr.compute(), dtype=np.float32), level, k
+    _, h0, w0 = arr.shape
+    k = max(1, int(np.ceil(np.sqrt(h0 * w0 / max_pixels))))
+    divisor = intensity_range(levels[level])
+    h, w = h0 // k, w0 // k
+    out = np.empty((3, h, w), dtype=np.float32)
+    # windows of about 2048 x 2048 pixels (whole k x k blocks), each read on its own: dask's scheduler, given the
+    # whole reduction at once, reads the image ahead of the averaging and holds it (memory grew with the image)
+    step = max(1, 2048 // k)
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            y1, x1 = min(h, y + step), min(w, x + step)
+            win = arr[:, y * k : y1 * k, x * k : x1 * k].compute(scheduler="synchronous")
+            win = np.asarray(to_unit(rgb_channels(win, 0), divisor), dtype=np.float32)
+            c = win.shape[0]
+            out[:, y:y1, x:x1] = win.reshape(c, y1 - y, k, x1 - x, k).mean(axis=(2, 4))
+    return out, level, k
 
 
 def tissue_score(rgb: np.ndarray) -> np.ndarray:
