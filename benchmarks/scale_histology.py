@@ -199,32 +199,39 @@ def main() -> int:
     paths = {size: _data(size, args.data) for size in args.sizes}
     if args.data_only:
         return 0
-    rows = []
-    for size, path in paths.items():
-        row = {"size": size, **_run_child(["--child", "run", str(path), str(model_path)], args.timeout)}
+    rows: list[dict] = []
+    peer: dict = {}
+
+    def write() -> dict:  # after every size: a run stopped early keeps what it measured
+        done = [r for r in rows if "histology_seconds" in r]
+        sizes = [r["size"] for r in done]
+        out = {
+            "rows": rows,
+            "peer_per_patch": {**peer, "section": min(args.sizes)},
+            "training": train,
+            "exponents": {
+                "histology_time": _fit(sizes, [r["histology_seconds"] for r in done]),
+                "histology_memory": _fit(sizes, [r["histology_peak_gb"] - r["loaded_gb"] for r in done]),
+                "detect_ctr_time": _fit(sizes, [r["detect_ctr_seconds"] for r in done]),
+            },
+            "bars": BARS,
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        }
+        if args.out:
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / args.out).write_text(json.dumps(out, indent=1))
+        return out
+
+    for size in sorted(paths, reverse=True):  # the bar size first
+        row = {"size": size, **_run_child(["--child", "run", str(paths[size]), str(model_path)], args.timeout)}
         rows.append(row)
+        rows.sort(key=lambda r: r["size"])
+        write()
         print(json.dumps(row), flush=True)
-    peer_size = min(args.sizes)
-    peer = _run_child(["--child", "peer", str(paths[peer_size]), str(args.peer_bins)], args.timeout)
+    peer.update(_run_child(["--child", "peer", str(paths[min(args.sizes)]), str(args.peer_bins)], args.timeout))
     print(f"  peer (per patch, before tiling): {peer}", flush=True)
-    done = [r for r in rows if "histology_seconds" in r]
-    sizes = [r["size"] for r in done]
-    out = {
-        "rows": rows,
-        "peer_per_patch": {**peer, "section": peer_size},
-        "training": train,
-        "exponents": {
-            "histology_time": _fit(sizes, [r["histology_seconds"] for r in done]),
-            "histology_memory": _fit(sizes, [r["histology_peak_gb"] - r["loaded_gb"] for r in done]),
-            "detect_ctr_time": _fit(sizes, [r["detect_ctr_seconds"] for r in done]),
-        },
-        "bars": BARS,
-        "threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-    }
-    RESULTS.mkdir(exist_ok=True)
-    if args.out:
-        (RESULTS / args.out).write_text(json.dumps(out, indent=1))
+    out = write()
     rate = peer.get("bins_per_s")
     print(
         "\n| bins | image px | histology s | bins/s | peak GB (input) | detect_ctr s | per-patch s (extrap.) | ratio |"
