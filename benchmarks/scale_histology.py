@@ -3,7 +3,8 @@
 Inputs: ``st.datasets.large_visium_hd(n_bins=..., image=True)`` written to zarr once per size (cached under ``--data``)
 and read back lazily: 8 um bins and a lazy H&E at 0.2738 um/px whose side grows with the capture area (about 8,600 px
 at 60,000 bins, 14,600 px at 200,000 and 25,000 px at 650,000; stored in 4096 px chunks). Every size runs in a fresh
-Python process (``ru_maxrss`` is that process's peak; ``loaded`` the watermark after reading the inputs), on the
+Python process (``ru_maxrss`` is that process's peak; ``loaded`` the watermark after reading the inputs; the inputs
+are written by their own processes, since a Linux child inherits its parent's ``ru_maxrss``), on the
 threads dask and torch are given (``OMP_NUM_THREADS``; 2 on the shared benchmark machine).
 
 Work per size:
@@ -48,14 +49,20 @@ def _gb() -> float:
 
 
 def _data(size: int, data_dir: Path) -> Path:
-    import stmap as st
-
+    """Write (once, in a child process: Linux children inherit the parent's ru_maxrss) and return the store."""
     path = data_dir / f"hdimg_{size}_{N_GENES}g.zarr"
     if not path.exists():
         t = time.perf_counter()
-        st.datasets.large_visium_hd(path, n_bins=size, n_genes=N_GENES, image=True)
+        subprocess.run([sys.executable, __file__, "--child", "data", str(path), str(size)], check=True)
         print(f"  wrote {path.name} in {time.perf_counter() - t:.0f} s", flush=True)
     return path
+
+
+def _write_data(path: str, size: str) -> dict:
+    import stmap as st
+
+    st.datasets.large_visium_hd(path, n_bins=int(size), n_genes=N_GENES, image=True)
+    return {"path": path}
 
 
 def _read(path: str):
@@ -186,7 +193,7 @@ def main() -> int:
 
         st.settings.verbose = False
         kind, *rest = args.child
-        fn = {"run": _child, "train": _train, "peer": lambda a, b: _peer(a, int(b))}[kind]
+        fn = {"run": _child, "train": _train, "peer": lambda a, b: _peer(a, int(b)), "data": _write_data}[kind]
         print(json.dumps(fn(*rest)))
         return 0
     args.data.mkdir(parents=True, exist_ok=True)
