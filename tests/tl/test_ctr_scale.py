@@ -68,3 +68,26 @@ class TestPriorShift:
         cut, how = call_threshold(p, None, 0, prevalence=0.4)
         assert how.startswith("prior shift") and cut < 0.5  # more cancer in the target: a lower cut
         assert call_threshold(p, None, 0)[1] == "gmm"  # a model without its training prevalence
+
+
+def test_gene_block_in_column_blocks_equals_whole_block():
+    # 70,000 spots: the column blocks hold 239 genes, so 300 genes take two blocks; scaling is per column, so the
+    # result must equal min-max scaling the whole dense block at once, bit for bit, missing genes zero
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
+    from stmap.tl._ctr._features import gene_block, minmax
+
+    X = sparse.random(70000, 600, density=0.05, random_state=1, format="csr") * 10
+    var = pd.Index([f"g{i}" for i in range(600)])
+    genes = [f"g{i}" for i in np.random.default_rng(0).permutation(600)[:300]] + ["absent"]
+    out, n_missing = gene_block(X, var, genes)
+    pos = var.get_indexer(genes)
+    ok = pos >= 0
+    ref = np.zeros_like(out)
+    ref[:, ok] = minmax(np.asarray(X[:, pos[ok]].todense(), dtype=np.float64))
+    assert n_missing == 1
+    assert out.dtype == np.float32
+    assert np.array_equal(out, ref)
+    assert not out[:, ~ok].any()
