@@ -340,3 +340,61 @@ class TestTissueMask:
         with pytest.raises(st.StmapKeyError, match="nope"):
             gene_maps(tissue, genes=GENES[:1], table_key="spots", tissue_mask="nope", **FAST)
         _unchanged(tissue, before)
+
+
+class TestHistologyPrior:
+    def test_feature_grid_equals_patches_cut_directly(self, tissue):
+        """The grid's features are those of 1x and 2x spot-diameter patches cut one by one (white off the image)."""
+        from stmap._core._image import intensity_range, to_rgb_uint8
+        from stmap._core._patches import extract_patches, patch_spec
+        from stmap.pp import handcrafted_features
+        from stmap.tl._gene_maps._features import FEATURE_SCALES, feature_grid
+        from stmap.tl._gene_maps._prepare import resolve_section
+
+        ctx, img, diam = resolve_section(tissue, "spots", None, None)
+        d = float(np.median(diam))
+        px = d / 8
+        # working pixels of size px, the crop starting a spot diameter before the image: the first points' patches
+        # reach beyond the image's edge
+        T = np.array([[px, 0.0, -d], [0.0, px, -d], [0.0, 0.0, 1.0]])
+        grid = feature_grid(ctx, img, T, (0, 0, 40, 56), 8.0, d, False)
+        ys, xs = np.arange(4.0, 40, 8), np.arange(4.0, 56, 8)
+        assert grid.feats.shape[1:] == (len(ys), len(xs)) and (grid.oy, grid.ox, grid.stride) == (4.0, 4.0, 8.0)
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")
+        pts = np.c_[gx.ravel() * px - d, gy.ravel() * px - d]
+        u = ctx.um_per_unit if ctx.um_per_unit is not None else 1.0
+        mpp = None if ctx.um_per_unit is not None else img.pixel_size(0)
+        white = intensity_range(img)
+        ref = []
+        for s in FEATURE_SCALES:
+            spec = patch_spec(ctx, img, d * u * s, out_px=48, mpp=mpp)
+            patches = np.asarray(extract_patches(img, pts, spec, fill_value=white).compute())
+            ref.append(handcrafted_features(to_rgb_uint8(patches, white)))
+        f = np.concatenate(ref, axis=1)
+        f = (f - f.mean(0)) / np.where(f.std(0) > 1e-8, f.std(0), 1.0)
+        np.testing.assert_allclose(grid.feats.reshape(grid.feats.shape[0], -1).T, f, atol=1e-4)
+
+    def test_epochs_are_capped_for_large_crops(self):
+        from stmap.tl._gene_maps._train import MAX_STEPS_PER_EPOCH, _Tiles
+
+        def tiles(side: int, batch: int) -> _Tiles:
+            g = np.random.default_rng(0)
+            centers = g.uniform(8, side - 8, size=(50, 2))
+            image = np.ones((3, side, side), dtype=np.float32)
+            z, w = np.zeros((50, 1), np.float32), np.ones(50, np.float32)
+            return _Tiles(image, centers, z, w, 3.0, tile=16, batch_size=batch, seed=0, idw=False, histology=None)
+
+        assert tiles(32, 4).n == 4 * 4  # 4 tiles would cover it: at least 4 steps
+        assert tiles(160, 4).n == 100  # covered once: (160 / 16) ** 2
+        assert MAX_STEPS_PER_EPOCH * 4 < 625
+        assert tiles(400, 4).n == MAX_STEPS_PER_EPOCH * 4  # 625 tiles would cover it
+        assert tiles(400, 4).plan(0)[0].size == MAX_STEPS_PER_EPOCH * 4
+
+    def test_model_with_another_feature_set_is_refused(self, tissue):
+        model = train_gene_maps(tissue, genes=GENES[:2], table_key="spots", prior="histology", **FAST)
+        model.ridge_coef = np.vstack([model.ridge_coef, model.ridge_coef[:1]])
+        before = tissue.tables["spots"].copy()
+        with pytest.raises(st.StmapInputError, match="retrain"):
+            gene_maps(tissue, table_key="spots", model=model, verbose=False)
+        _unchanged(tissue, before)
+        assert "he_gene_maps" not in tissue.images

@@ -432,6 +432,7 @@ def _tile_features(
     batch_size: int,
     divisor: float,
     name: str,
+    fill_value: float = 0,
 ) -> tuple[list[np.ndarray], int, int]:
     """Features of one tile's patches: its windows read once, patches cut in numpy, featurised in batches."""
     windows = {lv: read_window(held, lv, w) for lv, w in tile.windows.items()}
@@ -439,7 +440,9 @@ def _tile_features(
     for spec, fn, (xs, ys) in zip(specs, fns, tile.corners, strict=True):
         blocks = []
         for s in range(0, len(xs), batch_size):
-            batch = cut_patches(windows[spec.level], xs[s : s + batch_size], ys[s : s + batch_size], spec)
+            batch = cut_patches(
+                windows[spec.level], xs[s : s + batch_size], ys[s : s + batch_size], spec, fill_value=fill_value
+            )
             n_nan += nan_count(batch[:, :3])
             n_px += batch[:, :3].size
             batch = to_rgb_uint8(batch, divisor, name=name)
@@ -467,6 +470,7 @@ def _by_tiles(
     *,
     divisor: float = 255.0,
     name: str | None = "image",
+    fill_value: float = 0,
 ) -> list[np.ndarray]:
     """Featurise every spot's patches tile by tile (:func:`stmap._core._patches.patch_tiles`), one dask task a tile.
 
@@ -475,7 +479,8 @@ def _by_tiles(
     float32 arrays. Memory is bounded by a tile per worker, whatever the number of spots.
 
     ``divisor``: the image's intensity range (``stmap._core._image.intensity_range``); NaN pixels read as white, with a
-    warning naming the image ``name`` (none when ``name`` is ``None``: the caller warned already).
+    warning naming the image ``name`` (none when ``name`` is ``None``: the caller warned already). ``fill_value``:
+    the pixels of patches beyond the image's edge.
     """
     import dask
 
@@ -485,7 +490,7 @@ def _by_tiles(
     tiles = patch_tiles(image, centers, specs)
     held = dask.delayed(_Opaque(image, sorted({s.level for s in specs})), pure=False)  # one key, sent once
     task = dask.delayed(_tile_features, pure=False)
-    jobs = [task(held, t, specs, fns, batch_size, divisor, name or "image") for t in tiles]
+    jobs = [task(held, t, specs, fns, batch_size, divisor, name or "image", fill_value) for t in tiles]
     with _progress(verbose, len(jobs)):
         results = dask.compute(*jobs)
     dims = [r.shape[1] for r in results[0][0]]

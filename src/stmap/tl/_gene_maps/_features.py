@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,10 +13,12 @@ from stmap._core._image import intensity_range
 from ._prepare import disc_stencil
 
 if TYPE_CHECKING:
-    from stmap._core import ImageContext, PatchSpec, TableContext
+    from stmap._core import ImageContext, TableContext
 
-#: Upper bound on the number of histology-feature patches of the grid (~4 ms each on one CPU core).
+#: Upper bound on the number of points of the histology-feature grid.
 MAX_FEATURE_POINTS = 40_000
+#: Patch sides of the histology features at each grid point, in spot diameters (concatenated).
+FEATURE_SCALES = (1.0, 2.0)
 #: Side of the histology-feature patches, in working pixels at which they are rendered (the extractor's input).
 _FEATURE_PATCH_PX = 48
 
@@ -67,15 +68,17 @@ def feature_grid(
     diameter: float,
     verbose: bool,
 ) -> FeatureGrid:
-    """Handcrafted features (:func:`stmap.pp.handcrafted_features`) of spot-diameter patches on a grid over ``box``.
+    """Handcrafted features (:func:`stmap.pp.handcrafted_features`) of patches on a grid over ``box``.
 
-    ``box`` = ``(y0, x0, y1, x1)`` in working pixels; ``T`` maps working pixels to the coordinate system. Features
-    are standardised over the grid.
+    At every grid point, patches of :data:`FEATURE_SCALES` times the spot diameter (the spot's own tissue and its
+    neighbourhood), each rendered at 48 px; their features are concatenated and standardised over the grid.
+    ``box`` = ``(y0, x0, y1, x1)`` in working pixels; ``T`` maps working pixels to the coordinate system. Patches
+    are cut tile by tile from the image as :func:`stmap.pp.histology_features` cuts them (one dask task a tile,
+    memory bounded by a tile per worker, whatever the image's size); beyond the image's edge they are white.
     """
-    import dask
-
-    from stmap._core._patches import extract_patches, patch_spec
+    from stmap._core._patches import patch_spec
     from stmap.pp._extractors import handcrafted_features
+    from stmap.pp._histology import _by_tiles
 
     y0, x0, y1, x1 = box
     ys = np.arange(y0 + stride / 2, y1, stride)
@@ -84,62 +87,15 @@ def feature_grid(
     pts = (T @ np.c_[gx.ravel(), gy.ravel(), np.ones(gx.size)].T).T[:, :2]
     u = ctx.um_per_unit if ctx.um_per_unit is not None else 1.0
     mpp = None if ctx.um_per_unit is not None else img.pixel_size(0)
-    spec = patch_spec(ctx, img, diameter * u, out_px=_FEATURE_PATCH_PX, mpp=mpp)
-    sub, spec0 = _patch_source(img, spec, pts)
+    specs = [patch_spec(ctx, img, diameter * u * s, out_px=_FEATURE_PATCH_PX, mpp=mpp) for s in FEATURE_SCALES]
     divisor = intensity_range(img)
-    lazy = extract_patches(sub, pts, spec0, fill_value=divisor, chunk_size=512)  # white beyond the image
-    f = _featurise(lazy, handcrafted_features, 512, verbose, dask, divisor)
+    fns = [handcrafted_features] * len(specs)
+    blocks = _by_tiles(img, pts, specs, fns, 512, verbose, divisor=divisor, name=img.name, fill_value=divisor)
+    f = np.concatenate(blocks, axis=1)
     mu, sd = f.mean(0), f.std(0)
     f = (f - mu) / np.where(sd > 1e-8, sd, 1.0)
     feats = f.T.reshape(-1, len(ys), len(xs)).astype(np.float32)
     return FeatureGrid(feats=feats, oy=float(ys[0]), ox=float(xs[0]), stride=float(stride))
-
-
-def _featurise(lazy: Any, fn: Any, batch_size: int, verbose: bool, dask: Any, divisor: float) -> np.ndarray:
-    """Features of lazy patches ``(n, c, p, p)``, batch by batch (one synchronous dask computation a batch)."""
-    from tqdm.auto import tqdm
-
-    from stmap._core._image import to_rgb_uint8
-
-    out = []
-    for s in tqdm(range(0, lazy.shape[0], batch_size), desc="histology features", disable=not verbose, leave=False):
-        batch = np.asarray(dask.compute(lazy[s : s + batch_size], scheduler="synchronous")[0])
-        out.append(np.asarray(fn(to_rgb_uint8(batch, divisor, name="image")), dtype=np.float32))
-    return np.concatenate(out)
-
-
-def _patch_source(img: ImageContext, spec: PatchSpec, pts: np.ndarray) -> tuple[ImageContext, PatchSpec]:
-    """The window of the patch level under ``pts``, read once and resampled once to the patches' resolution.
-
-    A lazy image would be decoded again for every batch of patches, and resampling every patch costs more than
-    resampling the window. Returns the window as a one-level image (same coordinate system) and the patch spec on it.
-    """
-    import dask.array as da
-
-    lv = img.levels[spec.level]
-    _, h, w = lv.shape
-    px = img.to_pixels(pts, spec.level)
-    half = spec.size_px / 2 + 1
-    bx0, by0 = int(max(0, np.floor(px[:, 0].min() - half))), int(max(0, np.floor(px[:, 1].min() - half)))
-    bx1, by1 = int(min(w, np.ceil(px[:, 0].max() + half))), int(min(h, np.ceil(px[:, 1].max() + half)))
-    window = np.asarray(lv[:, by0:by1, bx0:bx1].compute())
-    shift = np.array([[1.0, 0, bx0], [0, 1.0, by0], [0, 0, 1.0]])
-    f = spec.out_px / spec.size_px
-    c, wh, ww = window.shape
-    nh, nw = max(1, round(wh * f)), max(1, round(ww * f))
-    if (nh, nw) != (wh, ww):
-        from skimage.transform import resize
-
-        res = resize(window.astype(np.float32), (c, nh, nw), order=1, anti_aliasing=f < 1, preserve_range=True)
-        if np.issubdtype(window.dtype, np.integer):
-            info = np.iinfo(window.dtype)
-            res = np.clip(np.round(res), info.min, info.max)
-        window = res.astype(window.dtype)
-        shift = shift @ np.diag([ww / nw, wh / nh, 1.0])
-    sub = dataclasses.replace(
-        img, levels=[da.from_array(window, chunks=window.shape)], transforms=[img.transforms[spec.level] @ shift]
-    )
-    return sub, dataclasses.replace(spec, level=0, size_px=spec.out_px)
 
 
 def disc_features(grid: FeatureGrid, centers: np.ndarray, radius: float, chunk: int = 256) -> np.ndarray:

@@ -174,6 +174,14 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def histology_values(grid: FeatureGrid, coef: np.ndarray, icpt: np.ndarray) -> np.ndarray:
     """Per-gene ridge prediction on the feature grid: ``(G, gh, gw)``."""
     p, gh, gw = grid.feats.shape
+    if coef.shape[0] != p:
+        from stmap._core import StmapInputError
+
+        raise StmapInputError(
+            f"The model's histology prior expects {coef.shape[0]} features per grid point, but this version of "
+            f"stmap computes {p} (the model was trained by another version); retrain it with "
+            "st.tl.train_gene_maps."
+        )
     return (np.tensordot(coef, grid.feats.reshape(p, -1), axes=(0, 0)) + icpt[:, None]).reshape(-1, gh, gw)
 
 

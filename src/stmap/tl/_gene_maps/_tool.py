@@ -96,7 +96,9 @@ scale
 tile_px
     Training tile side in working pixels (at least ``4 * 2 ** depth``).
 epochs
-    Training epochs.
+    Training epochs. An epoch draws tiles centred near training spots until they cover the training crop about
+    once, in at least 4 and at most 32 steps of ``batch_size`` tiles (a whole Visium HD capture area would need
+    thousands of tiles to cover; it gets 32 steps at random places per epoch, so training time is bounded).
 warmup_epochs
     Epochs (default ``epochs // 5``) at the start that train the image head only.
 spot_weight
@@ -119,8 +121,9 @@ prior
       spots. During training this prior hides the spots around a random spot of most tiles, so the network also
       learns what to do far from any spot.
     - ``'histology'``: a ridge regression of the expression on handcrafted features
-      (:func:`stmap.pp.handcrafted_features`) of spot-sized patches on a grid every half spot (coarser if that
-      would exceed 40,000 patches), interpolated to each pixel. Training tiles see the regression fitted
+      (:func:`stmap.pp.handcrafted_features`) of patches one and two spot diameters wide (the spot's tissue and
+      its neighbourhood) on a grid every half spot (coarser if that would exceed 40,000 points), interpolated to
+      each pixel. Training tiles see the regression fitted
       without their spatial block (5 k-means blocks of the training spots), as a held-out region would.
     - ``'idw+histology'`` (default): both.
     - ``None``: the H&E alone (the published model).

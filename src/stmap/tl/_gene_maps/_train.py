@@ -16,6 +16,8 @@ from ._priors import cross_fitted, fit_ridge, idw_window, spot_spacing, uses_his
 if TYPE_CHECKING:
     from ._prepare import Section
 
+#: Most steps (batches of tiles) in one training epoch.
+MAX_STEPS_PER_EPOCH = 32
 #: Histology input of the tiles: the feature grid (crop pixels), the fold of every spot, the prior of each fold.
 _Histology = tuple[FeatureGrid, np.ndarray, list[np.ndarray]]
 
@@ -139,10 +141,11 @@ def _dihedral(tile: np.ndarray, yy: np.ndarray, xx: np.ndarray, code: int, size:
 class _Tiles:
     """Training tiles of the crop, centred on (jittered) training spots so that every tile carries supervision.
 
-    One epoch covers the crop about once and is at least 4 steps long. ``histology``: the feature grid (crop
-    pixels), the training fold of every spot (-1: not training) and, per fold, the grid of histology-prior values
-    fitted without that fold: a tile centred on a spot of fold ``k`` sees the prior of the model that never saw
-    fold ``k`` (cross-fitting), as a held-out region would.
+    One epoch covers the crop about once, in at least 4 and at most :data:`MAX_STEPS_PER_EPOCH` steps (a whole
+    Visium HD capture area would need thousands of tiles to cover: its epochs draw that many tiles at random
+    places). ``histology``: the feature grid (crop pixels), the training fold of every spot (-1: not training)
+    and, per fold, the grid of histology-prior values fitted without that fold: a tile centred on a spot of fold
+    ``k`` sees the prior of the model that never saw fold ``k`` (cross-fitting), as a held-out region would.
     """
 
     def __init__(
@@ -166,7 +169,8 @@ class _Tiles:
         _, self.h, self.w = image.shape
         self.dy, self.dx = disc_stencil(radius)
         self.margin = int(math.ceil(radius)) + 1
-        self.n = max(4 * batch_size, int(math.ceil(self.h * self.w / tile**2)))
+        cover = int(math.ceil(self.h * self.w / tile**2))
+        self.n = min(max(4 * batch_size, cover), MAX_STEPS_PER_EPOCH * batch_size)
         self.train_idx = np.flatnonzero(weights > 0)
         self.spacing = spot_spacing(centers[self.train_idx])
         self.tree = cKDTree(centers[self.train_idx])
