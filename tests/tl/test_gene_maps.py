@@ -398,3 +398,19 @@ class TestHistologyPrior:
             gene_maps(tissue, table_key="spots", model=model, verbose=False)
         _unchanged(tissue, before)
         assert "he_gene_maps" not in tissue.images
+
+    def test_training_that_would_not_fit_is_refused_first(self, tissue, monkeypatch):
+        from stmap.tl._gene_maps._prepare import resolve_section
+        from stmap.tl._mapping import _memory
+
+        # the estimate holds at least the crop as float32 RGB: 3 x 4 bytes a working pixel of the spots' box
+        ctx, _, _ = resolve_section(tissue, "spots", None, None)
+        span = np.ptp(ctx.coords, axis=0) / FAST["scale"]
+        monkeypatch.setattr(_memory, "available_bytes", lambda: 12.0 * span.prod() / 2)
+        before = tissue.tables["spots"].copy()
+        with pytest.raises(st.StmapInputError, match="scale="):
+            gene_maps(tissue, genes=GENES[:2], table_key="spots", **FAST)
+        _unchanged(tissue, before)
+        assert "he_gene_maps" not in tissue.images
+        monkeypatch.setattr(_memory, "available_bytes", lambda: None)  # unknown: nothing is refused
+        assert gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, **FAST) is not None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._features import FeatureGrid, disc_features, feature_grid, grid_stride
+from ._features import FEATURE_SCALES, MAX_FEATURE_POINTS, FeatureGrid, disc_features, feature_grid, grid_stride
 from ._model import GeneMapModel
 from ._prepare import disc_stencil
 from ._priors import cross_fitted, fit_ridge, idw_window, spot_spacing, uses_histology, uses_idw
@@ -16,6 +16,8 @@ from ._priors import cross_fitted, fit_ridge, idw_window, spot_spacing, uses_his
 if TYPE_CHECKING:
     from ._prepare import Section
 
+#: Handcrafted features per patch scale (:func:`stmap.pp.handcrafted_features`), an upper bound for memory estimates.
+_HANDCRAFTED_PER_SCALE = 64
 #: Most steps (batches of tiles) in one training epoch.
 MAX_STEPS_PER_EPOCH = 32
 #: Histology input of the tiles: the feature grid (crop pixels), the fold of every spot, the prior of each fold.
@@ -43,6 +45,38 @@ def section_grid(sec: Section, verbose: bool) -> FeatureGrid:
     return feature_grid(sec.ctx, sec.img, sec.crop_transform, (0, 0, ch, cw), stride, sec.diameter, verbose)
 
 
+def training_bytes(sec: Section, histology: bool) -> float:
+    """Bytes training holds besides the network: the crop, the feature grid and the prior grids.
+
+    The crop is float32 RGB; with the histology prior, the grid's features (raw and standardised) and 6 per-gene
+    prior grids (the whole ridge and 5 cross-fitted ones).
+    """
+    ch, cw = sec.crop_shape
+    need = 3.0 * max(ch, sec.tile) * max(cw, sec.tile) * 4
+    if histology:
+        points = min(MAX_FEATURE_POINTS, ch * cw / grid_stride(sec.radius, ch, cw) ** 2 + 1)
+        need += points * 4.0 * (2 * _HANDCRAFTED_PER_SCALE * len(FEATURE_SCALES) + 6 * len(sec.genes))
+    return need
+
+
+def check_memory(sec: Section, histology: bool) -> None:
+    """Refuse, before reading anything, a training whose crop and priors would not fit in the available memory."""
+    from stmap._core import StmapInputError
+    from stmap.tl._mapping import _memory
+
+    need, avail = training_bytes(sec, histology), _memory.available_bytes()
+    if avail is None or need <= _memory._SHARE * avail:
+        return
+    ch, cw = sec.crop_shape
+    raise StmapInputError(
+        f"Training gene maps here needs about {need / 2**30:.1f} GB (the training crop, {ch} x {cw} working pixels of "
+        f"{sec.px:.4g} coordinate units, held in memory as float32 RGB, and the histology prior), more than the "
+        f"{avail / 2**30:.1f} GB available. Use a coarser working pixel (`scale=`, e.g. {2 * sec.px:.4g}), or train "
+        "on a region of the section (subset it with spatialdata.bounding_box_query) and apply the model to the "
+        "whole section with gene_maps(..., model=model)."
+    )
+
+
 def fit_model(
     sec: Section,
     *,
@@ -60,6 +94,7 @@ def fit_model(
     params: dict[str, Any],
 ) -> tuple[GeneMapModel, FeatureGrid | None]:
     """Train the network on the section; returns the model and the feature grid (``None`` without histology)."""
+    check_memory(sec, uses_histology(prior))
     mean, std = standardise(sec)
     weights = (sec.train & sec.inside).astype(np.float32)
     Z = ((sec.Y - mean) / std).astype(np.float32)
