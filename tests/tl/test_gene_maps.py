@@ -414,3 +414,40 @@ class TestHistologyPrior:
         assert "he_gene_maps" not in tissue.images
         monkeypatch.setattr(_memory, "available_bytes", lambda: None)  # unknown: nothing is refused
         assert gene_maps(tissue, genes=GENES[:2], table_key="spots", copy=True, **FAST) is not None
+
+    def test_tile_prior_from_nearby_spots_equals_all_spots(self, monkeypatch):
+        """With many spots a tile's spatial prior comes from the spots near it: the same as from all of them."""
+        from stmap.tl._gene_maps._priors import idw_window
+        from stmap.tl._gene_maps._train import _LOCAL_IDW_SPOTS, _Tiles
+
+        g = np.random.default_rng(1)
+        side = 900
+        yy, xx = np.mgrid[4:side:10, 4:side:10]
+        centers = np.c_[xx.ravel(), yy.ravel()].astype(float) + g.uniform(-2, 2, size=(xx.size, 2))
+        hole = np.hypot(centers[:, 0] - 450, centers[:, 1] - 450) < 120  # no spots there: the fallback
+        centers = centers[~hole]
+        assert len(centers) > _LOCAL_IDW_SPOTS
+        z = g.normal(size=(len(centers), 3)).astype(np.float32)
+        image = np.ones((3, side, side), dtype=np.float32)
+        w = np.ones(len(centers), np.float32)
+        tiles = _Tiles(image, centers, z, w, 3.0, tile=64, batch_size=2, seed=0, idw=True, histology=None)
+        from stmap.tl._gene_maps import _train
+
+        used = []  # spots of each idw_window call
+
+        def counted(points, *args, **kwargs):
+            used.append(len(points))
+            return idw_window(points, *args, **kwargs)
+
+        monkeypatch.setattr(_train, "idw_window", counted)
+        cases = [(100, 100, (130, 130), 0.0, True), (300, 600, (630, 330), 35.0, True), (420, 420, None, 0.0, False)]
+        for y0, x0, centre_xy, hide, local in cases:  # the tile inside the hole falls back to all spots
+            used.clear()
+            keep = tiles.train_idx
+            if hide:
+                c = np.argmin(np.hypot(*(centers - centre_xy).T))
+                keep = np.delete(keep, tiles.tree.query_ball_point(centers[c], hide))
+            got = tiles._idw(keep, y0, x0, 3 * tiles.spacing + hide)
+            ref = idw_window(centers[keep], z[keep], y0, x0, 64, 64, tiles.spacing)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+            assert (len(used) == 1 and used[0] < len(keep) / 10) if local else used[-1] == len(keep)

@@ -46,15 +46,29 @@ def spot_spacing(centers: np.ndarray) -> float:
 
 
 def idw_window(
-    points: np.ndarray, values: np.ndarray, y0: int, x0: int, h: int, w: int, spacing: float, tree: Any = None
+    points: np.ndarray,
+    values: np.ndarray,
+    y0: int,
+    x0: int,
+    h: int,
+    w: int,
+    spacing: float,
+    tree: Any = None,
+    reach: list[float] | None = None,
 ) -> np.ndarray:
-    """The prior of :func:`prior_raster` on the pixel window ``[y0, y0 + h) x [x0, x0 + w)``: ``(G + 1, h, w)``."""
+    """The prior of :func:`prior_raster` on the pixel window ``[y0, y0 + h) x [x0, x0 + w)``: ``(G + 1, h, w)``.
+
+    ``reach``: a list to which the largest distance from a pixel to the last of its neighbours is appended (a window
+    computed from a subset of the points is exact when every point left out is farther than that).
+    """
     from scipy.spatial import cKDTree
 
     g = values.shape[1]
     out = np.zeros((g + 1, h, w), dtype=np.float32)
     if len(points) == 0:
         out[g] = 1.0
+        if reach is not None:
+            reach.append(np.inf)
         return out
     tree = cKDTree(points) if tree is None else tree
     k = min(_PRIOR_K, len(points))
@@ -62,6 +76,7 @@ def idw_window(
     # rows of pixels at a time: the neighbours' values (pixels x k x G float64) of a whole 512-px window of 50 genes
     # would take 800 MB; each pixel's arithmetic is the same in any batch
     step = max(1, _IDW_BATCH // max(w, 1)) * w
+    far = 0.0
     for s in range(0, h * w, step):
         p = np.arange(s, min(s + step, h * w))
         q = np.c_[x0 + p % w, y0 + p // w].astype(np.float64)
@@ -72,6 +87,9 @@ def idw_window(
         est = np.einsum("pk,pkg->pg", wt, values[i]) / wt.sum(1, keepdims=True)
         flat[:g, p] = est.T
         flat[g, p] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0)
+        far = max(far, float(d[:, -1].max()))
+    if reach is not None:
+        reach.append(far)
     return out
 
 

@@ -11,13 +11,15 @@ import numpy as np
 from ._features import FEATURE_SCALES, MAX_FEATURE_POINTS, FeatureGrid, disc_features, feature_grid, grid_stride
 from ._model import GeneMapModel
 from ._prepare import disc_stencil
-from ._priors import cross_fitted, fit_ridge, idw_window, spot_spacing, uses_histology, uses_idw
+from ._priors import _PRIOR_K, cross_fitted, fit_ridge, idw_window, spot_spacing, uses_histology, uses_idw
 
 if TYPE_CHECKING:
     from ._prepare import Section
 
 #: Handcrafted features per patch scale (:func:`stmap.pp.handcrafted_features`), an upper bound for memory estimates.
 _HANDCRAFTED_PER_SCALE = 64
+#: Above this many training spots, a tile's spatial prior is computed from the spots near it.
+_LOCAL_IDW_SPOTS = 4096
 #: Most steps (batches of tiles) in one training epoch.
 MAX_STEPS_PER_EPOCH = 32
 #: Histology input of the tiles: the feature grid (crop pixels), the fold of every spot, the prior of each fold.
@@ -242,13 +244,30 @@ class _Tiles:
         keep = self.train_idx
         if self.idw and hide > 0:
             keep = np.delete(self.train_idx, self.tree.query_ball_point(self.centers[centre], hide))
-        values = self.targets[keep] if self.idw else self.targets[keep, :0]
-        p = idw_window(self.centers[keep], values, y0, x0, t, t, self.spacing)
+        p = self._idw(keep, y0, x0, 3 * self.spacing + hide)
         parts = [rgb, p[:-1]] if self.idw else [rgb]
         if self.histology is not None:
             grid, folds, per_fold = self.histology
             parts.append(grid.window(per_fold[folds[centre]], y0, x0, t, t))
         return np.concatenate([*parts, p[-1:]])
+
+    def _idw(self, keep: np.ndarray, y0: int, x0: int, margin: float) -> np.ndarray:
+        """:func:`idw_window` of the ``keep`` spots on the tile at ``(y0, x0)``.
+
+        With many spots, from those within ``margin`` of the tile (a KD-tree of all of them would be built for every
+        tile): exact when every pixel's neighbours lie within ``margin``, else recomputed from all of them.
+        """
+        t = self.tile
+        values = self.targets if self.idw else self.targets[:, :0]
+        if keep.size > _LOCAL_IDW_SPOTS:
+            cy, cx = self.centers[keep, 1], self.centers[keep, 0]
+            near = keep[(cy >= y0 - margin) & (cy < y0 + t + margin) & (cx >= x0 - margin) & (cx < x0 + t + margin)]
+            if near.size >= _PRIOR_K:  # a spot left out is at least `margin` from every pixel of the tile
+                reach: list[float] = []
+                p = idw_window(self.centers[near], values[near], y0, x0, t, t, self.spacing, reach=reach)
+                if reach[0] < margin:
+                    return p
+        return idw_window(self.centers[keep], values[keep], y0, x0, t, t, self.spacing)
 
     def batch(self, idx: Any, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Tiles ``(B, C, T, T)``, and for the spots whose disc lies in a tile: its tile, disc pixels and index."""
