@@ -451,3 +451,17 @@ class TestHistologyPrior:
             ref = idw_window(centers[keep], z[keep], y0, x0, 64, 64, tiles.spacing)
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
             assert (len(used) == 1 and used[0] < len(keep) / 10) if local else used[-1] == len(keep)
+
+    @pytest.mark.parametrize("grid_shape", [(1, 1), (1, 5), (7, 9), (40, 30)])
+    def test_feature_window_equals_pointwise_interpolation(self, grid_shape):
+        from scipy.ndimage import map_coordinates
+
+        from stmap.tl._gene_maps._features import FeatureGrid
+
+        v = np.random.default_rng(0).normal(size=(6, *grid_shape)).astype(np.float32)
+        grid = FeatureGrid(feats=v, oy=3.5, ox=-2.0, stride=8.0)
+        for y0, x0, h, w in [(0, 0, 64, 64), (-30, -40, 20, 50), (200, 250, 33, 17), (10, 5, 1, 1)]:
+            yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
+            gy, gx = (yy - 3.5) / 8.0, (xx + 2.0) / 8.0
+            ref = np.stack([map_coordinates(c, [gy, gx], order=1, mode="nearest") for c in v])
+            np.testing.assert_allclose(grid.window(v, y0, x0, h, w), ref, atol=1e-5)
