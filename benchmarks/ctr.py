@@ -163,11 +163,18 @@ def _mcc(y: np.ndarray, call: np.ndarray) -> float:
     return float(matthews_corrcoef(y[ok].astype(bool), np.asarray(call)[ok]))
 
 
+def _task_sources(task: str) -> list[str]:
+    """The training sections of a task: ``A1`` (all of C), ``LOSO Ck`` (C less Ck), ``inner Ck/Cj`` (C less both)."""
+    csecs = [s for s in SECTIONS if s.startswith("C")]
+    if task == "A1":
+        return csecs
+    held = task.split()[-1].split("/")
+    return [s for s in csecs if s not in held]
+
+
 def _source_prevalence(task: str) -> float:
     """Cancer fraction of the labelled spots of a task's training sections (what the model was trained on)."""
-    csecs = [s for s in SECTIONS if s.startswith("C")]
-    srcs = csecs if task == "A1" else [s for s in csecs if s != task.split()[-1]]
-    counts = [_section_counts(sec) for sec in srcs]
+    counts = [_section_counts(sec) for sec in _task_sources(task)]
     return sum(c[0] for c in counts) / sum(c[1] for c in counts)
 
 
@@ -179,58 +186,171 @@ def _section_counts(sec: str) -> tuple[int, int]:
     return int(a.obs["cancer"].to_numpy()[known].astype(bool).sum()), int(known.sum())
 
 
+def _rule_family(ps: float) -> dict:
+    """Label-free threshold rules for a model's probabilities, given its training prevalence ``ps``.
+
+    ``0.5``; the tied GMM; the prior-shift Bayes cut with the target prevalence from EM (Saerens et al.) or from the
+    mean probability; EM with the logit shift ``d = logit(pi) - logit(ps)`` kept only when ``|d| > delta`` (a dead
+    zone: the calibration error a held-out section shows without any shift), soft-thresholded
+    (``sign(d) max(|d| - delta, 0)``) or scaled by ``w``. Each returns the cut on the probability.
+    """
+    from scipy.special import expit, logit
+
+    from stmap.tl._ctr._threshold import prior_shift
+
+    def shift(s):
+        return float(logit(prior_shift(s, ps)[1]) - logit(ps))
+
+    rules = {
+        "0.5": lambda s: 0.5,
+        "gmm": lambda s: st.metrics.gmm_threshold(s, covariance_type="tied"),
+        "EM": lambda s: float(expit(-shift(s))),
+        "mean": lambda s: float(expit(-(logit(np.clip(np.mean(s), 1e-6, 1 - 1e-6)) - logit(ps)))),
+    }
+    for d in (0.25, 0.5, 0.75, 1.0, 1.5):
+        rules[f"EM dead zone {d}"] = lambda s, d=d: float(expit(-(v if abs(v := shift(s)) > d else 0.0)))
+        rules[f"EM soft {d}"] = lambda s, d=d: float(expit(-np.sign(v := shift(s)) * max(abs(v) - d, 0.0)))
+    for w in (0.25, 0.5, 0.75):
+        rules[f"EM x {w}"] = lambda s, w=w: float(expit(-w * shift(s)))
+    return rules
+
+
+def _app(s: np.ndarray, y: np.ndarray, rng, reps: int = 10):
+    """Artificial-prevalence draws of a labelled section: cancer fraction 0.1 .. 0.9, as many spots as it allows."""
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    for q in np.linspace(0.1, 0.9, 9):
+        n = int(min(len(pos) / q, len(neg) / (1 - q)))
+        k = int(round(q * n))
+        for _ in range(reps):
+            idx = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])
+            yield s[idx], y[idx]
+
+
+def _validation_sets(task: str, scores: dict, method: str = "stmap") -> list:
+    """Held-out sections scored by models trained on the task's sources less that section (never the task's target).
+
+    A1: the LOSO folds C2-C6 (models of five C sections). LOSO Ck: the inner folds ``inner Ck/Cj`` (models of the
+    four C sections other than Ck and Cj, scored on Cj; written by ``--inner``).
+    """
+    csecs = [s for s in SECTIONS if s.startswith("C")][1:]
+    held = None if task == "A1" else task.split()[-1]
+    names = [f"LOSO {c}" for c in csecs] if held is None else [f"inner {held}/{c}" for c in csecs if c != held]
+    out = []
+    for name in names:
+        if f"{name}|y" not in scores:
+            continue
+        y = scores[f"{name}|y"]
+        ok = ~np.isnan(y)
+        for key in sorted(k for k in scores if k.startswith(f"{name}|{method}|")):
+            out.append((name, key.split("|")[-1], scores[key][ok], y[ok].astype(bool), _source_prevalence(name)))
+    return out
+
+
+def select_rule(task: str, scores: dict, seed: int = 0) -> dict:
+    """Mean MCC of every rule of :func:`_rule_family` on the task's validation sets; the best under prior shift.
+
+    Criterion (fixed before looking at any result): mean MCC over the validation sections x seeds x artificial
+    prevalences 0.1..0.9 (10 draws each), so that a rule must do well both where the target's prevalence equals the
+    sources' (within patient C) and where it does not (A1). Ties keep the earlier (simpler) rule. The task's own target
+    is never used.
+    """
+    rng = np.random.default_rng(seed)
+    nat: dict[str, list[float]] = {}
+    app: dict[str, list[float]] = {}
+    sets = _validation_sets(task, scores)
+    for _, _, s, y, ps in sets:
+        rules = _rule_family(ps)
+        for name, f in rules.items():
+            nat.setdefault(name, []).append(_mcc(y.astype(float), s > f(s)))
+        for ss, yy in _app(s, y, rng):
+            for name, f in rules.items():
+                app.setdefault(name, []).append(_mcc(yy.astype(float), ss > f(ss)))
+    if not sets:
+        return {"n_sets": 0}
+    table = {k: {"mcc_natural": float(np.mean(nat[k])), "mcc_app": float(np.mean(app[k]))} for k in nat}
+    best = max(table, key=lambda k: table[k]["mcc_app"])  # max keeps the first of equals
+    return {"n_sets": len(sets), "sets": sorted({f"{n}|{sd}" for n, sd, *_ in sets}), "rules": table, "chosen": best}
+
+
 def threshold_table(npz: list[str]) -> dict:
     """AUC and MCC at label-free thresholds, per task and method, from scores written with ``--dump-scores``.
 
     stmap's call is detect_ctr's default (``threshold_method`` in its ``uns``); the baselines are cut at their own
     label-free threshold: logistic regression at probability 0.5 (its ``predict``), the marker meta-gene (a z-score
-    mean, no probability) at a two-component GMM. Every method is also shown under the other rules.
+    mean, no probability) at a two-component GMM. Every method is also shown under the other rules. For stmap, the
+    rule chosen by :func:`select_rule` on the task's validation sections (never its target) is shown too.
     """
     from stmap.tl._ctr._threshold import call_threshold
 
     scores: dict[str, np.ndarray] = {}
     for f in npz:
         scores.update(dict(np.load(f)))
-    tasks = sorted({k.split("|")[0] for k in scores}, key=lambda t: (t != "A1", t))
+    tasks = sorted({k.split("|")[0] for k in scores if not k.startswith("inner")}, key=lambda t: (t != "A1", t))
     own = {"logreg": "0.5", "meta_gene": "gmm"}
-    rows = []
+    rows, selection = [], {}
     for task in tasks:
         y = scores[f"{task}|y"]
         prev = _source_prevalence(task)
+        sel = selection[task] = select_rule(task, scores)
         for key in sorted(k for k in scores if k.startswith(task + "|") and not k.endswith("|y")):
             _, method, seed = key.split("|")
             s = scores[key]
             ok = ~np.isnan(y)
+            ours = method.startswith("stmap")
             cuts = {
                 "gmm": st.metrics.gmm_threshold(s, covariance_type="tied"),
                 "0.5": 0.5,
-                "stmap_rule": call_threshold(s, None, 0, prevalence=prev)[0] if method.startswith("stmap") else np.nan,
+                "stmap_rule": call_threshold(s, None, 0, prevalence=prev)[0] if ours else np.nan,
+                "validated": _rule_family(prev)[sel["chosen"]](s) if ours and sel.get("n_sets") else np.nan,
             }
             row = {"task": task, "method": method, "seed": int(seed), "source_prevalence": prev}
             row["roc_auc"] = st.metrics.roc_auc(y[ok].astype(bool), s[ok])
             for name, cut in cuts.items():
                 row[f"mcc_{name}"] = _mcc(y, s > cut) if np.isfinite(cut) else np.nan
-            rule = "stmap_rule" if method.startswith("stmap") else own.get(method, "gmm")
+            rule = "stmap_rule" if ours else own.get(method, "gmm")
             row["own_rule"] = rule
             row["mcc_own"] = row[f"mcc_{rule}"]
             row["threshold_own"] = float(cuts[rule])
+            row["validated_rule"] = sel.get("chosen") if ours else None
             # the ceiling: the best MCC any cut of these scores reaches (uses the labels; for reference only)
             row["mcc_best_cut"] = max(_mcc(y, s > c) for c in np.quantile(s[ok], np.linspace(0.01, 0.99, 197)))
             row["called_fraction"] = float((s[ok] > cuts[rule]).mean())
             row["true_fraction"] = float(y[ok].mean())
             rows.append(row)
     print(
-        "\n| task | method | AUC | own rule | threshold | MCC (own rule) | MCC gmm | MCC 0.5 | best cut (oracle) "
-        "| called / true cancer |"
+        "\n| task | method | seed | AUC | own rule | threshold | MCC (own rule) | MCC validated rule | MCC gmm "
+        "| MCC 0.5 | best cut (oracle) | called / true cancer |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['task']} | {r['method']} | {r['roc_auc']:.3f} | {r['own_rule']} | {r['threshold_own']:.3f} | "
-            f"{r['mcc_own']:.3f} | {r['mcc_gmm']:.3f} | {r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | "
-            f"{r['called_fraction']:.2f} / {r['true_fraction']:.2f} |"
+            f"| {r['task']} | {r['method']} | {r['seed']} | {r['roc_auc']:.3f} | {r['own_rule']} | "
+            f"{r['threshold_own']:.3f} | {r['mcc_own']:.3f} | {r['mcc_validated']:.3f} | {r['mcc_gmm']:.3f} | "
+            f"{r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | {r['called_fraction']:.2f} / {r['true_fraction']:.2f} |"
         )
-    return {"rows": rows}
+    summary = _summary(rows)
+    print("\n| task | method | seeds | AUC | MCC own rule | MCC 0.5 | MCC best cut | validated rule |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in summary:
+        print(
+            f"| {r['task']} | {r['method']} | {r['n_seeds']} | {r['roc_auc']:.3f} | {r['mcc_own']:.3f} | "
+            f"{r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | {r['validated_rule'] or ''} |"
+        )
+    for task, sel in selection.items():
+        if sel.get("n_sets"):
+            top = sorted(sel["rules"].items(), key=lambda kv: -kv[1]["mcc_app"])[:5]
+            print(f"{task}: {sel['n_sets']} validation sets; " + "; ".join(f"{k} {v['mcc_app']:.4f}" for k, v in top))
+    return {"rows": rows, "summary": summary, "selection": selection}
+
+
+def _summary(rows: list[dict]) -> list[dict]:
+    """Per task and method: the mean over seeds."""
+    out = []
+    for task, method in dict.fromkeys((r["task"], r["method"]) for r in rows):
+        rs = [r for r in rows if r["task"] == task and r["method"] == method]
+        m = {k: float(np.mean([r[k] for r in rs])) for k in ("roc_auc", "mcc_own", "mcc_0.5", "mcc_best_cut")}
+        out.append({"task": task, "method": method, "n_seeds": len(rs), **m, "validated_rule": rs[0]["validated_rule"]})
+    return out
 
 
 def main() -> None:
@@ -241,6 +361,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--folds", default=None, help="comma-separated LOSO folds (default: C2..C6)")
     p.add_argument("--no-a1", action="store_true", help="skip the A1 transfer task")
+    p.add_argument(
+        "--inner",
+        action="store_true",
+        help="for each LOSO fold in --folds, the inner folds: train on its sources less one, score that one "
+        "(validation scores for choosing the threshold rule without the fold's own section)",
+    )
     p.add_argument("--methods", default=None, help="comma-separated torch models to run (default: all three)")
     p.add_argument("--thresholds", nargs="+", default=None, help="score files (.npz): print the threshold table only")
     p.add_argument("--dump-scores", default=None, help="write every method's scores and the labels to this .npz")
@@ -268,6 +394,12 @@ def main() -> None:
     csecs = [s for s in SECTIONS if s.startswith("C")]
     if not args.no_a1:
         run_task("A1", data, csecs, "A1", seeds, runs, args.methods.split(",") if args.methods else None)
+    if args.inner:
+        for held in args.folds.split(",") if args.folds else csecs[1:]:
+            for inner in (c for c in csecs[1:] if c != held):
+                srcs = [s for s in csecs if s not in (held, inner)]
+                methods = args.methods.split(",") if args.methods else None
+                run_task(f"inner {held}/{inner}", data, srcs, inner, list(range(args.loso_seeds)), runs, methods)
     if args.loso:
         for held in args.folds.split(",") if args.folds else csecs[1:]:
             srcs = [s for s in csecs if s != held]
@@ -275,7 +407,7 @@ def main() -> None:
             run_task(f"LOSO {held}", data, srcs, held, list(range(args.loso_seeds)), runs, methods)
     if args.dump_scores:
         np.savez(args.dump_scores, **SCORES)
-    if args.dump_scores and (args.no_a1 or args.folds):
+    if args.dump_scores and (args.no_a1 or args.folds or args.inner or args.methods):
         return  # partial run: scores only, results/ctr.json untouched
     report("ctr", runs, ours="stmap", higher_is_better={"roc_auc": True, "ap": True, "f1_gmm": True})
 

@@ -46,19 +46,34 @@ class TestPriorShift:
         f1, f0 = np.exp(-((x - 1) ** 2) / 2), np.exp(-((x + 1) ** 2) / 2)
         return y, pi_source * f1 / (pi_source * f1 + (1 - pi_source) * f0)
 
-    @pytest.mark.parametrize(("pi_t", "pi_s"), [(0.85, 0.4), (0.2, 0.5), (0.5, 0.5)])
-    def test_recovers_target_prevalence_and_bayes_cut(self, pi_t, pi_s):
+    @pytest.mark.parametrize("seed", [0, 1])
+    @pytest.mark.parametrize(("pi_t", "pi_s"), [(0.85, 0.4), (0.88, 0.45), (0.2, 0.5), (0.5, 0.5), (0.45, 0.45)])
+    def test_recovers_target_prevalence_and_bayes_cut(self, pi_t, pi_s, seed):
         from stmap.tl._ctr._threshold import prior_shift
 
-        y, p = self._scores(pi_t, pi_s)
+        y, p = self._scores(pi_t, pi_s, seed=seed)
         cut, pi = prior_shift(p, pi_s)
-        assert abs(pi - pi_t) < 0.02  # EM on 40,000 calibrated posteriors: within 2 points of the truth
-        # the cut is the Bayes cut for the true prior: no other cut on this ranking makes fewer errors (to 0.5 %)
+        assert abs(pi - pi_t) < 0.01  # EM on 40,000 calibrated posteriors: within 1 point of the truth
+        # the Bayes cut for the true target prior, in closed form: call where pi_t f1 > (1 - pi_t) f0, i.e. where the
+        # source-prior posterior exceeds 1 / (1 + r), r = pi_t (1 - pi_s) / ((1 - pi_t) pi_s); 0.5 without a shift
+        r = pi_t * (1 - pi_s) / ((1 - pi_t) * pi_s)
+        assert cut == pytest.approx(1 / (1 + r), abs=0.01)
+        # and no other cut on this ranking makes fewer errors (to 0.5 %)
         grid = np.quantile(p, np.linspace(0.005, 0.995, 199))
         best = min(((p > g) != y).mean() for g in grid)
         assert ((p > cut) != y).mean() <= best + 0.005
-        if pi_t == pi_s:
-            assert abs(cut - 0.5) < 0.02
+
+    def test_section_calibration_shift_reads_as_prevalence_shift(self):
+        # the limitation measured on HER2ST (benchmarks/results/ctr.json 'threshold'): a held-out section whose
+        # logits are all offset (a batch effect, here +1) with the sources' prevalence looks, to EM, like a section
+        # with more cancer, and the cut moves the wrong way; no rule on the scores alone can tell the two apart
+        from scipy.special import expit, logit
+
+        from stmap.tl._ctr._threshold import prior_shift
+
+        y, p = self._scores(0.45, 0.45)
+        cut, pi = prior_shift(expit(logit(p) + 1.0), 0.45)
+        assert pi > 0.55 and cut < 0.4
 
     def test_call_threshold_rules(self):
         from stmap.tl._ctr._threshold import call_threshold
