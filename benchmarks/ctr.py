@@ -18,6 +18,11 @@ marker score, no training). Metrics: ROC-AUC, AP, and F1 at a 2-component GMM th
 (``f1_gmm``: shared-width GMM, detect_ctr's default; ``f1_gmm_full``: free widths).
 The torch models are trained with ``--seeds`` seeds; the table reports the mean (per-seed values in the JSON).
 
+Threshold (issue 16): ``--dump-scores F.npz`` keeps every method's scores; ``--inner --folds Ck`` adds the inner folds
+of LOSO Ck (validation sections for choosing the label-free rule); ``--thresholds F.npz ...`` then writes the MCC of
+every method at its own label-free rule, at 0.5 and at the best cut, and the rule each task's validation picks, to
+``results/ctr.json`` ("threshold").
+
 Usage: ``python benchmarks/ctr.py [--loso] [--seeds 3] [--loso-seeds 1] [--threads 1]``.
 """
 
@@ -272,6 +277,20 @@ def select_rule(task: str, scores: dict, seed: int = 0) -> dict:
     return {"n_sets": len(sets), "sets": sorted({f"{n}|{sd}" for n, sd, *_ in sets}), "rules": table, "chosen": best}
 
 
+def _platt(task: str, scores: dict) -> tuple[float, float] | None:
+    """Platt scaling ``(a, b)`` (``sigmoid(a logit(p) + b)``) fitted on the task's validation sections (pooled)."""
+    from scipy.special import logit
+    from sklearn.linear_model import LogisticRegression
+
+    sets = _validation_sets(task, scores)
+    if not sets:
+        return None
+    x = np.concatenate([logit(np.clip(s, 1e-6, 1 - 1e-6)) for *_, s, _, _ in sets])
+    y = np.concatenate([yy for *_, yy, _ in sets])
+    lr = LogisticRegression(C=1e6).fit(x[:, None], y)
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
 def threshold_table(npz: list[str]) -> dict:
     """AUC and MCC at label-free thresholds, per task and method, from scores written with ``--dump-scores``.
 
@@ -292,6 +311,7 @@ def threshold_table(npz: list[str]) -> dict:
         y = scores[f"{task}|y"]
         prev = _source_prevalence(task)
         sel = selection[task] = select_rule(task, scores)
+        platt = sel["platt"] = _platt(task, scores)
         for key in sorted(k for k in scores if k.startswith(task + "|") and not k.endswith("|y")):
             _, method, seed = key.split("|")
             s = scores[key]
@@ -312,6 +332,12 @@ def threshold_table(npz: list[str]) -> dict:
             row["mcc_own"] = row[f"mcc_{rule}"]
             row["threshold_own"] = float(cuts[rule])
             row["validated_rule"] = sel.get("chosen") if ours else None
+            row["mcc_platt_em"] = np.nan
+            if ours and platt is not None:  # calibrated on held-out source sections first, then the EM cut
+                from scipy.special import expit, logit
+
+                q = expit(platt[0] * logit(np.clip(s, 1e-6, 1 - 1e-6)) + platt[1])
+                row["mcc_platt_em"] = _mcc(y, q > call_threshold(q, None, 0, prevalence=prev)[0])
             # the ceiling: the best MCC any cut of these scores reaches (uses the labels; for reference only)
             row["mcc_best_cut"] = max(_mcc(y, s > c) for c in np.quantile(s[ok], np.linspace(0.01, 0.99, 197)))
             row["called_fraction"] = float((s[ok] > cuts[rule]).mean())
@@ -329,12 +355,16 @@ def threshold_table(npz: list[str]) -> dict:
             f"{r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | {r['called_fraction']:.2f} / {r['true_fraction']:.2f} |"
         )
     summary = _summary(rows)
-    print("\n| task | method | seeds | AUC | MCC own rule | MCC 0.5 | MCC best cut | validated rule |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| task | method | seeds | AUC | MCC own rule | MCC 0.5 | MCC best cut | validated rule | MCC validated "
+        "| MCC Platt + EM |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in summary:
         print(
             f"| {r['task']} | {r['method']} | {r['n_seeds']} | {r['roc_auc']:.3f} | {r['mcc_own']:.3f} | "
-            f"{r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | {r['validated_rule'] or ''} |"
+            f"{r['mcc_0.5']:.3f} | {r['mcc_best_cut']:.3f} | {r['validated_rule'] or ''} | "
+            f"{r['mcc_validated']:.3f} | {r['mcc_platt_em']:.3f} |"
         )
     for task, sel in selection.items():
         if sel.get("n_sets"):
@@ -348,7 +378,8 @@ def _summary(rows: list[dict]) -> list[dict]:
     out = []
     for task, method in dict.fromkeys((r["task"], r["method"]) for r in rows):
         rs = [r for r in rows if r["task"] == task and r["method"] == method]
-        m = {k: float(np.mean([r[k] for r in rs])) for k in ("roc_auc", "mcc_own", "mcc_0.5", "mcc_best_cut")}
+        keys = ("roc_auc", "mcc_own", "mcc_0.5", "mcc_best_cut", "mcc_validated", "mcc_platt_em")
+        m = {k: float(np.mean([r[k] for r in rs])) for k in keys}
         out.append({"task": task, "method": method, "n_seeds": len(rs), **m, "validated_rule": rs[0]["validated_rule"]})
     return out
 
@@ -377,7 +408,12 @@ def main() -> None:
         table = threshold_table(args.thresholds)
         out = RESULTS_DIR / "ctr.json"
         payload = json.loads(out.read_text()) if out.exists() else {}
-        payload["threshold"] = {**table, "scores": args.thresholds, "note": "1 seed; scores from --dump-scores"}
+        note = (
+            "scores from --dump-scores (torch models: the seeds listed per row; logreg and meta_gene deterministic); "
+            "'selection': each task's rule chosen on its validation sections (A1: LOSO C2-C6; LOSO Ck: inner Ck/Cj), "
+            "'platt': Platt scaling fitted on the same sections"
+        )
+        payload["threshold"] = {**table, "scores": args.thresholds, "note": note}
         out.write_text(json.dumps(payload, indent=2))
         return
     if args.dump_scores:
