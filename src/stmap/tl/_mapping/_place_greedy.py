@@ -2,8 +2,13 @@
 
 Up to :data:`EM_LIMIT` cells x spots x genes, the spots' counts are deconvolved into the individual reference cells
 (:func:`cell_deconvolution`: each spot a Poisson mixture of cells, each cell's shares over the spots summing to 1,
-Tangram's objective under a Poisson likelihood), the shares are smoothed over each spot's first ring (a spatial
-prior: a cell that fits a spot fits its neighbours) and ``s_ij = log(share + 1e-6)``.
+Tangram's objective under a Poisson likelihood) and ``s_ij = log(r_ij + 1e-6)`` with ``r_ij`` the cell's shares
+summed over spot ``j`` and its first ring (:func:`ring_shares`): the probability, reading the shares as the cell's
+posterior over the spots, that the cell lies within one ring of ``j``. Cells the counts cannot tell apart (identical
+or near-identical profiles, e.g. one state of a type that recurs in a region) spread their shares over several spots;
+the spot that gathers most of them within its ring is a better bet than the single largest share, which such cells
+hold by chance (the placement maximises the expected cells within one ring of their spot, not the expected exact
+hits: the exact spot is right less often, measured in benchmarks/mapping_quality.py).
 
 Larger problems score each cell of type ``t`` against spot ``j`` by the multinomial log-likelihood of its counts
 under the part of the spot's counts that the composition fit gives to type ``t`` (the EM split
@@ -51,7 +56,7 @@ TEMPERATURE_FACTOR = 10.0
 EM_LIMIT = 5e8
 #: Iterations of the cell-level deconvolution (chosen on seeds 2 and 6 of benchmarks/mapping_quality.py).
 EM_ITER = 200
-#: Weight of a spot's ring in the smoothed shares (a spatial prior: a cell that fits a spot fits its neighbours).
+#: Weight of a spot's first ring in the ring shares (1: the probability of lying within one ring of the spot).
 RING_WEIGHT = 1.0
 #: Above this many cells x spots the scores are computed per block instead of held at once.
 _DENSE_SCORES = 2e7
@@ -136,8 +141,12 @@ def cell_deconvolution(inp: MappingInputs, n_iter: int = EM_ITER) -> np.ndarray:
     return B
 
 
-def _neighbour_smooth(inp: MappingInputs, B: np.ndarray) -> np.ndarray:
-    """``B`` plus its mean over each spot's first ring (spots within 1.2 grid steps), weight :data:`RING_WEIGHT`."""
+def ring_shares(inp: MappingInputs, B: np.ndarray) -> np.ndarray:
+    """``B`` plus :data:`RING_WEIGHT` x its sum over each spot's first ring (spots within 1.2 grid steps).
+
+    Column ``j`` of the result is each cell's share in spot ``j`` or one of its neighbours: the probability of lying
+    within one ring of ``j`` when the shares are read as the cell's posterior over the spots.
+    """
     from scipy import sparse
     from scipy.spatial import cKDTree
 
@@ -153,8 +162,8 @@ def _neighbour_smooth(inp: MappingInputs, B: np.ndarray) -> np.ndarray:
     ok = d[:, 1:] <= 1.2 * step
     rows = np.repeat(np.arange(xy.shape[0]), k - 1)[ok.ravel()]
     W = sparse.csr_matrix((np.ones(rows.size), (rows, idx[:, 1:].ravel()[ok.ravel()])), shape=(xy.shape[0],) * 2)
-    deg = np.maximum(np.asarray(W.sum(axis=0)).ravel(), 1.0)  # spots that have this one in their ring
-    return B + RING_WEIGHT * np.asarray(W.T @ B.T).T / deg[None, :]
+    W = W.maximum(W.T)  # a symmetric ring (the k-nearest query can miss a neighbour at a tie)
+    return B + RING_WEIGHT * np.asarray(W @ B.T).T
 
 
 def place_greedy(
@@ -164,18 +173,18 @@ def place_greedy(
 
     ``n_spot``: the cells in each fitted spot (the composition prior's scale). Problems of at most
     :data:`EM_LIMIT` cells x spots x genes (and ``_DENSE_SCORES`` cells x spots) take the cell-level deconvolution
-    (:func:`cell_deconvolution`, its shares smoothed over each spot's ring), larger ones the per-cell likelihood
+    (:func:`cell_deconvolution`, its shares summed over each spot's ring), larger ones the per-cell likelihood
     scores.
     """
     n = inp.codes.size
     score: _Scores | _Fixed
-    sure: _Scores | _Fixed  # the confidence's scores: the shares before the ring's smoothing
+    sure: _Scores | _Fixed  # the confidence's scores: the shares of the spot itself (not its ring)
     raw = None
     m = inp.Y.shape[0]
     if float(n) * m * len(inp.genes) <= EM_LIMIT and float(n) * m <= _DENSE_SCORES:
         B = cell_deconvolution(inp)
         raw = np.log(B + 1e-6)
-        score, sure, tau = _Fixed(np.log(_neighbour_smooth(inp, B) + 1e-6)), _Fixed(raw), 1.0
+        score, sure, tau = _Fixed(np.log(ring_shares(inp, B) + 1e-6)), _Fixed(raw), 1.0
     else:
         score = sure = _Scores(inp, comp, n_spot.astype(np.float64))
         tau = TEMPERATURE_FACTOR * dispersion(inp, comp)
