@@ -400,8 +400,8 @@ class TestHistologyPrior:
         assert "he_gene_maps" not in tissue.images
 
     def test_training_that_would_not_fit_is_refused_first(self, tissue, monkeypatch):
+        from stmap._core import _memory
         from stmap.tl._gene_maps._prepare import resolve_section
-        from stmap.tl._mapping import _memory
 
         # the estimate holds at least the crop as float32 RGB: 3 x 4 bytes a working pixel of the spots' box
         ctx, _, _ = resolve_section(tissue, "spots", None, None)

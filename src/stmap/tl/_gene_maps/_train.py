@@ -63,11 +63,10 @@ def training_bytes(sec: Section, histology: bool) -> float:
 
 def check_memory(sec: Section, histology: bool) -> None:
     """Refuse, before reading anything, a training whose crop and priors would not fit in the available memory."""
-    from stmap._core import StmapInputError
-    from stmap.tl._mapping import _memory
+    from stmap._core import StmapInputError, _memory
 
     need, avail = training_bytes(sec, histology), _memory.available_bytes()
-    if avail is None or need <= _memory._SHARE * avail:
+    if avail is None or need <= _memory.MEMORY_SHARE * avail:
         return
     ch, cw = sec.crop_shape
     raise StmapInputError(

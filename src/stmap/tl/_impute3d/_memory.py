@@ -68,13 +68,11 @@ def estimate_bytes(n_spots: int, n_genes: int, n_edges: float, tp: TrainParams) 
 
 
 def available_bytes() -> float:
-    """Memory available to this process now (``psutil``), or 8 GB when it cannot be read."""
-    try:
-        import psutil
+    """Memory available to this process now (:func:`stmap._core._memory.available_bytes`), or 8 GB when unknown."""
+    from stmap._core._memory import available_bytes as system_available
 
-        return float(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover
-        return 8e9
+    have = system_available()
+    return 8e9 if have is None else have
 
 
 def check_memory(

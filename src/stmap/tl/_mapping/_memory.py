@@ -14,26 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stmap._core import StmapInputError
+from stmap._core._memory import MEMORY_SHARE, available_bytes
 
 if TYPE_CHECKING:
     from ._prepare import MappingInputs
 
 __all__ = ["check_memory", "estimate_peak_bytes", "available_bytes"]
-
-#: Share of the available memory a run may plan to use (the rest: Python objects, allocator slack, other work).
-_SHARE = 0.85
-
-
-def available_bytes() -> float | None:
-    """Memory the system reports available to new allocations (Linux ``MemAvailable``), ``None`` if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024.0
-    except OSError:
-        return None
-    return None
 
 
 def estimate_peak_bytes(inp: MappingInputs, *, mode: str, mean_cells: float | None, large: bool) -> dict[str, float]:
@@ -72,7 +58,7 @@ def check_memory(inp: MappingInputs, *, mode: str, mean_cells: float | None, lar
         return
     parts = estimate_peak_bytes(inp, mode=mode, mean_cells=mean_cells, large=large)
     need = sum(parts.values())
-    if need <= _SHARE * avail:
+    if need <= MEMORY_SHARE * avail:
         return
     m, g = inp.Y.shape
     detail = ", ".join(f"{k} {v / 2**30:.1f} GB" for k, v in parts.items())
