@@ -16,8 +16,6 @@ from ._priors import _PRIOR_K, cross_fitted, fit_ridge, idw_window, spot_spacing
 if TYPE_CHECKING:
     from ._prepare import Section
 
-#: Handcrafted features per patch scale (:func:`stmap.pp.handcrafted_features`), an upper bound for memory estimates.
-_HANDCRAFTED_PER_SCALE = 64
 #: Above this many training spots, a tile's spatial prior is computed from the spots near it.
 _LOCAL_IDW_SPOTS = 4096
 #: Most steps (batches of tiles) in one training epoch.
@@ -53,16 +51,19 @@ def training_bytes(sec: Section, histology: bool) -> float:
     The crop is float32 RGB; with the histology prior, the grid's features (raw and standardised) and 6 per-gene
     prior grids (the whole ridge and 5 cross-fitted ones).
     """
+    from stmap.pp._extractors import handcrafted_feature_names
+
     ch, cw = sec.crop_shape
     need = 3.0 * max(ch, sec.tile) * max(cw, sec.tile) * 4
     if histology:
         points = min(MAX_FEATURE_POINTS, ch * cw / grid_stride(sec.radius, ch, cw) ** 2 + 1)
-        need += points * 4.0 * (2 * _HANDCRAFTED_PER_SCALE * len(FEATURE_SCALES) + 6 * len(sec.genes))
+        n_feats = len(handcrafted_feature_names()) * len(FEATURE_SCALES)
+        need += points * 4.0 * (2 * n_feats + 6 * len(sec.genes))
     return need
 
 
 def check_memory(sec: Section, histology: bool) -> None:
-    """Refuse, before reading anything, a training whose crop and priors would not fit in the available memory."""
+    """Refuse, before the crop is read, a training whose crop and priors would not fit in the available memory."""
     from stmap._core import StmapInputError, _memory
 
     need, avail = training_bytes(sec, histology), _memory.available_bytes()
