@@ -4,8 +4,10 @@ Inputs: ``st.datasets.large_visium_hd(n_bins=N, bin_um=16, n_genes=500, image=Tr
 (cached under ``--data``, by its own process) and read back lazily: 16 um bins and a lazy H&E at 0.2738 um/px (about
 22,600 px a side at 150,000 bins; a whole 6.5 mm capture area holds about 160,000 16 um bins). Each size trains in a
 fresh Python process (``ru_maxrss`` is that process's peak; ``loaded`` is the resident size after reading the inputs),
-with one torch thread (``STMAP_BENCH_TORCH_THREADS``; on 2 cores shared with other work, 2 torch threads spin against
-each other: a training step took 2.7 s with 2 threads and 0.4 s with 1 on this machine under load):
+with stmap's default torch threads (``st.settings.n_threads=None``: torch's own, 2 on this machine) unless
+``STMAP_BENCH_TORCH_THREADS`` pins them. Run it alone (under the heavy-work lock): on 2 cores shared with other work, 2
+torch threads spin against each other (a training step took 2.7 s with 2 threads and 0.4 s with 1 under load; on an
+idle machine 0.44 s with 2 and 0.69 s with 1):
 ``st.tl.train_gene_maps(sdata, genes=50, table_key="square_016um", verbose=False)`` with every other setting at its
 default (working pixel = bin / 16 = 1 um, rounded to the pyramid; 30 epochs of at most 32 steps of 8 tiles; the
 ``'idw+histology'`` prior, whose feature grid has at most 40,000 points at 1 and 2 bin widths).
@@ -58,8 +60,9 @@ def _train(data: Path, n: int) -> dict:
 
     import stmap as st
 
-    threads = int(os.environ.get("STMAP_BENCH_TORCH_THREADS", "1"))
-    torch.set_num_threads(threads)
+    if os.environ.get("STMAP_BENCH_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["STMAP_BENCH_TORCH_THREADS"]))
+    threads = torch.get_num_threads()
     sdata = sd.read_zarr(_store(data, n))
     loaded = _gb()
     img = sdata.images["sample_full_image"]["scale0"]["image"]

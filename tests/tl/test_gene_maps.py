@@ -468,3 +468,25 @@ class TestHistologyPrior:
             np.testing.assert_allclose(got, ref, atol=1e-5)
             # the same bits whatever the memory layout (a BLAS product may round differently between calls)
             np.testing.assert_array_equal(grid.window(np.asfortranarray(v), y0, x0, h, w), got)
+
+    @pytest.mark.parametrize(
+        ("grid_shape", "stride", "radius"),
+        [((1, 1), 3.0, 2.0), ((1, 5), 2.0, 3.5), ((25, 25), 1.0, 4.2), ((40, 30), 7.0, 7.3)],
+    )
+    def test_disc_features_equal_the_mean_of_interpolated_disc_pixels(self, grid_shape, stride, radius):
+        from scipy.ndimage import map_coordinates
+
+        from stmap.tl._gene_maps._features import FeatureGrid, disc_features
+
+        rng = np.random.default_rng(1)
+        v = rng.normal(size=(5, *grid_shape)).astype(np.float32)
+        grid = FeatureGrid(feats=v, oy=3.5, ox=2.0, stride=stride)
+        # centres inside, between and beyond the grid points (where the edge values hold)
+        centers = rng.uniform(-20.0, max(grid_shape) * stride + 20.0, size=(700, 2))
+        dy, dx = _disc_stencil(radius)
+        gy = (np.rint(centers[:, 1])[:, None] + dy - 3.5) / stride
+        gx = (np.rint(centers[:, 0])[:, None] + dx - 2.0) / stride
+        ref = np.stack([map_coordinates(c.astype(np.float64), [gy, gx], order=1, mode="nearest").mean(1) for c in v], 1)
+        got = disc_features(grid, centers, radius, chunk=4000)  # several chunks
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(disc_features(grid, centers[::-1], radius)[::-1], got)  # per spot, any order

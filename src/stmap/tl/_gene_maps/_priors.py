@@ -61,6 +61,7 @@ def idw_window(
     ``reach``: a list to which the largest distance from a pixel to the last of its neighbours is appended (a window
     computed from a subset of the points is exact when every point left out is farther than that).
     """
+    from scipy import sparse
     from scipy.spatial import cKDTree
 
     g = values.shape[1]
@@ -73,8 +74,8 @@ def idw_window(
     tree = cKDTree(points) if tree is None else tree
     k = min(_PRIOR_K, len(points))
     flat = out.reshape(g + 1, h * w)
-    # rows of pixels at a time: the neighbours' values (pixels x k x G float64) of a whole 512-px window of 50 genes
-    # would take 800 MB; each pixel's arithmetic is the same in any batch
+    # rows of pixels at a time (bounds the pixels x k neighbour arrays); each pixel's arithmetic is the same in any
+    # batch
     step = max(1, _IDW_BATCH // max(w, 1)) * w
     far = 0.0
     for s in range(0, h * w, step):
@@ -84,9 +85,12 @@ def idw_window(
         if k == 1:
             d, i = d[:, None], i[:, None]
         wt = 1.0 / np.maximum(d, 0.5) ** _PRIOR_POWER
-        est = np.einsum("pk,pkg->pg", wt, values[i]) / wt.sum(1, keepdims=True)
-        flat[:g, p] = est.T
-        flat[g, p] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0)
+        wt /= wt.sum(1, keepdims=True)
+        # the weighted sum as a sparse (pixels x points) product: scipy's CSR kernel adds each row's k terms in order
+        # (the same bits on every call, unlike BLAS) and never holds the pixels x k x G neighbour values
+        rows = sparse.csr_matrix((wt.ravel(), i.ravel(), np.arange(0, wt.size + 1, k)), shape=(p.size, len(points)))
+        flat[:g, s : s + p.size] = (rows @ values).T
+        flat[g, s : s + p.size] = np.clip(d[:, 0] / (spacing * _PRIOR_FAR), 0.0, 1.0)
         far = max(far, float(d[:, -1].max()))
     if reach is not None:
         reach.append(far)
